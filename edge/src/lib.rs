@@ -1,0 +1,105 @@
+//! Livestrom edge: `GET /v1/stream` (SSE) and `GET /v1/events`, authenticated
+//! with API keys, filtered server-side, resumable without gaps.
+//!
+//! Request flow: `auth` (key → [`auth::KeyInfo`], rate limit) → `filter`
+//! (query → [`filter::Filter`]) → `stream` (replay from the event log, then
+//! live from the `hub`) → frames. Every error is a `problem` (RFC 9457).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use livestrom_engine::{EventLog, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod auth;
+pub mod events;
+pub mod filter;
+pub mod hub;
+pub mod keys;
+pub mod limits;
+pub mod problem;
+pub mod stream;
+
+/// Edge settings from `[edge]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// SSE keep-alive comment interval.
+    pub keepalive: Duration,
+    /// Allowed CORS origins (`*` = any).
+    pub cors_origins: Vec<String>,
+}
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+/// What handlers share.
+pub struct StateInner {
+    /// The durable event log (replay, `/v1/events`).
+    pub log: Arc<dyn EventLog>,
+    /// Live fan-out of committed events to subscribers.
+    pub hub: hub::Hub,
+    /// API keys, cached and refreshed from the database.
+    pub keys: keys::KeyStore,
+    /// Per-key and per-IP limiters, stream counters.
+    pub limits: limits::Limits,
+    /// Settings.
+    pub settings: Settings,
+    /// Fires on shutdown: open streams end cleanly.
+    pub shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = StateInner;
+    fn deref(&self) -> &StateInner {
+        &self.inner
+    }
+}
+
+/// Errors starting the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The key store could not be read.
+    #[error("api keys: {0}")]
+    Keys(String),
+}
+
+impl AppState {
+    /// Builds the state on top of a store: starts the hub (live feed from the
+    /// store's bus) and the key cache refresher; both stop on `shutdown`.
+    pub async fn new(store: &Store, settings: Settings, shutdown: CancellationToken) -> Result<Self, EdgeError> {
+        let log: Arc<dyn EventLog> = Arc::new(store.clone());
+        let hub = hub::Hub::start(store.bus(), log.clone(), shutdown.clone());
+        let keys = keys::KeyStore::open(store, shutdown.clone()).await.map_err(|e| EdgeError::Keys(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(StateInner { log, hub, keys, limits: limits::Limits::new(), settings, shutdown }),
+        })
+    }
+}
+
+/// The edge's router.
+pub fn app(state: AppState) -> Router {
+    let cors = problem::cors_layer(&state.settings.cors_origins);
+    Router::new()
+        .route("/v1/stream", axum::routing::get(stream::handler))
+        .route("/v1/events", axum::routing::get(events::handler))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(cors)
+        .with_state(state)
+}
+
+/// Serves the edge on `listener` until `shutdown` fires; open streams end and
+/// in-flight requests finish.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

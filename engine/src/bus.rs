@@ -1,0 +1,51 @@
+//! The live feed: committed batches announced, in commit order, to in-process readers.
+//!
+//! This is the SPEC §7 seam on the live side: today an in-process
+//! `tokio::sync::broadcast` with very few receivers (the edge's fan-out hub,
+//! `tail`-style tools), later a distributed log's push subscription. Only the
+//! store's writer publishes, and only after COMMIT returned, so whatever a
+//! reader sees here is durable.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::event::CommittedEvent;
+
+/// One committed transaction's events, ascending by id.
+pub type Batch = Arc<[Arc<CommittedEvent>]>;
+
+/// Capacity in batches. A receiver that falls this far behind gets `Lagged`
+/// and must re-read what it missed from the event log (never skip).
+const CAPACITY: usize = 4096;
+
+/// The live feed of committed events.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    tx: broadcast::Sender<Batch>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bus {
+    /// A bus with the default capacity.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        Self { tx }
+    }
+
+    /// Announces a committed batch (called by the store's writer only).
+    pub fn publish(&self, batch: Batch) {
+        // No receivers is fine: nobody is listening live.
+        let _ = self.tx.send(batch);
+    }
+
+    /// Subscribes to batches committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
+        self.tx.subscribe()
+    }
+}

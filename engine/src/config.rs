@@ -1,0 +1,321 @@
+//! `sources.toml`: the serde model (stage 1) and validated, typed config (stage 2).
+//!
+//! Stage 1 (`RawConfig`) mirrors the file with `deny_unknown_fields` and a
+//! documented default per field. Stage 2 (`Config::from_toml`) validates and
+//! returns *all* problems at once, each naming file, line, field and reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::event::SourceType;
+
+/// A validated source id: `[a-z0-9][a-z0-9._-]*`, dots make prefix groups.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(String);
+
+impl SourceId {
+    /// Parses an id, returning why it is not valid.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if is_valid_id(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!(
+                "`{s}` is not a valid source id: use 1-128 characters of [a-z0-9._-], starting with a letter or digit"
+            ))
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// True when `s` is in the source id alphabet (also used by the edge's filters).
+pub fn is_valid_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// How often a source is polled.
+#[derive(Debug, Clone)]
+pub enum Cadence {
+    /// Fixed interval (tier default or per-source override).
+    Every(Duration),
+    /// A cron expression (`cron` crate syntax, seconds field first).
+    Cron(Box<cron::Schedule>),
+}
+
+/// `format` of a firehose source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirehoseFormat {
+    /// Poll a JSON document.
+    Json,
+    /// Long-lived newline-delimited JSON stream.
+    Ndjson,
+    /// Long-lived upstream Server-Sent Events stream.
+    Sse,
+}
+
+/// JSON pointers mapping a firehose item to event fields.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMap {
+    /// Pointer to the item's identity.
+    pub id: Option<String>,
+    /// Pointer to the title.
+    pub title: Option<String>,
+    /// Pointer to the item URL.
+    pub url: Option<String>,
+    /// Pointer to the content.
+    pub content: Option<String>,
+}
+
+/// Kind-specific settings of a source.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// RSS 0.9x/1.0/2.0 or Atom.
+    Rss,
+    /// JSON Feed.
+    Json,
+    /// A feed-less HTML page, diffed between polls.
+    Html(HtmlSettings),
+    /// A firehose API.
+    Firehose(FirehoseSettings),
+}
+
+/// Settings of an `html` source.
+#[derive(Debug, Clone, Default)]
+pub struct HtmlSettings {
+    /// CSS selector of the watched region (default: `body`).
+    pub selector: Option<String>,
+    /// CSS selectors removed before diffing.
+    pub ignore: Vec<String>,
+    /// Regexes; matching text is removed before diffing.
+    pub ignore_text: Vec<regex::Regex>,
+    /// Minimum number of changed characters that counts as a change.
+    pub min_change: usize,
+}
+
+/// Settings of a `firehose` source.
+#[derive(Debug, Clone)]
+pub struct FirehoseSettings {
+    /// How the upstream is read.
+    pub format: FirehoseFormat,
+    /// JSON pointer to the item array (json format); default: the document root.
+    pub items: Option<String>,
+    /// JSON pointers of the event fields.
+    pub fields: FieldMap,
+}
+
+/// One validated `[[source]]`.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Unique id.
+    pub id: SourceId,
+    /// The source type as it appears in events.
+    pub source_type: SourceType,
+    /// Kind-specific settings.
+    pub kind: SourceKind,
+    /// Upstream URL (http/https).
+    pub url: url::Url,
+    /// Tags copied into every event.
+    pub tags: Vec<String>,
+    /// When to poll.
+    pub cadence: Cadence,
+    /// Per-source User-Agent override.
+    pub user_agent: Option<String>,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+    /// Cap on items emitted by the first poll (newest N).
+    pub initial_items: Option<usize>,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// SQLite file.
+    pub database: PathBuf,
+    /// How long events are kept for resume.
+    pub retention: Duration,
+}
+
+/// `[edge]`.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// SSE keep-alive comment interval.
+    pub keepalive: Duration,
+    /// Allowed CORS origins (`*` = any).
+    pub cors_origins: Vec<String>,
+}
+
+/// `[fetch]`.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// Default User-Agent.
+    pub user_agent: String,
+    /// Total request timeout.
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Maximum body size after decompression.
+    pub max_body: u64,
+    /// Requests per second per registrable domain.
+    pub per_host_rps: f64,
+    /// Concurrent requests per registrable domain.
+    pub per_host_concurrency: usize,
+    /// Allow loopback/private targets (tests).
+    pub allow_private_networks: bool,
+    /// Maximum redirects followed.
+    pub max_redirects: usize,
+}
+
+/// `[tiers]`: default interval per source type.
+#[derive(Debug, Clone)]
+pub struct Tiers {
+    /// firehose tier.
+    pub firehose: Duration,
+    /// rss tier.
+    pub rss: Duration,
+    /// json tier.
+    pub json: Duration,
+    /// html tier.
+    pub html: Duration,
+}
+
+impl Tiers {
+    /// The tier interval of a source type.
+    pub fn for_type(&self, t: SourceType) -> Duration {
+        match t {
+            SourceType::Firehose => self.firehose,
+            SourceType::Rss => self.rss,
+            SourceType::Json => self.json,
+            SourceType::Html => self.html,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was loaded from (for messages and reload).
+    pub path: PathBuf,
+    /// `[engine]`.
+    pub engine: EngineConfig,
+    /// `[edge]`.
+    pub edge: EdgeConfig,
+    /// `[fetch]`.
+    pub fetch: FetchConfig,
+    /// `[tiers]`.
+    pub tiers: Tiers,
+    /// `[[source]]`, in file order.
+    pub sources: Vec<SourceConfig>,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// File the problem is in.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted field path, e.g. `source[2].interval`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}: {}", self.file.display(), l, self.field, self.message),
+            None => write!(f, "{}: {}: {}", self.file.display(), self.field, self.message),
+        }
+    }
+}
+
+/// Errors loading a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file was read but is invalid; every problem is listed.
+    #[error("{}", .0.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Validates config text; `path` is only used in messages.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        raw::parse(path, text)
+    }
+
+    /// Looks a source up by id.
+    pub fn source(&self, id: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.id.as_str() == id)
+    }
+}
+
+/// Parses `"7d"`, `"2m"`, `"25s"`, `"1h 30m"` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. \"30s\", \"2m\", \"7d\""))
+}
+
+/// Parses `"10MB"`, `"512KiB"`, `"1048576"` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size; use e.g. \"10MB\" or \"512KiB\""))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("`{s}` has an unknown size unit; use B, KB, MB, GB, KiB, MiB or GiB")),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("`{s}` must be a positive size"));
+    }
+    Ok((n * mult) as u64)
+}
+
+mod raw;

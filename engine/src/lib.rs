@@ -1,0 +1,23 @@
+//! Livestrom engine: polls sources, normalises items into versioned
+//! `StreamEvent`s and appends them to the SQLite event log.
+//!
+//! Data flow, one module per step:
+//! `config` → `scheduler` (when) → `fetch` (HTTP, politeness, SSRF) →
+//! `sources::{feed,html,firehose}` (bytes → items, pure) → `normalize`
+//! (identity, versions) → `store` (commit, ids) → `bus` (live feed).
+
+pub mod bus;
+pub mod config;
+pub mod event;
+pub mod fetch;
+pub mod normalize;
+pub mod politeness;
+pub mod runtime;
+pub mod scheduler;
+pub mod sources;
+pub mod store;
+
+pub use bus::Bus;
+pub use config::Config;
+pub use event::{CommittedEvent, SourceType, StreamEvent};
+pub use store::{EventLog, Store};

@@ -1,0 +1,1 @@
+//! The engine runtime: wires config, scheduler, fetcher, parsers, normaliser and store.

@@ -1,0 +1,1 @@
+//! The poll scheduler: due times, jitter, backoff.

@@ -1,0 +1,775 @@
+//! SQLite event log and state: one writer thread with group commit, pooled readers.
+//!
+//! - WAL mode; all writes go through one dedicated thread (`Writer`), which
+//!   drains whatever batches are queued into one `BEGIN IMMEDIATE` transaction,
+//!   assigns UUIDv7 ids and `emitted_at` in commit order, COMMITs, and only then
+//!   publishes to the [`Bus`] and acknowledges the submitters.
+//! - Readers use separate connections from a small pool on blocking threads and
+//!   never hold a transaction across an await (each read is one statement).
+//! - Item state (per-item fingerprint, version, last event) and source state
+//!   (ETag, Last-Modified, health, HTML snapshot, upstream cursor) live beside
+//!   the events so a restart neither re-emits nor loses cursors.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::bus::{Batch, Bus};
+use crate::event::{uuid_floor_at, CommittedEvent, IdGenerator, SourceType, StreamEvent};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or is not a usable SQLite database.
+    #[error("cannot open database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why, in words a user can act on.
+        reason: String,
+    },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored row could not be decoded.
+    #[error("corrupt stored row: {0}")]
+    Corrupt(String),
+    /// The writer thread has stopped (shutdown or a fatal error).
+    #[error("the store writer has stopped")]
+    WriterGone,
+    /// A blocking task panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// An event to store: everything but `id` and `emitted_at`, which the writer assigns.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The event; its `id` and `emitted_at` are overwritten at commit.
+    pub event: StreamEvent,
+    /// The item's significance fingerprint after this event (see `normalize`).
+    pub fingerprint: String,
+    /// Secondary identity keys of the item (canonical link, content hash) used
+    /// to recognise the same item when its guid churns.
+    pub aliases: Vec<String>,
+}
+
+/// Stored state of one item of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemState {
+    /// Stable identity within the source.
+    pub item_id: String,
+    /// Current version.
+    pub version: u32,
+    /// Id of the item's newest event.
+    pub last_event_id: Uuid,
+    /// Significance fingerprint of that version.
+    pub fingerprint: String,
+    /// Secondary identity keys.
+    pub aliases: Vec<String>,
+}
+
+/// Persistent per-source state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceState {
+    /// Source id.
+    pub source_id: String,
+    /// ETag of the last 200.
+    pub etag: Option<String>,
+    /// Last-Modified of the last 200.
+    pub last_modified: Option<String>,
+    /// Start of the last poll.
+    pub last_poll_at: Option<DateTime<Utc>>,
+    /// End of the last successful poll.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// The last error, cleared on success.
+    pub last_error: Option<String>,
+    /// Consecutive failed polls.
+    pub consecutive_failures: u32,
+    /// When the next poll is due.
+    pub next_poll_at: Option<DateTime<Utc>>,
+    /// Items known for this source.
+    pub item_count: u64,
+    /// Events emitted in total.
+    pub event_count: u64,
+    /// True once the first successful poll has been stored.
+    pub initialized: bool,
+    /// html sources: the last normalised text of the watched region.
+    pub snapshot: Option<String>,
+    /// firehose sse/ndjson: the upstream resume cursor (Last-Event-ID).
+    pub upstream_cursor: Option<String>,
+}
+
+/// One transaction's worth of work from one poll.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// New events, in the order they should be emitted.
+    pub events: Vec<NewEvent>,
+    /// The source's state after this poll (upserted), if any.
+    pub source: Option<SourceState>,
+    /// Items seen again unchanged whose aliases changed (rare), upserted without an event.
+    pub touch_items: Vec<ItemState>,
+}
+
+/// A row of the event log as readers get it: enough to filter without parsing,
+/// plus the stored JSON.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    /// Event id.
+    pub id: Uuid,
+    /// Source id.
+    pub source_id: String,
+    /// Source type.
+    pub source_type: SourceType,
+    /// The StreamEvent JSON, one line.
+    pub json: Arc<str>,
+}
+
+/// Pushdown for log reads: restrict by source id / prefix and type in SQL.
+#[derive(Debug, Clone, Default)]
+pub struct ReadScope {
+    /// Exact source ids (OR). Empty with empty `prefixes` = all sources.
+    pub sources: Vec<String>,
+    /// Source id prefixes including the trailing dot, e.g. `kommun.` (OR with `sources`).
+    pub prefixes: Vec<String>,
+    /// Source types (OR). Empty = all.
+    pub types: Vec<SourceType>,
+}
+
+/// The durable event log as the edge sees it (SPEC §7 seam). Blocking: call
+/// from `spawn_blocking` or a dedicated thread.
+pub trait EventLog: Send + Sync + 'static {
+    /// Up to `limit` events with id > `after`, ascending.
+    fn read_after(&self, after: Uuid, limit: usize, scope: &ReadScope) -> Result<Vec<LogRow>, StoreError>;
+    /// Events before this id may have been pruned: a cursor below it is gone (410).
+    fn retention_floor(&self) -> Uuid;
+    /// The newest committed id, if any.
+    fn head(&self) -> Result<Option<Uuid>, StoreError>;
+}
+
+/// Handle to the database: cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    retention: Duration,
+    writer: mpsc::Sender<Job>,
+    bus: Bus,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.inner.path).finish()
+    }
+}
+
+enum Job {
+    Write(Box<WriteBatch>, Reply),
+    Prune(oneshot::Sender<Result<usize, String>>),
+    /// Resolves once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Events drained into one transaction at most (group commit bound).
+const MAX_GROUP_EVENTS: usize = 8192;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    id BLOB PRIMARY KEY NOT NULL,
+    source_id TEXT NOT NULL,
+    source_type INTEGER NOT NULL,
+    json TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    source_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_event_id BLOB NOT NULL,
+    fingerprint TEXT NOT NULL,
+    aliases TEXT NOT NULL DEFAULT '',
+    seen_at INTEGER NOT NULL,
+    PRIMARY KEY (source_id, item_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sources (
+    source_id TEXT PRIMARY KEY NOT NULL,
+    etag TEXT,
+    last_modified TEXT,
+    last_poll_at TEXT,
+    last_success_at TEXT,
+    last_error TEXT,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    next_poll_at TEXT,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    initialized INTEGER NOT NULL DEFAULT 0,
+    snapshot TEXT,
+    upstream_cursor TEXT
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    key_hash BLOB NOT NULL UNIQUE,
+    scopes TEXT NOT NULL,
+    max_filters INTEGER NOT NULL,
+    max_streams INTEGER NOT NULL,
+    rate REAL NOT NULL,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+"#;
+
+/// Opens a connection with the project's pragmas; errors are phrased for users.
+pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |reason: String| StoreError::Open { path: path.to_owned(), reason };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| open_err(e.to_string()))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(|e| open_err(e.to_string()))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| open_err(describe_open_error(&e)))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(open_err(format!("could not switch to WAL mode (got `{mode}`)")));
+    }
+    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;")
+        .map_err(|e| open_err(describe_open_error(&e)))?;
+    Ok(conn)
+}
+
+fn describe_open_error(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            "the file is not a SQLite database or is corrupt (move it aside to start fresh)".into()
+        }
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            "the database is corrupt (restore a backup or move it aside to start fresh)".into()
+        }
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+            "the database is locked by another process (is another `livestrom run` using it?)".into()
+        }
+        Some(rusqlite::ErrorCode::ReadOnly) | Some(rusqlite::ErrorCode::CannotOpen) => {
+            format!("cannot open or write the file: {e}")
+        }
+        _ => e.to_string(),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, migrates it, seeds the id
+    /// generator from the newest stored id and starts the writer thread.
+    pub fn open(path: &Path, retention: Duration, bus: Bus) -> Result<Self, StoreError> {
+        let conn = open_connection(path)?;
+        conn.execute_batch(SCHEMA).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            reason: describe_open_error(&e),
+        })?;
+        let last: Option<Vec<u8>> = conn
+            .query_row("SELECT id FROM events ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| StoreError::Open { path: path.to_owned(), reason: describe_open_error(&e) })?;
+        let last_meta: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key='last_id'", [], |r| r.get(0))
+            .optional()?;
+        let seed = [last.as_deref().and_then(|b| Uuid::from_slice(b).ok()), last_meta.and_then(|s| Uuid::parse_str(&s).ok())]
+            .into_iter()
+            .flatten()
+            .max();
+        let (tx, rx) = mpsc::channel::<Job>(1024);
+        let w = WriterThread { conn, ids: IdGenerator::new(seed), bus: bus.clone(), retention };
+        std::thread::Builder::new()
+            .name("livestrom-store-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::Open { path: path.to_owned(), reason: format!("cannot start writer thread: {e}") })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                readers: Mutex::new(Vec::new()),
+                retention,
+                writer: tx,
+                bus,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The live feed this store publishes to.
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// The retention window.
+    pub fn retention(&self) -> Duration {
+        self.inner.retention
+    }
+
+    /// Commits a batch; resolves once COMMIT returned, with the stored events.
+    pub async fn write(&self, batch: WriteBatch) -> Result<Vec<Arc<CommittedEvent>>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.writer.send(Job::Write(Box::new(batch), tx)).await.map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?.map_err(StoreError::Task)
+    }
+
+    /// Deletes events older than the retention window; returns how many.
+    pub async fn prune(&self) -> Result<usize, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.writer.send(Job::Prune(tx)).await.map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?.map_err(StoreError::Task)
+    }
+
+    /// Resolves once every write queued before this call is committed (used
+    /// at shutdown after the pollers stopped: nothing acknowledged is lost).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.writer.send(Job::Flush(tx)).await.map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Runs `f` with a pooled read connection on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` with a pooled read connection on the current thread.
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = match self.inner.readers.lock().ok().and_then(|mut p| p.pop()) {
+            Some(c) => c,
+            None => open_connection(&self.inner.path)?,
+        };
+        let out = f(&conn);
+        if let Ok(mut pool) = self.inner.readers.lock() {
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+        }
+        out
+    }
+
+    /// All item states of a source.
+    pub async fn items(&self, source_id: &str) -> Result<Vec<ItemState>, StoreError> {
+        let sid = source_id.to_owned();
+        self.read(move |c| load_items(c, &sid)).await
+    }
+
+    /// The stored state of a source, if it was ever polled.
+    pub async fn source_state(&self, source_id: &str) -> Result<Option<SourceState>, StoreError> {
+        let sid = source_id.to_owned();
+        self.read(move |c| load_source(c, &sid)).await
+    }
+
+    /// State of every source ever polled.
+    pub async fn source_states(&self) -> Result<Vec<SourceState>, StoreError> {
+        self.read(load_all_sources).await
+    }
+}
+
+impl EventLog for Store {
+    fn read_after(&self, after: Uuid, limit: usize, scope: &ReadScope) -> Result<Vec<LogRow>, StoreError> {
+        self.read_blocking(|c| read_after(c, after, limit, scope))
+    }
+
+    fn retention_floor(&self) -> Uuid {
+        let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+        let floor_ms = now_ms.saturating_sub(self.inner.retention.as_millis() as u64);
+        let by_time = uuid_floor_at(floor_ms);
+        let pruned = self
+            .read_blocking(|c| {
+                Ok(c.query_row("SELECT value FROM meta WHERE key='pruned_below'", [], |r| r.get::<_, String>(0))
+                    .optional()?)
+            })
+            .ok()
+            .flatten()
+            .and_then(|s| Uuid::parse_str(&s).ok());
+        pruned.map_or(by_time, |p| p.max(by_time))
+    }
+
+    fn head(&self) -> Result<Option<Uuid>, StoreError> {
+        self.read_blocking(|c| {
+            let b: Option<Vec<u8>> = c
+                .query_row("SELECT id FROM events ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+                .optional()?;
+            b.map(|b| Uuid::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()
+        })
+    }
+}
+
+fn read_after(c: &Connection, after: Uuid, limit: usize, scope: &ReadScope) -> Result<Vec<LogRow>, StoreError> {
+    let mut sql = String::from("SELECT id, source_id, source_type, json FROM events WHERE id > ?1");
+    let mut args: Vec<rusqlite::types::Value> = vec![after.as_bytes().to_vec().into()];
+    if !scope.sources.is_empty() || !scope.prefixes.is_empty() {
+        let mut ors = Vec::new();
+        for s in &scope.sources {
+            args.push(s.clone().into());
+            ors.push(format!("source_id = ?{}", args.len()));
+        }
+        for p in &scope.prefixes {
+            // Range on the prefix: [p, p + 0xFF) — ids are ASCII so this is exact.
+            args.push(p.clone().into());
+            let lo = args.len();
+            args.push(format!("{p}\u{10FFFF}").into());
+            ors.push(format!("(source_id >= ?{lo} AND source_id < ?{})", args.len()));
+        }
+        sql.push_str(&format!(" AND ({})", ors.join(" OR ")));
+    }
+    if !scope.types.is_empty() {
+        let list: Vec<String> = scope.types.iter().map(|t| (t.as_index() as i64).to_string()).collect();
+        sql.push_str(&format!(" AND source_type IN ({})", list.join(",")));
+    }
+    sql.push_str(" ORDER BY id LIMIT ");
+    sql.push_str(&limit.to_string());
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    let mut out = Vec::with_capacity(limit.min(4096));
+    while let Some(r) = rows.next()? {
+        let id = r.get_ref(0)?.as_blob().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = Uuid::from_slice(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let st: i64 = r.get(2)?;
+        let source_type = *SourceType::ALL
+            .get(st as usize)
+            .ok_or_else(|| StoreError::Corrupt(format!("source_type {st}")))?;
+        out.push(LogRow {
+            id,
+            source_id: r.get(1)?,
+            source_type,
+            json: Arc::from(r.get_ref(3)?.as_str().map_err(|e| StoreError::Corrupt(e.to_string()))?),
+        });
+    }
+    Ok(out)
+}
+
+fn load_items(c: &Connection, source_id: &str) -> Result<Vec<ItemState>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT item_id, version, last_event_id, fingerprint, aliases FROM items WHERE source_id = ?1",
+    )?;
+    let rows = stmt.query_map([source_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (item_id, version, last, fingerprint, aliases) = row?;
+        out.push(ItemState {
+            item_id,
+            version: version.max(1) as u32,
+            last_event_id: Uuid::from_slice(&last).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            fingerprint,
+            aliases: split_aliases(&aliases),
+        });
+    }
+    Ok(out)
+}
+
+fn split_aliases(s: &str) -> Vec<String> {
+    s.split('\u{1f}').filter(|a| !a.is_empty()).map(str::to_owned).collect()
+}
+
+const SOURCE_COLS: &str = "s.source_id, etag, last_modified, last_poll_at, last_success_at, last_error, consecutive_failures, next_poll_at, event_count, initialized, snapshot, upstream_cursor, (SELECT COUNT(*) FROM items i WHERE i.source_id = s.source_id)";
+
+fn source_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SourceState> {
+    let ts = |i: usize| -> rusqlite::Result<Option<DateTime<Utc>>> {
+        Ok(r.get::<_, Option<String>>(i)?
+            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|t| t.with_timezone(&Utc)))
+    };
+    Ok(SourceState {
+        source_id: r.get(0)?,
+        etag: r.get(1)?,
+        last_modified: r.get(2)?,
+        last_poll_at: ts(3)?,
+        last_success_at: ts(4)?,
+        last_error: r.get(5)?,
+        consecutive_failures: r.get::<_, i64>(6)?.max(0) as u32,
+        next_poll_at: ts(7)?,
+        event_count: r.get::<_, i64>(8)?.max(0) as u64,
+        initialized: r.get::<_, i64>(9)? != 0,
+        snapshot: r.get(10)?,
+        upstream_cursor: r.get(11)?,
+        item_count: r.get::<_, i64>(12)?.max(0) as u64,
+    })
+}
+
+fn load_source(c: &Connection, source_id: &str) -> Result<Option<SourceState>, StoreError> {
+    let sql = format!("SELECT {SOURCE_COLS} FROM sources s WHERE s.source_id = ?1");
+    Ok(c.query_row(&sql, [source_id], source_from_row).optional()?)
+}
+
+fn load_all_sources(c: &Connection) -> Result<Vec<SourceState>, StoreError> {
+    let sql = format!("SELECT {SOURCE_COLS} FROM sources s ORDER BY s.source_id");
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map([], source_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+struct WriterThread {
+    conn: Connection,
+    ids: IdGenerator,
+    bus: Bus,
+    retention: Duration,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Arc<CommittedEvent>>, String>>;
+
+impl WriterThread {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(job) = rx.blocking_recv() {
+            let mut group: Vec<(WriteBatch, Reply)> = Vec::new();
+            let mut prunes = Vec::new();
+            let mut flushes = Vec::new();
+            let mut n = 0;
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write(b, r) => {
+                        n += b.events.len().max(1);
+                        group.push((*b, r));
+                    }
+                    Job::Prune(r) => prunes.push(r),
+                    Job::Flush(r) => flushes.push(r),
+                }
+                if n < MAX_GROUP_EVENTS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(group);
+            }
+            for r in prunes {
+                let _ = r.send(self.prune().map_err(|e| e.to_string()));
+            }
+            for r in flushes {
+                let _ = r.send(());
+            }
+        }
+        tracing::debug!("store writer stopped: all handles dropped");
+    }
+
+    fn commit_group(&mut self, group: Vec<(WriteBatch, Reply)>) {
+        let now = Utc::now();
+        let result = self.apply(&group, now);
+        match result {
+            Ok(per_batch) => {
+                let all: Vec<Arc<CommittedEvent>> = per_batch.iter().flatten().cloned().collect();
+                if !all.is_empty() {
+                    self.bus.publish(Batch::from(all));
+                }
+                for ((_, reply), evs) in group.into_iter().zip(per_batch) {
+                    let _ = reply.send(Ok(evs));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed");
+                let msg = e.to_string();
+                for (_, reply) in group {
+                    let _ = reply.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, group: &[(WriteBatch, Reply)], now: DateTime<Utc>) -> Result<Vec<Vec<Arc<CommittedEvent>>>, StoreError> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(group.len());
+        let mut last = None;
+        {
+            let mut ins_event = tx.prepare_cached("INSERT INTO events (id, source_id, source_type, json) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut up_item = tx.prepare_cached(
+                "INSERT INTO items (source_id, item_id, version, last_event_id, fingerprint, aliases, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (source_id, item_id) DO UPDATE SET version=excluded.version, last_event_id=excluded.last_event_id,
+                 fingerprint=excluded.fingerprint, aliases=excluded.aliases, seen_at=excluded.seen_at",
+            )?;
+            let mut up_source = tx.prepare_cached(
+                "INSERT INTO sources (source_id, etag, last_modified, last_poll_at, last_success_at, last_error, consecutive_failures, next_poll_at, event_count, initialized, snapshot, upstream_cursor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (source_id) DO UPDATE SET etag=excluded.etag, last_modified=excluded.last_modified, last_poll_at=excluded.last_poll_at,
+                 last_success_at=excluded.last_success_at, last_error=excluded.last_error, consecutive_failures=excluded.consecutive_failures,
+                 next_poll_at=excluded.next_poll_at, event_count=sources.event_count + ?9, initialized=excluded.initialized,
+                 snapshot=excluded.snapshot, upstream_cursor=excluded.upstream_cursor",
+            )?;
+            for (batch, _) in group {
+                let mut evs = Vec::with_capacity(batch.events.len());
+                for ne in &batch.events {
+                    let mut ev = ne.event.clone();
+                    ev.id = self.ids.next_id();
+                    ev.emitted_at = now;
+                    ev.schema_version = 1;
+                    let committed = CommittedEvent::new(ev);
+                    let e = &committed.event;
+                    ins_event.execute(params![e.id.as_bytes().as_slice(), e.source_id, e.source_type.as_index() as i64, &*committed.json])?;
+                    up_item.execute(params![
+                        e.source_id,
+                        e.item_id,
+                        e.version as i64,
+                        e.id.as_bytes().as_slice(),
+                        ne.fingerprint,
+                        ne.aliases.join("\u{1f}"),
+                        now.timestamp()
+                    ])?;
+                    last = Some(e.id);
+                    evs.push(Arc::new(committed));
+                }
+                for it in &batch.touch_items {
+                    let sid = batch.source.as_ref().map(|s| s.source_id.as_str()).unwrap_or_default();
+                    up_item.execute(params![
+                        sid,
+                        it.item_id,
+                        it.version as i64,
+                        it.last_event_id.as_bytes().as_slice(),
+                        it.fingerprint,
+                        it.aliases.join("\u{1f}"),
+                        now.timestamp()
+                    ])?;
+                }
+                if let Some(s) = &batch.source {
+                    let ts = |t: &Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339());
+                    up_source.execute(params![
+                        s.source_id,
+                        s.etag,
+                        s.last_modified,
+                        ts(&s.last_poll_at),
+                        ts(&s.last_success_at),
+                        s.last_error,
+                        s.consecutive_failures as i64,
+                        ts(&s.next_poll_at),
+                        batch.events.len() as i64,
+                        s.initialized as i64,
+                        s.snapshot,
+                        s.upstream_cursor,
+                    ])?;
+                }
+                out.push(evs);
+            }
+            if let Some(last) = last {
+                tx.execute("INSERT INTO meta (key, value) VALUES ('last_id', ?1) ON CONFLICT(key) DO UPDATE SET value=excluded.value", [last.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn prune(&mut self) -> Result<usize, StoreError> {
+        let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+        let floor = uuid_floor_at(now_ms.saturating_sub(self.retention.as_millis() as u64));
+        let mut total = 0;
+        loop {
+            // Chunked so the writer never holds the lock for long.
+            let n = self.conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < ?1 ORDER BY id LIMIT 10000)",
+                [floor.as_bytes().as_slice()],
+            )?;
+            total += n;
+            if n < 10000 {
+                break;
+            }
+        }
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('pruned_below', ?1) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            [floor.to_string()],
+        )?;
+        Ok(total)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(source: &str, item: &str) -> NewEvent {
+        NewEvent {
+            event: StreamEvent {
+                id: Uuid::nil(),
+                schema_version: 1,
+                source_id: source.into(),
+                source_type: SourceType::Rss,
+                url: "https://example.com/".into(),
+                title: format!("title {item}"),
+                content: "content".into(),
+                tags: vec![],
+                fetched_at: Utc::now(),
+                emitted_at: Utc::now(),
+                item_id: item.into(),
+                version: 1,
+                supersedes: None,
+                diff: None,
+                added: None,
+                published_at: None,
+            },
+            fingerprint: "fp".into(),
+            aliases: vec!["a1".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn write_read_and_restart_keeps_ids_increasing() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let path = dir.path().join("t.db");
+        let bus = Bus::new();
+        let mut live = bus.subscribe();
+        let store = Store::open(&path, Duration::from_secs(3600), bus)?;
+        let batch = WriteBatch {
+            events: vec![ev("a.b", "1"), ev("a.c", "2"), ev("b", "3")],
+            source: Some(SourceState { source_id: "a.b".into(), etag: Some("x".into()), initialized: true, ..Default::default() }),
+            touch_items: vec![],
+        };
+        let out = store.write(batch).await?;
+        assert_eq!(out.len(), 3);
+        assert!(out[0].event.id < out[1].event.id && out[1].event.id < out[2].event.id);
+        let published = live.recv().await.map_err(|e| StoreError::Task(e.to_string()))?;
+        assert_eq!(published.len(), 3);
+
+        let scope = ReadScope { prefixes: vec!["a.".into()], ..Default::default() };
+        let rows = store.read_after(Uuid::nil(), 10, &scope)?;
+        assert_eq!(rows.iter().map(|r| r.source_id.as_str()).collect::<Vec<_>>(), vec!["a.b", "a.c"]);
+        let rows = store.read_after(out[0].event.id, 10, &ReadScope::default())?;
+        assert_eq!(rows.len(), 2);
+
+        let items = store.items("a.b").await?;
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].aliases, vec!["a1".to_string()]);
+        let st = store.source_state("a.b").await?.ok_or(StoreError::Corrupt("missing".into()))?;
+        assert_eq!(st.etag.as_deref(), Some("x"));
+        assert_eq!(st.event_count, 3);
+        let last = out[2].event.id;
+        drop(store);
+
+        let store = Store::open(&path, Duration::from_secs(3600), Bus::new())?;
+        let out2 = store.write(WriteBatch { events: vec![ev("b", "4")], ..Default::default() }).await?;
+        assert!(out2[0].event.id > last);
+        assert_eq!(store.head()?, Some(out2[0].event.id));
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_file_is_a_clear_open_error() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("bad.db");
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap_or_else(|e| panic!("{e}"));
+        let err = Store::open(&path, Duration::from_secs(60), Bus::new()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("not a SQLite database"), "{err}");
+    }
+}

@@ -1,0 +1,3 @@
+//! The `livestrom` CLI (lead-owned; subcommands wired as modules land).
+
+fn main() {}

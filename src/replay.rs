@@ -1,0 +1,1 @@
+//! Fixture replay server (owned by the fixtures helper).

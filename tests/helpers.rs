@@ -1,0 +1,1 @@
+//! Shared test helpers: fresh databases, fixture servers, spawned apps.

@@ -1,0 +1,12 @@
+//! The one integration test binary: each module covers one area end to end,
+//! over real HTTP on 127.0.0.1 against fixtures (no network).
+
+mod helpers;
+
+mod config;
+mod corpus;
+mod fetch;
+mod firehose;
+mod html;
+mod ingest;
+mod stream;
