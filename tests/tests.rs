@@ -10,3 +10,4 @@ mod firehose;
 mod html;
 mod ingest;
 mod stream;
+mod auth;

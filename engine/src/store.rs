@@ -269,6 +269,16 @@ fn describe_open_error(e: &rusqlite::Error) -> String {
     }
 }
 
+/// Opens a connection and creates/migrates the schema: for tools (the CLI's
+/// `apikey`, `sources list`) that work on the database while `livestrom run`
+/// has it open (WAL allows one writer at a time and any number of readers).
+pub fn open_and_migrate(path: &Path) -> Result<Connection, StoreError> {
+    let conn = open_connection(path)?;
+    conn.execute_batch(SCHEMA)
+        .map_err(|e| StoreError::Open { path: path.to_owned(), reason: describe_open_error(&e) })?;
+    Ok(conn)
+}
+
 impl Store {
     /// Opens (creating if needed) the database, migrates it, seeds the id
     /// generator from the newest stored id and starts the writer thread.
