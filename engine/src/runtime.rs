@@ -1,1 +1,595 @@
-//! The engine runtime: wires config, scheduler, fetcher, parsers, normaliser and store.
+//! The engine runtime: one scheduling loop that polls every configured source
+//! (fetch → parse → normalise → store), long-lived upstream readers for
+//! streaming firehoses, live config reload, retention pruning and a clean
+//! shutdown that loses nothing acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, FirehoseFormat, SourceConfig, SourceKind};
+use crate::fetch::{FetchError, FetchRequest, FetchResponse, Fetched, Fetcher};
+use crate::normalize;
+use crate::scheduler::{self, DueQueue, PollTiming};
+use crate::sources::{feed, firehose, html, Item, Parsed};
+use crate::store::{SourceState, Store, StoreError, WriteBatch};
+
+/// Polls in flight at most; further due sources wait in the queue.
+const MAX_IN_FLIGHT: usize = 256;
+/// How long shutdown waits for in-flight polls to store their results.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often events older than the retention window are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Upstream batches buffered between a streaming firehose reader and the store.
+const UPSTREAM_QUEUE: usize = 16;
+
+/// Engine errors (start-up only: a failing source never stops the engine).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Fetcher(#[from] FetchError),
+}
+
+/// Why one poll failed; shown as the source's `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// Fetching failed.
+    #[error("fetch: {0}")]
+    Fetch(#[from] FetchError),
+    /// The feed did not parse.
+    #[error("parse: {0}")]
+    Feed(#[from] feed::FeedError),
+    /// The page is unusable.
+    #[error("page: {0}")]
+    Html(#[from] html::HtmlError),
+    /// The firehose document did not map.
+    #[error("firehose: {0}")]
+    Firehose(#[from] firehose::FirehoseError),
+    /// Storing failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A parser task died.
+    #[error("internal: {0}")]
+    Task(String),
+}
+
+/// Shared by every poll.
+struct Ctx {
+    store: Store,
+    fetcher: Fetcher,
+}
+
+/// A configured source and its scheduling bookkeeping.
+struct Slot {
+    src: Arc<SourceConfig>,
+    /// Bumped whenever the source is replaced, so a stale poll result is ignored.
+    epoch: u64,
+    /// A poll is in flight (never two of one source at once).
+    polling: bool,
+    /// Streaming firehose: cancels its upstream reader.
+    upstream: Option<CancellationToken>,
+    /// The first-round summary has counted this source.
+    reported: bool,
+}
+
+/// Runs the engine until `cancel` fires, then drains in-flight polls and
+/// flushes the store. `reload` delivers re-validated configs (file watch, SIGHUP).
+pub async fn run(
+    config: Config,
+    store: Store,
+    mut reload: Option<mpsc::Receiver<Result<Config, ConfigError>>>,
+    cancel: CancellationToken,
+) -> Result<(), RuntimeError> {
+    let mut ctx = Arc::new(Ctx { store: store.clone(), fetcher: Fetcher::new(&config.fetch)? });
+    let mut fetch_cfg = format!("{:?}", config.fetch);
+    let mut slots: Vec<Option<Slot>> = Vec::new();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut queue = DueQueue::new();
+    let mut polls: JoinSet<(usize, u64, Result<(), String>)> = JoinSet::new();
+    let mut upstreams: JoinSet<()> = JoinSet::new();
+    let mut in_flight = 0usize;
+    let mut unreported = 0usize;
+    let mut failing_first_round: Vec<String> = Vec::new();
+
+    let states: HashMap<String, SourceState> = match store.source_states().await {
+        Ok(v) => v.into_iter().map(|s| (s.source_id.clone(), s)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read source states; scheduling every source as new");
+            HashMap::new()
+        }
+    };
+    for src in config.sources {
+        let slot = slots.len();
+        let first_at = first_poll_at(states.get(src.id.as_str()));
+        by_id.insert(src.id.as_str().to_owned(), slot);
+        slots.push(Some(Slot { src: Arc::new(src), epoch: 0, polling: false, upstream: None, reported: false }));
+        unreported += 1;
+        start_slot(&ctx, &mut slots, slot, first_at, &mut queue, &mut upstreams, &cancel);
+    }
+    tracing::info!(sources = slots.len(), "engine started");
+
+    let prune_store = store.clone();
+    let prune_cancel = cancel.clone();
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                _ = prune_cancel.cancelled() => break,
+                _ = tick.tick() => match prune_store.prune().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "pruned events older than the retention window"),
+                    Err(e) => tracing::warn!(error = %e, "pruning failed"),
+                },
+            }
+        }
+    });
+
+    loop {
+        // Start every due poll we have room for.
+        let now = Instant::now();
+        while in_flight < MAX_IN_FLIGHT {
+            let Some(slot) = queue.pop_due(now) else { break };
+            let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
+            if s.polling || s.upstream.is_some() {
+                continue;
+            }
+            s.polling = true;
+            in_flight += 1;
+            let (src, epoch, ctx) = (s.src.clone(), s.epoch, ctx.clone());
+            let cancel = cancel.clone();
+            polls.spawn(async move {
+                let res = tokio::select! {
+                    r = poll_once(&ctx, &src) => r,
+                    _ = cancel.cancelled() => Err("cancelled by shutdown".into()),
+                };
+                (slot, epoch, res)
+            });
+        }
+        let next_due = if in_flight < MAX_IN_FLIGHT { queue.peek() } else { None };
+        let sleep_until = next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(sleep_until) => {}
+            Some(joined) = polls.join_next(), if !polls.is_empty() => {
+                in_flight = in_flight.saturating_sub(1);
+                let Ok((slot, epoch, res)) = joined else {
+                    tracing::error!("a poll task panicked");
+                    continue;
+                };
+                let total = by_id.len();
+                let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
+                if s.epoch != epoch {
+                    // Replaced by a reload while polling; the new config was scheduled already.
+                    s.polling = false;
+                    continue;
+                }
+                s.polling = false;
+                if !s.reported {
+                    s.reported = true;
+                    unreported = unreported.saturating_sub(1);
+                    if let Err(e) = &res {
+                        failing_first_round.push(format!("{} ({e})", s.src.id));
+                    }
+                    if unreported == 0 {
+                        first_round_summary(total, &failing_first_round);
+                    }
+                }
+                let at = next_poll_instant(&ctx.store, &s.src).await;
+                queue.schedule(slot, at);
+            }
+            Some(update) = recv_reload(&mut reload) => match update {
+                Err(e) => tracing::error!("config reload rejected, keeping the running config:\n{e}"),
+                Ok(new) => {
+                    let new_fetch = format!("{:?}", new.fetch);
+                    if new_fetch != fetch_cfg {
+                        match Fetcher::new(&new.fetch) {
+                            Ok(f) => {
+                                ctx = Arc::new(Ctx { store: store.clone(), fetcher: f });
+                                fetch_cfg = new_fetch;
+                            }
+                            Err(e) => tracing::error!(error = %e, "config reload: cannot rebuild the HTTP client, keeping the old one"),
+                        }
+                    }
+                    apply_reload(&ctx, new, &mut slots, &mut by_id, &mut queue, &mut upstreams, &cancel);
+                }
+            },
+        }
+    }
+
+    tracing::info!(in_flight, "engine stopping: waiting for in-flight polls to store their results");
+    let drain = async {
+        while polls.join_next().await.is_some() {}
+        while upstreams.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!("some polls did not finish within {SHUTDOWN_GRACE:?}; their results were not stored");
+    }
+    let _ = pruner.await;
+    if let Err(e) = store.flush().await {
+        tracing::error!(error = %e, "store flush at shutdown failed");
+    }
+    tracing::info!("engine stopped");
+    Ok(())
+}
+
+async fn recv_reload(rx: &mut Option<mpsc::Receiver<Result<Config, ConfigError>>>) -> Option<Result<Config, ConfigError>> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(v) => Some(v),
+            None => {
+                *rx = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+fn first_round_summary(total: usize, failing: &[String]) {
+    if failing.is_empty() {
+        tracing::info!("first round: all {total} sources reachable");
+    } else {
+        tracing::warn!(
+            "first round: {} of {total} sources reachable; cannot reach {}: {}",
+            total - failing.len(),
+            failing.len(),
+            failing.join("; ")
+        );
+    }
+}
+
+/// Schedules a (new or replaced) slot: streaming firehoses get an upstream
+/// reader, everything else a first poll.
+fn start_slot(
+    ctx: &Arc<Ctx>,
+    slots: &mut [Option<Slot>],
+    slot: usize,
+    at: Instant,
+    queue: &mut DueQueue,
+    upstreams: &mut JoinSet<()>,
+    cancel: &CancellationToken,
+) {
+    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { return };
+    if is_streaming(&s.src) {
+        let token = cancel.child_token();
+        s.upstream = Some(token.clone());
+        upstreams.spawn(run_stream(ctx.clone(), s.src.clone(), token));
+    } else {
+        queue.schedule(slot, at);
+    }
+}
+
+fn is_streaming(src: &SourceConfig) -> bool {
+    matches!(&src.kind, SourceKind::Firehose(f) if matches!(f.format, FirehoseFormat::Ndjson | FirehoseFormat::Sse))
+}
+
+fn apply_reload(
+    ctx: &Arc<Ctx>,
+    new: Config,
+    slots: &mut Vec<Option<Slot>>,
+    by_id: &mut HashMap<String, usize>,
+    queue: &mut DueQueue,
+    upstreams: &mut JoinSet<()>,
+    cancel: &CancellationToken,
+) {
+    let (mut added, mut changed, mut removed) = (0, 0, 0);
+    let mut keep: HashMap<String, ()> = HashMap::new();
+    for src in new.sources {
+        let id = src.id.as_str().to_owned();
+        keep.insert(id.clone(), ());
+        match by_id.get(&id).copied() {
+            Some(slot) => {
+                let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
+                if format!("{:?}", s.src) == format!("{src:?}") {
+                    continue;
+                }
+                changed += 1;
+                s.epoch += 1;
+                s.src = Arc::new(src);
+                if let Some(t) = s.upstream.take() {
+                    t.cancel();
+                }
+                s.polling = false;
+                start_slot(ctx, slots, slot, Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD), queue, upstreams, cancel);
+            }
+            None => {
+                added += 1;
+                let slot = slots.len();
+                slots.push(Some(Slot { src: Arc::new(src), epoch: 0, polling: false, upstream: None, reported: true }));
+                by_id.insert(id, slot);
+                start_slot(ctx, slots, slot, Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD), queue, upstreams, cancel);
+            }
+        }
+    }
+    by_id.retain(|id, slot| {
+        if keep.contains_key(id) {
+            return true;
+        }
+        removed += 1;
+        queue.remove(*slot);
+        if let Some(s) = slots.get_mut(*slot).and_then(Option::take) {
+            if let Some(t) = s.upstream {
+                t.cancel();
+            }
+        }
+        false
+    });
+    tracing::info!(added, changed, removed, "config reloaded");
+}
+
+fn jitter_within(d: Duration) -> Duration {
+    d.mul_f64(rand::random::<f64>())
+}
+
+/// First poll of a source: at its stored next-poll time if it has one (a
+/// restart keeps the cadence), else soon, spread over a few seconds.
+fn first_poll_at(state: Option<&SourceState>) -> Instant {
+    let now = Instant::now();
+    let spread = jitter_within(scheduler::FIRST_POLL_SPREAD);
+    match state.and_then(|s| s.next_poll_at) {
+        Some(at) => {
+            let wait = (at - Utc::now()).to_std().unwrap_or_default();
+            now + wait.min(scheduler::MAX_HINT).max(spread)
+        }
+        None => now + spread,
+    }
+}
+
+/// The next poll as stored by the poll that just finished.
+async fn next_poll_instant(store: &Store, src: &SourceConfig) -> Instant {
+    let stored = store.source_state(src.id.as_str()).await.ok().flatten().and_then(|s| s.next_poll_at);
+    let wait = match stored {
+        Some(at) => (at - Utc::now()).to_std().unwrap_or_default(),
+        None => scheduler::base_delay(&src.cadence, Utc::now()),
+    };
+    Instant::now() + wait.min(scheduler::MAX_HINT.max(scheduler::MAX_BACKOFF))
+}
+
+/// One poll of one source, start to commit. Returns the error text on failure
+/// (already recorded in the source's state).
+async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
+    let started = Utc::now();
+    let mut state = match ctx.store.source_state(src.id.as_str()).await {
+        Ok(s) => s.unwrap_or_else(|| SourceState { source_id: src.id.as_str().to_owned(), ..Default::default() }),
+        Err(e) => return Err(format!("store: {e}")),
+    };
+    state.last_poll_at = Some(started);
+    let outcome = poll_inner(ctx, src, &mut state).await;
+    let now = Utc::now();
+    let (timing, batch_events, result) = match outcome {
+        Ok(done) => {
+            state.last_success_at = Some(now);
+            state.last_error = None;
+            state.consecutive_failures = 0;
+            state.initialized = true;
+            let timing = PollTiming { ok: true, consecutive_failures: 0, ttl: done.ttl, cache: done.cache, retry_after: None };
+            (timing, done.events, Ok(()))
+        }
+        Err(e) => {
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            let msg = e.to_string();
+            if state.consecutive_failures == 1 || state.consecutive_failures.is_power_of_two() {
+                tracing::warn!(source = %src.id, failures = state.consecutive_failures, "poll failed: {msg}");
+            } else {
+                tracing::debug!(source = %src.id, failures = state.consecutive_failures, "poll failed: {msg}");
+            }
+            if state.consecutive_failures > 1 && state.last_error.is_none() {
+                tracing::info!(source = %src.id, "source failing again");
+            }
+            state.last_error = Some(msg.clone());
+            let retry_after = match &e {
+                PollError::Fetch(f) => f.retry_after(),
+                _ => None,
+            };
+            let timing = PollTiming { ok: false, consecutive_failures: state.consecutive_failures, ttl: None, cache: None, retry_after };
+            (timing, Vec::new(), Err(msg))
+        }
+    };
+    let delay = scheduler::next_delay(&src.cadence, now, &timing, rand::random::<f64>());
+    state.next_poll_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+    let n = batch_events.len();
+    let batch = WriteBatch { events: batch_events, source: Some(state), touch_items: Vec::new() };
+    match ctx.store.write(batch).await {
+        Ok(_) if n > 0 => tracing::info!(source = %src.id, events = n, "stored new events"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(source = %src.id, error = %e, "cannot store poll result");
+            return Err(format!("store: {e}"));
+        }
+    }
+    result
+}
+
+struct PollDone {
+    events: Vec<crate::store::NewEvent>,
+    ttl: Option<Duration>,
+    cache: Option<Duration>,
+}
+
+async fn poll_inner(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState) -> Result<PollDone, PollError> {
+    let mut req = FetchRequest::get(src.url.clone());
+    req.etag = state.etag.clone();
+    req.last_modified = state.last_modified.clone();
+    req.user_agent = src.user_agent.clone();
+    req.headers = src.headers.clone();
+    req.accept = Some(accept_for(src));
+    let fetched = match ctx.fetcher.fetch(&req).await? {
+        FetchResponse::NotModified { hints } => {
+            return Ok(PollDone { events: Vec::new(), ttl: None, cache: hints.not_before });
+        }
+        FetchResponse::Body(f) => f,
+    };
+    let cache = fetched.hints.not_before;
+    let (items, ttl, snapshot) = parse(src, &fetched, state.snapshot.clone()).await?;
+    let known = if matches!(src.kind, SourceKind::Firehose(_)) {
+        let ids = items.iter().filter_map(|i| i.guid.clone().or_else(|| i.url.clone())).collect();
+        ctx.store.items_by_ids(src.id.as_str(), ids).await?
+    } else {
+        ctx.store.items(src.id.as_str()).await?
+    };
+    let first_poll = !state.initialized;
+    let fetched_at = fetched.fetched_at;
+    let plan = normalize::plan(src, items, &known, first_poll, fetched_at);
+    // Only a successfully parsed 200 moves the validators and the snapshot.
+    state.etag = fetched.etag;
+    state.last_modified = fetched.last_modified;
+    if let Some(s) = snapshot {
+        state.snapshot = Some(s);
+    }
+    Ok(PollDone { events: plan.events, ttl, cache })
+}
+
+fn accept_for(src: &SourceConfig) -> &'static str {
+    match src.kind {
+        SourceKind::Rss => "application/rss+xml, application/atom+xml, application/rdf+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5",
+        SourceKind::Json => "application/feed+json, application/json;q=0.9, */*;q=0.5",
+        SourceKind::Html(_) => "text/html, application/xhtml+xml;q=0.9, */*;q=0.5",
+        SourceKind::Firehose(_) => "application/json, application/x-ndjson;q=0.9, */*;q=0.5",
+    }
+}
+
+/// Items, the feed's ttl, and (html) the new snapshot to store.
+type ParseOut = (Vec<Item>, Option<Duration>, Option<String>);
+
+/// Parses a body on a blocking thread. For html sources, also returns the new
+/// snapshot to store (only when it changed meaningfully or is the first).
+async fn parse(
+    src: &SourceConfig,
+    fetched: &Fetched,
+    prev_snapshot: Option<String>,
+) -> Result<ParseOut, PollError> {
+    let body = fetched.body.clone();
+    let ct = fetched.content_type.clone();
+    let base = fetched.final_url.clone();
+    let kind = src.kind.clone();
+    let page_url = fetched.final_url.to_string();
+    let task = tokio::task::spawn_blocking(move || -> Result<ParseOut, PollError> {
+        match &kind {
+            SourceKind::Rss | SourceKind::Json => {
+                let Parsed { items, ttl } = feed::parse(&body, ct.as_deref(), &base)?;
+                Ok((items, ttl, None))
+            }
+            SourceKind::Firehose(settings) => {
+                let Parsed { items, ttl } = firehose::parse_json(&body, settings, &base)?;
+                Ok((items, ttl, None))
+            }
+            SourceKind::Html(settings) => {
+                let snap = html::extract(&body, ct.as_deref(), settings)?;
+                let item = |diff: Option<html::Change>| Item {
+                    guid: Some("page".into()),
+                    url: Some(page_url.clone()),
+                    title: snap.title.clone(),
+                    content: snap.text.clone(),
+                    published: None,
+                    diff: diff.as_ref().map(|c| c.diff.clone()),
+                    added: diff.map(|c| c.added),
+                };
+                match prev_snapshot {
+                    None => Ok((vec![item(None)], None, Some(snap.text.clone()))),
+                    Some(prev) => match html::diff(&prev, &snap.text, settings.min_change) {
+                        None => Ok((Vec::new(), None, None)),
+                        Some(change) => Ok((vec![item(Some(change))], None, Some(snap.text.clone()))),
+                    },
+                }
+            }
+        }
+    });
+    task.await.map_err(|e| PollError::Task(e.to_string()))?
+}
+
+/// A streaming firehose (ndjson / sse): the upstream reader sends batches;
+/// each is normalised and committed with the upstream cursor in one
+/// transaction, so a restart resumes exactly after the last stored item.
+async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: CancellationToken) {
+    let mut state = match ctx.store.source_state(src.id.as_str()).await {
+        Ok(s) => s.unwrap_or_else(|| SourceState { source_id: src.id.as_str().to_owned(), ..Default::default() }),
+        Err(e) => {
+            tracing::error!(source = %src.id, error = %e, "cannot read source state; upstream not started");
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<firehose::UpstreamBatch>(UPSTREAM_QUEUE);
+    let (htx, mut hrx) = mpsc::channel::<Result<(), String>>(16);
+    let reader = tokio::spawn(firehose::run_upstream(
+        src.clone(),
+        ctx.fetcher.clone(),
+        state.upstream_cursor.clone(),
+        tx,
+        htx,
+        cancel.clone(),
+    ));
+    loop {
+        tokio::select! {
+            // Store whatever the reader already handed over before stopping.
+            biased;
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                if let Err(e) = store_upstream_batch(&ctx, &src, &mut state, batch).await {
+                    tracing::error!(source = %src.id, error = %e, "cannot store upstream items");
+                }
+            }
+            health = hrx.recv() => {
+                let Some(health) = health else { continue };
+                record_health(&ctx, &src, &mut state, health).await;
+            }
+        }
+    }
+    let _ = reader.await;
+}
+
+async fn store_upstream_batch(
+    ctx: &Ctx,
+    src: &SourceConfig,
+    state: &mut SourceState,
+    batch: firehose::UpstreamBatch,
+) -> Result<(), PollError> {
+    let now = Utc::now();
+    let ids = batch.items.iter().filter_map(|i| i.guid.clone().or_else(|| i.url.clone())).collect();
+    let known = ctx.store.items_by_ids(src.id.as_str(), ids).await?;
+    let plan = normalize::plan(src, batch.items, &known, false, now);
+    state.last_poll_at = Some(now);
+    state.last_success_at = Some(now);
+    state.last_error = None;
+    state.consecutive_failures = 0;
+    state.initialized = true;
+    if batch.cursor.is_some() {
+        state.upstream_cursor = batch.cursor;
+    }
+    let n = plan.events.len();
+    ctx.store.write(WriteBatch { events: plan.events, source: Some(state.clone()), touch_items: plan.touch }).await?;
+    tracing::debug!(source = %src.id, events = n, "stored upstream items");
+    Ok(())
+}
+
+async fn record_health(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState, health: Result<(), String>) {
+    let now: DateTime<Utc> = Utc::now();
+    state.last_poll_at = Some(now);
+    match health {
+        Ok(()) => {
+            if state.last_error.take().is_some() {
+                tracing::info!(source = %src.id, "upstream connected");
+            }
+            state.consecutive_failures = 0;
+            state.last_success_at = Some(now);
+        }
+        Err(msg) => {
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            if state.consecutive_failures == 1 || state.consecutive_failures.is_power_of_two() {
+                tracing::warn!(source = %src.id, failures = state.consecutive_failures, "upstream: {msg}");
+            }
+            state.last_error = Some(msg);
+        }
+    }
+    let batch = WriteBatch { events: Vec::new(), source: Some(state.clone()), touch_items: Vec::new() };
+    if let Err(e) = ctx.store.write(batch).await {
+        tracing::error!(source = %src.id, error = %e, "cannot store upstream health");
+    }
+}

@@ -705,6 +705,38 @@ impl WriterThread {
 }
 
 
+impl Store {
+    /// Item states of a source restricted to the given item ids (firehose
+    /// sources, whose item tables grow without bound, look up only these).
+    pub async fn items_by_ids(&self, source_id: &str, ids: Vec<String>) -> Result<Vec<ItemState>, StoreError> {
+        let sid = source_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT item_id, version, last_event_id, fingerprint, aliases FROM items WHERE source_id = ?1 AND item_id = ?2",
+            )?;
+            let mut out = Vec::new();
+            for id in ids {
+                let row = stmt
+                    .query_row(params![sid, id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+                    })
+                    .optional()?;
+                if let Some((item_id, version, last, fingerprint, aliases)) = row {
+                    out.push(ItemState {
+                        item_id,
+                        version: version.max(1) as u32,
+                        last_event_id: Uuid::from_slice(&last).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        fingerprint,
+                        aliases: split_aliases(&aliases),
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
