@@ -299,6 +299,10 @@ impl Store {
             .into_iter()
             .flatten()
             .max();
+        // Take the write lock once now, so a database locked by another
+        // process is a clear error at start-up rather than a stall later.
+        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
+            .map_err(|e| StoreError::Open { path: path.to_owned(), reason: describe_open_error(&e) })?;
         // The writer keeps the hot part of the items index in memory and
         // checkpoints the WAL in larger steps (fewer fsyncs under load).
         conn.execute_batch("PRAGMA cache_size=-131072; PRAGMA wal_autocheckpoint=8192;")
@@ -807,6 +811,19 @@ mod tests {
         let out2 = store.write(WriteBatch { events: vec![ev("b", "4")], ..Default::default() }).await?;
         assert!(out2[0].event.id > last);
         assert_eq!(store.head()?, Some(out2[0].event.id));
+        Ok(())
+    }
+
+    #[test]
+    fn locked_database_is_a_clear_open_error() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let path = dir.path().join("locked.db");
+        drop(Store::open(&path, Duration::from_secs(60), Bus::new())?);
+        let holder = open_connection(&path)?;
+        holder.execute_batch("BEGIN EXCLUSIVE; INSERT INTO meta (key, value) VALUES ('x', 'y');")?;
+        let err = Store::open(&path, Duration::from_secs(60), Bus::new()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("locked by another process"), "{err}");
+        holder.execute_batch("ROLLBACK;")?;
         Ok(())
     }
 
