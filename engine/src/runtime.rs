@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,45 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Upstream batches buffered between a streaming firehose reader and the store.
 const UPSTREAM_QUEUE: usize = 16;
+
+/// Commands to a running engine.
+#[derive(Debug)]
+enum Command {
+    /// Poll a source now (after its in-flight poll, if any); replies with its outcome.
+    PollNow(String, oneshot::Sender<Result<(), String>>),
+}
+
+/// Talks to a running engine: created by [`handle`], passed to [`run`].
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The receiving side of an [`EngineHandle`], given to [`run`].
+#[derive(Debug)]
+pub struct Commands {
+    rx: mpsc::Receiver<Command>,
+}
+
+/// A handle and the command stream for [`run`].
+pub fn handle() -> (EngineHandle, Commands) {
+    let (tx, rx) = mpsc::channel(64);
+    (EngineHandle { tx }, Commands { rx })
+}
+
+impl EngineHandle {
+    /// Polls `source_id` now and waits for the result to be committed. If a
+    /// poll of it is in flight, a fresh one starts right after it. Streaming
+    /// firehoses cannot be polled.
+    pub async fn poll_now(&self, source_id: &str) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::PollNow(source_id.to_owned(), tx))
+            .await
+            .map_err(|_| "the engine is not running".to_owned())?;
+        rx.await.map_err(|_| "the engine stopped before the poll finished".to_owned())?
+    }
+}
 
 /// Engine errors (start-up only: a failing source never stops the engine).
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +116,16 @@ struct Slot {
     upstream: Option<CancellationToken>,
     /// The first-round summary has counted this source.
     reported: bool,
+    /// Waiting for the in-flight poll (`poll_now`).
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Waiting for a poll that starts after the in-flight one.
+    next_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+impl Slot {
+    fn new(src: SourceConfig, reported: bool) -> Self {
+        Self { src: Arc::new(src), epoch: 0, polling: false, upstream: None, reported, waiters: Vec::new(), next_waiters: Vec::new() }
+    }
 }
 
 /// Runs the engine until `cancel` fires, then drains in-flight polls and
@@ -85,8 +134,10 @@ pub async fn run(
     config: Config,
     store: Store,
     mut reload: Option<mpsc::Receiver<Result<Config, ConfigError>>>,
+    commands: Option<Commands>,
     cancel: CancellationToken,
 ) -> Result<(), RuntimeError> {
+    let mut commands = commands.map(|c| c.rx);
     let mut ctx = Arc::new(Ctx { store: store.clone(), fetcher: Fetcher::new(&config.fetch)? });
     let mut fetch_cfg = format!("{:?}", config.fetch);
     let mut slots: Vec<Option<Slot>> = Vec::new();
@@ -109,7 +160,7 @@ pub async fn run(
         let slot = slots.len();
         let first_at = first_poll_at(states.get(src.id.as_str()));
         by_id.insert(src.id.as_str().to_owned(), slot);
-        slots.push(Some(Slot { src: Arc::new(src), epoch: 0, polling: false, upstream: None, reported: false }));
+        slots.push(Some(Slot::new(src, false)));
         unreported += 1;
         start_slot(&ctx, &mut slots, slot, first_at, &mut queue, &mut upstreams, &cancel);
     }
@@ -136,21 +187,9 @@ pub async fn run(
         let now = Instant::now();
         while in_flight < MAX_IN_FLIGHT {
             let Some(slot) = queue.pop_due(now) else { break };
-            let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
-            if s.polling || s.upstream.is_some() {
-                continue;
+            if start_poll(&ctx, &mut slots, slot, &mut polls, &cancel) {
+                in_flight += 1;
             }
-            s.polling = true;
-            in_flight += 1;
-            let (src, epoch, ctx) = (s.src.clone(), s.epoch, ctx.clone());
-            let cancel = cancel.clone();
-            polls.spawn(async move {
-                let res = tokio::select! {
-                    r = poll_once(&ctx, &src) => r,
-                    _ = cancel.cancelled() => Err("cancelled by shutdown".into()),
-                };
-                (slot, epoch, res)
-            });
         }
         let next_due = if in_flight < MAX_IN_FLIGHT { queue.peek() } else { None };
         let sleep_until = next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -166,12 +205,21 @@ pub async fn run(
                 };
                 let total = by_id.len();
                 let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
-                if s.epoch != epoch {
-                    // Replaced by a reload while polling; the new config was scheduled already.
-                    s.polling = false;
+                s.polling = false;
+                for w in s.waiters.drain(..) {
+                    let _ = w.send(res.clone());
+                }
+                if !s.next_waiters.is_empty() {
+                    s.waiters = std::mem::take(&mut s.next_waiters);
+                    if start_poll(&ctx, &mut slots, slot, &mut polls, &cancel) {
+                        in_flight += 1;
+                    }
                     continue;
                 }
-                s.polling = false;
+                if s.epoch != epoch {
+                    // Replaced by a reload while polling; the new config was scheduled already.
+                    continue;
+                }
                 if !s.reported {
                     s.reported = true;
                     unreported = unreported.saturating_sub(1);
@@ -185,6 +233,26 @@ pub async fn run(
                 let at = next_poll_instant(&ctx.store, &s.src).await;
                 queue.schedule(slot, at);
             }
+            Some(cmd) = recv_command(&mut commands) => match cmd {
+                Command::PollNow(id, reply) => {
+                    let Some(&slot) = by_id.get(&id) else {
+                        let _ = reply.send(Err(format!("no source `{id}` in the running config")));
+                        continue;
+                    };
+                    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
+                    if s.upstream.is_some() {
+                        let _ = reply.send(Err(format!("`{id}` is a streaming firehose; it is not polled")));
+                    } else if s.polling {
+                        s.next_waiters.push(reply);
+                    } else {
+                        s.waiters.push(reply);
+                        queue.remove(slot);
+                        if start_poll(&ctx, &mut slots, slot, &mut polls, &cancel) {
+                            in_flight += 1;
+                        }
+                    }
+                }
+            },
             Some(update) = recv_reload(&mut reload) => match update {
                 Err(e) => tracing::error!("config reload rejected, keeping the running config:\n{e}"),
                 Ok(new) => {
@@ -218,6 +286,43 @@ pub async fn run(
     }
     tracing::info!("engine stopped");
     Ok(())
+}
+
+/// Spawns a poll of `slot` unless one is in flight; true if it started.
+fn start_poll(
+    ctx: &Arc<Ctx>,
+    slots: &mut [Option<Slot>],
+    slot: usize,
+    polls: &mut JoinSet<(usize, u64, Result<(), String>)>,
+    cancel: &CancellationToken,
+) -> bool {
+    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { return false };
+    if s.polling || s.upstream.is_some() {
+        return false;
+    }
+    s.polling = true;
+    let (src, epoch, ctx, cancel) = (s.src.clone(), s.epoch, ctx.clone(), cancel.clone());
+    polls.spawn(async move {
+        let res = tokio::select! {
+            r = poll_once(&ctx, &src) => r,
+            _ = cancel.cancelled() => Err("cancelled by shutdown".into()),
+        };
+        (slot, epoch, res)
+    });
+    true
+}
+
+async fn recv_command(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(v) => Some(v),
+            None => {
+                *rx = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_reload(rx: &mut Option<mpsc::Receiver<Result<Config, ConfigError>>>) -> Option<Result<Config, ConfigError>> {
@@ -303,7 +408,7 @@ fn apply_reload(
             None => {
                 added += 1;
                 let slot = slots.len();
-                slots.push(Some(Slot { src: Arc::new(src), epoch: 0, polling: false, upstream: None, reported: true }));
+                slots.push(Some(Slot::new(src, true)));
                 by_id.insert(id, slot);
                 start_slot(ctx, slots, slot, Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD), queue, upstreams, cancel);
             }
