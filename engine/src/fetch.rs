@@ -2,16 +2,37 @@
 //! counted after decompression, redirect limit, connect + total timeouts,
 //! 429/503 Retry-After, per-domain politeness and the SSRF guard.
 //!
-//! CONTRACT (owned by the fetch module; bodies filled in by its owner).
+//! Everything HTTP-specific that a source kind should never have to know
+//! lives here (STYLE practice 4); `politeness` holds the per-domain waits and
+//! `fetch::ssrf` the address guard.
+
+mod headers;
+mod ssrf;
 
 use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    USER_AGENT,
+};
+use reqwest::{redirect, Client, Response, StatusCode};
 use url::Url;
 
+pub use self::headers::{parse_http_date, MAX_HEADER_WAIT};
+pub use self::ssrf::classify_ip;
+use self::ssrf::{GuardedResolver, Lookup, LookupFailed, Refused, SystemLookup, UrlRefused};
 use crate::config::FetchConfig;
+use crate::politeness::Politeness;
+
+/// `Accept` sent when the request names none: feeds first, then HTML.
+pub const DEFAULT_ACCEPT: &str = "application/atom+xml, application/rss+xml, application/feed+json, \
+     application/json;q=0.9, application/xml;q=0.9, text/xml;q=0.9, text/html;q=0.8, */*;q=0.5";
 
 /// What to fetch.
 #[derive(Debug, Clone)]
@@ -137,29 +158,291 @@ impl FetchError {
     }
 }
 
-/// The shared HTTP client. Cheap to clone.
+/// The shared HTTP client. Cheap to clone (one connection pool, one
+/// politeness table for all clones).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     cfg: FetchConfig,
+    /// No reqwest-level total timeout: `fetch` wraps the whole exchange
+    /// (headers and body) in `tokio::time::timeout`, and `open_stream`
+    /// must not have one, so a single client serves both.
+    client: Client,
+    politeness: Politeness,
 }
 
 impl Fetcher {
     /// Builds the client (custom resolver with the SSRF guard, redirect policy, timeouts).
     pub fn new(cfg: &FetchConfig) -> Result<Self, FetchError> {
-        Ok(Self { cfg: cfg.clone() })
+        Self::with_lookup(cfg, Arc::new(SystemLookup))
+    }
+
+    /// As `new`, resolving host names with `lookup` (unit tests simulate DNS).
+    fn with_lookup(cfg: &FetchConfig, lookup: Arc<dyn Lookup>) -> Result<Self, FetchError> {
+        let allow_private = cfg.allow_private_networks;
+        let client = Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .redirect(redirect_policy(cfg.max_redirects, allow_private))
+            .dns_resolver(Arc::new(GuardedResolver::new(lookup, allow_private)))
+            // A proxy would resolve and connect for us, bypassing the guard.
+            .no_proxy()
+            .gzip(true)
+            .brotli(true)
+            .deflate(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_keepalive(Duration::from_secs(60))
+            .build()
+            .map_err(|e| FetchError::Other(format!("cannot build the http client: {}", error_chain(&e))))?;
+        let politeness = Politeness::new(cfg.per_host_rps, cfg.per_host_concurrency);
+        Ok(Self { inner: Arc::new(Inner { cfg: cfg.clone(), client, politeness }) })
     }
 
     /// One GET, with politeness (waits for the domain's rate/concurrency/Retry-After).
+    ///
+    /// The politeness wait is not part of `fetch.timeout`; the exchange
+    /// (connect, redirects, headers, whole body) is. Dropping the future
+    /// cancels the wait or the request.
     pub async fn fetch(&self, req: &FetchRequest) -> Result<FetchResponse, FetchError> {
-        let _ = (&self.cfg, req);
-        Err(FetchError::Other("fetcher not built yet".into()))
+        let host = self.checked_host(&req.url)?;
+        let _permit = self.inner.politeness.acquire(host).await;
+        let limit = self.inner.cfg.timeout;
+        match tokio::time::timeout(limit, self.exchange(req)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(FetchError::Timeout(limit)),
+        }
     }
 
     /// Opens a long-lived streaming GET (ndjson / SSE upstreams): status checked,
     /// SSRF guard applied, connect timeout but no total timeout; the caller
     /// reads `bytes_stream()` and enforces its own idle timeout.
+    ///
+    /// The connection is paced by the domain's rate limit and Retry-After
+    /// like any fetch, but does not hold a concurrency slot for its lifetime.
+    /// Only the wait for the response headers is bounded (by `fetch.timeout`).
     pub async fn open_stream(&self, req: &FetchRequest) -> Result<reqwest::Response, FetchError> {
-        let _ = req;
-        Err(FetchError::Other("fetcher not built yet".into()))
+        let host = self.checked_host(&req.url)?;
+        drop(self.inner.politeness.acquire(host).await);
+        let limit = self.inner.cfg.timeout;
+        let resp = match tokio::time::timeout(limit, self.send(req)).await {
+            Ok(resp) => resp?,
+            Err(_elapsed) => return Err(FetchError::Timeout(limit)),
+        };
+        if !resp.status().is_success() {
+            return Err(self.status_error(&req.url, &resp));
+        }
+        Ok(resp)
     }
+
+    /// The per-domain politeness state (e.g. to see a pending Retry-After).
+    pub fn politeness(&self) -> &Politeness {
+        &self.inner.politeness
+    }
+
+    /// The configuration the fetcher was built with.
+    pub fn config(&self) -> &FetchConfig {
+        &self.inner.cfg
+    }
+
+    /// Scheme and IP-literal checks before anything else; the host to pace on.
+    fn checked_host<'u>(&self, url: &'u Url) -> Result<&'u str, FetchError> {
+        ssrf::check_url(url, self.inner.cfg.allow_private_networks).map_err(FetchError::from)?;
+        url.host_str().ok_or_else(|| FetchError::BadUrl(format!("{url} (no host)")))
+    }
+
+    /// Request, status handling and capped body read: everything the total
+    /// timeout covers.
+    async fn exchange(&self, req: &FetchRequest) -> Result<FetchResponse, FetchError> {
+        let mut resp = self.send(req).await?;
+        let hints = CacheHints { not_before: headers::freshness(resp.headers(), Utc::now()) };
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            return Ok(FetchResponse::NotModified { hints });
+        }
+        if !resp.status().is_success() {
+            return Err(self.status_error(&req.url, &resp));
+        }
+        let fetched_at = Utc::now();
+        let header = |name: HeaderName| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (content_type, etag, last_modified) = (header(CONTENT_TYPE), header(ETAG), header(LAST_MODIFIED));
+        let final_url = resp.url().clone();
+        let body = read_capped(&mut resp, self.inner.cfg.max_body).await?;
+        Ok(FetchResponse::Body(Fetched { final_url, content_type, etag, last_modified, body, hints, fetched_at }))
+    }
+
+    /// Builds the headers and sends; returns once response headers arrive.
+    async fn send(&self, req: &FetchRequest) -> Result<Response, FetchError> {
+        let mut headers = HeaderMap::new();
+        let ua = req.user_agent.as_deref().unwrap_or(&self.inner.cfg.user_agent);
+        headers.insert(USER_AGENT, header_value("User-Agent", ua)?);
+        headers.insert(ACCEPT, header_value("Accept", req.accept.unwrap_or(DEFAULT_ACCEPT))?);
+        for (name, value) in &req.headers {
+            let parsed = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| FetchError::Other(format!("invalid header name {name:?}: {e}")))?;
+            headers.insert(parsed, header_value(name, value)?);
+        }
+        if let Some(etag) = &req.etag {
+            headers.insert(IF_NONE_MATCH, header_value("If-None-Match", etag)?);
+        }
+        if let Some(last_modified) = &req.last_modified {
+            headers.insert(IF_MODIFIED_SINCE, header_value("If-Modified-Since", last_modified)?);
+        }
+        if let Some(id) = &req.last_event_id {
+            headers.insert(HeaderName::from_static("last-event-id"), header_value("Last-Event-ID", id)?);
+        }
+        self.inner.client.get(req.url.clone()).headers(headers).send().await.map_err(|e| self.map_error(&e, &req.url))
+    }
+
+    /// A non-success status as an error; a 429/503 `Retry-After` is also
+    /// recorded on the politeness state of the requested and the final domain.
+    fn status_error(&self, requested: &Url, resp: &Response) -> FetchError {
+        let status = resp.status();
+        let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| headers::retry_after(resp.headers(), Utc::now()))
+            .flatten();
+        if let Some(wait) = retry_after {
+            for host in [requested.host_str(), resp.url().host_str()].into_iter().flatten() {
+                self.inner.politeness.defer(host, wait);
+            }
+        }
+        FetchError::Status { status: status.as_u16(), retry_after }
+    }
+
+    /// Turns a reqwest error into the most specific `FetchError`.
+    fn map_error(&self, e: &reqwest::Error, url: &Url) -> FetchError {
+        // Our own refusals travel inside reqwest's error chain.
+        let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(r) = err.downcast_ref::<Refused>() {
+                return FetchError::Blocked { addr: r.addr.clone(), why: r.why };
+            }
+            if let Some(l) = err.downcast_ref::<LookupFailed>() {
+                return FetchError::Dns { host: l.host.clone(), reason: l.reason.clone() };
+            }
+            if let Some(u) = err.downcast_ref::<UrlRefused>() {
+                return FetchError::from(u.clone());
+            }
+            if let Some(TooManyHops(max)) = err.downcast_ref::<TooManyHops>() {
+                return FetchError::TooManyRedirects(*max);
+            }
+            source = err.source();
+        }
+        let target = match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            _ => url.to_string(),
+        };
+        let detail = error_chain(e);
+        if e.is_connect() {
+            return FetchError::Connect(if e.is_timeout() {
+                format!("timed out connecting to {target} after {:?} (fetch.connect_timeout)", self.inner.cfg.connect_timeout)
+            } else if has_io_kind(e, io::ErrorKind::ConnectionRefused) {
+                format!("connection refused by {target}")
+            } else if url.scheme() == "https" && looks_like_tls(e, &detail) {
+                format!("tls handshake with {target} failed: {detail}")
+            } else {
+                format!("{target}: {detail}")
+            });
+        }
+        if e.is_builder() {
+            return FetchError::BadUrl(format!("{url} ({detail})"));
+        }
+        FetchError::Other(format!("request to {url} failed: {detail}"))
+    }
+}
+
+/// Follows at most `max` redirects, each to an http/https URL whose IP
+/// literal (if any) passes the guard; host names are checked by the resolver
+/// when the hop connects.
+fn redirect_policy(max: usize, allow_private: bool) -> redirect::Policy {
+    redirect::Policy::custom(move |attempt| {
+        // `previous` holds every URL requested so far: its length is the
+        // number of this hop.
+        if attempt.previous().len() > max {
+            return attempt.error(TooManyHops(max));
+        }
+        match ssrf::check_url(attempt.url(), allow_private) {
+            Ok(()) => attempt.follow(),
+            Err(refused) => attempt.error(refused),
+        }
+    })
+}
+
+/// Carried through reqwest's error chain to become `TooManyRedirects`.
+#[derive(Debug, thiserror::Error)]
+#[error("too many redirects (more than {0})")]
+struct TooManyHops(usize);
+
+impl From<UrlRefused> for FetchError {
+    fn from(e: UrlRefused) -> Self {
+        match e {
+            UrlRefused::BadUrl(url) => Self::BadUrl(url),
+            UrlRefused::Blocked(Refused { addr, why }) => Self::Blocked { addr, why },
+        }
+    }
+}
+
+/// Reads the (already decompressed) body, failing as soon as it exceeds
+/// `limit`: at most `limit` bytes plus one chunk are ever held, whatever the
+/// compression ratio.
+async fn read_capped(resp: &mut Response, limit: u64) -> Result<Bytes, FetchError> {
+    /// Preallocation is bounded too: a lying Content-Length costs nothing.
+    const PREALLOC_MAX: u64 = 1 << 20;
+    if resp.content_length().is_some_and(|len| len > limit) {
+        return Err(FetchError::TooLarge { limit });
+    }
+    let capacity = resp.content_length().unwrap_or(0).min(limit).min(PREALLOC_MAX);
+    let mut body = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) if e.is_decode() => {
+                return Err(FetchError::Other(format!("cannot decode the response body: {}", error_chain(&e))))
+            }
+            Err(e) => return Err(FetchError::Other(format!("error reading the response body: {}", error_chain(&e)))),
+        };
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(FetchError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+}
+
+fn header_value(name: &str, value: &str) -> Result<HeaderValue, FetchError> {
+    HeaderValue::from_str(value).map_err(|_| FetchError::Other(format!("invalid value for header {name}: {value:?}")))
+}
+
+/// "outer: inner: innermost", skipping links that repeat their predecessor.
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(err) = source {
+        let text = err.to_string();
+        if parts.last().is_none_or(|last| !last.contains(&text)) {
+            parts.push(text);
+        }
+        source = err.source();
+    }
+    parts.join(": ")
+}
+
+fn has_io_kind(e: &(dyn StdError + 'static), kind: io::ErrorKind) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == kind) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// rustls surfaces through reqwest as `io::ErrorKind::InvalidData` or a
+/// message about certificates; reqwest exposes no typed TLS error.
+fn looks_like_tls(e: &(dyn StdError + 'static), detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    has_io_kind(e, io::ErrorKind::InvalidData)
+        || ["certificate", "tls", "handshake", "corrupt message", "peer"].iter().any(|w| detail.contains(w))
 }
