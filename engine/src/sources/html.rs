@@ -2,6 +2,20 @@
 //! text, and diff against the previous snapshot. Pure.
 //!
 //! CONTRACT (owned by the html module's owner).
+//!
+//! [`extract`] is CPU-heavy on big pages (parsing, selector matching): the
+//! runtime calls it inside `spawn_blocking`. Neither function does IO.
+
+mod decode;
+mod detect;
+mod noise;
+mod text;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use scraper::{Html, Selector};
+use similar::{Algorithm, ChangeTag, DiffOp, TextDiff};
 
 use crate::config::HtmlSettings;
 
@@ -20,6 +34,20 @@ pub enum HtmlError {
     /// Not HTML at all.
     #[error("not an HTML page: {0}")]
     NotHtml(String),
+    /// A `selector` or `ignore` entry is not valid CSS (config validation
+    /// normally catches this first).
+    #[error("`{selector}` is not a CSS selector: {reason}")]
+    InvalidSelector {
+        /// The selector as configured.
+        selector: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The watched region holds no text once noise is removed (a page
+    /// rendered by JavaScript, or a broken response); reported instead of
+    /// diffing to "everything deleted".
+    #[error("the watched region `{0}` has no text (is the page rendered by JavaScript?)")]
+    EmptyRegion(String),
 }
 
 /// The watched region of a page, normalised.
@@ -40,14 +68,138 @@ pub struct Change {
     pub added: Vec<String>,
 }
 
+/// Labels of the two sides in the unified diff header.
+pub const DIFF_HEADER: (&str, &str) = ("previous", "current");
+
+/// Context lines around each hunk of the unified diff.
+pub const DIFF_CONTEXT: usize = 3;
+
+/// Bound on the time spent diffing one pair of snapshots; past it `similar`
+/// returns a coarser (still correct) diff instead of an exact minimal one.
+const DIFF_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Changed regions longer than this are counted line-wise rather than by a
+/// character diff (which is quadratic in the worst case).
+const CHAR_DIFF_MAX: usize = 20_000;
+
 /// Extracts and normalises the watched region.
 pub fn extract(body: &[u8], content_type: Option<&str>, settings: &HtmlSettings) -> Result<Snapshot, HtmlError> {
-    let _ = (body, content_type, settings);
-    Err(HtmlError::NotHtml("html extraction not built yet".into()))
+    decode::check_html(body, content_type).map_err(HtmlError::NotHtml)?;
+    let source = decode::decode(body, content_type);
+    let region_css = settings.selector.as_deref().unwrap_or("body");
+    let region_sel = parse_selector(region_css)?;
+    let ignore = settings.ignore.iter().map(|s| parse_selector(s)).collect::<Result<Vec<_>, _>>()?;
+
+    let doc = Html::parse_document(&source);
+    let title = first_text(&doc, "head title").or_else(|| first_text(&doc, "title")).unwrap_or_default();
+    let h1 = first_text(&doc, "h1");
+    let skip: HashSet<_> = ignore.iter().flat_map(|sel| doc.select(sel).map(|e| e.id())).collect();
+    let mut region: HashSet<_> = doc.select(&region_sel).map(|e| e.id()).collect();
+    if region.is_empty() && settings.selector.is_none() {
+        region.insert(doc.root_element().id());
+    }
+    let walk = text::walk(&doc, &region, &skip);
+
+    if let Some(why) = detect::challenge(&source, &title, walk.visible_chars) {
+        return Err(HtmlError::Challenge(why));
+    }
+    if let Some(why) = detect::error_page(&title, h1.as_deref()) {
+        return Err(HtmlError::ErrorPage(why));
+    }
+    if region.is_empty() {
+        return Err(HtmlError::SelectorMatchedNothing(region_css.to_owned()));
+    }
+    let lines: Vec<String> = walk.lines.iter().filter_map(|l| clean(l, settings)).collect();
+    if lines.is_empty() {
+        return Err(HtmlError::EmptyRegion(region_css.to_owned()));
+    }
+    Ok(Snapshot { title: clean(&title, settings).unwrap_or_default(), text: lines.join("\n") })
 }
 
 /// `None` when the change is not meaningful (noise only, or below `min_change` characters).
 pub fn diff(old: &str, new: &str, min_change: usize) -> Option<Change> {
-    let _ = min_change;
-    (old != new).then(|| Change { diff: String::new(), added: Vec::new() })
+    if old == new {
+        return None;
+    }
+    let old_nl = with_newline(old);
+    let new_nl = with_newline(new);
+    let td = TextDiff::configure().algorithm(Algorithm::Patience).timeout(DIFF_DEADLINE).diff_lines(old_nl.as_str(), new_nl.as_str());
+    if changed_chars(&td) < min_change.max(1) {
+        return None;
+    }
+    let diff = td.unified_diff().context_radius(DIFF_CONTEXT).header(DIFF_HEADER.0, DIFF_HEADER.1).missing_newline_hint(false).to_string();
+    let added = td
+        .iter_all_changes()
+        .filter(|c| c.tag() == ChangeTag::Insert)
+        .map(|c| c.value().trim_end_matches('\n').to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    Some(Change { diff, added })
+}
+
+/// Characters inserted plus characters deleted, counted within changed lines.
+fn changed_chars(td: &TextDiff<'_, '_, '_, str>) -> usize {
+    let old = td.old_slices();
+    let new = td.new_slices();
+    let join = |lines: &[&str]| lines.concat();
+    td.ops()
+        .iter()
+        .map(|op| match *op {
+            DiffOp::Equal { .. } => 0,
+            DiffOp::Delete { old_index, old_len, .. } => chars(&join(&old[old_index..old_index + old_len])),
+            DiffOp::Insert { new_index, new_len, .. } => chars(&join(&new[new_index..new_index + new_len])),
+            DiffOp::Replace { old_index, old_len, new_index, new_len } => {
+                char_distance(&join(&old[old_index..old_index + old_len]), &join(&new[new_index..new_index + new_len]))
+            }
+        })
+        .sum()
+}
+
+/// Inserted + deleted characters between two blocks of text.
+fn char_distance(a: &str, b: &str) -> usize {
+    if a.len() + b.len() > CHAR_DIFF_MAX {
+        let prefix = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+        let suffix = a.chars().rev().zip(b.chars().rev()).take_while(|(x, y)| x == y).count();
+        let common = (prefix + suffix).min(chars(a)).min(chars(b));
+        return chars(a) + chars(b) - 2 * common;
+    }
+    let cd = TextDiff::configure().timeout(DIFF_DEADLINE).diff_chars(a, b);
+    cd.iter_all_changes().filter(|c| c.tag() != ChangeTag::Equal).count()
+}
+
+fn chars(s: &str) -> usize {
+    s.chars().filter(|c| *c != '\n').count()
+}
+
+fn with_newline(s: &str) -> String {
+    let mut s = s.to_owned();
+    if !s.is_empty() && !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+/// Applies the user's `ignore_text` and the built-in noise rules to one line;
+/// `None` when nothing is left.
+fn clean(line: &str, settings: &HtmlSettings) -> Option<String> {
+    let mut s = line.to_owned();
+    for re in &settings.ignore_text {
+        if re.is_match(&s) {
+            s = re.replace_all(&s, "").into_owned();
+        }
+    }
+    let s = noise::strip_builtin(&s);
+    let s = text::collapse(&s);
+    (!s.is_empty()).then_some(s)
+}
+
+fn parse_selector(css: &str) -> Result<Selector, HtmlError> {
+    Selector::parse(css).map_err(|e| HtmlError::InvalidSelector { selector: css.to_owned(), reason: e.to_string() })
+}
+
+fn first_text(doc: &Html, css: &str) -> Option<String> {
+    let sel = Selector::parse(css).ok()?;
+    let el = doc.select(&sel).next()?;
+    let t = text::collapse(&el.text().collect::<String>());
+    (!t.is_empty()).then_some(t)
 }
