@@ -14,6 +14,7 @@ use livestrom_engine::{EventLog, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod access;
 pub mod auth;
 pub mod events;
 pub mod filter;
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod limits;
 pub mod problem;
 pub mod stream;
+pub mod whoami;
 
 /// Edge settings from `[edge]`.
 #[derive(Debug, Clone)]
@@ -88,10 +90,14 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/stream", axum::routing::get(stream::handler))
         .route("/v1/events", axum::routing::get(events::handler))
+        .route("/v1/whoami", axum::routing::get(whoami::handler))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(cors)
+        // Outermost: every response (CORS preflights, 404s) gets a request id
+        // and an access-log line with keys redacted.
+        .layer(axum::middleware::from_fn(access::middleware))
         .with_state(state)
 }
 
