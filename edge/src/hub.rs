@@ -1,21 +1,669 @@
 //! Live fan-out: one task reads committed batches from the bus and hands each
 //! event's pre-rendered frame to matching subscribers' bounded queues.
 //!
-//! CONTRACT (owned by the stream module's owner).
+//! Design (why it is shaped like this):
+//! - **One reader of the bus.** Only the hub task holds a bus receiver; on
+//!   `Lagged` it re-reads the missed range from the event log, so no event is
+//!   ever skipped. No per-subscriber broadcast receivers, no per-subscriber
+//!   database queries on the live path.
+//! - **Render once.** Each event's SSE frame is built once into a shared
+//!   [`Bytes`]; subscribers get reference-counted clones.
+//! - **Indexed subscribers.** Each subscriber is indexed under one dimension
+//!   of its filter (exact sources + prefixes, else tags, else types, else the
+//!   "all" list), so an event only visits candidates, each at most once
+//!   (a per-slot mark), and is then checked against the full filter.
+//! - **Bounded queues.** A subscriber's queue is bounded in bytes. When a push
+//!   would exceed it, the queue is dropped and marked *overflowed*; the
+//!   connection decides what that means (replaying: re-read from the log;
+//!   live: disconnect, the client resumes with `Last-Event-ID`). The hub never
+//!   waits on a subscriber.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use livestrom_engine::{Bus, EventLog};
+use bytes::{BufMut, Bytes, BytesMut};
+use chrono::Utc;
+use livestrom_engine::bus::Batch;
+use livestrom_engine::event::uuid_floor_at;
+use livestrom_engine::store::ReadScope;
+use livestrom_engine::{Bus, CommittedEvent, EventLog, SourceType, StreamEvent};
+use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::filter::{Filter, Lowered};
+
+/// Default bound of one subscriber's queue, in bytes of queued frames.
+pub const DEFAULT_QUEUE_BYTES: usize = 4 << 20;
+
+/// Rows per log read when the hub catches up after `Lagged`.
+const CATCH_UP_PAGE: usize = 2048;
 
 /// Handle to the fan-out. Cheap to clone.
 #[derive(Clone)]
-pub struct Hub {}
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+/// The hub is gone (its bus closed or the server is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the live feed has stopped (server shutting down)")]
+pub struct HubClosed;
+
+/// One event's frame as queued for a subscriber.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Event id (for hand-over de-duplication and checkpoints).
+    pub id: Uuid,
+    /// The hub's sequence number of the event (counts every fanned-out event).
+    pub seq: u64,
+    /// `id: …\nevent: …\ndata: …\n\n`, shared by every subscriber.
+    pub bytes: Bytes,
+}
+
+/// How far the hub has fanned out: every event up to `id` has been offered
+/// to every subscriber registered at the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The newest fanned-out event id.
+    pub id: Uuid,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+/// Outcome of draining a subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Frames (possibly none) were moved out.
+    Frames,
+    /// The queue exceeded its byte bound since the last rearm; frames were dropped.
+    Overflowed,
+    /// The hub stopped; no more live events will come.
+    Ended,
+}
+
+/// A registered subscriber; deregisters on drop.
+pub struct Subscription {
+    hub: Arc<HubInner>,
+    slot: u32,
+    sub: Arc<Subscriber>,
+}
+
+struct HubInner {
+    registry: Mutex<Registry>,
+    /// Last fanned-out event; written after the enqueues of that event, so a
+    /// reader that loads it and then drains its queue has seen every
+    /// matching event up to it.
+    position: Mutex<Option<Position>>,
+    queue_limit: AtomicUsize,
+    closed: AtomicBool,
+}
+
+/// A subscriber's shared half: its filter and its queue.
+struct Subscriber {
+    filter: Arc<Filter>,
+    queue: Mutex<Queue>,
+    notify: Notify,
+}
+
+struct Queue {
+    frames: Vec<Frame>,
+    bytes: usize,
+    limit: usize,
+    overflowed: bool,
+    ended: bool,
+}
+
+/// Where a subscriber is indexed (derived from its filter).
+enum IndexKeys {
+    Sources,
+    Tags,
+    Types,
+    All,
+}
+
+struct Slot {
+    sub: Arc<Subscriber>,
+    /// Sequence number of the last event that visited this slot (de-duplicates
+    /// a subscriber indexed under several keys an event hits).
+    mark: u64,
+}
+
+#[derive(Default)]
+struct Registry {
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    count: usize,
+    all: Vec<u32>,
+    by_source: HashMap<String, Vec<u32>>,
+    by_prefix: HashMap<String, Vec<u32>>,
+    by_tag: HashMap<String, Vec<u32>>,
+    by_type: [Vec<u32>; 4],
+}
 
 impl Hub {
     /// Starts the hub task on `bus`; it re-reads from `log` if it ever lags.
     pub fn start(bus: &Bus, log: Arc<dyn EventLog>, cancel: CancellationToken) -> Self {
-        let _ = (bus, log, cancel);
-        Self {}
+        let rx = bus.subscribe();
+        let inner = Arc::new(HubInner {
+            registry: Mutex::new(Registry::default()),
+            position: Mutex::new(None),
+            queue_limit: AtomicUsize::new(DEFAULT_QUEUE_BYTES),
+            closed: AtomicBool::new(false),
+        });
+        // Every event committed after `rx` exists has an id above this floor
+        // (ids never go below the wall clock's millisecond, and the clock is
+        // given a minute of slack): a lag before the first batch re-reads from here.
+        let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+        let floor = uuid_floor_at(now_ms.saturating_sub(60_000));
+        let task = HubTask { inner: inner.clone(), log, last: floor, seq: 0 };
+        tokio::spawn(task.run(rx, cancel));
+        Self { inner }
+    }
+
+    /// Registers a subscriber. Its queue collects every matching event the
+    /// hub fans out from now on.
+    pub fn subscribe(&self, filter: Arc<Filter>) -> Result<Subscription, HubClosed> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(HubClosed);
+        }
+        let sub = Arc::new(Subscriber {
+            filter,
+            queue: Mutex::new(Queue {
+                frames: Vec::new(),
+                bytes: 0,
+                limit: self.inner.queue_limit.load(Ordering::Relaxed),
+                overflowed: false,
+                ended: false,
+            }),
+            notify: Notify::new(),
+        });
+        let slot = lock(&self.inner.registry).insert(sub.clone());
+        // Re-check after inserting: the task marks `closed` before ending
+        // every registered queue, so either we see it or our queue is ended.
+        if self.inner.closed.load(Ordering::Acquire) {
+            lock(&self.inner.registry).remove(slot);
+            return Err(HubClosed);
+        }
+        Ok(Subscription { hub: self.inner.clone(), slot, sub })
+    }
+
+    /// The newest event fanned out so far (None before the first).
+    pub fn position(&self) -> Option<Position> {
+        *lock(&self.inner.position)
+    }
+
+    /// Sets the byte bound of queues registered from now on.
+    pub fn set_queue_limit(&self, bytes: usize) {
+        self.inner.queue_limit.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// Number of registered subscribers.
+    pub fn subscribers(&self) -> usize {
+        lock(&self.inner.registry).count
+    }
+}
+
+impl Subscription {
+    /// Resolves when frames were queued (or the queue overflowed or ended)
+    /// since the last drain. May resolve spuriously; always drain after it.
+    pub async fn notified(&self) {
+        self.sub.notify.notified().await;
+    }
+
+    /// Moves all queued frames into `out` (which should be empty) in one lock.
+    pub fn drain(&self, out: &mut Vec<Frame>) -> Drained {
+        let mut q = lock(&self.sub.queue);
+        if q.ended {
+            return Drained::Ended;
+        }
+        if q.overflowed {
+            return Drained::Overflowed;
+        }
+        std::mem::swap(&mut q.frames, out);
+        q.bytes = 0;
+        Drained::Frames
+    }
+
+    /// Clears an overflow (and anything queued): the queue collects again
+    /// from now on. Used while replaying, before reading more from the log.
+    pub fn rearm(&self) {
+        let mut q = lock(&self.sub.queue);
+        q.overflowed = false;
+        q.frames.clear();
+        q.bytes = 0;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.hub.registry).remove(self.slot);
+    }
+}
+
+impl Subscriber {
+    /// Queues a frame; never blocks beyond the queue's own short lock.
+    fn push(&self, frame: &Frame) {
+        let mut q = lock(&self.queue);
+        if q.overflowed || q.ended {
+            return;
+        }
+        let len = frame.bytes.len();
+        if q.bytes + len > q.limit {
+            q.overflowed = true;
+            q.frames = Vec::new();
+            q.bytes = 0;
+            drop(q);
+            self.notify.notify_one();
+            return;
+        }
+        let was_empty = q.frames.is_empty();
+        q.frames.push(frame.clone());
+        q.bytes += len;
+        drop(q);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    fn end(&self) {
+        lock(&self.queue).ended = true;
+        self.notify.notify_one();
+    }
+}
+
+fn index_keys(f: &Filter) -> IndexKeys {
+    if !f.sources.is_empty() || !f.prefixes.is_empty() {
+        IndexKeys::Sources
+    } else if !f.tags.is_empty() {
+        IndexKeys::Tags
+    } else if !f.types.is_empty() {
+        IndexKeys::Types
+    } else {
+        IndexKeys::All
+    }
+}
+
+fn remove_from(list: &mut Vec<u32>, slot: u32) {
+    if let Some(i) = list.iter().position(|s| *s == slot) {
+        list.swap_remove(i);
+    }
+}
+
+fn remove_keyed(map: &mut HashMap<String, Vec<u32>>, key: &str, slot: u32) {
+    if let Some(list) = map.get_mut(key) {
+        remove_from(list, slot);
+        if list.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl Registry {
+    fn insert(&mut self, sub: Arc<Subscriber>) -> u32 {
+        let f = sub.filter.clone();
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(Slot { sub, mark: 0 });
+                s
+            }
+            None => {
+                self.slots.push(Some(Slot { sub, mark: 0 }));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.count += 1;
+        match index_keys(&f) {
+            IndexKeys::Sources => {
+                for s in &f.sources {
+                    self.by_source.entry(s.clone()).or_default().push(slot);
+                }
+                for p in &f.prefixes {
+                    self.by_prefix.entry(p.clone()).or_default().push(slot);
+                }
+            }
+            IndexKeys::Tags => {
+                for t in &f.tags {
+                    self.by_tag.entry(t.clone()).or_default().push(slot);
+                }
+            }
+            IndexKeys::Types => {
+                for t in &f.types {
+                    self.by_type[t.as_index()].push(slot);
+                }
+            }
+            IndexKeys::All => self.all.push(slot),
+        }
+        slot
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        let f = &entry.sub.filter;
+        match index_keys(f) {
+            IndexKeys::Sources => {
+                for s in &f.sources {
+                    remove_keyed(&mut self.by_source, s, slot);
+                }
+                for p in &f.prefixes {
+                    remove_keyed(&mut self.by_prefix, p, slot);
+                }
+            }
+            IndexKeys::Tags => {
+                for t in &f.tags {
+                    remove_keyed(&mut self.by_tag, t, slot);
+                }
+            }
+            IndexKeys::Types => {
+                for t in &f.types {
+                    remove_from(&mut self.by_type[t.as_index()], slot);
+                }
+            }
+            IndexKeys::All => remove_from(&mut self.all, slot),
+        }
+        self.free.push(slot);
+        self.count -= 1;
+    }
+
+    /// Offers one event to every candidate subscriber.
+    fn fan_out(&mut self, ev: &CommittedEvent, seq: u64) {
+        let Registry { slots, all, by_source, by_prefix, by_tag, by_type, .. } = self;
+        let e = &ev.event;
+        let mut cx = Offer { ev, seq, frame: None, lowered: None };
+        for &s in all.iter() {
+            cx.visit(slots, s);
+        }
+        for &s in &by_type[e.source_type.as_index()] {
+            cx.visit(slots, s);
+        }
+        if let Some(list) = by_source.get(e.source_id.as_str()) {
+            for &s in list {
+                cx.visit(slots, s);
+            }
+        }
+        if !by_prefix.is_empty() {
+            for (i, b) in e.source_id.bytes().enumerate() {
+                if b == b'.' {
+                    if let Some(list) = by_prefix.get(&e.source_id[..=i]) {
+                        for &s in list {
+                            cx.visit(slots, s);
+                        }
+                    }
+                }
+            }
+        }
+        if !by_tag.is_empty() {
+            for t in &e.tags {
+                if let Some(list) = by_tag.get(t.as_str()) {
+                    for &s in list {
+                        cx.visit(slots, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One event being offered: its frame and lowercased text, built on first need.
+struct Offer<'a> {
+    ev: &'a CommittedEvent,
+    seq: u64,
+    frame: Option<Frame>,
+    lowered: Option<Lowered>,
+}
+
+impl Offer<'_> {
+    fn visit(&mut self, slots: &mut [Option<Slot>], s: u32) {
+        let Some(Some(slot)) = slots.get_mut(s as usize) else { return };
+        if slot.mark == self.seq {
+            return;
+        }
+        slot.mark = self.seq;
+        let f = &slot.sub.filter;
+        let e = &self.ev.event;
+        if !f.matches_source(&e.source_id, e.source_type) || !f.matches_tags(e.tags.iter().map(String::as_str)) {
+            return;
+        }
+        if !f.keywords.is_empty() {
+            let l = self.lowered.get_or_insert_with(|| Lowered::new(&e.title, &e.content));
+            if !f.matches_keywords(l) {
+                return;
+            }
+        }
+        let ev = self.ev;
+        let seq = self.seq;
+        let frame = self.frame.get_or_insert_with(|| Frame {
+            id: ev.event.id,
+            seq,
+            bytes: render_event(ev.event.id, ev.event.source_type, &ev.json),
+        });
+        slot.sub.push(frame);
+    }
+}
+
+/// Renders one event frame: `id: <id>\nevent: <type>\ndata: <json>\n\n`.
+/// `json` is one line (serde_json never emits raw newlines), so feed text
+/// can only ever appear inside `data:`.
+pub fn render_event(id: Uuid, source_type: SourceType, json: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(json.len() + 72);
+    write_event(&mut b, id, source_type, json);
+    b.freeze()
+}
+
+/// Appends one event frame to `b` (see [`render_event`]).
+pub fn write_event(b: &mut BytesMut, id: Uuid, source_type: SourceType, json: &str) {
+    let mut idbuf = [0u8; 36];
+    b.put_slice(b"id: ");
+    b.put_slice(id.hyphenated().encode_lower(&mut idbuf).as_bytes());
+    b.put_slice(b"\nevent: ");
+    b.put_slice(source_type.as_str().as_bytes());
+    b.put_slice(b"\ndata: ");
+    // Defence in depth: a stray CR/LF would end the data line early.
+    if json.bytes().any(|c| c == b'\n' || c == b'\r') {
+        b.put_slice(json.replace(['\n', '\r'], " ").as_bytes());
+    } else {
+        b.put_slice(json.as_bytes());
+    }
+    b.put_slice(b"\n\n");
+}
+
+/// Appends an id-only frame (`id: <id>\n\n`): it dispatches no event but
+/// moves the client's last-event-id forward.
+pub fn write_checkpoint(b: &mut BytesMut, id: Uuid) {
+    let mut idbuf = [0u8; 36];
+    b.put_slice(b"id: ");
+    b.put_slice(id.hyphenated().encode_lower(&mut idbuf).as_bytes());
+    b.put_slice(b"\n\n");
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind
+    // (queues, index lists); carrying on is safe.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The task owning the bus receiver.
+struct HubTask {
+    inner: Arc<HubInner>,
+    log: Arc<dyn EventLog>,
+    /// Newest event fanned out (or the start floor): events at or below it
+    /// are skipped, which de-duplicates a catch-up against the bus.
+    last: Uuid,
+    seq: u64,
+}
+
+impl HubTask {
+    async fn run(mut self, mut rx: broadcast::Receiver<Batch>, cancel: CancellationToken) {
+        loop {
+            let r = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                r = rx.recv() => r,
+            };
+            match r {
+                Ok(batch) => self.process(batch.iter().map(|e| &**e)),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed_batches = n, "hub lagged behind the bus; re-reading from the log");
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        r = self.catch_up() => if let Err(e) = r {
+                            // The log is unreadable: subscribers cannot be
+                            // served without a gap, so end their streams; they resume.
+                            tracing::error!(error = %e, "hub catch-up failed; ending live streams");
+                            break;
+                        },
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        self.inner.closed.store(true, Ordering::Release);
+        let subs: Vec<Arc<Subscriber>> = lock(&self.inner.registry).slots.iter().flatten().map(|s| s.sub.clone()).collect();
+        for s in subs {
+            s.end();
+        }
+        tracing::debug!("hub stopped");
+    }
+
+    fn process<'a>(&mut self, events: impl Iterator<Item = &'a CommittedEvent>) {
+        let mut newest = None;
+        for ev in events {
+            if ev.event.id <= self.last {
+                continue;
+            }
+            self.seq += 1;
+            self.last = ev.event.id;
+            // Locked per event so registrations wait at most one event's fan-out.
+            lock(&self.inner.registry).fan_out(ev, self.seq);
+            newest = Some(Position { id: ev.event.id, seq: self.seq });
+        }
+        if let Some(p) = newest {
+            *lock(&self.inner.position) = Some(p);
+        }
+    }
+
+    /// Re-reads everything after `last` from the log until it is exhausted.
+    async fn catch_up(&mut self) -> Result<(), livestrom_engine::store::StoreError> {
+        loop {
+            let log = self.log.clone();
+            let after = self.last;
+            let rows = tokio::task::spawn_blocking(move || log.read_after(after, CATCH_UP_PAGE, &ReadScope::default()))
+                .await
+                .map_err(|e| livestrom_engine::store::StoreError::Task(e.to_string()))??;
+            let n = rows.len();
+            let mut events = Vec::with_capacity(n);
+            for row in rows {
+                match serde_json::from_str::<StreamEvent>(&row.json) {
+                    Ok(event) => events.push(CommittedEvent { event, json: row.json }),
+                    Err(e) => {
+                        return Err(livestrom_engine::store::StoreError::Corrupt(format!("event {}: {e}", row.id)));
+                    }
+                }
+            }
+            self.process(events.iter());
+            if n < CATCH_UP_PAGE {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(id: u128, source: &str, st: SourceType, tags: &[&str], title: &str) -> CommittedEvent {
+        let mut g = livestrom_engine::event::IdGenerator::new(Some(Uuid::from_u128(id)));
+        let event = StreamEvent {
+            id: g.next_at(4_000_000_000_000),
+            schema_version: 1,
+            source_id: source.into(),
+            source_type: st,
+            url: "https://example.com/".into(),
+            title: title.into(),
+            content: String::new(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            fetched_at: Utc::now(),
+            emitted_at: Utc::now(),
+            item_id: "i".into(),
+            version: 1,
+            supersedes: None,
+            diff: None,
+            added: None,
+            published_at: None,
+        };
+        CommittedEvent::new(event)
+    }
+
+    fn sub(reg: &mut Registry, q: &str) -> (u32, Arc<Subscriber>) {
+        let f = crate::filter::parse_query(Some(q), crate::filter::Endpoint::Stream, 20)
+            .map(|q| q.filter)
+            .unwrap_or_else(|p| panic!("{q}: {}", p.detail));
+        let s = Arc::new(Subscriber {
+            filter: Arc::new(f),
+            queue: Mutex::new(Queue { frames: Vec::new(), bytes: 0, limit: 1 << 20, overflowed: false, ended: false }),
+            notify: Notify::new(),
+        });
+        (reg.insert(s.clone()), s)
+    }
+
+    fn count(s: &Subscriber) -> usize {
+        lock(&s.queue).frames.len()
+    }
+
+    #[test]
+    fn index_routes_each_event_to_matching_subscribers_once() {
+        let mut reg = Registry::default();
+        let (_, all) = sub(&mut reg, "");
+        let (_, both) = sub(&mut reg, "source=a.b&source=a.*");
+        let (_, tags) = sub(&mut reg, "tag=x&tag=y");
+        let (_, ty) = sub(&mut reg, "source_type=html");
+        let (_, kw) = sub(&mut reg, "keyword=%C3%A5r");
+        let (slot, gone) = sub(&mut reg, "");
+        reg.remove(slot);
+        let e1 = committed(1, "a.b", SourceType::Rss, &["x", "y"], "ÅR");
+        reg.fan_out(&e1, 1);
+        let e2 = committed(2, "ab", SourceType::Html, &[], "nothing");
+        reg.fan_out(&e2, 2);
+        assert_eq!(count(&all), 2);
+        assert_eq!(count(&both), 1);
+        assert_eq!(count(&tags), 1);
+        assert_eq!(count(&ty), 1);
+        assert_eq!(count(&kw), 1);
+        assert_eq!(count(&gone), 0);
+        assert_eq!(reg.count, 5);
+        // The frame is rendered once and shared.
+        let a = lock(&all.queue).frames[0].bytes.as_ptr();
+        let b = lock(&both.queue).frames[0].bytes.as_ptr();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn overflow_drops_the_queue_and_rearm_restarts_it() {
+        let s = Subscriber {
+            filter: Arc::new(Filter::default()),
+            queue: Mutex::new(Queue { frames: Vec::new(), bytes: 0, limit: 100, overflowed: false, ended: false }),
+            notify: Notify::new(),
+        };
+        let f = Frame { id: Uuid::nil(), seq: 1, bytes: Bytes::from(vec![b'x'; 60]) };
+        s.push(&f);
+        s.push(&f);
+        let q = lock(&s.queue);
+        assert!(q.overflowed && q.frames.is_empty() && q.bytes == 0);
+    }
+
+    #[test]
+    fn frames_keep_feed_text_inside_data() {
+        let e = committed(1, "a", SourceType::Rss, &[], "x\n\nid: 9");
+        let b = render_event(e.event.id, SourceType::Rss, &e.json);
+        let text = String::from_utf8_lossy(&b);
+        assert_eq!(text.matches('\n').count(), 4, "{text}");
+        assert!(text.starts_with(&format!("id: {}\nevent: rss\ndata: {{", e.event.id)));
+        let b = render_event(e.event.id, SourceType::Rss, "{\"a\":\"x\r\nid: 9\"}");
+        assert_eq!(String::from_utf8_lossy(&b).matches('\n').count(), 4);
     }
 }

@@ -1,12 +1,373 @@
 //! `GET /v1/stream`: replay from the log after the cursor, then live.
 //!
-//! CONTRACT (owned by the stream module's owner).
+//! One connection is one [`Conn`] state machine driven by the response body:
+//! hyper polls the body only when the socket can take more, so a slow client
+//! slows its own replay (backpressure) and, once live, lets its hub queue
+//! fill until the hub drops it (bounded memory; the client resumes).
+//!
+//! The hand-over from replay to live has no gap and no duplicate:
+//! 1. subscribe to the hub first (the queue starts collecting live events);
+//! 2. replay from the log in pages until a page comes back short — every
+//!    event the hub fanned out *before* step 1 was committed before it, so
+//!    the log has it;
+//! 3. drain the queue, skipping ids at or below the last replayed position.
+//!
+//! If the queue overflowed during the replay it is re-armed and the replay
+//! simply continues from the log (never skip); once live, an overflow means
+//! the client is too slow and the stream ends.
 
-use axum::response::Response;
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use livestrom_engine::store::{LogRow, ReadScope, StoreError};
+use livestrom_engine::EventLog;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use uuid::Uuid;
+
+use crate::auth::{Authenticated, KeyInfo};
+use crate::filter::{parse_cursor, parse_query, Endpoint, Filter};
+use crate::hub::{write_checkpoint, write_event, Drained, Frame, Subscription};
+use crate::limits::StreamGuard;
 use crate::problem::Problem;
+use crate::AppState;
+
+/// Log rows per replay read (one statement each).
+pub const REPLAY_PAGE: usize = 2048;
+
+/// After this many events passed over by the filter since the last frame
+/// carrying an id, an id-only checkpoint frame is sent (also on every
+/// keep-alive tick when anything was passed over).
+pub const CHECKPOINT_AFTER_SKIPPED: u64 = 1000;
 
 /// The handler.
-pub async fn handler() -> Result<Response, Problem> {
-    Err(Problem::unavailable("stream not built yet"))
+pub async fn handler(
+    State(state): State<AppState>,
+    Authenticated(key): Authenticated,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Problem> {
+    let q = parse_query(query.as_deref(), Endpoint::Stream, key.max_filters)?;
+    let cursor = cursor_from(&headers, q.since)?;
+    let guard = state.limits.stream_guard(&key)?;
+    let filter = Arc::new(q.filter);
+    // Subscribe before anything is read from the log (hand-over step 1).
+    let sub = state.hub.subscribe(filter.clone()).map_err(|e| Problem::unavailable(e.to_string()))?;
+    let start = check_cursor(&state.log, cursor).await?;
+    let request_id = request_id(&headers);
+
+    let mut hello = BytesMut::with_capacity(64);
+    hello.put_slice(b":connected request_id=");
+    hello.put_slice(request_id.hyphenated().to_string().as_bytes());
+    hello.put_slice(b"\n\n");
+
+    let period = state.settings.keepalive.max(Duration::from_millis(10));
+    let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
+    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let scope = filter.read_scope();
+    let (pos, phase) = match start {
+        Start::After(id) => (id, Phase::Replay),
+        Start::Now(head) => (head, Phase::Live),
+    };
+    let sent_seq = state.hub.position().map_or(0, |p| p.seq);
+    let conn = Conn {
+        state,
+        key,
+        _guard: guard,
+        sub,
+        filter,
+        scope,
+        phase,
+        hello: Some(hello.freeze()),
+        pos,
+        last_sent: pos,
+        sent_seq,
+        skipped_in_replay: 0,
+        keepalive,
+        spare: Vec::new(),
+    };
+    let body = futures::stream::unfold(conn, |mut c| async move {
+        c.next_chunk().await.map(|b| (Ok::<Bytes, std::convert::Infallible>(b), c))
+    });
+    let mut res = axum::body::Body::from_stream(body).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    if let Ok(v) = HeaderValue::from_str(&request_id.hyphenated().to_string()) {
+        h.insert(header::HeaderName::from_static("x-request-id"), v);
+    }
+    Ok(res)
+}
+
+/// The cursor of a request: `Last-Event-ID` wins over `since=`.
+pub fn cursor_from(headers: &HeaderMap, since: Option<Uuid>) -> Result<Option<Uuid>, Problem> {
+    match headers.get("last-event-id") {
+        Some(v) => {
+            let s = v.to_str().map_err(|_| Problem::bad_param("Last-Event-ID", "`Last-Event-ID` must be a UUIDv7 event id"))?;
+            parse_cursor("Last-Event-ID", s).map(Some)
+        }
+        None => Ok(since),
+    }
+}
+
+/// Where a request starts reading.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// After this cursor (inside the retention window).
+    After(Uuid),
+    /// No cursor: after the log's head at the time of the check (nil when empty).
+    Now(Uuid),
+}
+
+/// Checks a cursor against the retention window (410 when older) or, without
+/// one, reads the head. Runs the blocking reads off the runtime.
+pub async fn check_cursor(log: &Arc<dyn EventLog>, cursor: Option<Uuid>) -> Result<Start, Problem> {
+    let log = log.clone();
+    let r = tokio::task::spawn_blocking(move || -> Result<Result<Start, Uuid>, StoreError> {
+        match cursor {
+            Some(c) => {
+                let floor = log.retention_floor();
+                Ok(if c < floor { Err(floor) } else { Ok(Start::After(c)) })
+            }
+            None => Ok(Ok(Start::Now(log.head()?.unwrap_or(Uuid::nil())))),
+        }
+    })
+    .await;
+    match r {
+        Ok(Ok(Ok(s))) => Ok(s),
+        Ok(Ok(Err(floor))) => Err(Problem::gone(format!(
+            "the cursor is older than the retained window (oldest resumable position {floor}); reconnect without a cursor to resync from now"
+        ))),
+        Ok(Err(e)) => Err(internal(e)),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+/// The request id: an upstream `X-Request-Id` if it is a UUID, else a fresh v4.
+fn request_id(headers: &HeaderMap) -> Uuid {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| Uuid::try_parse(s).ok())
+        .unwrap_or_else(|| uuid::Builder::from_random_bytes(rand::random()).into_uuid())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Replay,
+    Live,
+    Done,
+}
+
+/// One open stream.
+struct Conn {
+    state: AppState,
+    key: Arc<KeyInfo>,
+    /// Holds the key's concurrent-stream slot until the stream ends.
+    _guard: StreamGuard,
+    /// Registered with the hub before the replay began.
+    sub: Subscription,
+    filter: Arc<Filter>,
+    /// The SQL-side part of the filter for replay reads.
+    scope: ReadScope,
+    phase: Phase,
+    /// `:connected` comment, sent first.
+    hello: Option<Bytes>,
+    /// Every event at or below this id has been handled (sent or filtered out).
+    pos: Uuid,
+    /// The id the client will resume from (last event or checkpoint sent).
+    last_sent: Uuid,
+    /// Hub sequence number at `last_sent` (counts events passed over since).
+    sent_seq: u64,
+    /// Rows the replay filtered out since the last id sent.
+    skipped_in_replay: u64,
+    keepalive: Interval,
+    /// Recycled drain buffer (keeps its capacity between wake-ups).
+    spare: Vec<Frame>,
+}
+
+enum Wake {
+    Stop,
+    Queue,
+    Tick,
+}
+
+impl Conn {
+    /// The next bytes to send; None ends the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(h) = self.hello.take() {
+            return Some(h);
+        }
+        loop {
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Replay => {
+                    if let Some(chunk) = self.replay_step().await {
+                        return Some(chunk);
+                    }
+                }
+                Phase::Live => {
+                    let wake = tokio::select! {
+                        biased;
+                        _ = self.state.shutdown.cancelled() => Wake::Stop,
+                        _ = self.key.revoked.cancelled() => Wake::Stop,
+                        _ = self.sub.notified() => Wake::Queue,
+                        _ = self.keepalive.tick() => Wake::Tick,
+                    };
+                    let chunk = match wake {
+                        Wake::Stop => None,
+                        Wake::Queue => self.drain_live(false),
+                        Wake::Tick => self.drain_live(true),
+                    };
+                    match chunk {
+                        Some(c) if !c.is_empty() => return Some(c),
+                        Some(_) => {}
+                        None => self.phase = Phase::Done,
+                    }
+                }
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.state.shutdown.is_cancelled() || self.key.revoked.is_cancelled()
+    }
+
+    /// One replay page. Returns bytes to send, or None when there is nothing
+    /// to send yet (phase may have changed).
+    async fn replay_step(&mut self) -> Option<Bytes> {
+        if self.stopped() {
+            self.phase = Phase::Done;
+            return None;
+        }
+        let log = self.state.log.clone();
+        let (after, scope) = (self.pos, self.scope.clone());
+        let read = tokio::task::spawn_blocking(move || log.read_after(after, REPLAY_PAGE, &scope));
+        let rows: Vec<LogRow> = tokio::select! {
+            biased;
+            _ = self.state.shutdown.cancelled() => { self.phase = Phase::Done; return None; }
+            _ = self.key.revoked.cancelled() => { self.phase = Phase::Done; return None; }
+            r = read => match r {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => { tracing::error!(error = %e, "replay read failed; ending stream"); self.phase = Phase::Done; return None; }
+                Err(e) => { tracing::error!(error = %e, "replay task failed; ending stream"); self.phase = Phase::Done; return None; }
+            },
+        };
+        let exhausted = rows.len() < REPLAY_PAGE;
+        let mut buf = BytesMut::new();
+        for row in &rows {
+            self.pos = row.id;
+            if self.filter.matches_json(&row.source_id, row.source_type, &row.json) {
+                if buf.is_empty() {
+                    buf.reserve(rows.len() * (row.json.len() + 80));
+                }
+                write_event(&mut buf, row.id, row.source_type, &row.json);
+                self.last_sent = row.id;
+                self.skipped_in_replay = 0;
+            } else {
+                self.skipped_in_replay += 1;
+            }
+        }
+        if self.skipped_in_replay >= CHECKPOINT_AFTER_SKIPPED && self.pos > self.last_sent {
+            write_checkpoint(&mut buf, self.pos);
+            self.last_sent = self.pos;
+            self.skipped_in_replay = 0;
+        }
+        if exhausted {
+            // Hand-over (step 3): the first live drain decides.
+            let p = self.state.hub.position();
+            let mut frames = std::mem::take(&mut self.spare);
+            match self.sub.drain(&mut frames) {
+                Drained::Overflowed => {
+                    // Live events were dropped while we replayed: keep
+                    // reading the log from `pos` with a fresh queue.
+                    self.sub.rearm();
+                }
+                Drained::Ended => self.phase = Phase::Done,
+                Drained::Frames => {
+                    self.phase = Phase::Live;
+                    self.sent_seq = p.map_or(0, |p| p.seq);
+                    self.write_frames(&mut buf, &mut frames, p.map(|p| p.id));
+                }
+            }
+            self.spare = frames;
+        }
+        // A replay never delivers what the key may no longer see.
+        if self.stopped() {
+            self.phase = Phase::Done;
+            return None;
+        }
+        (!buf.is_empty()).then(|| buf.freeze())
+    }
+
+    /// Appends queued frames newer than `pos`, then advances `pos` to the
+    /// hub position read before the drain (everything up to it is handled).
+    fn write_frames(&mut self, buf: &mut BytesMut, frames: &mut Vec<Frame>, hub_pos: Option<Uuid>) {
+        for f in frames.drain(..) {
+            if f.id > self.pos {
+                buf.put_slice(&f.bytes);
+                self.pos = f.id;
+                self.last_sent = f.id;
+                self.sent_seq = self.sent_seq.max(f.seq);
+            }
+        }
+        if let Some(p) = hub_pos {
+            if p > self.pos {
+                self.pos = p;
+            }
+        }
+    }
+
+    /// Drains the live queue into one chunk. None ends the stream.
+    fn drain_live(&mut self, tick: bool) -> Option<Bytes> {
+        // Position first, queue second: every matching event up to the
+        // position is then in what we drain (or was drained before).
+        let p = self.state.hub.position();
+        let mut frames = std::mem::take(&mut self.spare);
+        match self.sub.drain(&mut frames) {
+            Drained::Frames => {}
+            Drained::Overflowed => {
+                tracing::info!(key = %self.key.name, "slow subscriber disconnected: its queue exceeded the bound");
+                return None;
+            }
+            Drained::Ended => return None,
+        }
+        // Fast path: exactly one new frame and nothing else to say.
+        if !tick && frames.len() == 1 && frames[0].id > self.pos {
+            let f = frames.pop()?;
+            self.pos = f.id;
+            self.last_sent = f.id;
+            self.sent_seq = self.sent_seq.max(f.seq);
+            if let Some(p) = p {
+                self.pos = self.pos.max(p.id);
+            }
+            self.spare = frames;
+            return Some(f.bytes);
+        }
+        let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.bytes.len()).sum::<usize>() + 64);
+        self.write_frames(&mut buf, &mut frames, p.map(|p| p.id));
+        self.spare = frames;
+        if let Some(p) = p {
+            let skipped = p.seq.saturating_sub(self.sent_seq);
+            if self.pos > self.last_sent && (tick || skipped >= CHECKPOINT_AFTER_SKIPPED) {
+                write_checkpoint(&mut buf, self.pos);
+                self.last_sent = self.pos;
+                self.sent_seq = p.seq;
+            }
+        }
+        if tick {
+            buf.put_slice(b": keepalive\n\n");
+        }
+        Some(buf.freeze())
+    }
+}
+
+/// Maps a store failure on the request path to a logged 500.
+pub(crate) fn internal(e: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %e, "event log failure");
+    Problem::internal()
 }
