@@ -1,10 +1,44 @@
-//! RSS 0.9x/1.0/2.0, Atom and JSON Feed → items, via feed-rs. Pure.
+//! RSS 0.9x/1.0/2.0, Atom and JSON Feed → items, via feed-rs. Pure: bytes in,
+//! items out (the only outside input is the clock, for clamping future dates;
+//! [`parse_at`] takes it explicitly).
 //!
-//! CONTRACT (owned by the feed module's owner).
+//! What this adds on top of feed-rs:
+//! - decoding ([`decode`]): BOMs, UTF-16/32, mislabeled charsets, RSS roots
+//!   without a version — feed-rs only ever sees clean UTF-8;
+//! - upstream ids only: feed-rs invents ids for items without one (a random
+//!   UUID by default); our generator returns an empty id, so an empty id
+//!   after parsing means "the upstream had none" and [`Item::guid`] is `None`
+//!   (identity then falls back to the link, then a content hash, in
+//!   `normalize`). RSS 1.0 `rdf:about` is read as the item id;
+//! - plain text ([`text`]): titles and content with markup stripped;
+//! - links resolved against the feed URL (and `xml:base`, which feed-rs applies);
+//! - dates more than [`FUTURE_TOLERANCE`] ahead are clamped to now;
+//! - `<ttl>` or `sy:updatePeriod`/`sy:updateFrequency` → [`Parsed::ttl`];
+//! - a hostile document never panics: it is an [`FeedError`].
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use feed_rs::model::{Entry, FeedType, Link, Text};
+use feed_rs::parser::{ParseErrorKind, ParseFeedError};
+use regex::Regex;
 use url::Url;
 
-use super::Parsed;
+use super::{Item, Parsed};
+
+pub(crate) mod decode;
+pub(crate) mod text;
+
+/// Dates further in the future than this are treated as "now" (clock skew and
+/// time-zone mistakes are common; far-future dates would pin an item to the
+/// top of any date-sorted view forever).
+pub const FUTURE_TOLERANCE: TimeDelta = TimeDelta::days(1);
+
+/// Documents nested deeper than this are refused before parsing (feed-rs
+/// reads nested elements recursively; real feeds stay far below ~30).
+pub const MAX_DEPTH: usize = 512;
 
 /// Why a feed could not be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +50,339 @@ pub enum FeedError {
 
 /// Parses a feed body; relative links resolve against `base` (the final URL).
 pub fn parse(body: &[u8], content_type: Option<&str>, base: &Url) -> Result<Parsed, FeedError> {
-    let _ = (body, content_type, base);
-    Err(FeedError::Invalid("parser not built yet".into()))
+    parse_at(body, content_type, base, Utc::now())
+}
+
+/// [`parse`] with an explicit "now" (for clamping future dates).
+pub fn parse_at(body: &[u8], content_type: Option<&str>, base: &Url, now: DateTime<Utc>) -> Result<Parsed, FeedError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(FeedError::Invalid("empty body".into()));
+    }
+    let decoded = decode::to_utf8(body, content_type);
+    let doc = decode::repair_prolog(decoded.text);
+    let trimmed = doc.trim_start();
+    if !(trimmed.starts_with('<') || trimmed.starts_with('{')) {
+        let shown: String = trimmed.chars().take(24).collect();
+        return Err(FeedError::Invalid(format!(
+            "document starts with {shown:?}, not `<` (XML) or `{{` (JSON Feed); read as {}",
+            decoded.encoding
+        )));
+    }
+    if trimmed.starts_with('<') {
+        check_depth(&doc)?;
+    }
+
+    let parser = feed_rs::parser::Builder::new()
+        .base_uri(Some(base.as_str()))
+        .id_generator(|_links, _title, _uri| String::new())
+        .sanitize_content(false)
+        .build();
+    // feed-rs is third-party code on hostile input: a panic inside it must
+    // cost one poll, not the polling task.
+    let feed = catch_unwind(AssertUnwindSafe(|| parser.parse(doc.as_bytes())))
+        .map_err(|_| FeedError::Invalid("the feed parser panicked on this document".into()))?
+        .map_err(|e| describe(e, &doc))?;
+
+    let about = if feed.feed_type == FeedType::RSS1 { rdf_about_ids(&doc, feed.entries.len()) } else { None };
+    let is_rss = matches!(feed.feed_type, FeedType::RSS0 | FeedType::RSS1 | FeedType::RSS2);
+    let ttl = feed.ttl.filter(|m| *m > 0).map(|m| Duration::from_secs(u64::from(m) * 60)).or_else(|| sy_update_period(&doc));
+    let items = feed
+        .entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let about = about.as_ref().and_then(|a| a.get(i).cloned().flatten());
+            item(e, about, is_rss, base, now)
+        })
+        .collect();
+    Ok(Parsed { items, ttl })
+}
+
+fn item(e: Entry, about: Option<String>, is_rss: bool, base: &Url, now: DateTime<Utc>) -> Item {
+    let guid = Some(e.id.trim()).filter(|s| !s.is_empty()).map(str::to_owned).or(about);
+    let url = pick_link(&e.links)
+        .and_then(|href| resolve(href, base))
+        .or_else(|| guid.as_deref().filter(|_| is_rss).and_then(permalink_guid));
+    let title = e.title.as_ref().map(|t| text::one_line(&t.content)).unwrap_or_default();
+    let content = e
+        .content
+        .as_ref()
+        .and_then(|c| {
+            let html = c.content_type.subty().as_str().contains("html");
+            c.body.as_deref().map(|b| text::block(b, html))
+        })
+        .filter(|c| !c.is_empty())
+        .or_else(|| e.summary.as_ref().map(text_block).filter(|c| !c.is_empty()))
+        .or_else(|| e.media.iter().find_map(|m| m.description.as_ref().map(text_block).filter(|c| !c.is_empty())))
+        .unwrap_or_default();
+    let published = e.published.or(e.updated).map(|t| if t - now > FUTURE_TOLERANCE { now } else { t });
+    Item { guid, url, title, content, published, diff: None, added: None }
+}
+
+fn text_block(t: &Text) -> String {
+    text::block(&t.content, t.content_type.subty().as_str().contains("html"))
+}
+
+/// The item's own page: an alternate (or rel-less) link, preferring HTML,
+/// else any link that is not self/enclosure/related plumbing.
+fn pick_link(links: &[Link]) -> Option<&str> {
+    let alternate = |l: &&Link| matches!(l.rel.as_deref(), None | Some("alternate"));
+    let htmlish = |l: &&Link| l.media_type.as_deref().is_none_or(|m| m.contains("html"));
+    links
+        .iter()
+        .filter(alternate)
+        .find(htmlish)
+        .or_else(|| links.iter().find(alternate))
+        .or_else(|| links.iter().find(|l| !matches!(l.rel.as_deref(), Some("self" | "enclosure" | "replies" | "edit" | "hub"))))
+        .map(|l| l.href.trim())
+        .filter(|h| !h.is_empty())
+}
+
+fn resolve(href: &str, base: &Url) -> Option<String> {
+    let url = match Url::parse(href) {
+        Ok(u) => u,
+        Err(url::ParseError::RelativeUrlWithoutBase) => base.join(href).ok()?,
+        Err(_) => return None,
+    };
+    Some(url.to_string())
+}
+
+/// An RSS guid that is an absolute http(s) URL doubles as the permalink when
+/// the item has no `<link>` (RSS 2.0 `isPermaLink` defaults to true).
+fn permalink_guid(guid: &str) -> Option<String> {
+    Url::parse(guid).ok().filter(|u| matches!(u.scheme(), "http" | "https")).map(|u| u.to_string())
+}
+
+/// `rdf:about` of each RSS 1.0 `<item>`, in document order; `None` when the
+/// count does not match feed-rs's entries (then we cannot pair them safely).
+fn rdf_about_ids(doc: &str, entries: usize) -> Option<Vec<Option<String>>> {
+    static ITEM: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"<(?:[A-Za-z_][\w.-]*:)?item(?:\s[^>]*?)?>"#).expect("constant regex")
+    });
+    static ABOUT: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r#"\s(?:[A-Za-z_][\w.-]*:)?about\s*=\s*(?:"([^"]*)"|'([^']*)')"#).expect("constant regex"));
+    let ids: Vec<Option<String>> = ITEM
+        .find_iter(doc)
+        .map(|m| {
+            ABOUT
+                .captures(m.as_str())
+                .and_then(|c| c.get(1).or_else(|| c.get(2)))
+                .map(|v| xml_unescape(v.as_str().trim()))
+                .filter(|v| !v.is_empty())
+        })
+        .collect();
+    (ids.len() == entries).then_some(ids)
+}
+
+fn xml_unescape(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_owned();
+    }
+    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+}
+
+/// RSS 1.0 syndication module: `sy:updatePeriod` (hourly…yearly) divided by
+/// `sy:updateFrequency` (default 1).
+fn sy_update_period(doc: &str) -> Option<Duration> {
+    static PERIOD: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"<sy:updatePeriod>\s*([A-Za-z]+)\s*</sy:updatePeriod>").expect("constant regex"));
+    static FREQ: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"<sy:updateFrequency>\s*([0-9]{1,6})\s*</sy:updateFrequency>").expect("constant regex"));
+    let period = PERIOD.captures(doc)?.get(1)?.as_str().to_ascii_lowercase();
+    let secs: u64 = match period.as_str() {
+        "hourly" => 3600,
+        "daily" => 86_400,
+        "weekly" => 7 * 86_400,
+        "monthly" => 30 * 86_400,
+        "yearly" => 365 * 86_400,
+        _ => return None,
+    };
+    let freq = FREQ.captures(doc).and_then(|c| c.get(1)?.as_str().parse::<u64>().ok()).filter(|f| *f > 0).unwrap_or(1);
+    Some(Duration::from_secs(secs / freq))
+}
+
+/// Refuses documents nested deeper than [`MAX_DEPTH`] (a cheap scan of tag
+/// opens/closes; comments, CDATA and processing instructions are skipped).
+fn check_depth(doc: &str) -> Result<(), FeedError> {
+    let b = doc.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'<') {
+        i += off;
+        let rest = &b[i..];
+        let skip_to = |end: &[u8]| rest.windows(end.len()).position(|w| w == end).map(|p| p + end.len());
+        if rest.starts_with(b"<!--") {
+            i += skip_to(b"-->").unwrap_or(rest.len());
+            continue;
+        }
+        if rest.starts_with(b"<![CDATA[") {
+            i += skip_to(b"]]>").unwrap_or(rest.len());
+            continue;
+        }
+        let close = rest.iter().position(|&c| c == b'>').unwrap_or(rest.len() - 1);
+        let tag = &rest[..=close.min(rest.len() - 1)];
+        match tag.get(1) {
+            Some(b'/') => depth = depth.saturating_sub(1),
+            Some(b'?' | b'!') => {}
+            _ if tag.ends_with(b"/>") => {}
+            _ => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(FeedError::Invalid(format!("XML nested deeper than {MAX_DEPTH} elements")));
+                }
+            }
+        }
+        i += close + 1;
+    }
+    Ok(())
+}
+
+/// A specific message for each way feed-rs fails.
+fn describe(e: ParseFeedError, doc: &str) -> FeedError {
+    let msg = match e {
+        ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot) => {
+            let root = root_name(doc);
+            match root.as_deref() {
+                Some("html") => "the document is an HTML page, not a feed (root element <html>)".to_owned(),
+                Some(r) => format!("root element <{r}> is not rss, RDF, feed or entry"),
+                None => "no root element found (empty or truncated document)".to_owned(),
+            }
+        }
+        ParseFeedError::ParseError(kind) => format!("malformed feed: {kind}"),
+        ParseFeedError::IoError(e) => format!("reading the document failed: {e}"),
+        ParseFeedError::JsonSerde(e) => format!("invalid JSON Feed: {e}"),
+        ParseFeedError::JsonUnsupportedVersion(v) => format!("unsupported JSON Feed version {v:?}"),
+        ParseFeedError::XmlReader(e) => format!("malformed XML: {e}"),
+    };
+    FeedError::Invalid(msg)
+}
+
+fn root_name(doc: &str) -> Option<String> {
+    static ROOT: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"<([A-Za-z_][\w.:-]*)").expect("constant regex"));
+    let mut rest = doc;
+    // Skip the prolog: declaration, comments, doctype, processing instructions.
+    loop {
+        let t = rest.trim_start();
+        let end = if t.starts_with("<!--") {
+            t.find("-->").map(|p| p + 3)
+        } else if t.starts_with("<?") || t.starts_with("<!") {
+            t.find('>').map(|p| p + 1)
+        } else {
+            return ROOT.captures(t).and_then(|c| c.get(1)).map(|m| {
+                let name = m.as_str();
+                name.rsplit(':').next().unwrap_or(name).to_ascii_lowercase()
+            });
+        };
+        rest = &t[end?..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Url {
+        Url::parse("https://example.org/feeds/main.xml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z").map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+    }
+
+    fn parse_ok(doc: &str) -> Parsed {
+        parse_at(doc.as_bytes(), None, &base(), now()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn rss_items_get_plain_text_resolved_links_and_no_invented_guid() {
+        let p = parse_ok(
+            r#"<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><ttl>30</ttl>
+            <item><title>A &amp;amp; B</title><link>/a?x=1</link><description>&lt;p&gt;Hello &lt;b&gt;world&lt;/b&gt;&lt;/p&gt;&lt;p&gt;Two&lt;/p&gt;</description></item>
+            <item><guid>g-2</guid><title>Second</title><pubDate>Tue, 02 Mar 2021 23:39:15 +0100</pubDate></item>
+            </channel></rss>"#,
+        );
+        assert_eq!(p.ttl, Some(Duration::from_secs(1800)));
+        assert_eq!(p.items.len(), 2);
+        let a = &p.items[0];
+        assert_eq!(a.guid, None);
+        assert_eq!(a.url.as_deref(), Some("https://example.org/a?x=1"));
+        assert_eq!(a.title, "A & B");
+        assert_eq!(a.content, "Hello world\n\nTwo");
+        assert_eq!(p.items[1].guid.as_deref(), Some("g-2"));
+        assert_eq!(p.items[1].published.map(|t| t.to_rfc3339()), Some("2021-03-02T22:39:15+00:00".into()));
+    }
+
+    #[test]
+    fn rss_without_version_and_permalink_guid() {
+        let p = parse_ok(r#"<rss><channel><item><guid>https://example.org/p/1</guid><title>x</title></item></channel></rss>"#);
+        assert_eq!(p.items[0].url.as_deref(), Some("https://example.org/p/1"));
+    }
+
+    #[test]
+    fn far_future_dates_are_clamped_and_bad_dates_are_none() {
+        let p = parse_ok(
+            r#"<rss version="2.0"><channel>
+            <item><guid>1</guid><pubDate>Fri, 01 Jan 2100 00:00:00 GMT</pubDate></item>
+            <item><guid>2</guid><pubDate>yesterday-ish</pubDate></item>
+            </channel></rss>"#,
+        );
+        assert_eq!(p.items[0].published, Some(now()));
+        assert_eq!(p.items[1].published, None);
+    }
+
+    #[test]
+    fn atom_xml_base_and_json_feed() {
+        let p = parse_ok(
+            r#"<feed xmlns="http://www.w3.org/2005/Atom" xml:base="https://other.example/blog/"><title>t</title><id>f</id>
+            <entry><id>urn:1</id><title type="html">&lt;em&gt;Hi&lt;/em&gt;</title><link href="post1"/><summary>s</summary>
+            <content type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml"><p>Body</p></div></content></entry></feed>"#,
+        );
+        let e = &p.items[0];
+        assert_eq!(e.guid.as_deref(), Some("urn:1"));
+        assert_eq!(e.url.as_deref(), Some("https://other.example/blog/post1"));
+        assert_eq!(e.title, "Hi");
+        assert_eq!(e.content, "Body");
+
+        let j = parse_ok(
+            r#"{"version":"https://jsonfeed.org/version/1.1","title":"j","items":[{"id":"7","url":"/p/7","content_html":"<p>x</p>"},{"id":"8","content_text":"plain"}]}"#,
+        );
+        assert_eq!(j.items[0].url.as_deref(), Some("https://example.org/p/7"));
+        assert_eq!(j.items[0].content, "x");
+        assert_eq!(j.items[1].content, "plain");
+    }
+
+    #[test]
+    fn rdf_about_is_the_item_id_and_sy_period_is_a_ttl() {
+        let p = parse_ok(
+            r#"<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns="http://purl.org/rss/1.0/" xmlns:sy="http://purl.org/rss/1.0/modules/syndication/">
+            <channel rdf:about="https://example.org/"><title>t</title><link>https://example.org/</link><sy:updatePeriod>hourly</sy:updatePeriod><sy:updateFrequency>2</sy:updateFrequency></channel>
+            <item rdf:about="https://example.org/1?a=1&amp;b=2"><title>one</title><link>https://example.org/1</link></item></rdf:RDF>"#,
+        );
+        assert_eq!(p.items[0].guid.as_deref(), Some("https://example.org/1?a=1&b=2"));
+        assert_eq!(p.ttl, Some(Duration::from_secs(1800)));
+    }
+
+    #[test]
+    fn hostile_inputs_are_errors_not_panics() {
+        let deep = format!("<rss version=\"2.0\">{}</rss>", "<a>".repeat(200_000));
+        let huge_attr = format!("<rss version=\"2.0\" x=\"{}\"><channel></channel></rss>", "y".repeat(5_000_000));
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("whitespace", b"  \n ".to_vec()),
+            ("binary", (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()),
+            ("deep", deep.into_bytes()),
+            ("truncated", b"<rss version=\"2.0\"><channel><item><title>x".to_vec()),
+            ("html", b"<!DOCTYPE html><html><body>hi</body></html>".to_vec()),
+            ("json", b"{\"version\": \"https://jsonfeed.org/version/1\", \"items\": [".to_vec()),
+        ];
+        for (name, body) in cases {
+            match parse_at(&body, None, &base(), now()) {
+                Err(FeedError::Invalid(msg)) => assert!(!msg.is_empty(), "{name}"),
+                Ok(p) => panic!("{name}: parsed {} items", p.items.len()),
+            }
+        }
+        // A huge attribute is not an error, but must not panic either.
+        let _ = parse_at(huge_attr.as_bytes(), None, &base(), now());
+    }
 }

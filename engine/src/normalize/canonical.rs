@@ -1,0 +1,102 @@
+//! Canonical links and significance text: the normal forms identity and
+//! fingerprints are computed from, so that tracking parameters, fragments,
+//! case of scheme/host and whitespace never make a "new" item or version.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use url::Url;
+
+use crate::sources::feed::text::collapse_whitespace;
+
+/// Query parameters that only track the reader, never select content.
+/// Compared case-insensitively; `utm_*` is matched as a prefix.
+pub const TRACKING_PARAMS: &[&str] = &[
+    "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "igshid", "mc_cid", "mc_eid", "_hsenc",
+    "_hsmi", "__hstc", "__hssc", "__hsfp", "hsctatracking", "mkt_tok", "ref", "ref_src", "ref_url", "wt.mc_id", "cmpid",
+    "ncid", "sr_share", "oly_anon_id", "oly_enc_id", "vero_id", "at_medium", "at_campaign",
+];
+
+/// The canonical form of an absolute http(s) link: scheme and host lowercased
+/// (by the URL parser, which also drops default ports), fragment dropped,
+/// tracking parameters dropped; everything else, including the order of the
+/// remaining parameters, kept. `None` if `link` is not an absolute URL.
+pub fn canonical_link(link: &str) -> Option<String> {
+    let mut url = Url::parse(link.trim()).ok()?;
+    url.set_fragment(None);
+    if let Some(q) = url.query() {
+        let kept: Vec<&str> = q.split('&').filter(|pair| !pair.is_empty() && !is_tracking(pair)).collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else if kept.len() != q.split('&').count() {
+            let joined = kept.join("&");
+            url.set_query(Some(&joined));
+        }
+    }
+    Some(url.to_string())
+}
+
+/// The text a fingerprint is computed from: URLs inside it canonicalised,
+/// typographic quotes folded to ASCII, zero-width characters removed, and
+/// every run of whitespace collapsed to one space. Case and other
+/// punctuation are kept (they can carry meaning: "US" vs "us").
+pub fn significant_text(s: &str) -> String {
+    static URL_IN_TEXT: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r#"https?://[^\s<>"'()\[\]]+"#).expect("constant regex"));
+    let with_urls: Cow<'_, str> = if s.contains("://") {
+        URL_IN_TEXT.replace_all(s, |c: &regex::Captures<'_>| {
+            let m = &c[0];
+            if m.contains('?') || m.contains('#') {
+                canonical_link(m).unwrap_or_else(|| m.to_owned())
+            } else {
+                m.to_owned()
+            }
+        })
+    } else {
+        Cow::Borrowed(s)
+    };
+    let folded: String = with_urls
+        .chars()
+        .map(|c| match c {
+            '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{2032}' => '\'',
+            '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{2033}' => '"',
+            c => c,
+        })
+        .collect();
+    collapse_whitespace(&folded)
+}
+
+fn is_tracking(pair: &str) -> bool {
+    let key = pair.split('=').next().unwrap_or(pair);
+    let key = percent_decode_lower(key);
+    key.starts_with("utm_") || TRACKING_PARAMS.contains(&key.as_str())
+}
+
+fn percent_decode_lower(s: &str) -> String {
+    url::form_urlencoded::parse(s.as_bytes()).next().map(|(k, _)| k.to_ascii_lowercase()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_link_drops_tracking_and_fragment_only() {
+        assert_eq!(
+            canonical_link("HTTPS://Example.COM:443/a/B?z=1&utm_source=rss&UTM_Medium=x&fbclid=9&a=2#top").as_deref(),
+            Some("https://example.com/a/B?z=1&a=2")
+        );
+        assert_eq!(canonical_link("https://example.com/?ref=hn").as_deref(), Some("https://example.com/"));
+        assert_eq!(canonical_link("not a url"), None);
+    }
+
+    #[test]
+    fn significant_text_ignores_whitespace_quotes_and_tracking() {
+        assert_eq!(
+            significant_text("  Read \u{201c}this\u{201d}\n\n at https://x.org/a?utm_source=z  "),
+            significant_text("Read \"this\" at https://x.org/a")
+        );
+        assert_ne!(significant_text("US"), significant_text("us"));
+    }
+}
