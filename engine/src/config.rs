@@ -1,8 +1,11 @@
 //! `sources.toml`: the serde model (stage 1) and validated, typed config (stage 2).
 //!
-//! Stage 1 (`RawConfig`) mirrors the file with `deny_unknown_fields` and a
-//! documented default per field. Stage 2 (`Config::from_toml`) validates and
-//! returns *all* problems at once, each naming file, line, field and reason.
+//! Stage 1 (`raw`) walks the spanned TOML document key by key: syntax errors,
+//! unknown fields and wrong value types, each with its line. Stage 2
+//! (`validate`) turns the raw values into types (`SourceId`, `Url`, `Cadence`,
+//! `Regex`, …) and records every semantic problem. `Config::from_toml` returns
+//! *all* problems at once, each as `file:line: field: message`, sorted by line.
+//! `watch` re-loads the file on change or SIGHUP; `diff` says what changed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,12 +24,9 @@ pub struct SourceId(String);
 impl SourceId {
     /// Parses an id, returning why it is not valid.
     pub fn parse(s: &str) -> Result<Self, String> {
-        if is_valid_id(s) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(format!(
-                "`{s}` is not a valid source id: use 1-128 characters of [a-z0-9._-], starting with a letter or digit"
-            ))
+        match validate::id_problem(s) {
+            None => Ok(Self(s.to_owned())),
+            Some(why) => Err(why),
         }
     }
 
@@ -42,18 +42,15 @@ impl fmt::Display for SourceId {
     }
 }
 
-/// True when `s` is in the source id alphabet (also used by the edge's filters).
+/// True when `s` is a valid source id (also used by the edge's filters):
+/// 1-128 characters of `[a-z0-9._-]`, starting with a letter or digit, and no
+/// empty dot-separated group (`a..b`, `a.` are invalid).
 pub fn is_valid_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+    validate::id_problem(s).is_none()
 }
 
 /// How often a source is polled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Cadence {
     /// Fixed interval (tier default or per-source override).
     Every(Duration),
@@ -88,7 +85,7 @@ pub struct FieldMap {
 }
 
 /// Kind-specific settings of a source.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceKind {
     /// RSS 0.9x/1.0/2.0 or Atom.
     Rss,
@@ -113,8 +110,23 @@ pub struct HtmlSettings {
     pub min_change: usize,
 }
 
+/// Regexes compare by pattern: two configs with the same text are equal.
+impl PartialEq for HtmlSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.selector == other.selector
+            && self.ignore == other.ignore
+            && self.min_change == other.min_change
+            && self.ignore_text.len() == other.ignore_text.len()
+            && self
+                .ignore_text
+                .iter()
+                .zip(&other.ignore_text)
+                .all(|(a, b)| a.as_str() == b.as_str())
+    }
+}
+
 /// Settings of a `firehose` source.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirehoseSettings {
     /// How the upstream is read.
     pub format: FirehoseFormat,
@@ -125,7 +137,7 @@ pub struct FirehoseSettings {
 }
 
 /// One validated `[[source]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     /// Unique id.
     pub id: SourceId,
@@ -148,7 +160,7 @@ pub struct SourceConfig {
 }
 
 /// `[engine]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// SQLite file.
     pub database: PathBuf,
@@ -157,7 +169,7 @@ pub struct EngineConfig {
 }
 
 /// `[edge]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EdgeConfig {
     /// Listen address.
     pub listen: SocketAddr,
@@ -168,7 +180,7 @@ pub struct EdgeConfig {
 }
 
 /// `[fetch]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FetchConfig {
     /// Default User-Agent.
     pub user_agent: String,
@@ -189,7 +201,7 @@ pub struct FetchConfig {
 }
 
 /// `[tiers]`: default interval per source type.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tiers {
     /// firehose tier.
     pub firehose: Duration,
@@ -214,7 +226,7 @@ impl Tiers {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where it was loaded from (for messages and reload).
     pub path: PathBuf,
@@ -246,8 +258,21 @@ pub struct ConfigIssue {
 impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(l) => write!(f, "{}:{}: {}: {}", self.file.display(), l, self.field, self.message),
-            None => write!(f, "{}: {}: {}", self.file.display(), self.field, self.message),
+            Some(l) => write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                l,
+                self.field,
+                self.message
+            ),
+            None => write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            ),
         }
     }
 }
@@ -263,9 +288,40 @@ pub enum ConfigError {
         /// The IO error.
         source: std::io::Error,
     },
-    /// The file was read but is invalid; every problem is listed.
-    #[error("{}", .0.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n"))]
+    /// The file was read but is invalid; every problem is listed, one per
+    /// line, sorted by line, followed by a count when there are several.
+    #[error("{}", display_issues(.0))]
     Invalid(Vec<ConfigIssue>),
+    /// The file (its folder) could not be watched for changes.
+    #[error("cannot watch {path} for changes: {source}")]
+    Watch {
+        /// The file.
+        path: PathBuf,
+        /// Why (inotify limits, missing folder, no tokio runtime, …).
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// The problems of an invalid config (empty for IO/watch errors).
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            Self::Invalid(list) => list,
+            _ => &[],
+        }
+    }
+}
+
+fn display_issues(issues: &[ConfigIssue]) -> String {
+    let mut out = issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if issues.len() > 1 {
+        out.push_str(&format!("\n{} problems found", issues.len()));
+    }
+    out
 }
 
 impl Config {
@@ -280,7 +336,31 @@ impl Config {
 
     /// Validates config text; `path` is only used in messages.
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        raw::parse(path, text)
+        let mut issues = raw::Issues::new(path, text);
+        let config =
+            raw::read(&mut issues, text).map(|raw| validate::build(&mut issues, path, raw));
+        let mut list = issues.list;
+        match config {
+            Some(config) if list.is_empty() => Ok(config),
+            _ => {
+                // Compiler-style: in file order; issues without a line last.
+                list.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+                Err(ConfigError::Invalid(list))
+            }
+        }
+    }
+
+    /// Applies settings given outside the file (command-line flag, else
+    /// environment variable, as resolved by the CLI): they win over the file.
+    /// A relative `database` here is relative to the working directory, like
+    /// any command-line path (in the file it is relative to the file's folder).
+    pub fn apply_overrides(&mut self, database: Option<PathBuf>, listen: Option<SocketAddr>) {
+        if let Some(database) = database {
+            self.engine.database = database;
+        }
+        if let Some(listen) = listen {
+            self.edge.listen = listen;
+        }
     }
 
     /// Looks a source up by id.
@@ -291,13 +371,23 @@ impl Config {
 
 /// Parses `"7d"`, `"2m"`, `"25s"`, `"1h 30m"` (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. \"30s\", \"2m\", \"7d\""))
+    if s.trim().is_empty() {
+        return Err("empty duration; use e.g. \"30s\", \"2m\", \"7d\"".to_owned());
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!(
+            "`{}` is not a duration ({e}); use e.g. \"30s\", \"2m\", \"1h 30m\", \"7d\"",
+            raw::truncate(s.trim())
+        )
+    })
 }
 
 /// Parses `"10MB"`, `"512KiB"`, `"1048576"` into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -310,7 +400,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("`{s}` has an unknown size unit; use B, KB, MB, GB, KiB, MiB or GiB")),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown size unit; use B, KB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
     };
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("`{s}` must be a positive size"));
@@ -319,3 +413,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+pub mod watch;
+
+pub use watch::{diff, watch, ConfigDiff};

@@ -1,450 +1,701 @@
-//! Stage 1 of config loading: the file as serde sees it, with spans for messages.
+//! Stage 1 of config loading: the TOML document walked key by key into spanned
+//! raw values, so that *every* syntax error, unknown field and wrong value type
+//! is reported with its line (serde's `deny_unknown_fields` stops at the first).
+//!
+//! Each table is read through [`Table`], which remembers the keys it was asked
+//! for; whatever is left over when the table is finished is an unknown field.
+//! The keys read here *are* the schema: there is no second list to keep in sync.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::ops::Range;
+use std::path::Path;
 
-use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::{
-    Cadence, Config, ConfigError, ConfigIssue, EdgeConfig, EngineConfig, FetchConfig, FieldMap,
-    FirehoseFormat, FirehoseSettings, HtmlSettings, SourceConfig, SourceId, SourceKind, Tiers,
-};
-use crate::event::SourceType;
+use super::ConfigIssue;
 
-type S<T> = Spanned<T>;
+/// A byte range in the config text.
+pub(super) type Span = Range<usize>;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    engine: RawEngine,
-    #[serde(default)]
-    edge: RawEdge,
-    #[serde(default)]
-    fetch: RawFetch,
-    #[serde(default)]
-    tiers: RawTiers,
-    #[serde(default)]
-    source: Vec<S<RawSource>>,
+/// A value with the span it was read from.
+pub(super) type S<T> = Spanned<T>;
+
+/// The whole file, every value still unvalidated but of the right TOML type.
+#[derive(Debug, Default)]
+pub(super) struct RawConfig {
+    /// `[engine]`.
+    pub(super) engine: RawEngine,
+    /// `[edge]`.
+    pub(super) edge: RawEdge,
+    /// `[fetch]`.
+    pub(super) fetch: RawFetch,
+    /// `[tiers]`.
+    pub(super) tiers: RawTiers,
+    /// `[[source]]`, in file order.
+    pub(super) sources: Vec<RawSource>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEngine {
-    /// default `livestrom.db`, relative to the config file's folder
-    database: Option<S<String>>,
-    /// default `7d`
-    retention: Option<S<String>>,
+/// `[engine]`.
+#[derive(Debug, Default)]
+pub(super) struct RawEngine {
+    /// Default `livestrom.db`, relative to the config file's folder.
+    pub(super) database: Option<S<String>>,
+    /// Default `7d`.
+    pub(super) retention: Option<S<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEdge {
-    /// default `127.0.0.1:8080`
-    listen: Option<S<String>>,
-    /// default `25s`
-    keepalive: Option<S<String>>,
-    /// default `["*"]`
-    cors_origins: Option<Vec<String>>,
+/// `[edge]`.
+#[derive(Debug, Default)]
+pub(super) struct RawEdge {
+    /// Default `127.0.0.1:8080`.
+    pub(super) listen: Option<S<String>>,
+    /// Default `25s`.
+    pub(super) keepalive: Option<S<String>>,
+    /// Default `["*"]`.
+    pub(super) cors_origins: Option<Vec<S<String>>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFetch {
-    user_agent: Option<String>,
-    /// default `20s`
-    timeout: Option<S<String>>,
-    /// default `10s`
-    connect_timeout: Option<S<String>>,
-    /// default `10MB`
-    max_body: Option<S<String>>,
-    /// default 1
-    per_host_rps: Option<S<f64>>,
-    /// default 2
-    per_host_concurrency: Option<S<i64>>,
-    /// default false
-    allow_private_networks: Option<bool>,
-    /// default 5
-    max_redirects: Option<S<i64>>,
+/// `max_body` may be a size string (`"10MB"`) or a number of bytes.
+#[derive(Debug)]
+pub(super) enum RawSize {
+    /// `"10MB"`, `"512KiB"`.
+    Text(String),
+    /// `1048576`.
+    Bytes(i64),
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTiers {
-    firehose: Option<S<String>>,
-    rss: Option<S<String>>,
-    json: Option<S<String>>,
-    html: Option<S<String>>,
+/// `[fetch]`.
+#[derive(Debug, Default)]
+pub(super) struct RawFetch {
+    /// Default `livestrom/<version> (+https://github.com/livestrom/livestrom)`.
+    pub(super) user_agent: Option<S<String>>,
+    /// Default `20s`.
+    pub(super) timeout: Option<S<String>>,
+    /// Default `10s` (capped at `timeout`).
+    pub(super) connect_timeout: Option<S<String>>,
+    /// Default `10MB`.
+    pub(super) max_body: Option<S<RawSize>>,
+    /// Default 1.
+    pub(super) per_host_rps: Option<S<f64>>,
+    /// Default 2.
+    pub(super) per_host_concurrency: Option<S<i64>>,
+    /// Default false.
+    pub(super) allow_private_networks: Option<S<bool>>,
+    /// Default 5.
+    pub(super) max_redirects: Option<S<i64>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    id: S<String>,
-    #[serde(rename = "type")]
-    kind: S<String>,
-    url: S<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-    interval: Option<S<String>>,
-    schedule: Option<S<String>>,
-    user_agent: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    initial_items: Option<S<i64>>,
+/// `[tiers]`.
+#[derive(Debug, Default)]
+pub(super) struct RawTiers {
+    /// Default `5s`.
+    pub(super) firehose: Option<S<String>>,
+    /// Default `2m`.
+    pub(super) rss: Option<S<String>>,
+    /// Default `2m`.
+    pub(super) json: Option<S<String>>,
+    /// Default `15m`.
+    pub(super) html: Option<S<String>>,
+}
+
+/// One `[[source]]`. Required fields are `Option` here: a missing one is
+/// reported in stage 1 and the source is then skipped by stage 2.
+#[derive(Debug)]
+pub(super) struct RawSource {
+    /// Position in the `[[source]]` array (for field names).
+    pub(super) index: usize,
+    pub(super) id: Option<S<String>>,
+    pub(super) kind: Option<S<String>>,
+    pub(super) url: Option<S<String>>,
+    pub(super) tags: Vec<S<String>>,
+    pub(super) interval: Option<S<String>>,
+    pub(super) schedule: Option<S<String>>,
+    pub(super) user_agent: Option<S<String>>,
+    pub(super) headers: Vec<(S<String>, S<String>)>,
+    pub(super) initial_items: Option<S<i64>>,
     // html
-    selector: Option<S<String>>,
-    ignore: Option<S<Vec<String>>>,
-    ignore_text: Option<S<Vec<String>>>,
-    min_change: Option<S<i64>>,
+    pub(super) selector: Option<S<String>>,
+    pub(super) ignore: Option<S<Vec<S<String>>>>,
+    pub(super) ignore_text: Option<S<Vec<S<String>>>>,
+    pub(super) min_change: Option<S<i64>>,
     // firehose
-    format: Option<S<String>>,
-    items: Option<S<String>>,
-    fields: Option<S<FieldMap>>,
+    pub(super) format: Option<S<String>>,
+    pub(super) items: Option<S<String>>,
+    pub(super) fields: Option<S<RawFields>>,
 }
 
-struct Ctx<'a> {
+/// `fields = { … }` of a firehose source.
+#[derive(Debug, Default)]
+pub(super) struct RawFields {
+    pub(super) id: Option<S<String>>,
+    pub(super) title: Option<S<String>>,
+    pub(super) url: Option<S<String>>,
+    pub(super) content: Option<S<String>>,
+}
+
+/// Collects issues; turns byte offsets into lines.
+pub(super) struct Issues<'a> {
     file: &'a Path,
-    text: &'a str,
-    issues: Vec<ConfigIssue>,
+    /// Byte offset of the start of every line.
+    line_starts: Vec<usize>,
+    pub(super) list: Vec<ConfigIssue>,
 }
 
-impl Ctx<'_> {
-    fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+impl<'a> Issues<'a> {
+    pub(super) fn new(file: &'a Path, text: &str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self {
+            file,
+            line_starts,
+            list: Vec::new(),
+        }
     }
 
-    fn push(&mut self, span: Option<std::ops::Range<usize>>, field: impl Into<String>, message: impl Into<String>) {
+    /// 1-based line of a byte offset.
+    pub(super) fn line_of(&self, offset: usize) -> usize {
+        self.line_starts
+            .partition_point(|start| *start <= offset)
+            .max(1)
+    }
+
+    /// Records a problem at `span` (its first line).
+    pub(super) fn push(
+        &mut self,
+        span: Option<Span>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let line = span.map(|s| self.line_of(s.start));
-        self.issues.push(ConfigIssue {
+        self.list.push(ConfigIssue {
             file: self.file.to_owned(),
             line,
             field: field.into(),
             message: message.into(),
         });
     }
-
-    fn duration(&mut self, v: &Option<S<String>>, field: &str, default: Duration) -> Duration {
-        let Some(v) = v else { return default };
-        match super::parse_duration(v.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                self.push(Some(v.span()), field, "must be greater than zero");
-                default
-            }
-            Err(e) => {
-                self.push(Some(v.span()), field, e);
-                default
-            }
-        }
-    }
 }
 
-pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let mut cx = Ctx { file: path, text, issues: Vec::new() };
-    let raw: RawConfig = match toml::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            let field = e
-                .message()
-                .split('`')
-                .nth(1)
-                .map(str::to_owned)
-                .unwrap_or_else(|| "(syntax)".into());
-            cx.push(e.span(), field, e.message().trim().to_owned());
-            return Err(ConfigError::Invalid(cx.issues));
+/// Parses `text` into a [`RawConfig`]. Syntax errors stop here (the rest of
+/// the document cannot be trusted); otherwise unknown fields and type errors
+/// are recorded in `issues` and the well-typed rest is returned.
+pub(super) fn read(issues: &mut Issues<'_>, text: &str) -> Option<RawConfig> {
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for e in errors {
+            let message = e.message().trim().replace('\n', "; ");
+            issues.push(Some(e.span().unwrap_or(0..0)), "syntax", message);
         }
-    };
-
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let database = match &raw.engine.database {
-        Some(d) if d.get_ref().trim().is_empty() => {
-            cx.push(Some(d.span()), "engine.database", "must not be empty");
-            PathBuf::from("livestrom.db")
-        }
-        Some(d) => PathBuf::from(d.get_ref()),
-        None => PathBuf::from("livestrom.db"),
-    };
-    let database = if database.is_absolute() { database } else { base.join(database) };
-    let engine = EngineConfig {
-        database,
-        retention: cx.duration(&raw.engine.retention, "engine.retention", Duration::from_secs(7 * 86400)),
-    };
-
-    let listen = match &raw.edge.listen {
-        Some(l) => match l.get_ref().parse() {
-            Ok(a) => a,
-            Err(_) => {
-                cx.push(Some(l.span()), "edge.listen", format!("`{}` is not a socket address like 127.0.0.1:8080", l.get_ref()));
-                default_listen()
-            }
-        },
-        None => default_listen(),
-    };
-    let edge = EdgeConfig {
-        listen,
-        keepalive: cx.duration(&raw.edge.keepalive, "edge.keepalive", Duration::from_secs(25)),
-        cors_origins: raw.edge.cors_origins.clone().unwrap_or_else(|| vec!["*".into()]),
-    };
-
-    let max_body = match &raw.fetch.max_body {
-        Some(m) => match super::parse_size(m.get_ref()) {
-            Ok(n) => n,
-            Err(e) => {
-                cx.push(Some(m.span()), "fetch.max_body", e);
-                10_000_000
-            }
-        },
-        None => 10_000_000,
-    };
-    let per_host_rps = match &raw.fetch.per_host_rps {
-        Some(r) if !(r.get_ref().is_finite() && *r.get_ref() > 0.0) => {
-            cx.push(Some(r.span()), "fetch.per_host_rps", "must be a positive number");
-            1.0
-        }
-        Some(r) => *r.get_ref(),
-        None => 1.0,
-    };
-    let per_host_concurrency = match &raw.fetch.per_host_concurrency {
-        Some(c) if *c.get_ref() < 1 || *c.get_ref() > 1000 => {
-            cx.push(Some(c.span()), "fetch.per_host_concurrency", "must be between 1 and 1000");
-            2
-        }
-        Some(c) => *c.get_ref() as usize,
-        None => 2,
-    };
-    let max_redirects = match &raw.fetch.max_redirects {
-        Some(c) if *c.get_ref() < 0 || *c.get_ref() > 20 => {
-            cx.push(Some(c.span()), "fetch.max_redirects", "must be between 0 and 20");
-            5
-        }
-        Some(c) => *c.get_ref() as usize,
-        None => 5,
-    };
-    let fetch = FetchConfig {
-        user_agent: raw.fetch.user_agent.clone().unwrap_or_else(default_user_agent),
-        timeout: cx.duration(&raw.fetch.timeout, "fetch.timeout", Duration::from_secs(20)),
-        connect_timeout: cx.duration(&raw.fetch.connect_timeout, "fetch.connect_timeout", Duration::from_secs(10)),
-        max_body,
-        per_host_rps,
-        per_host_concurrency,
-        allow_private_networks: raw.fetch.allow_private_networks.unwrap_or(false),
-        max_redirects,
-    };
-    let tiers = Tiers {
-        firehose: cx.duration(&raw.tiers.firehose, "tiers.firehose", Duration::from_secs(5)),
-        rss: cx.duration(&raw.tiers.rss, "tiers.rss", Duration::from_secs(120)),
-        json: cx.duration(&raw.tiers.json, "tiers.json", Duration::from_secs(120)),
-        html: cx.duration(&raw.tiers.html, "tiers.html", Duration::from_secs(900)),
-    };
-
-    let mut sources = Vec::with_capacity(raw.source.len());
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, s) in raw.source.iter().enumerate() {
-        let line = cx.line_of(s.span().start);
-        if let Some(src) = source(&mut cx, i, s.get_ref(), &tiers) {
-            if let Some(prev) = seen.insert(src.id.as_str().to_owned(), line) {
-                let span = s.get_ref().id.span();
-                cx.push(
-                    Some(span),
-                    format!("source[{i}].id"),
-                    format!("duplicate id `{}` (first defined on line {prev})", src.id),
-                );
-            }
-            sources.push(src);
-        }
-    }
-
-    if !cx.issues.is_empty() {
-        return Err(ConfigError::Invalid(cx.issues));
-    }
-    Ok(Config { path: path.to_owned(), engine, edge, fetch, tiers, sources })
-}
-
-fn source(cx: &mut Ctx<'_>, i: usize, s: &RawSource, tiers: &Tiers) -> Option<SourceConfig> {
-    let f = |name: &str| format!("source[{i}].{name}");
-    let before = cx.issues.len();
-    let id = match SourceId::parse(s.id.get_ref()) {
-        Ok(id) => Some(id),
-        Err(e) => {
-            cx.push(Some(s.id.span()), f("id"), e);
-            None
-        }
-    };
-    let source_type = match s.kind.get_ref().as_str() {
-        "rss" | "atom" => Some(SourceType::Rss),
-        "json" => Some(SourceType::Json),
-        "html" => Some(SourceType::Html),
-        "firehose" => Some(SourceType::Firehose),
-        other => {
-            cx.push(Some(s.kind.span()), f("type"), format!("unknown type `{other}`; expected rss, json, html or firehose"));
-            None
-        }
-    };
-    let url = match url::Url::parse(s.url.get_ref()) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
-        Ok(u) => {
-            cx.push(Some(s.url.span()), f("url"), format!("`{}`: only http and https URLs with a host are allowed (got scheme `{}`)", s.url.get_ref(), u.scheme()));
-            None
-        }
-        Err(e) => {
-            cx.push(Some(s.url.span()), f("url"), format!("`{}` is not a URL: {e}", s.url.get_ref()));
-            None
-        }
-    };
-    for (ti, t) in s.tags.iter().enumerate() {
-        if t.is_empty() || t.len() > 64 || t.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            cx.push(Some(s.id.span()), format!("source[{i}].tags[{ti}]"), format!("`{t}` is not a valid tag (1-64 characters, no spaces or control characters)"));
-        }
-    }
-    let cadence = match (&s.interval, &s.schedule) {
-        (Some(_), Some(sch)) => {
-            cx.push(Some(sch.span()), f("schedule"), "set either `interval` or `schedule`, not both");
-            None
-        }
-        (None, Some(sch)) => match sch.get_ref().parse::<cron::Schedule>() {
-            Ok(c) => Some(Cadence::Cron(Box::new(c))),
-            Err(e) => {
-                cx.push(Some(sch.span()), f("schedule"), format!("`{}` is not a cron expression ({e}); use six fields, seconds first, e.g. \"0 */5 * * * *\"", sch.get_ref()));
-                None
-            }
-        },
-        (Some(_), None) => Some(Cadence::Every(cx.duration(&s.interval, &f("interval"), Duration::from_secs(60)))),
-        (None, None) => source_type.map(|t| Cadence::Every(tiers.for_type(t))),
-    };
-    let initial_items = match &s.initial_items {
-        Some(n) if *n.get_ref() < 0 => {
-            cx.push(Some(n.span()), f("initial_items"), "must be zero or more");
-            None
-        }
-        Some(n) => Some(*n.get_ref() as usize),
-        None => None,
-    };
-    for (k, v) in &s.headers {
-        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
-            || reqwest::header::HeaderValue::from_str(v).is_err()
-        {
-            cx.push(Some(s.id.span()), format!("source[{i}].headers.{k}"), "not a valid HTTP header name/value");
-        }
-    }
-
-    let html_only = [("selector", s.selector.as_ref().map(|x| x.span())), ("ignore", s.ignore.as_ref().map(|x| x.span())), ("ignore_text", s.ignore_text.as_ref().map(|x| x.span())), ("min_change", s.min_change.as_ref().map(|x| x.span()))];
-    let firehose_only = [("format", s.format.as_ref().map(|x| x.span())), ("items", s.items.as_ref().map(|x| x.span())), ("fields", s.fields.as_ref().map(|x| x.span()))];
-    let kind = match source_type {
-        Some(SourceType::Html) => {
-            reject_fields(cx, &f, &firehose_only, "firehose");
-            let mut h = HtmlSettings::default();
-            if let Some(sel) = &s.selector {
-                if let Err(e) = scraper::Selector::parse(sel.get_ref()) {
-                    cx.push(Some(sel.span()), f("selector"), format!("`{}` is not a CSS selector: {e}", sel.get_ref()));
-                }
-                h.selector = Some(sel.get_ref().clone());
-            }
-            if let Some(ig) = &s.ignore {
-                for sel in ig.get_ref() {
-                    if let Err(e) = scraper::Selector::parse(sel) {
-                        cx.push(Some(ig.span()), f("ignore"), format!("`{sel}` is not a CSS selector: {e}"));
-                    }
-                }
-                h.ignore = ig.get_ref().clone();
-            }
-            if let Some(it) = &s.ignore_text {
-                for re in it.get_ref() {
-                    match regex::Regex::new(re) {
-                        Ok(r) => h.ignore_text.push(r),
-                        Err(e) => cx.push(Some(it.span()), f("ignore_text"), format!("`{re}` is not a regex: {e}")),
-                    }
-                }
-            }
-            if let Some(m) = &s.min_change {
-                if *m.get_ref() < 0 {
-                    cx.push(Some(m.span()), f("min_change"), "must be zero or more");
-                } else {
-                    h.min_change = *m.get_ref() as usize;
-                }
-            }
-            Some(SourceKind::Html(h))
-        }
-        Some(SourceType::Firehose) => {
-            reject_fields(cx, &f, &html_only, "html");
-            let format = match &s.format {
-                None => Some(FirehoseFormat::Json),
-                Some(fm) => match fm.get_ref().as_str() {
-                    "json" => Some(FirehoseFormat::Json),
-                    "ndjson" => Some(FirehoseFormat::Ndjson),
-                    "sse" => Some(FirehoseFormat::Sse),
-                    other => {
-                        cx.push(Some(fm.span()), f("format"), format!("unknown format `{other}`; expected json, ndjson or sse"));
-                        None
-                    }
-                },
-            };
-            let check_ptr = |cx: &mut Ctx<'_>, name: &str, p: &str, span| {
-                if !(p.is_empty() || p.starts_with('/')) {
-                    cx.push(Some(span), f(name), format!("`{p}` is not a JSON pointer (it must be empty or start with `/`)"));
-                }
-            };
-            if let Some(it) = &s.items {
-                check_ptr(cx, "items", it.get_ref(), it.span());
-            }
-            let fields = s.fields.as_ref().map(|x| x.get_ref().clone()).unwrap_or_default();
-            if let Some(fs) = &s.fields {
-                for (n, p) in [("fields.id", &fields.id), ("fields.title", &fields.title), ("fields.url", &fields.url), ("fields.content", &fields.content)] {
-                    if let Some(p) = p {
-                        check_ptr(cx, n, p, fs.span());
-                    }
-                }
-            }
-            format.map(|format| SourceKind::Firehose(FirehoseSettings { format, items: s.items.as_ref().map(|x| x.get_ref().clone()), fields }))
-        }
-        Some(SourceType::Rss) => {
-            reject_fields(cx, &f, &html_only, "html");
-            reject_fields(cx, &f, &firehose_only, "firehose");
-            Some(SourceKind::Rss)
-        }
-        Some(SourceType::Json) => {
-            reject_fields(cx, &f, &html_only, "html");
-            reject_fields(cx, &f, &firehose_only, "firehose");
-            Some(SourceKind::Json)
-        }
-        None => None,
-    };
-    if cx.issues.len() != before {
         return None;
     }
-    Some(SourceConfig {
-        id: id?,
-        source_type: source_type?,
-        kind: kind?,
-        url: url?,
-        tags: s.tags.clone(),
-        cadence: cadence?,
-        user_agent: s.user_agent.clone(),
-        headers: s.headers.clone(),
-        initial_items,
-    })
+    let mut root = Table::new("", doc.span(), doc.get_ref());
+    let mut raw = RawConfig::default();
+
+    if let Some(mut t) = root.table(issues, "engine") {
+        raw.engine = RawEngine {
+            database: t.string(issues, "database", "a file path like \"livestrom.db\""),
+            retention: t.string(issues, "retention", DURATION),
+        };
+        t.finish(issues);
+    }
+    if let Some(mut t) = root.table(issues, "edge") {
+        raw.edge = RawEdge {
+            listen: t.string(issues, "listen", "an address like \"127.0.0.1:8080\""),
+            keepalive: t.string(issues, "keepalive", DURATION),
+            cors_origins: t.strings(issues, "cors_origins").map(Spanned::into_inner),
+        };
+        t.finish(issues);
+    }
+    if let Some(mut t) = root.table(issues, "fetch") {
+        raw.fetch = RawFetch {
+            user_agent: t.string(issues, "user_agent", "a User-Agent string"),
+            timeout: t.string(issues, "timeout", DURATION),
+            connect_timeout: t.string(issues, "connect_timeout", DURATION),
+            max_body: t.size(issues, "max_body"),
+            per_host_rps: t.number(issues, "per_host_rps"),
+            per_host_concurrency: t.integer(issues, "per_host_concurrency"),
+            allow_private_networks: t.boolean(issues, "allow_private_networks"),
+            max_redirects: t.integer(issues, "max_redirects"),
+        };
+        t.finish(issues);
+    }
+    if let Some(mut t) = root.table(issues, "tiers") {
+        raw.tiers = RawTiers {
+            firehose: t.string(issues, "firehose", DURATION),
+            rss: t.string(issues, "rss", DURATION),
+            json: t.string(issues, "json", DURATION),
+            html: t.string(issues, "html", DURATION),
+        };
+        t.finish(issues);
+    }
+    if let Some(list) = root.take("source") {
+        match list.get_ref() {
+            DeValue::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    let path = format!("source[{index}]");
+                    match item.get_ref() {
+                        DeValue::Table(t) => {
+                            let mut t = Table::new(&path, item.span(), t);
+                            raw.sources.push(read_source(issues, index, &mut t));
+                            t.finish(issues);
+                        }
+                        other => issues.push(
+                            Some(item.span()),
+                            path,
+                            format!("expected a table of source settings, found {}", describe(other)),
+                        ),
+                    }
+                }
+            }
+            DeValue::Table(_) => issues.push(
+                Some(list.span()),
+                "source",
+                "write each source as an array entry `[[source]]` (double brackets), not `[source]`",
+            ),
+            other => issues.push(
+                Some(list.span()),
+                "source",
+                format!("expected `[[source]]` tables, found {}", describe(other)),
+            ),
+        }
+    }
+    root.finish(issues);
+    Some(raw)
 }
 
-fn reject_fields(
-    cx: &mut Ctx<'_>,
-    f: &dyn Fn(&str) -> String,
-    fields: &[(&str, Option<std::ops::Range<usize>>)],
-    only_for: &str,
-) {
-    for (name, span) in fields {
-        if let Some(span) = span {
-            cx.push(Some(span.clone()), f(name), format!("only allowed on `type = \"{only_for}\"` sources"));
+const DURATION: &str = "a duration like \"30s\", \"2m\" or \"7d\"";
+
+fn read_source(issues: &mut Issues<'_>, index: usize, t: &mut Table<'_, '_>) -> RawSource {
+    let id = t.required_string(issues, "id", "an id like \"news.example\"");
+    let kind = t.required_string(
+        issues,
+        "type",
+        "one of \"rss\", \"json\", \"html\", \"firehose\"",
+    );
+    let url = t.required_string(issues, "url", "an http(s) URL");
+    let tags = t
+        .strings(issues, "tags")
+        .map(Spanned::into_inner)
+        .unwrap_or_default();
+    let interval = t.string(issues, "interval", DURATION);
+    let schedule = t.string(
+        issues,
+        "schedule",
+        "a cron expression like \"0 */5 * * * *\"",
+    );
+    let user_agent = t.string(issues, "user_agent", "a User-Agent string");
+    let headers = t.string_map(issues, "headers");
+    let initial_items = t.integer(issues, "initial_items");
+    let selector = t.string(issues, "selector", "a CSS selector like \"main article\"");
+    let ignore = t.strings(issues, "ignore");
+    let ignore_text = t.strings(issues, "ignore_text");
+    let min_change = t.integer(issues, "min_change");
+    let format = t.string(issues, "format", "one of \"json\", \"ndjson\", \"sse\"");
+    let items = t.string(issues, "items", "a JSON pointer like \"/items\"");
+    let fields = t.table(issues, "fields").map(|mut f| {
+        let span = f.span.clone();
+        let fields = RawFields {
+            id: f.string(issues, "id", "a JSON pointer like \"/id\""),
+            title: f.string(issues, "title", "a JSON pointer like \"/title\""),
+            url: f.string(issues, "url", "a JSON pointer like \"/link\""),
+            content: f.string(issues, "content", "a JSON pointer like \"/summary\""),
+        };
+        f.finish(issues);
+        Spanned::new(span, fields)
+    });
+    RawSource {
+        index,
+        id,
+        kind,
+        url,
+        tags,
+        interval,
+        schedule,
+        user_agent,
+        headers,
+        initial_items,
+        selector,
+        ignore,
+        ignore_text,
+        min_change,
+        format,
+        items,
+        fields,
+    }
+}
+
+/// "an integer `5`", "a table", … for type-mismatch messages.
+fn describe(v: &DeValue<'_>) -> String {
+    match v {
+        DeValue::String(s) => format!("a string \"{}\"", truncate(s)),
+        DeValue::Integer(i) => format!("an integer {i}"),
+        DeValue::Float(x) => format!("a float {x}"),
+        DeValue::Boolean(b) => format!("a boolean {b}"),
+        DeValue::Datetime(d) => format!("a datetime {d}"),
+        DeValue::Array(_) => "an array".to_owned(),
+        DeValue::Table(_) => "a table".to_owned(),
+    }
+}
+
+/// Shortens user text quoted back in a message.
+pub(super) fn truncate(s: &str) -> String {
+    const MAX: usize = 60;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// One TOML table being read; remembers which keys were asked for.
+struct Table<'t, 'i> {
+    /// Dotted path of the table (`""` for the root, `source[2].fields`).
+    path: String,
+    span: Span,
+    entries: Vec<Entry<'t, 'i>>,
+    /// Keys this table knows (every key asked for), for "did you mean".
+    known: Vec<&'static str>,
+}
+
+struct Entry<'t, 'i> {
+    key: &'t str,
+    key_span: Span,
+    value: &'t Spanned<DeValue<'i>>,
+    used: bool,
+}
+
+impl<'t, 'i> Table<'t, 'i> {
+    fn new(path: &str, span: Span, table: &'t DeTable<'i>) -> Self {
+        let mut entries: Vec<Entry<'t, 'i>> = table
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.get_ref().as_ref(),
+                key_span: k.span(),
+                value: v,
+                used: false,
+            })
+            .collect();
+        // Report leftovers in file order, not key order.
+        entries.sort_by_key(|e| e.key_span.start);
+        Self {
+            path: path.to_owned(),
+            span,
+            entries,
+            known: Vec::new(),
+        }
+    }
+
+    fn field(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The value under `key`, marking the key as known.
+    fn take(&mut self, key: &'static str) -> Option<&'t Spanned<DeValue<'i>>> {
+        self.known.push(key);
+        let e = self.entries.iter_mut().find(|e| e.key == key)?;
+        e.used = true;
+        Some(e.value)
+    }
+
+    fn mismatch(
+        &self,
+        issues: &mut Issues<'_>,
+        key: &str,
+        v: &Spanned<DeValue<'_>>,
+        expected: &str,
+    ) {
+        issues.push(
+            Some(v.span()),
+            self.field(key),
+            format!("expected {expected}, found {}", describe(v.get_ref())),
+        );
+    }
+
+    fn string(
+        &mut self,
+        issues: &mut Issues<'_>,
+        key: &'static str,
+        expected: &str,
+    ) -> Option<S<String>> {
+        let v = self.take(key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some(Spanned::new(v.span(), s.to_string())),
+            _ => {
+                self.mismatch(issues, key, v, &format!("a string ({expected})"));
+                None
+            }
+        }
+    }
+
+    fn required_string(
+        &mut self,
+        issues: &mut Issues<'_>,
+        key: &'static str,
+        expected: &str,
+    ) -> Option<S<String>> {
+        let present = self.entries.iter().any(|e| e.key == key);
+        if !present {
+            self.known.push(key);
+            issues.push(
+                Some(self.span.clone()),
+                self.field(key),
+                format!("missing required field `{key}` ({expected})"),
+            );
+            return None;
+        }
+        self.string(issues, key, expected)
+    }
+
+    fn integer(&mut self, issues: &mut Issues<'_>, key: &'static str) -> Option<S<i64>> {
+        let v = self.take(key)?;
+        match v.get_ref() {
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Some(Spanned::new(v.span(), n)),
+                Err(_) => {
+                    issues.push(
+                        Some(v.span()),
+                        self.field(key),
+                        format!("{i} does not fit in a 64-bit integer"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.mismatch(issues, key, v, "an integer");
+                None
+            }
+        }
+    }
+
+    /// An integer or a float.
+    fn number(&mut self, issues: &mut Issues<'_>, key: &'static str) -> Option<S<f64>> {
+        let v = self.take(key)?;
+        let n = match v.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            DeValue::Float(x) => x.as_str().parse::<f64>().ok(),
+            _ => {
+                self.mismatch(issues, key, v, "a number");
+                return None;
+            }
+        };
+        match n {
+            Some(n) => Some(Spanned::new(v.span(), n)),
+            None => {
+                issues.push(
+                    Some(v.span()),
+                    self.field(key),
+                    "not a representable number",
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, issues: &mut Issues<'_>, key: &'static str) -> Option<S<bool>> {
+        let v = self.take(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(Spanned::new(v.span(), *b)),
+            _ => {
+                self.mismatch(issues, key, v, "true or false");
+                None
+            }
+        }
+    }
+
+    /// A size string (`"10MB"`) or a byte count.
+    fn size(&mut self, issues: &mut Issues<'_>, key: &'static str) -> Option<S<RawSize>> {
+        let v = self.take(key)?;
+        match v.get_ref() {
+            DeValue::String(s) => Some(Spanned::new(v.span(), RawSize::Text(s.to_string()))),
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Some(Spanned::new(v.span(), RawSize::Bytes(n))),
+                Err(_) => {
+                    issues.push(
+                        Some(v.span()),
+                        self.field(key),
+                        format!("{i} does not fit in a 64-bit integer"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.mismatch(issues, key, v, "a size like \"10MB\" or a number of bytes");
+                None
+            }
+        }
+    }
+
+    /// An array of strings; each wrong element is reported on its own.
+    fn strings(&mut self, issues: &mut Issues<'_>, key: &'static str) -> Option<S<Vec<S<String>>>> {
+        let v = self.take(key)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            self.mismatch(issues, key, v, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push(Spanned::new(item.span(), s.to_string())),
+                other => issues.push(
+                    Some(item.span()),
+                    format!("{}[{i}]", self.field(key)),
+                    format!("expected a string, found {}", describe(other)),
+                ),
+            }
+        }
+        Some(Spanned::new(v.span(), out))
+    }
+
+    /// A table of string values (`headers`), in file order.
+    fn string_map(
+        &mut self,
+        issues: &mut Issues<'_>,
+        key: &'static str,
+    ) -> Vec<(S<String>, S<String>)> {
+        let Some(v) = self.take(key) else {
+            return Vec::new();
+        };
+        let DeValue::Table(t) = v.get_ref() else {
+            self.mismatch(issues, key, v, "a table like { Name = \"value\" }");
+            return Vec::new();
+        };
+        let mut out: Vec<(S<String>, S<String>)> = Vec::with_capacity(t.len());
+        for (k, val) in t.iter() {
+            match val.get_ref() {
+                DeValue::String(s) => out.push((
+                    Spanned::new(k.span(), k.get_ref().to_string()),
+                    Spanned::new(val.span(), s.to_string()),
+                )),
+                other => issues.push(
+                    Some(val.span()),
+                    format!("{}.{}", self.field(key), k.get_ref()),
+                    format!("expected a string, found {}", describe(other)),
+                ),
+            }
+        }
+        out.sort_by_key(|(k, _)| k.span().start);
+        out
+    }
+
+    /// A sub-table, read with its own [`Table`].
+    fn table(&mut self, issues: &mut Issues<'_>, key: &'static str) -> Option<Table<'t, 'i>> {
+        let v = self.take(key)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Table::new(&self.field(key), v.span(), t)),
+            _ => {
+                let expected = if self.path.is_empty() {
+                    format!("a table `[{key}]`")
+                } else {
+                    "a table like { id = \"/id\" }".to_owned()
+                };
+                self.mismatch(issues, key, v, &expected);
+                None
+            }
+        }
+    }
+
+    /// Reports every key that was never asked for.
+    fn finish(self, issues: &mut Issues<'_>) {
+        for e in self.entries.iter().filter(|e| !e.used) {
+            let mut message = "unknown field".to_owned();
+            if let Some(s) = suggest(e.key, &self.known) {
+                message.push_str(&format!("; did you mean `{s}`?"));
+            } else if let Some(home) = belongs_elsewhere(&self.path, e.key) {
+                message.push_str(&format!("; `{}` belongs in {home}", e.key));
+            } else {
+                let mut known = self.known.clone();
+                known.sort_unstable();
+                known.dedup();
+                message.push_str(&format!("; expected one of {}", known.join(", ")));
+            }
+            issues.push(Some(e.key_span.clone()), self.field(e.key), message);
         }
     }
 }
 
-fn default_listen() -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], 8080))
+/// The closest known key within a small edit distance (typos like `intervall`).
+fn suggest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let key = key.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
-/// The default User-Agent: product, version and project URL.
-pub(crate) fn default_user_agent() -> String {
-    format!("livestrom/{} (+https://github.com/livestrom/livestrom)", env!("CARGO_PKG_VERSION"))
+/// Levenshtein distance, for suggestions only (short keys).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Where a key that is unknown in `path` would be valid, for the hint.
+fn belongs_elsewhere(path: &str, key: &str) -> Option<&'static str> {
+    const HOMES: &[(&str, &[&str])] = &[
+        ("[engine]", &["database", "retention"]),
+        ("[edge]", &["listen", "keepalive", "cors_origins"]),
+        (
+            "[fetch]",
+            &[
+                "timeout",
+                "connect_timeout",
+                "max_body",
+                "per_host_rps",
+                "per_host_concurrency",
+                "allow_private_networks",
+                "max_redirects",
+            ],
+        ),
+        ("[tiers]", &["firehose", "rss", "json", "html"]),
+        (
+            "[[source]]",
+            &[
+                "id",
+                "type",
+                "url",
+                "tags",
+                "interval",
+                "schedule",
+                "headers",
+                "initial_items",
+                "selector",
+                "ignore",
+                "ignore_text",
+                "min_change",
+                "format",
+                "items",
+                "fields",
+            ],
+        ),
+    ];
+    let bare = |s: &str| s.trim_matches(['[', ']']).to_owned();
+    let here = if path.starts_with("source[") {
+        if path.ends_with(".fields") {
+            "fields".to_owned()
+        } else {
+            "source".to_owned()
+        }
+    } else {
+        path.to_owned()
+    };
+    HOMES
+        .iter()
+        .find(|(home, keys)| bare(home) != here && keys.contains(&key))
+        .map(|(home, _)| *home)
 }
