@@ -19,14 +19,14 @@ use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    USER_AGENT,
+    LOCATION, USER_AGENT,
 };
 use reqwest::{redirect, Client, Response, StatusCode};
 use url::Url;
 
 pub use self::headers::{parse_http_date, MAX_HEADER_WAIT};
 pub use self::ssrf::classify_ip;
-use self::ssrf::{GuardedResolver, Lookup, LookupFailed, Refused, SystemLookup, UrlRefused};
+use self::ssrf::{Guard, GuardedResolver, Lookup, LookupFailed, Refused, SystemLookup, UrlRefused};
 use crate::config::FetchConfig;
 use crate::politeness::Politeness;
 
@@ -168,6 +168,8 @@ pub struct Fetcher {
 #[derive(Debug)]
 struct Inner {
     cfg: FetchConfig,
+    /// Checks IP-literal hosts; the resolver and redirect policy hold copies.
+    guard: Guard,
     /// No reqwest-level total timeout: `fetch` wraps the whole exchange
     /// (headers and body) in `tokio::time::timeout`, and `open_stream`
     /// must not have one, so a single client serves both.
@@ -178,16 +180,16 @@ struct Inner {
 impl Fetcher {
     /// Builds the client (custom resolver with the SSRF guard, redirect policy, timeouts).
     pub fn new(cfg: &FetchConfig) -> Result<Self, FetchError> {
-        Self::with_lookup(cfg, Arc::new(SystemLookup))
+        Self::with_guard(cfg, Arc::new(SystemLookup), Guard::new(cfg.allow_private_networks))
     }
 
-    /// As `new`, resolving host names with `lookup` (unit tests simulate DNS).
-    fn with_lookup(cfg: &FetchConfig, lookup: Arc<dyn Lookup>) -> Result<Self, FetchError> {
-        let allow_private = cfg.allow_private_networks;
+    /// As `new`, resolving host names with `lookup` and guarding with `guard`
+    /// (unit tests simulate DNS and exempt their local server).
+    fn with_guard(cfg: &FetchConfig, lookup: Arc<dyn Lookup>, guard: Guard) -> Result<Self, FetchError> {
         let client = Client::builder()
             .connect_timeout(cfg.connect_timeout)
-            .redirect(redirect_policy(cfg.max_redirects, allow_private))
-            .dns_resolver(Arc::new(GuardedResolver::new(lookup, allow_private)))
+            .redirect(redirect_policy(cfg.max_redirects, guard))
+            .dns_resolver(Arc::new(GuardedResolver::new(lookup, guard)))
             // A proxy would resolve and connect for us, bypassing the guard.
             .no_proxy()
             .gzip(true)
@@ -198,7 +200,7 @@ impl Fetcher {
             .build()
             .map_err(|e| FetchError::Other(format!("cannot build the http client: {}", error_chain(&e))))?;
         let politeness = Politeness::new(cfg.per_host_rps, cfg.per_host_concurrency);
-        Ok(Self { inner: Arc::new(Inner { cfg: cfg.clone(), client, politeness }) })
+        Ok(Self { inner: Arc::new(Inner { cfg: cfg.clone(), guard, client, politeness }) })
     }
 
     /// One GET, with politeness (waits for the domain's rate/concurrency/Retry-After).
@@ -249,7 +251,7 @@ impl Fetcher {
 
     /// Scheme and IP-literal checks before anything else; the host to pace on.
     fn checked_host<'u>(&self, url: &'u Url) -> Result<&'u str, FetchError> {
-        ssrf::check_url(url, self.inner.cfg.allow_private_networks).map_err(FetchError::from)?;
+        ssrf::check_url(url, &self.inner.guard).map_err(FetchError::from)?;
         url.host_str().ok_or_else(|| FetchError::BadUrl(format!("{url} (no host)")))
     }
 
@@ -299,6 +301,16 @@ impl Fetcher {
     /// recorded on the politeness state of the requested and the final domain.
     fn status_error(&self, requested: &Url, resp: &Response) -> FetchError {
         let status = resp.status();
+        // A redirect that came back unfollowed points somewhere the client
+        // will not go (e.g. `file:`): say where, not just "HTTP 307".
+        if status.is_redirection() {
+            if let Some(location) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
+                return FetchError::BadUrl(format!(
+                    "{location} (redirect from {}; only http and https are followed)",
+                    resp.url()
+                ));
+            }
+        }
         let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
             .then(|| headers::retry_after(resp.headers(), Utc::now()))
             .flatten();
@@ -355,14 +367,14 @@ impl Fetcher {
 /// Follows at most `max` redirects, each to an http/https URL whose IP
 /// literal (if any) passes the guard; host names are checked by the resolver
 /// when the hop connects.
-fn redirect_policy(max: usize, allow_private: bool) -> redirect::Policy {
+fn redirect_policy(max: usize, guard: Guard) -> redirect::Policy {
     redirect::Policy::custom(move |attempt| {
         // `previous` holds every URL requested so far: its length is the
         // number of this hop.
         if attempt.previous().len() > max {
             return attempt.error(TooManyHops(max));
         }
-        match ssrf::check_url(attempt.url(), allow_private) {
+        match ssrf::check_url(attempt.url(), &guard) {
             Ok(()) => attempt.follow(),
             Err(refused) => attempt.error(refused),
         }
@@ -445,4 +457,192 @@ fn looks_like_tls(e: &(dyn StdError + 'static), detail: &str) -> bool {
     let detail = detail.to_ascii_lowercase();
     has_io_kind(e, io::ErrorKind::InvalidData)
         || ["certificate", "tls", "handshake", "corrupt message", "peer"].iter().any(|w| detail.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::State;
+    use axum::http::{header, StatusCode as AxumStatus};
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::get;
+    use axum::Router;
+    use tokio::sync::{watch, Semaphore};
+
+    use super::ssrf::FakeDns;
+    use super::*;
+
+    fn config(allow_private: bool) -> FetchConfig {
+        FetchConfig {
+            user_agent: "livestrom-test/1".into(),
+            timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(10),
+            max_body: 1 << 20,
+            per_host_rps: 1e6,
+            per_host_concurrency: 2,
+            allow_private_networks: allow_private,
+            max_redirects: 5,
+        }
+    }
+
+    async fn serve(app: Router) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn loopback() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    /// Every `*.example.test` name resolves to the local server; a few
+    /// names resolve to internal addresses, as a rebinding attacker would.
+    fn dns() -> Arc<FakeDns> {
+        Arc::new(FakeDns(HashMap::from([
+            ("a.example.test", vec![loopback()]),
+            ("b.example.test", vec![loopback()]),
+            ("rebind.test", vec![loopback()]),
+            ("internal.test", vec![IpAddr::from([10, 0, 0, 1])]),
+        ])))
+    }
+
+    /// Refuses everything internal except the test server's own address.
+    fn guarded_fetcher(cfg: &FetchConfig) -> Fetcher {
+        let guard = Guard { allow_private: false, exempt: Some(loopback()) };
+        Fetcher::with_guard(cfg, dns(), guard).unwrap_or_else(|e| panic!("fetcher: {e}"))
+    }
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[tokio::test]
+    async fn host_names_connect_through_the_guarded_resolver() {
+        let addr = serve(Router::new().route("/", get(|| async { "hello" }))).await;
+        let f = guarded_fetcher(&config(false));
+        let got = f.fetch(&FetchRequest::get(url(&format!("http://a.example.test:{}/", addr.port())))).await;
+        match got {
+            Ok(FetchResponse::Body(b)) => assert_eq!(&b.body[..], b"hello"),
+            other => panic!("expected body, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn dns_failure_and_rebinding_map_to_specific_errors() {
+        let addr = serve(Router::new().route("/", get(|| async { "hello" }))).await;
+        // Without the exemption, a name resolving to loopback is refused at connect time.
+        let f = Fetcher::with_guard(&config(false), dns(), Guard::new(false)).unwrap_or_else(|e| panic!("{e}"));
+        let err = f.fetch(&FetchRequest::get(url(&format!("http://rebind.test:{}/", addr.port())))).await;
+        match err {
+            Err(FetchError::Blocked { addr, why }) => {
+                assert_eq!(why, "loopback");
+                assert!(addr.contains("rebind.test"), "{addr}");
+            }
+            other => panic!("expected blocked, got {other:?}"),
+        }
+        let err = f.fetch(&FetchRequest::get(url("http://nowhere.test/"))).await;
+        match err {
+            Err(FetchError::Dns { host, reason }) => {
+                assert_eq!(host, "nowhere.test");
+                assert!(reason.contains("no such host"), "{reason}");
+            }
+            other => panic!("expected dns error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_to_internal_addresses_are_refused() {
+        let app = Router::new()
+            .route("/to-literal", get(|| async { Redirect::temporary("http://127.0.0.2/") }))
+            .route("/to-ipv6", get(|| async { Redirect::temporary("http://[::ffff:169.254.169.254]/latest/meta-data") }))
+            .route("/to-name", get(|| async { Redirect::temporary("http://internal.test/admin") }))
+            .route("/to-file", get(|| async { Redirect::temporary("file:///etc/passwd") }));
+        let addr = serve(app).await;
+        let f = guarded_fetcher(&config(false));
+        let get = |path: &str| FetchRequest::get(url(&format!("http://127.0.0.1:{}{path}", addr.port())));
+        match f.fetch(&get("/to-literal")).await {
+            Err(FetchError::Blocked { addr, why: "loopback" }) => assert_eq!(addr, "127.0.0.2"),
+            other => panic!("expected blocked loopback, got {other:?}"),
+        }
+        assert!(matches!(f.fetch(&get("/to-ipv6")).await, Err(FetchError::Blocked { why: "link-local", .. })));
+        match f.fetch(&get("/to-name")).await {
+            Err(FetchError::Blocked { addr, why: "private" }) => assert!(addr.contains("internal.test"), "{addr}"),
+            other => panic!("expected blocked private, got {other:?}"),
+        }
+        let file = f.fetch(&get("/to-file")).await;
+        assert!(matches!(file, Err(FetchError::BadUrl(_))), "{file:?}");
+    }
+
+    /// Counts requests in flight; each handler waits for a release permit.
+    #[derive(Clone)]
+    struct Gate {
+        in_flight: Arc<AtomicUsize>,
+        max_in_flight: Arc<AtomicUsize>,
+        arrived: watch::Sender<usize>,
+        release: Arc<Semaphore>,
+    }
+
+    async fn gated(State(gate): State<Gate>) -> impl IntoResponse {
+        let now = gate.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        gate.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        gate.arrived.send_modify(|n| *n += 1);
+        if let Ok(permit) = gate.release.acquire().await {
+            permit.forget();
+        }
+        gate.in_flight.fetch_sub(1, Ordering::SeqCst);
+        "done"
+    }
+
+    #[tokio::test]
+    async fn subdomains_share_the_concurrency_limit() {
+        let (arrived, mut arrivals) = watch::channel(0usize);
+        let gate = Gate {
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
+            arrived,
+            release: Arc::new(Semaphore::new(0)),
+        };
+        let addr = serve(Router::new().route("/", get(gated)).with_state(gate.clone())).await;
+        let f = guarded_fetcher(&config(false)); // per_host_concurrency = 2
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..6 {
+            let host = if i % 2 == 0 { "a.example.test" } else { "b.example.test" };
+            let req = FetchRequest::get(url(&format!("http://{host}:{}/", addr.port())));
+            let f = f.clone();
+            tasks.spawn(async move { f.fetch(&req).await });
+        }
+        // Release one request at a time, each after the next one arrived.
+        for released in 0..6usize {
+            let want = (released + 2).min(6);
+            let arrived = matches!(
+                tokio::time::timeout(Duration::from_secs(30), arrivals.wait_for(|n| *n >= want)).await,
+                Ok(Ok(_))
+            );
+            assert!(arrived, "only {} of {want} requests arrived", *arrivals.borrow());
+            gate.release.add_permits(1);
+        }
+        while let Some(done) = tasks.join_next().await {
+            assert!(matches!(done, Ok(Ok(FetchResponse::Body(_)))), "{done:?}");
+        }
+        assert_eq!(gate.max_in_flight.load(Ordering::SeqCst), 2, "a.* and b.* share one limit of 2");
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_recorded_for_the_registrable_domain() {
+        let app = Router::new().route(
+            "/",
+            get(|| async { (AxumStatus::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "120")], "slow down") }),
+        );
+        let addr = serve(app).await;
+        let f = guarded_fetcher(&config(false));
+        let err = f.fetch(&FetchRequest::get(url(&format!("http://a.example.test:{}/", addr.port())))).await;
+        assert!(matches!(err, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(120)));
+        let left = f.politeness().deferred_for("b.example.test");
+        assert!(left.is_some_and(|d| d > Duration::from_secs(60)), "sibling host waits too: {left:?}");
+        assert_eq!(f.politeness().deferred_for("example.org"), None);
+    }
 }

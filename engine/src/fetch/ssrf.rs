@@ -128,6 +128,32 @@ pub(crate) struct LookupFailed {
     pub(crate) reason: String,
 }
 
+/// The guard's policy: which addresses to refuse.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Guard {
+    /// `fetch.allow_private_networks`: refuse nothing.
+    pub(crate) allow_private: bool,
+    /// One address let through although its class is refused. Never set
+    /// from configuration: it exists so unit tests can run a local server
+    /// on 127.0.0.1 and still see the guard refuse every other address.
+    pub(crate) exempt: Option<IpAddr>,
+}
+
+impl Guard {
+    /// The guard for `fetch.allow_private_networks`.
+    pub(crate) fn new(allow_private: bool) -> Self {
+        Self { allow_private, exempt: None }
+    }
+
+    /// Why `ip` is refused, if it is.
+    pub(crate) fn refuses(&self, ip: IpAddr) -> Option<&'static str> {
+        if self.allow_private || self.exempt == Some(ip) {
+            return None;
+        }
+        classify_ip(ip)
+    }
+}
+
 /// Why a URL cannot be fetched before any socket is opened.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum UrlRefused {
@@ -142,7 +168,7 @@ pub(crate) enum UrlRefused {
 /// Checks scheme, host and (for IP-literal hosts) the address class.
 ///
 /// Host names are left to [`GuardedResolver`], which sees the resolved addresses.
-pub(crate) fn check_url(url: &Url, allow_private: bool) -> Result<(), UrlRefused> {
+pub(crate) fn check_url(url: &Url, guard: &Guard) -> Result<(), UrlRefused> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(UrlRefused::BadUrl(format!("{url} (only http and https are fetched)")));
     }
@@ -152,10 +178,7 @@ pub(crate) fn check_url(url: &Url, allow_private: bool) -> Result<(), UrlRefused
         Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
     };
-    if allow_private {
-        return Ok(());
-    }
-    match classify_ip(ip) {
+    match guard.refuses(ip) {
         Some(why) => Err(UrlRefused::Blocked(Refused { addr: ip.to_string(), why })),
         None => Ok(()),
     }
@@ -187,12 +210,12 @@ impl Lookup for SystemLookup {
 /// connector only ever sees allowed addresses.
 pub(crate) struct GuardedResolver {
     lookup: Arc<dyn Lookup>,
-    allow_private: bool,
+    guard: Guard,
 }
 
 impl GuardedResolver {
-    pub(crate) fn new(lookup: Arc<dyn Lookup>, allow_private: bool) -> Self {
-        Self { lookup, allow_private }
+    pub(crate) fn new(lookup: Arc<dyn Lookup>, guard: Guard) -> Self {
+        Self { lookup, guard }
     }
 
     /// Resolves `host` and applies the guard.
@@ -205,13 +228,10 @@ impl GuardedResolver {
         if ips.is_empty() {
             return Err(ResolveError::Lookup(LookupFailed { host, reason: "no addresses".into() }));
         }
-        if self.allow_private {
-            return Ok(ips);
-        }
         let mut first_refused = None;
         let allowed: Vec<IpAddr> = ips
             .into_iter()
-            .filter(|ip| match classify_ip(*ip) {
+            .filter(|ip| match self.guard.refuses(*ip) {
                 None => true,
                 Some(why) => {
                     first_refused.get_or_insert(Refused { addr: format!("{host} ({ip})"), why });
@@ -237,7 +257,7 @@ pub(crate) enum ResolveError {
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let this = Self { lookup: Arc::clone(&self.lookup), allow_private: self.allow_private };
+        let this = Self { lookup: Arc::clone(&self.lookup), guard: self.guard };
         let host = name.as_str().to_owned();
         Box::pin(async move {
             // Box the concrete leaf error (not the enum) so `downcast_ref`
@@ -251,6 +271,22 @@ impl Resolve for GuardedResolver {
                 Err(ResolveError::Blocked(e)) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
             }
         })
+    }
+}
+
+/// Fixed DNS answers, to simulate rebinding and failures offline.
+#[cfg(test)]
+pub(crate) struct FakeDns(pub(crate) std::collections::HashMap<&'static str, Vec<IpAddr>>);
+
+#[cfg(test)]
+impl Lookup for FakeDns {
+    fn lookup(&self, host: String) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
+        let answer = self
+            .0
+            .get(host.as_str())
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such host"));
+        Box::pin(async move { answer })
     }
 }
 
@@ -367,7 +403,7 @@ mod tests {
     fn check_url_handles_literals_schemes_and_odd_ipv4_spellings() {
         let refused = |u: &str| {
             let url = Url::parse(u).unwrap_or_else(|e| panic!("{u}: {e}"));
-            check_url(&url, false)
+            check_url(&url, &Guard::new(false))
         };
         assert!(matches!(refused("http://127.0.0.1:8080/"), Err(UrlRefused::Blocked(Refused { why: "loopback", .. }))));
         assert!(matches!(refused("http://[::1]/"), Err(UrlRefused::Blocked(Refused { why: "loopback", .. }))));
@@ -381,21 +417,11 @@ mod tests {
         assert!(refused("https://example.com/feed").is_ok());
         assert!(refused("http://8.8.8.8/").is_ok());
         let url = Url::parse("http://127.0.0.1/").unwrap_or_else(|e| panic!("{e}"));
-        assert!(check_url(&url, true).is_ok());
-    }
-
-    /// Fixed DNS answers, to simulate rebinding and failures offline.
-    struct FakeDns(HashMap<&'static str, Vec<IpAddr>>);
-
-    impl Lookup for FakeDns {
-        fn lookup(&self, host: String) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
-            let answer = self
-                .0
-                .get(host.as_str())
-                .cloned()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such host"));
-            Box::pin(async move { answer })
-        }
+        assert!(check_url(&url, &Guard::new(true)).is_ok());
+        let exempt = Guard { allow_private: false, exempt: Some(IpAddr::from([127, 0, 0, 1])) };
+        assert!(check_url(&url, &exempt).is_ok());
+        let other = Url::parse("http://127.0.0.2/").unwrap_or_else(|e| panic!("{e}"));
+        assert!(check_url(&other, &exempt).is_err());
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -414,7 +440,7 @@ mod tests {
 
     #[tokio::test]
     async fn resolver_refuses_names_resolving_to_internal_addresses() {
-        let r = GuardedResolver::new(fake(), false);
+        let r = GuardedResolver::new(fake(), Guard::new(false));
         match r.resolve_host("rebind.test".into()).await {
             Err(ResolveError::Blocked(Refused { why, addr })) => {
                 assert_eq!(why, "loopback");
@@ -432,7 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn resolver_allows_everything_when_private_networks_allowed() {
-        let r = GuardedResolver::new(fake(), true);
+        let r = GuardedResolver::new(fake(), Guard::new(true));
         assert_eq!(r.resolve_host("rebind.test".into()).await.map_err(|e| e.to_string()), Ok(vec![ip("127.0.0.1")]));
         assert_eq!(r.resolve_host("mixed.test".into()).await.map_err(|e| e.to_string()).map(|v| v.len()), Ok(2));
     }
