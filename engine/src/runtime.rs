@@ -97,6 +97,9 @@ pub enum PollError {
     /// A parser task died.
     #[error("internal: {0}")]
     Task(String),
+    /// The source's domain is under a Retry-After for this long: not polled.
+    #[error("deferred by the domain's Retry-After for {0:?}")]
+    Deferred(Duration),
 }
 
 /// Shared by every poll.
@@ -469,14 +472,21 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
     state.last_poll_at = Some(started);
     let outcome = poll_inner(ctx, src, &mut state).await;
     let now = Utc::now();
-    let (timing, batch_events, result) = match outcome {
+    let (timing, batch_events, touch, result) = match outcome {
+        Err(PollError::Deferred(wait)) => {
+            // The domain asked everyone to wait (429/503 Retry-After): not this
+            // source's failure; try again when the domain allows.
+            tracing::debug!(source = %src.id, ?wait, "domain deferred by Retry-After; rescheduling");
+            let timing = PollTiming { ok: true, consecutive_failures: state.consecutive_failures, ttl: None, cache: None, retry_after: Some(wait) };
+            (timing, Vec::new(), Vec::new(), Ok(()))
+        }
         Ok(done) => {
             state.last_success_at = Some(now);
             state.last_error = None;
             state.consecutive_failures = 0;
             state.initialized = true;
             let timing = PollTiming { ok: true, consecutive_failures: 0, ttl: done.ttl, cache: done.cache, retry_after: None };
-            (timing, done.events, Ok(()))
+            (timing, done.events, done.touch, Ok(()))
         }
         Err(e) => {
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
@@ -495,13 +505,13 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
                 _ => None,
             };
             let timing = PollTiming { ok: false, consecutive_failures: state.consecutive_failures, ttl: None, cache: None, retry_after };
-            (timing, Vec::new(), Err(msg))
+            (timing, Vec::new(), Vec::new(), Err(msg))
         }
     };
     let delay = scheduler::next_delay(&src.cadence, now, &timing, rand::random::<f64>());
     state.next_poll_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
     let n = batch_events.len();
-    let batch = WriteBatch { events: batch_events, source: Some(state), touch_items: Vec::new() };
+    let batch = WriteBatch { events: batch_events, source: Some(state), touch_items: touch };
     match ctx.store.write(batch).await {
         Ok(_) if n > 0 => tracing::info!(source = %src.id, events = n, "stored new events"),
         Ok(_) => {}
@@ -515,11 +525,18 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
 
 struct PollDone {
     events: Vec<crate::store::NewEvent>,
+    /// Items stored without an event (held back by `initial_items`, new aliases).
+    touch: Vec<crate::store::ItemState>,
     ttl: Option<Duration>,
     cache: Option<Duration>,
 }
 
 async fn poll_inner(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState) -> Result<PollDone, PollError> {
+    if let Some(wait) = src.url.host_str().and_then(|h| ctx.fetcher.politeness().deferred_for(h)) {
+        if wait > Duration::from_secs(1) {
+            return Err(PollError::Deferred(wait));
+        }
+    }
     let mut req = FetchRequest::get(src.url.clone());
     req.etag = state.etag.clone();
     req.last_modified = state.last_modified.clone();
@@ -528,7 +545,7 @@ async fn poll_inner(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState) -> R
     req.accept = Some(accept_for(src));
     let fetched = match ctx.fetcher.fetch(&req).await? {
         FetchResponse::NotModified { hints } => {
-            return Ok(PollDone { events: Vec::new(), ttl: None, cache: hints.not_before });
+            return Ok(PollDone { events: Vec::new(), touch: Vec::new(), ttl: None, cache: hints.not_before });
         }
         FetchResponse::Body(f) => f,
     };
@@ -549,7 +566,7 @@ async fn poll_inner(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState) -> R
     if let Some(s) = snapshot {
         state.snapshot = Some(s);
     }
-    Ok(PollDone { events: plan.events, ttl, cache })
+    Ok(PollDone { events: plan.events, touch: plan.touch, ttl, cache })
 }
 
 fn accept_for(src: &SourceConfig) -> &'static str {
@@ -659,7 +676,11 @@ async fn store_upstream_batch(
     let now = Utc::now();
     let ids = batch.items.iter().filter_map(|i| i.guid.clone().or_else(|| i.url.clone())).collect();
     let known = ctx.store.items_by_ids(src.id.as_str(), ids).await?;
-    let plan = normalize::plan(src, batch.items, &known, false, now);
+    // `plan` reads documents as feeds list them (newest first); an upstream
+    // stream delivers oldest first, so hand it over reversed to keep arrival order.
+    let mut items = batch.items;
+    items.reverse();
+    let plan = normalize::plan(src, items, &known, false, now);
     state.last_poll_at = Some(now);
     state.last_success_at = Some(now);
     state.last_error = None;
