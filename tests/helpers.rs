@@ -36,14 +36,16 @@ pub(crate) fn temp_db() -> (tempfile::TempDir, PathBuf) {
 /// file and field if the scenario is invalid).
 pub(crate) async fn spawn_fixture_server(name: &str) -> ReplayServer {
     let dir = fixture_path("fixtures/scenarios").join(name);
-    let scenario = Scenario::load(&dir).unwrap_or_else(|e| panic!("fixture scenario `{name}`: {e}"));
+    let scenario =
+        Scenario::load(&dir).unwrap_or_else(|e| panic!("fixture scenario `{name}`: {e}"));
     spawn_scenario(scenario).await
 }
 
 /// Starts a replay server for a scenario built in code.
 pub(crate) async fn spawn_scenario(scenario: Scenario) -> ReplayServer {
     let name = scenario.name().to_owned();
-    ReplayServer::start(scenario).unwrap_or_else(|e| panic!("cannot start replay server for `{name}`: {e}"))
+    ReplayServer::start(scenario)
+        .unwrap_or_else(|e| panic!("cannot start replay server for `{name}`: {e}"))
 }
 
 /// Polls `condition` until it is true; panics naming `what` after `timeout`
@@ -107,7 +109,9 @@ pub(crate) fn with_test_defaults(toml_body: &str) -> String {
         fetch
             .entry("allow_private_networks")
             .or_insert(toml::Value::Boolean(true));
-        fetch.entry("per_host_rps").or_insert(toml::Value::Float(1000.0));
+        fetch
+            .entry("per_host_rps")
+            .or_insert(toml::Value::Float(1000.0));
         fetch
             .entry("per_host_concurrency")
             .or_insert(toml::Value::Integer(64));
