@@ -11,3 +11,4 @@ mod html;
 mod ingest;
 mod stream;
 mod auth;
+mod replay;

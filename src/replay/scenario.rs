@@ -431,7 +431,8 @@ impl Step {
         self
     }
 
-    /// Streams only: aborts the connection after sending `n` lines (counted per connection).
+    /// Streams only: aborts the connection after sending `n` lines (counted per
+    /// connection) when more lines remain: a mid-stream drop, not a clean end.
     pub fn drop_after(mut self, n: usize) -> Self {
         if let StepBody::Stream(s) = &mut self.body {
             s.drop_after = Some(n);

@@ -25,6 +25,9 @@ use super::scenario::{
     LineStream, Repeat, ReplayRequest, Reply, Route, Scenario, Step, StepBody, StreamFormat,
 };
 
+/// Pause before a scripted mid-stream drop so the lines sent so far reach the client.
+const DROP_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// How many recent requests are kept for [`ReplayServer::requests`] (the demo runs for hours).
 const REQUEST_LOG_CAP: usize = 1000;
 
@@ -382,8 +385,21 @@ fn line_stream(
         if st.done {
             return None;
         }
+        let Some(chunk) = st.chunks.next() else {
+            if hold_open {
+                // A live upstream with nothing more to say: stay open until the
+                // client goes away or the server shuts down.
+                std::future::pending::<()>().await;
+            }
+            return None;
+        };
+        // Mid-stream only: the drop happens while lines remain.
         if drop_after == Some(st.sent) {
             st.done = true;
+            // Let hyper flush the lines already yielded before the abort
+            // discards its write buffer: returning Pending here makes it flush.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(DROP_LINGER).await;
             let e = io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 format!(
@@ -393,14 +409,6 @@ fn line_stream(
             );
             return Some((Err(e), st));
         }
-        let Some(chunk) = st.chunks.next() else {
-            if hold_open {
-                // A live upstream with nothing more to say: stay open until the
-                // client goes away or the server shuts down.
-                std::future::pending::<()>().await;
-            }
-            return None;
-        };
         if st.sent > 0 && !line_delay.is_zero() {
             tokio::time::sleep(line_delay).await;
         }
