@@ -18,7 +18,9 @@ use axum::Router;
 use bytes::Bytes;
 use futures::StreamExt;
 use livestrom_engine::config::FetchConfig;
-use livestrom_engine::fetch::{FetchError, FetchRequest, FetchResponse, Fetched, Fetcher, DEFAULT_ACCEPT};
+use livestrom_engine::fetch::{
+    FetchError, FetchRequest, FetchResponse, Fetched, Fetcher, DEFAULT_ACCEPT,
+};
 use reqwest::Url;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -44,7 +46,9 @@ async fn serve(app: Router) -> Result<SocketAddr, std::io::Error> {
 }
 
 fn request(addr: SocketAddr, path: &str) -> Result<FetchRequest, Box<dyn std::error::Error>> {
-    Ok(FetchRequest::get(Url::parse(&format!("http://{addr}{path}"))?))
+    Ok(FetchRequest::get(Url::parse(&format!(
+        "http://{addr}{path}"
+    ))?))
 }
 
 fn body(resp: Result<FetchResponse, FetchError>) -> Result<Fetched, String> {
@@ -60,14 +64,23 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
-const FEED: &str = "<rss version=\"2.0\"><channel><title>t</title><item><guid>1</guid></item></channel></rss>";
+const FEED: &str =
+    "<rss version=\"2.0\"><channel><title>t</title><item><guid>1</guid></item></channel></rss>";
 
 /// 200 with validators, or 304 when the client sends them back.
 async fn conditional(headers: HeaderMap) -> Response {
-    let inm = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
-    let ims = headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok());
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    let ims = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok());
     if inm == Some("\"v1\"") && ims == Some("Wed, 21 Oct 2015 07:28:00 GMT") {
-        return (StatusCode::NOT_MODIFIED, [(header::CACHE_CONTROL, "max-age=60")]).into_response();
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::CACHE_CONTROL, "max-age=60")],
+        )
+            .into_response();
     }
     (
         [
@@ -88,8 +101,14 @@ async fn etag_then_not_modified() -> TestResult {
     let first = body(f.fetch(&request(addr, "/feed")?).await)?;
     assert_eq!(&first.body[..], FEED.as_bytes());
     assert_eq!(first.etag.as_deref(), Some("\"v1\""));
-    assert_eq!(first.last_modified.as_deref(), Some("Wed, 21 Oct 2015 07:28:00 GMT"));
-    assert_eq!(first.content_type.as_deref(), Some("application/rss+xml; charset=utf-8"));
+    assert_eq!(
+        first.last_modified.as_deref(),
+        Some("Wed, 21 Oct 2015 07:28:00 GMT")
+    );
+    assert_eq!(
+        first.content_type.as_deref(),
+        Some("application/rss+xml; charset=utf-8")
+    );
     assert_eq!(first.final_url.as_str(), format!("http://{addr}/feed"));
     assert_eq!(first.hints.not_before, Some(Duration::from_secs(300)));
 
@@ -97,7 +116,9 @@ async fn etag_then_not_modified() -> TestResult {
     again.etag = first.etag.clone();
     again.last_modified = first.last_modified.clone();
     match f.fetch(&again).await? {
-        FetchResponse::NotModified { hints } => assert_eq!(hints.not_before, Some(Duration::from_secs(60))),
+        FetchResponse::NotModified { hints } => {
+            assert_eq!(hints.not_before, Some(Duration::from_secs(60)))
+        }
         other => panic!("expected 304, got {other:?}"),
     }
     Ok(())
@@ -105,10 +126,24 @@ async fn etag_then_not_modified() -> TestResult {
 
 /// Echoes the request headers the fetcher is responsible for.
 async fn echo(headers: HeaderMap) -> String {
-    ["user-agent", "accept", "x-token", "last-event-id", "if-none-match"]
-        .iter()
-        .map(|name| format!("{name}={}\n", headers.get(*name).and_then(|v| v.to_str().ok()).unwrap_or("-")))
-        .collect()
+    [
+        "user-agent",
+        "accept",
+        "x-token",
+        "last-event-id",
+        "if-none-match",
+    ]
+    .iter()
+    .map(|name| {
+        format!(
+            "{name}={}\n",
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+        )
+    })
+    .collect()
 }
 
 #[tokio::test]
@@ -117,9 +152,18 @@ async fn sends_user_agent_accept_and_extra_headers() -> TestResult {
     let f = Fetcher::new(&config())?;
     let plain = body(f.fetch(&request(addr, "/echo")?).await)?;
     let text = String::from_utf8(plain.body.to_vec())?;
-    assert!(text.contains("user-agent=livestrom-test/1.0 (+https://example.invalid)\n"), "{text}");
-    assert!(text.contains(&format!("accept={DEFAULT_ACCEPT}\n")), "{text}");
-    assert!(text.contains("x-token=-\n") && text.contains("last-event-id=-\n"), "{text}");
+    assert!(
+        text.contains("user-agent=livestrom-test/1.0 (+https://example.invalid)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("accept={DEFAULT_ACCEPT}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains("x-token=-\n") && text.contains("last-event-id=-\n"),
+        "{text}"
+    );
 
     let mut custom = request(addr, "/echo")?;
     custom.user_agent = Some("per-source-agent/2".into());
@@ -128,7 +172,13 @@ async fn sends_user_agent_accept_and_extra_headers() -> TestResult {
     custom.last_event_id = Some("evt-42".into());
     custom.etag = Some("\"abc\"".into());
     let text = String::from_utf8(body(f.fetch(&custom).await)?.body.to_vec())?;
-    for want in ["user-agent=per-source-agent/2\n", "accept=application/json\n", "x-token=secret\n", "last-event-id=evt-42\n", "if-none-match=\"abc\"\n"] {
+    for want in [
+        "user-agent=per-source-agent/2\n",
+        "accept=application/json\n",
+        "x-token=secret\n",
+        "last-event-id=evt-42\n",
+        "if-none-match=\"abc\"\n",
+    ] {
         assert!(text.contains(want), "missing {want:?} in {text}");
     }
     Ok(())
@@ -140,10 +190,16 @@ async fn invalid_request_headers_are_errors_not_panics() -> TestResult {
     let f = Fetcher::new(&config())?;
     let mut bad_name = request(addr, "/echo")?;
     bad_name.headers.insert("bad header".into(), "x".into());
-    assert!(matches!(f.fetch(&bad_name).await, Err(FetchError::Other(m)) if m.contains("invalid header name")));
+    assert!(
+        matches!(f.fetch(&bad_name).await, Err(FetchError::Other(m)) if m.contains("invalid header name"))
+    );
     let mut bad_value = request(addr, "/echo")?;
-    bad_value.headers.insert("X-Ok".into(), "line\r\nInjected: yes".into());
-    assert!(matches!(f.fetch(&bad_value).await, Err(FetchError::Other(m)) if m.contains("invalid value for header")));
+    bad_value
+        .headers
+        .insert("X-Ok".into(), "line\r\nInjected: yes".into());
+    assert!(
+        matches!(f.fetch(&bad_value).await, Err(FetchError::Other(m)) if m.contains("invalid value for header"))
+    );
     let mut bad_ua = request(addr, "/echo")?;
     bad_ua.user_agent = Some("agent\n".into());
     assert!(matches!(f.fetch(&bad_ua).await, Err(FetchError::Other(_))));
@@ -164,9 +220,18 @@ async fn compressed_bodies_are_decoded() -> TestResult {
     let zlib = zlib.finish()?;
     let (gz, br, zlib) = (Bytes::from(gz), Bytes::from(br), Bytes::from(zlib));
     let app = Router::new()
-        .route("/gzip", get(move || async move { ([(header::CONTENT_ENCODING, "gzip")], gz) }))
-        .route("/br", get(move || async move { ([(header::CONTENT_ENCODING, "br")], br) }))
-        .route("/deflate", get(move || async move { ([(header::CONTENT_ENCODING, "deflate")], zlib) }));
+        .route(
+            "/gzip",
+            get(move || async move { ([(header::CONTENT_ENCODING, "gzip")], gz) }),
+        )
+        .route(
+            "/br",
+            get(move || async move { ([(header::CONTENT_ENCODING, "br")], br) }),
+        )
+        .route(
+            "/deflate",
+            get(move || async move { ([(header::CONTENT_ENCODING, "deflate")], zlib) }),
+        );
     let addr = serve(app).await?;
     let f = Fetcher::new(&config())?;
     for path in ["/gzip", "/br", "/deflate"] {
@@ -186,15 +251,29 @@ async fn body_cap_applies_to_plain_and_streamed_bodies() -> TestResult {
             "/chunked",
             get(|| async {
                 // No Content-Length: the cap must trip while streaming.
-                let chunks = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'b'; 300]))));
+                let chunks = futures::stream::iter(
+                    (0..10).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'b'; 300]))),
+                );
                 Body::from_stream(chunks)
             }),
         );
     let addr = serve(app).await?;
-    let f = Fetcher::new(&FetchConfig { max_body: 1000, ..config() })?;
-    assert_eq!(body(f.fetch(&request(addr, "/exact")?).await)?.body.len(), 1000);
-    assert!(matches!(f.fetch(&request(addr, "/big")?).await, Err(FetchError::TooLarge { limit: 1000 })));
-    assert!(matches!(f.fetch(&request(addr, "/chunked")?).await, Err(FetchError::TooLarge { limit: 1000 })));
+    let f = Fetcher::new(&FetchConfig {
+        max_body: 1000,
+        ..config()
+    })?;
+    assert_eq!(
+        body(f.fetch(&request(addr, "/exact")?).await)?.body.len(),
+        1000
+    );
+    assert!(matches!(
+        f.fetch(&request(addr, "/big")?).await,
+        Err(FetchError::TooLarge { limit: 1000 })
+    ));
+    assert!(matches!(
+        f.fetch(&request(addr, "/chunked")?).await,
+        Err(FetchError::TooLarge { limit: 1000 })
+    ));
     Ok(())
 }
 
@@ -208,11 +287,20 @@ async fn gzip_bomb_is_cut_off_after_decompression() -> TestResult {
     }
     let bomb = Bytes::from(enc.finish()?);
     assert!(bomb.len() < 200 * 1024, "bomb is {} bytes", bomb.len());
-    let app = Router::new().route("/bomb", get(move || async move { ([(header::CONTENT_ENCODING, "gzip")], bomb) }));
+    let app = Router::new().route(
+        "/bomb",
+        get(move || async move { ([(header::CONTENT_ENCODING, "gzip")], bomb) }),
+    );
     let addr = serve(app).await?;
-    let f = Fetcher::new(&FetchConfig { max_body: 1 << 20, ..config() })?;
+    let f = Fetcher::new(&FetchConfig {
+        max_body: 1 << 20,
+        ..config()
+    })?;
     let got = f.fetch(&request(addr, "/bomb")?).await;
-    assert!(matches!(got, Err(FetchError::TooLarge { limit }) if limit == 1 << 20), "{got:?}");
+    assert!(
+        matches!(got, Err(FetchError::TooLarge { limit }) if limit == 1 << 20),
+        "{got:?}"
+    );
     Ok(())
 }
 
@@ -222,16 +310,25 @@ async fn total_timeout_covers_a_body_that_never_ends() -> TestResult {
         .route(
             "/trickle",
             get(|| async {
-                let first = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"<rss>")) });
+                let first = futures::stream::once(async {
+                    Ok::<_, std::io::Error>(Bytes::from_static(b"<rss>"))
+                });
                 Body::from_stream(first.chain(futures::stream::pending()))
             }),
         )
-        .route("/stall", get(|| futures::future::pending::<&'static str>()));
+        .route("/stall", get(futures::future::pending::<&'static str>));
     let addr = serve(app).await?;
     let limit = Duration::from_millis(300);
-    let f = Fetcher::new(&FetchConfig { timeout: limit, ..config() })?;
-    assert!(matches!(f.fetch(&request(addr, "/trickle")?).await, Err(FetchError::Timeout(d)) if d == limit));
-    assert!(matches!(f.fetch(&request(addr, "/stall")?).await, Err(FetchError::Timeout(d)) if d == limit));
+    let f = Fetcher::new(&FetchConfig {
+        timeout: limit,
+        ..config()
+    })?;
+    assert!(
+        matches!(f.fetch(&request(addr, "/trickle")?).await, Err(FetchError::Timeout(d)) if d == limit)
+    );
+    assert!(
+        matches!(f.fetch(&request(addr, "/stall")?).await, Err(FetchError::Timeout(d)) if d == limit)
+    );
     Ok(())
 }
 
@@ -245,68 +342,137 @@ async fn hop(Path(n): Path<u32>) -> Response {
 #[tokio::test]
 async fn redirects_are_followed_up_to_the_limit() -> TestResult {
     let addr = serve(Router::new().route("/hop/{n}", get(hop))).await?;
-    let f = Fetcher::new(&FetchConfig { max_redirects: 3, ..config() })?;
+    let f = Fetcher::new(&FetchConfig {
+        max_redirects: 3,
+        ..config()
+    })?;
     let ok = body(f.fetch(&request(addr, "/hop/3")?).await)?;
     assert_eq!(&ok.body[..], b"landed");
     assert_eq!(ok.final_url.path(), "/hop/0");
     let err = f.fetch(&request(addr, "/hop/4")?).await;
-    assert!(matches!(err, Err(FetchError::TooManyRedirects(3))), "{err:?}");
-    let none = Fetcher::new(&FetchConfig { max_redirects: 0, ..config() })?;
-    assert!(matches!(none.fetch(&request(addr, "/hop/1")?).await, Err(FetchError::TooManyRedirects(0))));
+    assert!(
+        matches!(err, Err(FetchError::TooManyRedirects(3))),
+        "{err:?}"
+    );
+    let none = Fetcher::new(&FetchConfig {
+        max_redirects: 0,
+        ..config()
+    })?;
+    assert!(matches!(
+        none.fetch(&request(addr, "/hop/1")?).await,
+        Err(FetchError::TooManyRedirects(0))
+    ));
     Ok(())
 }
 
 async fn limited(Path(kind): Path<String>, State(hits): State<Arc<AtomicUsize>>) -> Response {
     hits.fetch_add(1, Ordering::SeqCst);
     match kind.as_str() {
-        "seconds" => (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "120")], "slow down").into_response(),
+        "seconds" => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "120")],
+            "slow down",
+        )
+            .into_response(),
         "date" => (
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::DATE, "Sun, 06 Nov 1994 08:49:37 GMT"), (header::RETRY_AFTER, "Sun, 06 Nov 1994 08:51:17 GMT")],
+            [
+                (header::DATE, "Sun, 06 Nov 1994 08:49:37 GMT"),
+                (header::RETRY_AFTER, "Sun, 06 Nov 1994 08:51:17 GMT"),
+            ],
             "maintenance",
         )
             .into_response(),
         "bare" => (StatusCode::TOO_MANY_REQUESTS, "no hint").into_response(),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, [(header::RETRY_AFTER, "5")], "boom").into_response(),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::RETRY_AFTER, "5")],
+            "boom",
+        )
+            .into_response(),
     }
 }
 
 #[tokio::test]
 async fn retry_after_seconds_and_http_date() -> TestResult {
     let hits = Arc::new(AtomicUsize::new(0));
-    let addr = serve(Router::new().route("/limited/{kind}", get(limited)).with_state(Arc::clone(&hits))).await?;
+    let addr = serve(
+        Router::new()
+            .route("/limited/{kind}", get(limited))
+            .with_state(Arc::clone(&hits)),
+    )
+    .await?;
     let f = Fetcher::new(&config())?;
     let err = f.fetch(&request(addr, "/limited/seconds")?).await;
-    assert!(matches!(err, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(120)), "{err:?}");
-    assert_eq!(err.as_ref().err().and_then(FetchError::retry_after), Some(Duration::from_secs(120)));
-    assert!(err.as_ref().err().is_some_and(|e| e.to_string() == "HTTP 429 (retry after 120s)"));
+    assert!(
+        matches!(err, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(120)),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.as_ref().err().and_then(FetchError::retry_after),
+        Some(Duration::from_secs(120))
+    );
+    assert!(err
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.to_string() == "HTTP 429 (retry after 120s)"));
 
     // A separate fetcher, so the first one's deferral does not delay this.
     let g = Fetcher::new(&config())?;
     let err = g.fetch(&request(addr, "/limited/date")?).await;
-    assert!(matches!(err, Err(FetchError::Status { status: 503, retry_after: Some(d) }) if d == Duration::from_secs(100)), "{err:?}");
+    assert!(
+        matches!(err, Err(FetchError::Status { status: 503, retry_after: Some(d) }) if d == Duration::from_secs(100)),
+        "{err:?}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn retry_after_defers_later_fetches_to_the_same_domain() -> TestResult {
     let hits = Arc::new(AtomicUsize::new(0));
-    let addr = serve(Router::new().route("/limited/{kind}", get(limited)).with_state(Arc::clone(&hits))).await?;
+    let addr = serve(
+        Router::new()
+            .route("/limited/{kind}", get(limited))
+            .with_state(Arc::clone(&hits)),
+    )
+    .await?;
     let f = Fetcher::new(&config())?;
     let host = addr.ip().to_string();
     // Statuses without a usable Retry-After record nothing.
-    assert!(matches!(f.fetch(&request(addr, "/limited/bare")?).await, Err(FetchError::Status { status: 429, retry_after: None })));
-    assert!(matches!(f.fetch(&request(addr, "/limited/other")?).await, Err(FetchError::Status { status: 500, retry_after: None })));
+    assert!(matches!(
+        f.fetch(&request(addr, "/limited/bare")?).await,
+        Err(FetchError::Status {
+            status: 429,
+            retry_after: None
+        })
+    ));
+    assert!(matches!(
+        f.fetch(&request(addr, "/limited/other")?).await,
+        Err(FetchError::Status {
+            status: 500,
+            retry_after: None
+        })
+    ));
     assert_eq!(f.politeness().deferred_for(&host), None);
 
     assert!(f.fetch(&request(addr, "/limited/seconds")?).await.is_err());
     assert_eq!(hits.load(Ordering::SeqCst), 3);
     let left = f.politeness().deferred_for(&host);
-    assert!(left.is_some_and(|d| d > Duration::from_secs(60)), "{left:?}");
+    assert!(
+        left.is_some_and(|d| d > Duration::from_secs(60)),
+        "{left:?}"
+    );
     // The next fetch to the domain waits (the deadline is two minutes away)
     // and never reaches the server.
-    let next = tokio::time::timeout(Duration::from_millis(200), f.fetch(&request(addr, "/limited/seconds")?)).await;
-    assert!(next.is_err(), "fetch should still be waiting for Retry-After");
+    let next = tokio::time::timeout(
+        Duration::from_millis(200),
+        f.fetch(&request(addr, "/limited/seconds")?),
+    )
+    .await;
+    assert!(
+        next.is_err(),
+        "fetch should still be waiting for Retry-After"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 3);
     Ok(())
 }
@@ -315,25 +481,50 @@ async fn retry_after_defers_later_fetches_to_the_same_domain() -> TestResult {
 async fn ssrf_guard_refuses_loopback_unless_allowed() -> TestResult {
     let addr = serve(Router::new().route("/", get(|| async { "internal" }))).await?;
     let port = addr.port();
-    let guarded = Fetcher::new(&FetchConfig { allow_private_networks: false, ..config() })?;
+    let guarded = Fetcher::new(&FetchConfig {
+        allow_private_networks: false,
+        ..config()
+    })?;
     let open = Fetcher::new(&config())?;
-    for target in [format!("http://127.0.0.1:{port}/"), format!("http://localhost:{port}/")] {
+    for target in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+    ] {
         let req = FetchRequest::get(Url::parse(&target)?);
         match guarded.fetch(&req).await {
-            Err(e @ FetchError::Blocked { why: "loopback", .. }) => {
+            Err(
+                e @ FetchError::Blocked {
+                    why: "loopback", ..
+                },
+            ) => {
                 assert!(e.to_string().contains("allow_private_networks"), "{e}");
             }
             other => panic!("{target}: expected blocked, got {other:?}"),
         }
-        assert_eq!(&body(open.fetch(&req).await)?.body[..], b"internal", "{target}");
+        assert_eq!(
+            &body(open.fetch(&req).await)?.body[..],
+            b"internal",
+            "{target}"
+        );
         match guarded.open_stream(&req).await {
-            Err(FetchError::Blocked { why: "loopback", .. }) => {}
+            Err(FetchError::Blocked {
+                why: "loopback", ..
+            }) => {}
             other => panic!("{target}: expected blocked stream, got {other:?}"),
         }
     }
-    for target in ["http://[::1]/", "http://10.0.0.1/", "http://169.254.169.254/", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/"] {
+    for target in [
+        "http://[::1]/",
+        "http://10.0.0.1/",
+        "http://169.254.169.254/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://0.0.0.0/",
+    ] {
         let got = guarded.fetch(&FetchRequest::get(Url::parse(target)?)).await;
-        assert!(matches!(got, Err(FetchError::Blocked { .. })), "{target}: {got:?}");
+        assert!(
+            matches!(got, Err(FetchError::Blocked { .. })),
+            "{target}: {got:?}"
+        );
     }
     Ok(())
 }
@@ -346,13 +537,27 @@ async fn transport_errors_are_specific() -> TestResult {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    let refused = f.fetch(&FetchRequest::get(Url::parse(&format!("http://127.0.0.1:{port}/"))?)).await;
-    assert!(matches!(&refused, Err(FetchError::Connect(m)) if m.contains("connection refused")), "{refused:?}");
+    let refused = f
+        .fetch(&FetchRequest::get(Url::parse(&format!(
+            "http://127.0.0.1:{port}/"
+        ))?))
+        .await;
+    assert!(
+        matches!(&refused, Err(FetchError::Connect(m)) if m.contains("connection refused")),
+        "{refused:?}"
+    );
     // https to a plain-HTTP server: the TLS handshake fails.
     let addr = serve(Router::new().route("/", get(|| async { "plain" }))).await?;
-    let tls = f.fetch(&FetchRequest::get(Url::parse(&format!("https://{addr}/"))?)).await;
-    assert!(matches!(&tls, Err(FetchError::Connect(m)) if m.contains("tls")), "{tls:?}");
-    let ftp = f.fetch(&FetchRequest::get(Url::parse("ftp://example.com/feed")?)).await;
+    let tls = f
+        .fetch(&FetchRequest::get(Url::parse(&format!("https://{addr}/"))?))
+        .await;
+    assert!(
+        matches!(&tls, Err(FetchError::Connect(m)) if m.contains("tls")),
+        "{tls:?}"
+    );
+    let ftp = f
+        .fetch(&FetchRequest::get(Url::parse("ftp://example.com/feed")?))
+        .await;
     assert!(matches!(ftp, Err(FetchError::BadUrl(_))));
     Ok(())
 }
@@ -363,19 +568,45 @@ async fn open_stream_returns_after_headers_and_checks_status() -> TestResult {
         .route(
             "/sse",
             get(|headers: HeaderMap| async move {
-                let id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-                let first = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(format!("data: resumed after {id}\n\n"))) });
+                let id = headers
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned();
+                let first = futures::stream::once(async move {
+                    Ok::<_, std::io::Error>(Bytes::from(format!("data: resumed after {id}\n\n")))
+                });
                 // An endless stream: open_stream must not wait for its end.
-                ([(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(first.chain(futures::stream::pending())))
+                (
+                    [(header::CONTENT_TYPE, "text/event-stream")],
+                    Body::from_stream(first.chain(futures::stream::pending())),
+                )
             }),
         )
-        .route("/busy", get(|| async { (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "30")], "") }));
+        .route(
+            "/busy",
+            get(|| async {
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "30")],
+                    "",
+                )
+            }),
+        );
     let addr = serve(app).await?;
-    let f = Fetcher::new(&FetchConfig { timeout: Duration::from_millis(300), ..config() })?;
+    let f = Fetcher::new(&FetchConfig {
+        timeout: Duration::from_millis(300),
+        ..config()
+    })?;
     let mut req = request(addr, "/sse")?;
     req.last_event_id = Some("41".into());
     let resp = f.open_stream(&req).await?;
-    assert_eq!(resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    assert_eq!(
+        resp.headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
     let mut stream = resp.bytes_stream();
     let first = tokio::time::timeout(Duration::from_secs(10), stream.next()).await?;
     let chunk = first.ok_or("stream ended")??;
@@ -385,6 +616,8 @@ async fn open_stream_returns_after_headers_and_checks_status() -> TestResult {
     let idle = tokio::time::timeout(Duration::from_millis(800), stream.next()).await;
     assert!(idle.is_err(), "stream should still be open, got {idle:?}");
     let busy = f.open_stream(&request(addr, "/busy")?).await;
-    assert!(matches!(busy, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(30)));
+    assert!(
+        matches!(busy, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(30))
+    );
     Ok(())
 }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-    LOCATION, USER_AGENT,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, LOCATION, USER_AGENT,
 };
 use reqwest::{redirect, Client, Response, StatusCode};
 use url::Url;
@@ -31,7 +31,8 @@ use crate::config::FetchConfig;
 use crate::politeness::Politeness;
 
 /// `Accept` sent when the request names none: feeds first, then HTML.
-pub const DEFAULT_ACCEPT: &str = "application/atom+xml, application/rss+xml, application/feed+json, \
+pub const DEFAULT_ACCEPT: &str =
+    "application/atom+xml, application/rss+xml, application/feed+json, \
      application/json;q=0.9, application/xml;q=0.9, text/xml;q=0.9, text/html;q=0.8, */*;q=0.5";
 
 /// What to fetch.
@@ -56,7 +57,15 @@ pub struct FetchRequest {
 impl FetchRequest {
     /// A plain GET of `url`.
     pub fn get(url: Url) -> Self {
-        Self { url, etag: None, last_modified: None, user_agent: None, headers: BTreeMap::new(), accept: None, last_event_id: None }
+        Self {
+            url,
+            etag: None,
+            last_modified: None,
+            user_agent: None,
+            headers: BTreeMap::new(),
+            accept: None,
+            last_event_id: None,
+        }
     }
 }
 
@@ -88,6 +97,10 @@ pub struct Fetched {
 
 /// The outcome of a successful fetch.
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per network round trip; boxing would change the shared contract for no gain"
+)]
 pub enum FetchResponse {
     /// 304: nothing changed; costs nothing downstream.
     NotModified {
@@ -102,7 +115,9 @@ pub enum FetchResponse {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The URL resolves to an address the SSRF guard refuses.
-    #[error("refused to connect to {addr}: {why} (set fetch.allow_private_networks = true to allow)")]
+    #[error(
+        "refused to connect to {addr}: {why} (set fetch.allow_private_networks = true to allow)"
+    )]
     Blocked {
         /// The address or host refused.
         addr: String,
@@ -180,12 +195,20 @@ struct Inner {
 impl Fetcher {
     /// Builds the client (custom resolver with the SSRF guard, redirect policy, timeouts).
     pub fn new(cfg: &FetchConfig) -> Result<Self, FetchError> {
-        Self::with_guard(cfg, Arc::new(SystemLookup), Guard::new(cfg.allow_private_networks))
+        Self::with_guard(
+            cfg,
+            Arc::new(SystemLookup),
+            Guard::new(cfg.allow_private_networks),
+        )
     }
 
     /// As `new`, resolving host names with `lookup` and guarding with `guard`
     /// (unit tests simulate DNS and exempt their local server).
-    fn with_guard(cfg: &FetchConfig, lookup: Arc<dyn Lookup>, guard: Guard) -> Result<Self, FetchError> {
+    fn with_guard(
+        cfg: &FetchConfig,
+        lookup: Arc<dyn Lookup>,
+        guard: Guard,
+    ) -> Result<Self, FetchError> {
         let client = Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .redirect(redirect_policy(cfg.max_redirects, guard))
@@ -198,9 +221,18 @@ impl Fetcher {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(60))
             .build()
-            .map_err(|e| FetchError::Other(format!("cannot build the http client: {}", error_chain(&e))))?;
+            .map_err(|e| {
+                FetchError::Other(format!("cannot build the http client: {}", error_chain(&e)))
+            })?;
         let politeness = Politeness::new(cfg.per_host_rps, cfg.per_host_concurrency);
-        Ok(Self { inner: Arc::new(Inner { cfg: cfg.clone(), guard, client, politeness }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg: cfg.clone(),
+                guard,
+                client,
+                politeness,
+            }),
+        })
     }
 
     /// One GET, with politeness (waits for the domain's rate/concurrency/Retry-After).
@@ -252,14 +284,17 @@ impl Fetcher {
     /// Scheme and IP-literal checks before anything else; the host to pace on.
     fn checked_host<'u>(&self, url: &'u Url) -> Result<&'u str, FetchError> {
         ssrf::check_url(url, &self.inner.guard).map_err(FetchError::from)?;
-        url.host_str().ok_or_else(|| FetchError::BadUrl(format!("{url} (no host)")))
+        url.host_str()
+            .ok_or_else(|| FetchError::BadUrl(format!("{url} (no host)")))
     }
 
     /// Request, status handling and capped body read: everything the total
     /// timeout covers.
     async fn exchange(&self, req: &FetchRequest) -> Result<FetchResponse, FetchError> {
         let mut resp = self.send(req).await?;
-        let hints = CacheHints { not_before: headers::freshness(resp.headers(), Utc::now()) };
+        let hints = CacheHints {
+            not_before: headers::freshness(resp.headers(), Utc::now()),
+        };
         if resp.status() == StatusCode::NOT_MODIFIED {
             return Ok(FetchResponse::NotModified { hints });
         }
@@ -267,19 +302,39 @@ impl Fetcher {
             return Err(self.status_error(&req.url, &resp));
         }
         let fetched_at = Utc::now();
-        let header = |name: HeaderName| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let (content_type, etag, last_modified) = (header(CONTENT_TYPE), header(ETAG), header(LAST_MODIFIED));
+        let header = |name: HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (content_type, etag, last_modified) =
+            (header(CONTENT_TYPE), header(ETAG), header(LAST_MODIFIED));
         let final_url = resp.url().clone();
         let body = read_capped(&mut resp, self.inner.cfg.max_body).await?;
-        Ok(FetchResponse::Body(Fetched { final_url, content_type, etag, last_modified, body, hints, fetched_at }))
+        Ok(FetchResponse::Body(Fetched {
+            final_url,
+            content_type,
+            etag,
+            last_modified,
+            body,
+            hints,
+            fetched_at,
+        }))
     }
 
     /// Builds the headers and sends; returns once response headers arrive.
     async fn send(&self, req: &FetchRequest) -> Result<Response, FetchError> {
         let mut headers = HeaderMap::new();
-        let ua = req.user_agent.as_deref().unwrap_or(&self.inner.cfg.user_agent);
+        let ua = req
+            .user_agent
+            .as_deref()
+            .unwrap_or(&self.inner.cfg.user_agent);
         headers.insert(USER_AGENT, header_value("User-Agent", ua)?);
-        headers.insert(ACCEPT, header_value("Accept", req.accept.unwrap_or(DEFAULT_ACCEPT))?);
+        headers.insert(
+            ACCEPT,
+            header_value("Accept", req.accept.unwrap_or(DEFAULT_ACCEPT))?,
+        );
         for (name, value) in &req.headers {
             let parsed = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|e| FetchError::Other(format!("invalid header name {name:?}: {e}")))?;
@@ -289,12 +344,24 @@ impl Fetcher {
             headers.insert(IF_NONE_MATCH, header_value("If-None-Match", etag)?);
         }
         if let Some(last_modified) = &req.last_modified {
-            headers.insert(IF_MODIFIED_SINCE, header_value("If-Modified-Since", last_modified)?);
+            headers.insert(
+                IF_MODIFIED_SINCE,
+                header_value("If-Modified-Since", last_modified)?,
+            );
         }
         if let Some(id) = &req.last_event_id {
-            headers.insert(HeaderName::from_static("last-event-id"), header_value("Last-Event-ID", id)?);
+            headers.insert(
+                HeaderName::from_static("last-event-id"),
+                header_value("Last-Event-ID", id)?,
+            );
         }
-        self.inner.client.get(req.url.clone()).headers(headers).send().await.map_err(|e| self.map_error(&e, &req.url))
+        self.inner
+            .client
+            .get(req.url.clone())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| self.map_error(&e, &req.url))
     }
 
     /// A non-success status as an error; a 429/503 `Retry-After` is also
@@ -311,15 +378,24 @@ impl Fetcher {
                 ));
             }
         }
-        let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
-            .then(|| headers::retry_after(resp.headers(), Utc::now()))
-            .flatten();
+        let retry_after = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        )
+        .then(|| headers::retry_after(resp.headers(), Utc::now()))
+        .flatten();
         if let Some(wait) = retry_after {
-            for host in [requested.host_str(), resp.url().host_str()].into_iter().flatten() {
+            for host in [requested.host_str(), resp.url().host_str()]
+                .into_iter()
+                .flatten()
+            {
                 self.inner.politeness.defer(host, wait);
             }
         }
-        FetchError::Status { status: status.as_u16(), retry_after }
+        FetchError::Status {
+            status: status.as_u16(),
+            retry_after,
+        }
     }
 
     /// Turns a reqwest error into the most specific `FetchError`.
@@ -328,10 +404,16 @@ impl Fetcher {
         let mut source: Option<&(dyn StdError + 'static)> = Some(e);
         while let Some(err) = source {
             if let Some(r) = err.downcast_ref::<Refused>() {
-                return FetchError::Blocked { addr: r.addr.clone(), why: r.why };
+                return FetchError::Blocked {
+                    addr: r.addr.clone(),
+                    why: r.why,
+                };
             }
             if let Some(l) = err.downcast_ref::<LookupFailed>() {
-                return FetchError::Dns { host: l.host.clone(), reason: l.reason.clone() };
+                return FetchError::Dns {
+                    host: l.host.clone(),
+                    reason: l.reason.clone(),
+                };
             }
             if let Some(u) = err.downcast_ref::<UrlRefused>() {
                 return FetchError::from(u.clone());
@@ -348,7 +430,10 @@ impl Fetcher {
         let detail = error_chain(e);
         if e.is_connect() {
             return FetchError::Connect(if e.is_timeout() {
-                format!("timed out connecting to {target} after {:?} (fetch.connect_timeout)", self.inner.cfg.connect_timeout)
+                format!(
+                    "timed out connecting to {target} after {:?} (fetch.connect_timeout)",
+                    self.inner.cfg.connect_timeout
+                )
             } else if has_io_kind(e, io::ErrorKind::ConnectionRefused) {
                 format!("connection refused by {target}")
             } else if url.scheme() == "https" && looks_like_tls(e, &detail) {
@@ -404,16 +489,28 @@ async fn read_capped(resp: &mut Response, limit: u64) -> Result<Bytes, FetchErro
     if resp.content_length().is_some_and(|len| len > limit) {
         return Err(FetchError::TooLarge { limit });
     }
-    let capacity = resp.content_length().unwrap_or(0).min(limit).min(PREALLOC_MAX);
+    let capacity = resp
+        .content_length()
+        .unwrap_or(0)
+        .min(limit)
+        .min(PREALLOC_MAX);
     let mut body = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
     loop {
         let chunk = match resp.chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return Ok(body.freeze()),
             Err(e) if e.is_decode() => {
-                return Err(FetchError::Other(format!("cannot decode the response body: {}", error_chain(&e))))
+                return Err(FetchError::Other(format!(
+                    "cannot decode the response body: {}",
+                    error_chain(&e)
+                )))
             }
-            Err(e) => return Err(FetchError::Other(format!("error reading the response body: {}", error_chain(&e)))),
+            Err(e) => {
+                return Err(FetchError::Other(format!(
+                    "error reading the response body: {}",
+                    error_chain(&e)
+                )))
+            }
         };
         if body.len() as u64 + chunk.len() as u64 > limit {
             return Err(FetchError::TooLarge { limit });
@@ -423,7 +520,8 @@ async fn read_capped(resp: &mut Response, limit: u64) -> Result<Bytes, FetchErro
 }
 
 fn header_value(name: &str, value: &str) -> Result<HeaderValue, FetchError> {
-    HeaderValue::from_str(value).map_err(|_| FetchError::Other(format!("invalid value for header {name}: {value:?}")))
+    HeaderValue::from_str(value)
+        .map_err(|_| FetchError::Other(format!("invalid value for header {name}: {value:?}")))
 }
 
 /// "outer: inner: innermost", skipping links that repeat their predecessor.
@@ -443,7 +541,10 @@ fn error_chain(e: &(dyn StdError + 'static)) -> String {
 fn has_io_kind(e: &(dyn StdError + 'static), kind: io::ErrorKind) -> bool {
     let mut source: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = source {
-        if err.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == kind) {
+        if err
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
             return true;
         }
         source = err.source();
@@ -456,7 +557,9 @@ fn has_io_kind(e: &(dyn StdError + 'static), kind: io::ErrorKind) -> bool {
 fn looks_like_tls(e: &(dyn StdError + 'static), detail: &str) -> bool {
     let detail = detail.to_ascii_lowercase();
     has_io_kind(e, io::ErrorKind::InvalidData)
-        || ["certificate", "tls", "handshake", "corrupt message", "peer"].iter().any(|w| detail.contains(w))
+        || ["certificate", "tls", "handshake", "corrupt message", "peer"]
+            .iter()
+            .any(|w| detail.contains(w))
 }
 
 #[cfg(test)]
@@ -489,8 +592,12 @@ mod tests {
     }
 
     async fn serve(app: Router) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
     }
@@ -512,7 +619,10 @@ mod tests {
 
     /// Refuses everything internal except the test server's own address.
     fn guarded_fetcher(cfg: &FetchConfig) -> Fetcher {
-        let guard = Guard { allow_private: false, exempt: Some(loopback()) };
+        let guard = Guard {
+            allow_private: false,
+            exempt: Some(loopback()),
+        };
         Fetcher::with_guard(cfg, dns(), guard).unwrap_or_else(|e| panic!("fetcher: {e}"))
     }
 
@@ -524,7 +634,12 @@ mod tests {
     async fn host_names_connect_through_the_guarded_resolver() {
         let addr = serve(Router::new().route("/", get(|| async { "hello" }))).await;
         let f = guarded_fetcher(&config(false));
-        let got = f.fetch(&FetchRequest::get(url(&format!("http://a.example.test:{}/", addr.port())))).await;
+        let got = f
+            .fetch(&FetchRequest::get(url(&format!(
+                "http://a.example.test:{}/",
+                addr.port()
+            ))))
+            .await;
         match got {
             Ok(FetchResponse::Body(b)) => assert_eq!(&b.body[..], b"hello"),
             other => panic!("expected body, got {other:?}"),
@@ -535,8 +650,14 @@ mod tests {
     async fn dns_failure_and_rebinding_map_to_specific_errors() {
         let addr = serve(Router::new().route("/", get(|| async { "hello" }))).await;
         // Without the exemption, a name resolving to loopback is refused at connect time.
-        let f = Fetcher::with_guard(&config(false), dns(), Guard::new(false)).unwrap_or_else(|e| panic!("{e}"));
-        let err = f.fetch(&FetchRequest::get(url(&format!("http://rebind.test:{}/", addr.port())))).await;
+        let f = Fetcher::with_guard(&config(false), dns(), Guard::new(false))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = f
+            .fetch(&FetchRequest::get(url(&format!(
+                "http://rebind.test:{}/",
+                addr.port()
+            ))))
+            .await;
         match err {
             Err(FetchError::Blocked { addr, why }) => {
                 assert_eq!(why, "loopback");
@@ -544,7 +665,9 @@ mod tests {
             }
             other => panic!("expected blocked, got {other:?}"),
         }
-        let err = f.fetch(&FetchRequest::get(url("http://nowhere.test/"))).await;
+        let err = f
+            .fetch(&FetchRequest::get(url("http://nowhere.test/")))
+            .await;
         match err {
             Err(FetchError::Dns { host, reason }) => {
                 assert_eq!(host, "nowhere.test");
@@ -557,20 +680,47 @@ mod tests {
     #[tokio::test]
     async fn redirects_to_internal_addresses_are_refused() {
         let app = Router::new()
-            .route("/to-literal", get(|| async { Redirect::temporary("http://127.0.0.2/") }))
-            .route("/to-ipv6", get(|| async { Redirect::temporary("http://[::ffff:169.254.169.254]/latest/meta-data") }))
-            .route("/to-name", get(|| async { Redirect::temporary("http://internal.test/admin") }))
-            .route("/to-file", get(|| async { Redirect::temporary("file:///etc/passwd") }));
+            .route(
+                "/to-literal",
+                get(|| async { Redirect::temporary("http://127.0.0.2/") }),
+            )
+            .route(
+                "/to-ipv6",
+                get(|| async {
+                    Redirect::temporary("http://[::ffff:169.254.169.254]/latest/meta-data")
+                }),
+            )
+            .route(
+                "/to-name",
+                get(|| async { Redirect::temporary("http://internal.test/admin") }),
+            )
+            .route(
+                "/to-file",
+                get(|| async { Redirect::temporary("file:///etc/passwd") }),
+            );
         let addr = serve(app).await;
         let f = guarded_fetcher(&config(false));
-        let get = |path: &str| FetchRequest::get(url(&format!("http://127.0.0.1:{}{path}", addr.port())));
+        let get =
+            |path: &str| FetchRequest::get(url(&format!("http://127.0.0.1:{}{path}", addr.port())));
         match f.fetch(&get("/to-literal")).await {
-            Err(FetchError::Blocked { addr, why: "loopback" }) => assert_eq!(addr, "127.0.0.2"),
+            Err(FetchError::Blocked {
+                addr,
+                why: "loopback",
+            }) => assert_eq!(addr, "127.0.0.2"),
             other => panic!("expected blocked loopback, got {other:?}"),
         }
-        assert!(matches!(f.fetch(&get("/to-ipv6")).await, Err(FetchError::Blocked { why: "link-local", .. })));
+        assert!(matches!(
+            f.fetch(&get("/to-ipv6")).await,
+            Err(FetchError::Blocked {
+                why: "link-local",
+                ..
+            })
+        ));
         match f.fetch(&get("/to-name")).await {
-            Err(FetchError::Blocked { addr, why: "private" }) => assert!(addr.contains("internal.test"), "{addr}"),
+            Err(FetchError::Blocked {
+                addr,
+                why: "private",
+            }) => assert!(addr.contains("internal.test"), "{addr}"),
             other => panic!("expected blocked private, got {other:?}"),
         }
         let file = f.fetch(&get("/to-file")).await;
@@ -606,11 +756,20 @@ mod tests {
             arrived,
             release: Arc::new(Semaphore::new(0)),
         };
-        let addr = serve(Router::new().route("/", get(gated)).with_state(gate.clone())).await;
+        let addr = serve(
+            Router::new()
+                .route("/", get(gated))
+                .with_state(gate.clone()),
+        )
+        .await;
         let f = guarded_fetcher(&config(false)); // per_host_concurrency = 2
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..6 {
-            let host = if i % 2 == 0 { "a.example.test" } else { "b.example.test" };
+            let host = if i % 2 == 0 {
+                "a.example.test"
+            } else {
+                "b.example.test"
+            };
             let req = FetchRequest::get(url(&format!("http://{host}:{}/", addr.port())));
             let f = f.clone();
             tasks.spawn(async move { f.fetch(&req).await });
@@ -619,30 +778,55 @@ mod tests {
         for released in 0..6usize {
             let want = (released + 2).min(6);
             let arrived = matches!(
-                tokio::time::timeout(Duration::from_secs(30), arrivals.wait_for(|n| *n >= want)).await,
+                tokio::time::timeout(Duration::from_secs(30), arrivals.wait_for(|n| *n >= want))
+                    .await,
                 Ok(Ok(_))
             );
-            assert!(arrived, "only {} of {want} requests arrived", *arrivals.borrow());
+            assert!(
+                arrived,
+                "only {} of {want} requests arrived",
+                *arrivals.borrow()
+            );
             gate.release.add_permits(1);
         }
         while let Some(done) = tasks.join_next().await {
             assert!(matches!(done, Ok(Ok(FetchResponse::Body(_)))), "{done:?}");
         }
-        assert_eq!(gate.max_in_flight.load(Ordering::SeqCst), 2, "a.* and b.* share one limit of 2");
+        assert_eq!(
+            gate.max_in_flight.load(Ordering::SeqCst),
+            2,
+            "a.* and b.* share one limit of 2"
+        );
     }
 
     #[tokio::test]
     async fn retry_after_is_recorded_for_the_registrable_domain() {
         let app = Router::new().route(
             "/",
-            get(|| async { (AxumStatus::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "120")], "slow down") }),
+            get(|| async {
+                (
+                    AxumStatus::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "120")],
+                    "slow down",
+                )
+            }),
         );
         let addr = serve(app).await;
         let f = guarded_fetcher(&config(false));
-        let err = f.fetch(&FetchRequest::get(url(&format!("http://a.example.test:{}/", addr.port())))).await;
-        assert!(matches!(err, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(120)));
+        let err = f
+            .fetch(&FetchRequest::get(url(&format!(
+                "http://a.example.test:{}/",
+                addr.port()
+            ))))
+            .await;
+        assert!(
+            matches!(err, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(120))
+        );
         let left = f.politeness().deferred_for("b.example.test");
-        assert!(left.is_some_and(|d| d > Duration::from_secs(60)), "sibling host waits too: {left:?}");
+        assert!(
+            left.is_some_and(|d| d > Duration::from_secs(60)),
+            "sibling host waits too: {left:?}"
+        );
         assert_eq!(f.politeness().deferred_for("example.org"), None);
     }
 }

@@ -26,7 +26,10 @@ use tokio::time::Instant;
 /// suffixes map to themselves.
 pub fn registrable_domain(host: &str) -> String {
     let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host);
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&host);
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return ip.to_string();
     }
@@ -55,8 +58,11 @@ impl Politeness {
     /// non-positive or non-finite rate disables rate limiting.
     /// `per_host_concurrency` is clamped to at least 1.
     pub fn new(per_host_rps: f64, per_host_concurrency: usize) -> Self {
-        let period = (per_host_rps.is_finite() && per_host_rps > 0.0)
-            .then(|| Duration::try_from_secs_f64(1.0 / per_host_rps).unwrap_or(MAX_PERIOD).min(MAX_PERIOD));
+        let period = (per_host_rps.is_finite() && per_host_rps > 0.0).then(|| {
+            Duration::try_from_secs_f64(1.0 / per_host_rps)
+                .unwrap_or(MAX_PERIOD)
+                .min(MAX_PERIOD)
+        });
         let quota = period.and_then(Quota::with_period);
         // An entry idle for longer than one rate period has a fully
         // replenished limiter, so evicting it forgets nothing.
@@ -68,7 +74,11 @@ impl Politeness {
                 concurrency: per_host_concurrency.max(1),
                 idle_after,
                 clock: TokioClock { origin: now },
-                table: Mutex::new(Table { domains: HashMap::new(), sweep_at: MIN_SWEEP, next_sweep: now + idle_after }),
+                table: Mutex::new(Table {
+                    domains: HashMap::new(),
+                    sweep_at: MIN_SWEEP,
+                    next_sweep: now + idle_after,
+                }),
             }),
         }
     }
@@ -89,14 +99,21 @@ impl Politeness {
                     continue; // a newer Retry-After may have arrived meanwhile
                 }
             }
-            let Some(limiter) = &domain.limiter else { break };
+            let Some(limiter) = &domain.limiter else {
+                break;
+            };
             match limiter.check() {
                 Ok(()) => break,
-                Err(not_until) => tokio::time::sleep(not_until.wait_time_from(self.inner.clock.now())).await,
+                Err(not_until) => {
+                    tokio::time::sleep(not_until.wait_time_from(self.inner.clock.now())).await
+                }
             }
         }
         domain.touch();
-        Permit { domain, _slot: slot }
+        Permit {
+            domain,
+            _slot: slot,
+        }
     }
 
     /// Records an upstream's `Retry-After` for `host`'s registrable domain:
@@ -216,12 +233,16 @@ impl Inner {
         }
         let now = Instant::now();
         if table.domains.len() >= table.sweep_at || now >= table.next_sweep {
-            table.domains.retain(|_, d| !d.is_idle(now, self.idle_after));
+            table
+                .domains
+                .retain(|_, d| !d.is_idle(now, self.idle_after));
             table.sweep_at = (table.domains.len() * 2).max(MIN_SWEEP);
             table.next_sweep = now + self.idle_after;
         }
         let domain = Arc::new(Domain {
-            limiter: self.quota.map(|q| RateLimiter::direct_with_clock(q, self.clock.clone())),
+            limiter: self
+                .quota
+                .map(|q| RateLimiter::direct_with_clock(q, self.clock.clone())),
             slots: Arc::new(Semaphore::new(self.concurrency)),
             not_before: Mutex::new(None),
             last_used: Mutex::new(Instant::now()),
@@ -264,7 +285,10 @@ mod tests {
         assert_eq!(registrable_domain("example.se"), "example.se");
         // github.io is a public suffix: each user's site is its own domain.
         assert_eq!(registrable_domain("alice.github.io"), "alice.github.io");
-        assert_ne!(registrable_domain("alice.github.io"), registrable_domain("bob.github.io"));
+        assert_ne!(
+            registrable_domain("alice.github.io"),
+            registrable_domain("bob.github.io")
+        );
         assert_eq!(registrable_domain("127.0.0.1"), "127.0.0.1");
         assert_eq!(registrable_domain("10.1.2.3"), "10.1.2.3");
         assert_eq!(registrable_domain("[::1]"), "::1");
@@ -281,10 +305,17 @@ mod tests {
         drop(p.acquire("a.example.com").await);
         assert_eq!(Instant::now(), start, "first request is immediate");
         drop(p.acquire("b.example.com").await);
-        assert!(Instant::now() - start >= Duration::from_secs(2), "same registrable domain waits one period");
+        assert!(
+            Instant::now() - start >= Duration::from_secs(2),
+            "same registrable domain waits one period"
+        );
         let before_other = Instant::now();
         drop(p.acquire("other.org").await);
-        assert_eq!(Instant::now(), before_other, "another domain is not delayed");
+        assert_eq!(
+            Instant::now(),
+            before_other,
+            "another domain is not delayed"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -293,7 +324,10 @@ mod tests {
         let first = p.acquire("a.tumblr.com").await;
         let _second = p.acquire("b.tumblr.com").await;
         let mut third = Box::pin(p.acquire("c.tumblr.com"));
-        assert!(futures::poll!(third.as_mut()).is_pending(), "third slot must wait");
+        assert!(
+            futures::poll!(third.as_mut()).is_pending(),
+            "third slot must wait"
+        );
         let _other = p.acquire("tumblr.org").await; // unaffected
         drop(first);
         let got = tokio::time::timeout(Duration::from_secs(5), third).await;
@@ -340,8 +374,14 @@ mod tests {
         drop(p.acquire("newcomer.example").await);
         let tracked = p.tracked_domains();
         assert!(tracked <= 3, "old idle entries are gone: {tracked}");
-        assert!(p.deferred_for("deferred.example").is_some(), "pending Retry-After survives eviction");
-        assert!(lock(&p.inner.table).domains.contains_key("busy.example"), "held entries survive eviction");
+        assert!(
+            p.deferred_for("deferred.example").is_some(),
+            "pending Retry-After survives eviction"
+        );
+        assert!(
+            lock(&p.inner.table).domains.contains_key("busy.example"),
+            "held entries survive eviction"
+        );
         drop(busy);
     }
 

@@ -22,13 +22,19 @@ pub fn parse_http_date(s: &str) -> Option<DateTime<Utc>> {
     }
     // asctime: "Sun Nov  6 08:49:37 1994".
     let squeezed = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    NaiveDateTime::parse_from_str(&squeezed, "%a %b %e %H:%M:%S %Y").ok().map(|d| d.and_utc())
+    NaiveDateTime::parse_from_str(&squeezed, "%a %b %e %H:%M:%S %Y")
+        .ok()
+        .map(|d| d.and_utc())
 }
 
 /// The response's own clock (`Date`), else ours: relative headers are
 /// computed against it so clock skew between us and the upstream cancels out.
 fn response_date(headers: &HeaderMap, now: DateTime<Utc>) -> DateTime<Utc> {
-    headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(parse_http_date).unwrap_or(now)
+    headers
+        .get(DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date)
+        .unwrap_or(now)
 }
 
 /// `Retry-After` as a wait: delta-seconds or an HTTP-date, capped at
@@ -42,7 +48,12 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Dur
     }
     let at = parse_http_date(raw)?;
     let base = response_date(headers, now);
-    Some((at - base).to_std().unwrap_or(Duration::ZERO).min(MAX_HEADER_WAIT))
+    Some(
+        (at - base)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_HEADER_WAIT),
+    )
 }
 
 /// Freshness lifetime from `Cache-Control` (`s-maxage`, then `max-age`) or
@@ -73,7 +84,11 @@ pub(crate) fn freshness(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Durat
         Some(secs) => Duration::from_secs(secs),
         // RFC 9111: max-age overrides Expires; Expires is only the fallback.
         None => {
-            let expires = headers.get(EXPIRES)?.to_str().ok().and_then(parse_http_date)?;
+            let expires = headers
+                .get(EXPIRES)?
+                .to_str()
+                .ok()
+                .and_then(parse_http_date)?;
             (expires - response_date(headers, now)).to_std().ok()?
         }
     };
@@ -96,7 +111,9 @@ mod tests {
     }
 
     fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(1994, 11, 6, 8, 49, 37).single().unwrap_or_default()
+        Utc.with_ymd_and_hms(1994, 11, 6, 8, 49, 37)
+            .single()
+            .unwrap_or_default()
     }
 
     #[test]
@@ -112,14 +129,38 @@ mod tests {
     #[test]
     fn retry_after_seconds_dates_and_junk() {
         let n = now();
-        assert_eq!(retry_after(&headers(&[("retry-after", "120")]), n), Some(Duration::from_secs(120)));
-        assert_eq!(retry_after(&headers(&[("retry-after", " 0 ")]), n), Some(Duration::ZERO));
-        assert_eq!(retry_after(&headers(&[("retry-after", "99999999999999999999999")]), n), Some(MAX_HEADER_WAIT));
-        assert_eq!(retry_after(&headers(&[("retry-after", "Sun, 06 Nov 1994 08:51:37 GMT")]), n), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "120")]), n),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", " 0 ")]), n),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "99999999999999999999999")]), n),
+            Some(MAX_HEADER_WAIT)
+        );
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after", "Sun, 06 Nov 1994 08:51:37 GMT")]),
+                n
+            ),
+            Some(Duration::from_secs(120))
+        );
         // Relative to the upstream's Date, not our clock.
-        let h = headers(&[("retry-after", "Sun, 06 Nov 1994 08:51:37 GMT"), ("date", "Sun, 06 Nov 1994 08:50:37 GMT")]);
+        let h = headers(&[
+            ("retry-after", "Sun, 06 Nov 1994 08:51:37 GMT"),
+            ("date", "Sun, 06 Nov 1994 08:50:37 GMT"),
+        ]);
         assert_eq!(retry_after(&h, n), Some(Duration::from_secs(60)));
-        assert_eq!(retry_after(&headers(&[("retry-after", "Sun, 06 Nov 1994 08:00:00 GMT")]), n), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after", "Sun, 06 Nov 1994 08:00:00 GMT")]),
+                n
+            ),
+            Some(Duration::ZERO)
+        );
         assert_eq!(retry_after(&headers(&[("retry-after", "-5")]), n), None);
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), n), None);
         assert_eq!(retry_after(&headers(&[]), n), None);
@@ -129,21 +170,54 @@ mod tests {
     fn freshness_from_cache_control_and_expires() {
         let n = now();
         let f = |pairs: &[(&'static str, &'static str)]| freshness(&headers(pairs), n);
-        assert_eq!(f(&[("cache-control", "public, max-age=300")]), Some(Duration::from_secs(300)));
-        assert_eq!(f(&[("cache-control", "max-age=\"60\"")]), Some(Duration::from_secs(60)));
-        assert_eq!(f(&[("cache-control", "max-age=300, s-maxage=600")]), Some(Duration::from_secs(600)));
-        assert_eq!(f(&[("cache-control", "max-age=300, no-cache")]), None);
-        assert_eq!(f(&[("cache-control", "No-Store"), ("expires", "Sun, 06 Nov 1994 09:49:37 GMT")]), None);
-        assert_eq!(f(&[("cache-control", "max-age=0")]), None);
-        assert_eq!(f(&[("cache-control", "max-age=31536000")]), Some(MAX_HEADER_WAIT));
-        assert_eq!(f(&[("cache-control", "max-age=abc")]), None);
-        assert_eq!(f(&[("cache-control", "public"), ("cache-control", "max-age=5")]), Some(Duration::from_secs(5)));
-        assert_eq!(f(&[("expires", "Sun, 06 Nov 1994 09:49:37 GMT")]), Some(Duration::from_secs(3600)));
         assert_eq!(
-            f(&[("expires", "Sun, 06 Nov 1994 09:49:37 GMT"), ("date", "Sun, 06 Nov 1994 09:19:37 GMT")]),
+            f(&[("cache-control", "public, max-age=300")]),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            f(&[("cache-control", "max-age=\"60\"")]),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            f(&[("cache-control", "max-age=300, s-maxage=600")]),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(f(&[("cache-control", "max-age=300, no-cache")]), None);
+        assert_eq!(
+            f(&[
+                ("cache-control", "No-Store"),
+                ("expires", "Sun, 06 Nov 1994 09:49:37 GMT")
+            ]),
+            None
+        );
+        assert_eq!(f(&[("cache-control", "max-age=0")]), None);
+        assert_eq!(
+            f(&[("cache-control", "max-age=31536000")]),
+            Some(MAX_HEADER_WAIT)
+        );
+        assert_eq!(f(&[("cache-control", "max-age=abc")]), None);
+        assert_eq!(
+            f(&[("cache-control", "public"), ("cache-control", "max-age=5")]),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            f(&[("expires", "Sun, 06 Nov 1994 09:49:37 GMT")]),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            f(&[
+                ("expires", "Sun, 06 Nov 1994 09:49:37 GMT"),
+                ("date", "Sun, 06 Nov 1994 09:19:37 GMT")
+            ]),
             Some(Duration::from_secs(1800))
         );
-        assert_eq!(f(&[("cache-control", "max-age=10"), ("expires", "Sun, 06 Nov 1994 09:49:37 GMT")]), Some(Duration::from_secs(10)));
+        assert_eq!(
+            f(&[
+                ("cache-control", "max-age=10"),
+                ("expires", "Sun, 06 Nov 1994 09:49:37 GMT")
+            ]),
+            Some(Duration::from_secs(10))
+        );
         assert_eq!(f(&[("expires", "0")]), None);
         assert_eq!(f(&[("expires", "Sun, 06 Nov 1994 08:00:00 GMT")]), None);
         assert_eq!(f(&[]), None);

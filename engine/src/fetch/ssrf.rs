@@ -48,16 +48,27 @@ fn classify_v4(ip: Ipv4Addr) -> Option<&'static str> {
         ([224, 0, 0, 0], 4, "multicast"),
         ([240, 0, 0, 0], 4, "reserved"),
     ];
-    TABLE.iter().find(|(net, len, _)| in_v4(a, *net, *len)).map(|(_, _, why)| *why)
+    TABLE
+        .iter()
+        .find(|(net, len, _)| in_v4(a, *net, *len))
+        .map(|(_, _, why)| *why)
 }
 
 fn in_v4(addr: u32, net: [u8; 4], len: u8) -> bool {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
     addr & mask == u32::from_be_bytes(net) & mask
 }
 
 fn in_v6(addr: u128, net: u128, len: u8) -> bool {
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
     addr & mask == net & mask
 }
 
@@ -93,7 +104,11 @@ fn classify_v6(ip: Ipv6Addr) -> Option<&'static str> {
     const TABLE: &[(u128, u8, &str)] = &[
         (0x0100_u128 << 112, 64, "reserved (discard-only)"),
         (0x2001_0db8_u128 << 96, 32, "documentation"),
-        (0x2001_u128 << 112, 23, "reserved (ietf protocol assignments, teredo)"),
+        (
+            0x2001_u128 << 112,
+            23,
+            "reserved (ietf protocol assignments, teredo)",
+        ),
         (0x3fff_u128 << 112, 20, "documentation"),
         (0xfc00_u128 << 112, 7, "private (unique local)"),
         (0xfe80_u128 << 112, 10, "link-local"),
@@ -142,7 +157,10 @@ pub(crate) struct Guard {
 impl Guard {
     /// The guard for `fetch.allow_private_networks`.
     pub(crate) fn new(allow_private: bool) -> Self {
-        Self { allow_private, exempt: None }
+        Self {
+            allow_private,
+            exempt: None,
+        }
     }
 
     /// Why `ip` is refused, if it is.
@@ -170,7 +188,9 @@ pub(crate) enum UrlRefused {
 /// Host names are left to [`GuardedResolver`], which sees the resolved addresses.
 pub(crate) fn check_url(url: &Url, guard: &Guard) -> Result<(), UrlRefused> {
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(UrlRefused::BadUrl(format!("{url} (only http and https are fetched)")));
+        return Err(UrlRefused::BadUrl(format!(
+            "{url} (only http and https are fetched)"
+        )));
     }
     let ip = match url.host() {
         None => return Err(UrlRefused::BadUrl(format!("{url} (no host)"))),
@@ -179,7 +199,10 @@ pub(crate) fn check_url(url: &Url, guard: &Guard) -> Result<(), UrlRefused> {
         Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
     };
     match guard.refuses(ip) {
-        Some(why) => Err(UrlRefused::Blocked(Refused { addr: ip.to_string(), why })),
+        Some(why) => Err(UrlRefused::Blocked(Refused {
+            addr: ip.to_string(),
+            why,
+        })),
         None => Ok(()),
     }
 }
@@ -187,7 +210,8 @@ pub(crate) fn check_url(url: &Url, guard: &Guard) -> Result<(), UrlRefused> {
 /// Turns a host name into addresses. A seam so unit tests can simulate DNS
 /// answers (rebinding, failures) without a network.
 pub(crate) trait Lookup: Send + Sync + 'static {
-    fn lookup(&self, host: String) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>>;
+    fn lookup(&self, host: String)
+        -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>>;
 }
 
 /// The system resolver, via tokio (getaddrinfo on a blocking thread).
@@ -195,7 +219,10 @@ pub(crate) trait Lookup: Send + Sync + 'static {
 pub(crate) struct SystemLookup;
 
 impl Lookup for SystemLookup {
-    fn lookup(&self, host: String) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
+    fn lookup(
+        &self,
+        host: String,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
         Box::pin(async move {
             let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
             Ok(addrs.map(|sa| sa.ip()).collect())
@@ -220,13 +247,17 @@ impl GuardedResolver {
 
     /// Resolves `host` and applies the guard.
     pub(crate) async fn resolve_host(&self, host: String) -> Result<Vec<IpAddr>, ResolveError> {
-        let ips = self
-            .lookup
-            .lookup(host.clone())
-            .await
-            .map_err(|e| ResolveError::Lookup(LookupFailed { host: host.clone(), reason: e.to_string() }))?;
+        let ips = self.lookup.lookup(host.clone()).await.map_err(|e| {
+            ResolveError::Lookup(LookupFailed {
+                host: host.clone(),
+                reason: e.to_string(),
+            })
+        })?;
         if ips.is_empty() {
-            return Err(ResolveError::Lookup(LookupFailed { host, reason: "no addresses".into() }));
+            return Err(ResolveError::Lookup(LookupFailed {
+                host,
+                reason: "no addresses".into(),
+            }));
         }
         let mut first_refused = None;
         let allowed: Vec<IpAddr> = ips
@@ -234,7 +265,10 @@ impl GuardedResolver {
             .filter(|ip| match self.guard.refuses(*ip) {
                 None => true,
                 Some(why) => {
-                    first_refused.get_or_insert(Refused { addr: format!("{host} ({ip})"), why });
+                    first_refused.get_or_insert(Refused {
+                        addr: format!("{host} ({ip})"),
+                        why,
+                    });
                     false
                 }
             })
@@ -257,7 +291,10 @@ pub(crate) enum ResolveError {
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let this = Self { lookup: Arc::clone(&self.lookup), guard: self.guard };
+        let this = Self {
+            lookup: Arc::clone(&self.lookup),
+            guard: self.guard,
+        };
         let host = name.as_str().to_owned();
         Box::pin(async move {
             // Box the concrete leaf error (not the enum) so `downcast_ref`
@@ -267,8 +304,12 @@ impl Resolve for GuardedResolver {
                     let addrs: Addrs = Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
                     Ok(addrs)
                 }
-                Err(ResolveError::Lookup(e)) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
-                Err(ResolveError::Blocked(e)) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+                Err(ResolveError::Lookup(e)) => {
+                    Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                }
+                Err(ResolveError::Blocked(e)) => {
+                    Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                }
             }
         })
     }
@@ -280,7 +321,10 @@ pub(crate) struct FakeDns(pub(crate) std::collections::HashMap<&'static str, Vec
 
 #[cfg(test)]
 impl Lookup for FakeDns {
-    fn lookup(&self, host: String) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
+    fn lookup(
+        &self,
+        host: String,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send>> {
         let answer = self
             .0
             .get(host.as_str())
@@ -297,7 +341,9 @@ mod tests {
     use super::*;
 
     fn class(s: &str) -> Option<&'static str> {
-        let ip: IpAddr = s.parse().unwrap_or_else(|e| panic!("bad test address {s}: {e}"));
+        let ip: IpAddr = s
+            .parse()
+            .unwrap_or_else(|e| panic!("bad test address {s}: {e}"));
         classify_ip(ip)
     }
 
@@ -394,7 +440,13 @@ mod tests {
 
     #[test]
     fn allows_public_ipv6_and_public_embedded_forms() {
-        for ip in ["2606:4700:4700::1111", "2a00:1450:4001:82a::200e", "::ffff:8.8.8.8", "64:ff9b::8.8.8.8", "2002:808:808::1"] {
+        for ip in [
+            "2606:4700:4700::1111",
+            "2a00:1450:4001:82a::200e",
+            "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+        ] {
             assert_eq!(class(ip), None, "{ip}");
         }
     }
@@ -405,20 +457,62 @@ mod tests {
             let url = Url::parse(u).unwrap_or_else(|e| panic!("{u}: {e}"));
             check_url(&url, &Guard::new(false))
         };
-        assert!(matches!(refused("http://127.0.0.1:8080/"), Err(UrlRefused::Blocked(Refused { why: "loopback", .. }))));
-        assert!(matches!(refused("http://[::1]/"), Err(UrlRefused::Blocked(Refused { why: "loopback", .. }))));
-        assert!(matches!(refused("http://[::ffff:7f00:1]/"), Err(UrlRefused::Blocked(Refused { why: "loopback", .. }))));
+        assert!(matches!(
+            refused("http://127.0.0.1:8080/"),
+            Err(UrlRefused::Blocked(Refused {
+                why: "loopback",
+                ..
+            }))
+        ));
+        assert!(matches!(
+            refused("http://[::1]/"),
+            Err(UrlRefused::Blocked(Refused {
+                why: "loopback",
+                ..
+            }))
+        ));
+        assert!(matches!(
+            refused("http://[::ffff:7f00:1]/"),
+            Err(UrlRefused::Blocked(Refused {
+                why: "loopback",
+                ..
+            }))
+        ));
         // WHATWG URL parsing turns decimal/hex/short IPv4 spellings into the address.
-        assert!(matches!(refused("http://2130706433/"), Err(UrlRefused::Blocked(Refused { why: "loopback", .. }))));
-        assert!(matches!(refused("http://0x7f.1/"), Err(UrlRefused::Blocked(Refused { why: "loopback", .. }))));
-        assert!(matches!(refused("http://169.254.169.254/latest/meta-data"), Err(UrlRefused::Blocked(_))));
-        assert!(matches!(refused("file:///etc/passwd"), Err(UrlRefused::BadUrl(_))));
-        assert!(matches!(refused("ftp://example.com/"), Err(UrlRefused::BadUrl(_))));
+        assert!(matches!(
+            refused("http://2130706433/"),
+            Err(UrlRefused::Blocked(Refused {
+                why: "loopback",
+                ..
+            }))
+        ));
+        assert!(matches!(
+            refused("http://0x7f.1/"),
+            Err(UrlRefused::Blocked(Refused {
+                why: "loopback",
+                ..
+            }))
+        ));
+        assert!(matches!(
+            refused("http://169.254.169.254/latest/meta-data"),
+            Err(UrlRefused::Blocked(_))
+        ));
+        assert!(matches!(
+            refused("file:///etc/passwd"),
+            Err(UrlRefused::BadUrl(_))
+        ));
+        assert!(matches!(
+            refused("ftp://example.com/"),
+            Err(UrlRefused::BadUrl(_))
+        ));
         assert!(refused("https://example.com/feed").is_ok());
         assert!(refused("http://8.8.8.8/").is_ok());
         let url = Url::parse("http://127.0.0.1/").unwrap_or_else(|e| panic!("{e}"));
         assert!(check_url(&url, &Guard::new(true)).is_ok());
-        let exempt = Guard { allow_private: false, exempt: Some(IpAddr::from([127, 0, 0, 1])) };
+        let exempt = Guard {
+            allow_private: false,
+            exempt: Some(IpAddr::from([127, 0, 0, 1])),
+        };
         assert!(check_url(&url, &exempt).is_ok());
         let other = Url::parse("http://127.0.0.2/").unwrap_or_else(|e| panic!("{e}"));
         assert!(check_url(&other, &exempt).is_err());
@@ -444,22 +538,60 @@ mod tests {
         match r.resolve_host("rebind.test".into()).await {
             Err(ResolveError::Blocked(Refused { why, addr })) => {
                 assert_eq!(why, "loopback");
-                assert!(addr.contains("rebind.test") && addr.contains("127.0.0.1"), "{addr}");
+                assert!(
+                    addr.contains("rebind.test") && addr.contains("127.0.0.1"),
+                    "{addr}"
+                );
             }
             other => panic!("expected blocked, got {other:?}"),
         }
-        assert!(matches!(r.resolve_host("metadata.test".into()).await, Err(ResolveError::Blocked(Refused { why: "link-local", .. }))));
-        let mixed = r.resolve_host("mixed.test".into()).await.map_err(|e| e.to_string());
-        assert_eq!(mixed, Ok(vec![ip("93.184.216.34")]), "private answers are filtered out");
-        assert_eq!(r.resolve_host("public.test".into()).await.map_err(|e| e.to_string()), Ok(vec![ip("93.184.216.34")]));
-        assert!(matches!(r.resolve_host("nowhere.test".into()).await, Err(ResolveError::Lookup(LookupFailed { .. }))));
-        assert!(matches!(r.resolve_host("empty.test".into()).await, Err(ResolveError::Lookup(LookupFailed { .. }))));
+        assert!(matches!(
+            r.resolve_host("metadata.test".into()).await,
+            Err(ResolveError::Blocked(Refused {
+                why: "link-local",
+                ..
+            }))
+        ));
+        let mixed = r
+            .resolve_host("mixed.test".into())
+            .await
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            mixed,
+            Ok(vec![ip("93.184.216.34")]),
+            "private answers are filtered out"
+        );
+        assert_eq!(
+            r.resolve_host("public.test".into())
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(vec![ip("93.184.216.34")])
+        );
+        assert!(matches!(
+            r.resolve_host("nowhere.test".into()).await,
+            Err(ResolveError::Lookup(LookupFailed { .. }))
+        ));
+        assert!(matches!(
+            r.resolve_host("empty.test".into()).await,
+            Err(ResolveError::Lookup(LookupFailed { .. }))
+        ));
     }
 
     #[tokio::test]
     async fn resolver_allows_everything_when_private_networks_allowed() {
         let r = GuardedResolver::new(fake(), Guard::new(true));
-        assert_eq!(r.resolve_host("rebind.test".into()).await.map_err(|e| e.to_string()), Ok(vec![ip("127.0.0.1")]));
-        assert_eq!(r.resolve_host("mixed.test".into()).await.map_err(|e| e.to_string()).map(|v| v.len()), Ok(2));
+        assert_eq!(
+            r.resolve_host("rebind.test".into())
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(vec![ip("127.0.0.1")])
+        );
+        assert_eq!(
+            r.resolve_host("mixed.test".into())
+                .await
+                .map_err(|e| e.to_string())
+                .map(|v| v.len()),
+            Ok(2)
+        );
     }
 }
