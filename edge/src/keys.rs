@@ -78,6 +78,8 @@ pub const MAX_MAX_FILTERS: usize = 1000;
 pub const MAX_MAX_STREAMS: usize = 10_000;
 /// Largest accepted `--rate` (per second).
 pub const MAX_RATE: f64 = 100_000.0;
+/// Smallest accepted `--rate` (per second): one request per 1000 s.
+pub const MIN_RATE: f64 = 0.001;
 
 /// The `meta` row bumped on every key change.
 const GENERATION_KEY: &str = "api_keys_generation";
@@ -117,7 +119,7 @@ pub enum KeyError {
     #[error("a key needs at least one scope (valid scopes: stream:read, admin)")]
     NoScopes,
     /// A rate that is not a positive number of requests per second.
-    #[error("invalid rate `{0}`: expected requests per second such as `10/s` or `10` (or per minute: `30/m`), above 0 and at most 100000/s")]
+    #[error("invalid rate `{0}`: expected requests per second such as `10/s` or `10` (or per minute: `30/m`), between 0.001/s and 100000/s")]
     InvalidRate(String),
     /// A limit outside its range.
     #[error("invalid {field} {value}: must be between {min} and {max}")]
@@ -263,7 +265,7 @@ pub fn parse_rate(s: &str) -> Result<f64, KeyError> {
 }
 
 fn validate_rate(rate: f64) -> Result<(), KeyError> {
-    if rate.is_finite() && rate > 0.0 && rate <= MAX_RATE {
+    if (MIN_RATE..=MAX_RATE).contains(&rate) {
         Ok(())
     } else {
         Err(KeyError::InvalidRate(rate.to_string()))
@@ -1069,7 +1071,9 @@ mod tests {
         assert_eq!(parse_rate("10").expect("ok"), 10.0);
         assert_eq!(parse_rate("2.5/s").expect("ok"), 2.5);
         assert_eq!(parse_rate("30/m").expect("ok"), 0.5);
-        for bad in ["", "0", "-1/s", "ten", "10/h", "NaN", "inf", "1e9", "10/"] {
+        for bad in [
+            "", "0", "-1/s", "ten", "10/h", "NaN", "inf", "1e9", "10/", "0.0001",
+        ] {
             assert!(
                 matches!(parse_rate(bad), Err(KeyError::InvalidRate(_))),
                 "{bad} accepted"
