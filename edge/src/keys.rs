@@ -487,19 +487,20 @@ impl KeyStore {
                 let res = tokio::task::spawn_blocking(move || {
                     let c = match c {
                         Some(c) => c,
-                        None => livestrom_engine::store::open_connection(&path)
-                            .map_err(|e| (None, e.to_string()))?,
+                        None => match livestrom_engine::store::open_connection(&path) {
+                            Ok(c) => c,
+                            Err(e) => return (None, pending, Err(e.to_string())),
+                        },
                     };
-                    match write_last_used(&c, &pending) {
-                        Ok(()) => Ok(c),
-                        Err(e) => Err((Some(c), e.to_string())),
-                    }
+                    let out = write_last_used(&c, &pending).map_err(|e| e.to_string());
+                    (Some(c), pending, out)
                 })
                 .await;
                 match res {
-                    Ok(Ok(c)) => conn = Some(c),
-                    Ok(Err((c, e))) => {
+                    Ok((c, _, Ok(()))) => conn = c,
+                    Ok((c, pending, Err(e))) => {
                         conn = c;
+                        self.shared.restore_pending(pending);
                         tracing::debug!(error = %e, "cannot record api key last use; will retry");
                     }
                     Err(e) => tracing::warn!(error = %e, "api key usage task failed"),
@@ -660,6 +661,15 @@ impl Shared {
         if due {
             usage.recorded.insert(id, now);
             usage.pending.insert(id, now_rfc3339());
+        }
+    }
+
+    /// Puts back uses that could not be written; newer uses win.
+    fn restore_pending(&self, pending: HashMap<i64, String>) {
+        if let Ok(mut u) = self.usage.lock() {
+            for (id, at) in pending {
+                u.pending.entry(id).or_insert(at);
+            }
         }
     }
 
