@@ -78,6 +78,8 @@ pub const MAX_MAX_FILTERS: usize = 1000;
 pub const MAX_MAX_STREAMS: usize = 10_000;
 /// Largest accepted `--rate` (per second).
 pub const MAX_RATE: f64 = 100_000.0;
+/// Smallest accepted `--rate` (per second): one request per 1000 s.
+pub const MIN_RATE: f64 = 0.001;
 
 /// The `meta` row bumped on every key change.
 const GENERATION_KEY: &str = "api_keys_generation";
@@ -117,7 +119,7 @@ pub enum KeyError {
     #[error("a key needs at least one scope (valid scopes: stream:read, admin)")]
     NoScopes,
     /// A rate that is not a positive number of requests per second.
-    #[error("invalid rate `{0}`: expected requests per second such as `10/s` or `10` (or per minute: `30/m`), above 0 and at most 100000/s")]
+    #[error("invalid rate `{0}`: expected requests per second such as `10/s` or `10` (or per minute: `30/m`), between 0.001/s and 100000/s")]
     InvalidRate(String),
     /// A limit outside its range.
     #[error("invalid {field} {value}: must be between {min} and {max}")]
@@ -263,7 +265,7 @@ pub fn parse_rate(s: &str) -> Result<f64, KeyError> {
 }
 
 fn validate_rate(rate: f64) -> Result<(), KeyError> {
-    if rate.is_finite() && rate > 0.0 && rate <= MAX_RATE {
+    if (MIN_RATE..=MAX_RATE).contains(&rate) {
         Ok(())
     } else {
         Err(KeyError::InvalidRate(rate.to_string()))
@@ -485,19 +487,20 @@ impl KeyStore {
                 let res = tokio::task::spawn_blocking(move || {
                     let c = match c {
                         Some(c) => c,
-                        None => livestrom_engine::store::open_connection(&path)
-                            .map_err(|e| (None, e.to_string()))?,
+                        None => match livestrom_engine::store::open_connection(&path) {
+                            Ok(c) => c,
+                            Err(e) => return (None, pending, Err(e.to_string())),
+                        },
                     };
-                    match write_last_used(&c, &pending) {
-                        Ok(()) => Ok(c),
-                        Err(e) => Err((Some(c), e.to_string())),
-                    }
+                    let out = write_last_used(&c, &pending).map_err(|e| e.to_string());
+                    (Some(c), pending, out)
                 })
                 .await;
                 match res {
-                    Ok(Ok(c)) => conn = Some(c),
-                    Ok(Err((c, e))) => {
+                    Ok((c, _, Ok(()))) => conn = c,
+                    Ok((c, pending, Err(e))) => {
                         conn = c;
+                        self.shared.restore_pending(pending);
                         tracing::debug!(error = %e, "cannot record api key last use; will retry");
                     }
                     Err(e) => tracing::warn!(error = %e, "api key usage task failed"),
@@ -658,6 +661,15 @@ impl Shared {
         if due {
             usage.recorded.insert(id, now);
             usage.pending.insert(id, now_rfc3339());
+        }
+    }
+
+    /// Puts back uses that could not be written; newer uses win.
+    fn restore_pending(&self, pending: HashMap<i64, String>) {
+        if let Ok(mut u) = self.usage.lock() {
+            for (id, at) in pending {
+                u.pending.entry(id).or_insert(at);
+            }
         }
     }
 
@@ -1069,7 +1081,9 @@ mod tests {
         assert_eq!(parse_rate("10").expect("ok"), 10.0);
         assert_eq!(parse_rate("2.5/s").expect("ok"), 2.5);
         assert_eq!(parse_rate("30/m").expect("ok"), 0.5);
-        for bad in ["", "0", "-1/s", "ten", "10/h", "NaN", "inf", "1e9", "10/"] {
+        for bad in [
+            "", "0", "-1/s", "ten", "10/h", "NaN", "inf", "1e9", "10/", "0.0001",
+        ] {
             assert!(
                 matches!(parse_rate(bad), Err(KeyError::InvalidRate(_))),
                 "{bad} accepted"

@@ -223,7 +223,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// fall back to the default instead of panicking on a nonsensical value.
 fn sane_rate(rate: f64) -> f64 {
     if rate.is_finite() && rate > 0.0 {
-        rate.min(crate::keys::MAX_RATE)
+        rate.clamp(crate::keys::MIN_RATE, crate::keys::MAX_RATE)
     } else {
         crate::keys::DEFAULT_RATE
     }
