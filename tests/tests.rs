@@ -11,4 +11,5 @@ mod html;
 mod ingest;
 mod stream;
 mod auth;
+mod cli;
 mod replay;

@@ -1,0 +1,223 @@
+//! Integration tests through the real `livestrom` binary: `run` with a
+//! config, `apikey create` while it runs, an SSE client, SIGTERM / kill -9,
+//! restart, and resume with `Last-Event-ID`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use livestrom::replay::{ReplayServer, Scenario, Step};
+
+const BIN: &str = env!("CARGO_BIN_EXE_livestrom");
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A `livestrom run` child process and the address it listens on.
+struct Running {
+    child: Child,
+    addr: String,
+}
+
+impl Running {
+    /// Starts `livestrom run` and waits for its "listening on" line.
+    fn start(config: &Path) -> Running {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("LIVESTROM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+                // Keep draining so the child never blocks on a full pipe.
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).unwrap_or_else(|e| panic!("livestrom run never said where it listens: {e}"));
+        Running { child, addr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        assert!(matches!(status, Ok(s) if s.success()), "kill -{sig} failed: {status:?}");
+    }
+
+    /// Waits for the process to exit; returns whether it exited successfully.
+    fn wait(mut self) -> bool {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                other => panic!("livestrom run did not exit: {other:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, feed_url: &str) -> (PathBuf, PathBuf) {
+    let db = dir.join("live.db");
+    let config = dir.join("sources.toml");
+    let text = format!(
+        "[engine]\ndatabase = {db:?}\nretention = \"1d\"\n[edge]\nkeepalive = \"1s\"\n\
+         [fetch]\nallow_private_networks = true\nper_host_rps = 100\n\
+         [[source]]\nid = \"news.grow\"\ntype = \"rss\"\nurl = \"{feed_url}\"\ninterval = \"1s\"\n"
+    );
+    std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+    (config, db)
+}
+
+/// A feed that gains one item on every request: item N is `story-N`.
+fn growing_feed() -> ReplayServer {
+    let scenario = Scenario::new("growing").dynamic("/feed.xml", |req| {
+        let n = req.hit;
+        let mut body = String::from("<?xml version=\"1.0\"?><rss version=\"2.0\"><channel><title>grow</title><link>https://example.org/</link><description>d</description>");
+        for i in (1..=n).rev() {
+            body.push_str(&format!(
+                "<item><guid>story-{i}</guid><title>Story {i}</title><link>https://example.org/{i}</link><description>Body {i}</description></item>"
+            ));
+        }
+        body.push_str("</channel></rss>");
+        Step::ok(body).content_type("application/rss+xml").into()
+    });
+    ReplayServer::start(scenario).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn create_key(config: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["apikey", "create", "--name", "tester", "--scopes", "stream:read", "--config"])
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "apikey create failed: {}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(key.starts_with("lstr_") && key.len() == 49, "unexpected key {key:?}");
+    key
+}
+
+/// Reads `n` events (id, title) from the stream, optionally resuming.
+async fn read_events(addr: &str, key: &str, last_event_id: Option<&str>, n: usize) -> Vec<(String, String)> {
+    let client = reqwest::Client::new();
+    let mut req = client.get(format!("http://{addr}/v1/stream")).header("Authorization", format!("Bearer {key}"));
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id);
+    }
+    let res = req.send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    let fut = async {
+        while let Some(ev) = stream.next().await {
+            let ev = ev.unwrap_or_else(|e| panic!("{e}"));
+            if ev.data.is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(v["id"].as_str(), Some(ev.id.as_str()), "frame id and event id differ");
+            out.push((ev.id.clone(), v["title"].as_str().unwrap_or_default().to_owned()));
+            if out.len() == n {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("only {} of {n} events arrived", out.len()));
+    out
+}
+
+fn story_number(title: &str) -> u32 {
+    title.trim_start_matches("Story ").parse().unwrap_or_else(|e| panic!("{title}: {e}"))
+}
+
+#[tokio::test]
+async fn run_streams_survives_sigterm_and_kill_9_and_resumes_without_gaps() {
+    let upstream = growing_feed();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, _db) = write_config(dir.path(), &upstream.url("/feed.xml"));
+    let key = create_key(&config);
+
+    let run = Running::start(&config);
+    let first = read_events(&run.addr, &key, None, 3).await;
+    run.signal("TERM");
+    assert!(run.wait(), "livestrom run did not exit cleanly on SIGTERM");
+
+    // Restart and resume after the last event seen: the next stories, in order.
+    let run = Running::start(&config);
+    let last = first.last().map(|e| e.0.clone()).unwrap_or_default();
+    let second = read_events(&run.addr, &key, Some(&last), 3).await;
+    run.signal("KILL");
+    let _ = run.wait();
+
+    // kill -9 mid-work: the database is intact and a resume still has no gap.
+    let run = Running::start(&config);
+    let last2 = second.last().map(|e| e.0.clone()).unwrap_or_default();
+    let third = read_events(&run.addr, &key, Some(&last2), 2).await;
+    drop(run);
+
+    let all: Vec<&(String, String)> = first.iter().chain(&second).chain(&third).collect();
+    let numbers: Vec<u32> = all.iter().map(|e| story_number(&e.1)).collect();
+    for w in all.windows(2) {
+        assert!(w[0].0 < w[1].0, "ids not increasing across restarts: {w:?}");
+    }
+    for w in numbers.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "gap or duplicate across restarts: {numbers:?}");
+    }
+}
+
+#[test]
+fn sources_check_reports_every_problem_with_its_line_and_fails() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("sources.toml");
+    std::fs::write(
+        &path,
+        "[[source]]\nid = \"ok\"\ntype = \"rss\"\nurl = \"https://example.org/feed\"\n\n[[source]]\nid = \"ok\"\ntype = \"rss\"\nurl = \"ftp://example.org/\"\ninterval = \"soon\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN).args(["sources", "check", "--config"]).arg(&path).output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sources.toml:7: source[1].id: duplicate id"), "{err}");
+    assert!(err.contains("sources.toml:9: source[1].url"), "{err}");
+    assert!(err.contains("sources.toml:10: source[1].interval"), "{err}");
+    assert!(err.contains("3 problems"), "{err}");
+
+    std::fs::write(&path, "[[source]]\nid = \"ok\"\ntype = \"rss\"\nurl = \"https://example.org/feed\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN).args(["sources", "check", "--config"]).arg(&path).output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_second_run_on_the_same_database_is_refused_clearly() {
+    let upstream = growing_feed();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, _db) = write_config(dir.path(), &upstream.url("/feed.xml"));
+    let _run = Running::start(&config);
+    let out = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already in use by another `livestrom run`"), "{err}");
+}
