@@ -16,21 +16,44 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 fn repo_sources_toml_is_valid() -> TestResult {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sources.toml");
     let c = Config::load(&path)?;
-    assert_eq!(c.engine.database, Path::new(env!("CARGO_MANIFEST_DIR")).join("livestrom.db"));
+    assert_eq!(
+        c.engine.database,
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("livestrom.db")
+    );
     assert_eq!(c.engine.retention, Duration::from_secs(7 * 86_400));
     assert_eq!(c.edge.listen.to_string(), "127.0.0.1:8080");
-    assert!((8..=14).contains(&c.sources.len()), "about ten sources, got {}", c.sources.len());
-    for id in ["news.svt", "news.bbc.world", "tech.hn", "wiki.recentchanges", "wiki.stream"] {
+    assert!(
+        (8..=14).contains(&c.sources.len()),
+        "about ten sources, got {}",
+        c.sources.len()
+    );
+    for id in [
+        "news.svt",
+        "news.bbc.world",
+        "tech.hn",
+        "wiki.recentchanges",
+        "wiki.stream",
+    ] {
         assert!(c.source(id).is_some(), "missing {id}");
     }
     for t in SourceType::ALL {
-        assert!(c.sources.iter().any(|s| s.source_type == t), "no {t} source in the example");
+        assert!(
+            c.sources.iter().any(|s| s.source_type == t),
+            "no {t} source in the example"
+        );
     }
     let stream = c.source("wiki.stream").ok_or("wiki.stream")?;
-    let SourceKind::Firehose(f) = &stream.kind else { return Err("wiki.stream is not a firehose".into()) };
+    let SourceKind::Firehose(f) = &stream.kind else {
+        return Err("wiki.stream is not a firehose".into());
+    };
     assert_eq!(f.format, FirehoseFormat::Sse);
     assert_eq!(f.fields.id.as_deref(), Some("/meta/id"));
-    assert!(c.sources.iter().any(|s| matches!(s.cadence, Cadence::Cron(_))), "shows a schedule");
+    assert!(
+        c.sources
+            .iter()
+            .any(|s| matches!(s.cadence, Cadence::Cron(_))),
+        "shows a schedule"
+    );
     Ok(())
 }
 
@@ -90,8 +113,18 @@ fields = { id = "/id", title = "/title", url = "/link", content = "/summary" }  
 fn spec_example_is_valid() -> TestResult {
     let c = Config::from_toml(Path::new("sources.toml"), SPEC_EXAMPLE)?;
     let ids: Vec<&str> = c.sources.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, ["svt-nyheter", "kommun.stockholm.press", "wiki.recentchanges"]);
-    assert_eq!(c.fetch.user_agent, "livestrom/<version> (+https://<your-host>)");
+    assert_eq!(
+        ids,
+        [
+            "svt-nyheter",
+            "kommun.stockholm.press",
+            "wiki.recentchanges"
+        ]
+    );
+    assert_eq!(
+        c.fetch.user_agent,
+        "livestrom/<version> (+https://<your-host>)"
+    );
     Ok(())
 }
 
@@ -125,7 +158,11 @@ fn missing_file_is_an_io_error_naming_it() {
     let err = Config::load(Path::new("/nonexistent/livestrom/sources.toml"));
     match err {
         Err(e @ ConfigError::Io { .. }) => {
-            assert!(e.to_string().starts_with("cannot read /nonexistent/livestrom/sources.toml: "), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("cannot read /nonexistent/livestrom/sources.toml: "),
+                "{e}"
+            );
         }
         other => panic!("expected an IO error, got {other:?}"),
     }
@@ -167,13 +204,29 @@ async fn edited_file_is_reloaded_and_an_invalid_edit_reported() -> TestResult {
     std::fs::write(&path, format!("{}{}", source("a"), source("b")))?;
     let next = recv_until(&mut rx, |r| matches!(r, Ok(c) if c.sources.len() == 2)).await??;
     let d = config::diff(&running, &next);
-    assert_eq!(d.added.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(
+        d.added.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
     assert!(d.removed.is_empty() && d.changed.is_empty());
 
-    std::fs::write(&path, format!("{}{}", source("a"), source("b").replace("\"rss\"", "\"podcast\"")))?;
+    std::fs::write(
+        &path,
+        format!(
+            "{}{}",
+            source("a"),
+            source("b").replace("\"rss\"", "\"podcast\"")
+        ),
+    )?;
     let bad = recv_until(&mut rx, Result::is_err).await?;
-    let Err(err) = bad else { return Err("expected an invalid config".into()) };
-    assert!(err.to_string().contains("sources.toml:8: source[1].type: unknown type `podcast`"), "{err}");
+    let Err(err) = bad else {
+        return Err("expected an invalid config".into());
+    };
+    assert!(
+        err.to_string()
+            .contains("sources.toml:8: source[1].type: unknown type `podcast`"),
+        "{err}"
+    );
 
     cancel.cancel();
     Ok(())
