@@ -424,6 +424,14 @@ impl<'t, 'i> Table<'t, 'i> {
         let v = self.take(key)?;
         match v.get_ref() {
             DeValue::String(s) => Some(Spanned::new(v.span(), s.to_string())),
+            DeValue::Integer(n) if expected == DURATION => {
+                issues.push(
+                    Some(v.span()),
+                    self.field(key),
+                    format!("expected a duration string like \"{n}s\" or \"{n}m\", found an integer {n}"),
+                );
+                None
+            }
             _ => {
                 self.mismatch(issues, key, v, &format!("a string ({expected})"));
                 None

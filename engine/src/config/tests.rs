@@ -396,14 +396,7 @@ headers = { X-Count = 3 }
         text,
         "engine.retention",
         "retention = 7",
-        "expected a string (a duration like",
-    );
-    assert_issue(
-        &all,
-        text,
-        "engine.retention",
-        "retention = 7",
-        "found an integer 7",
+        "expected a duration string like \"7s\" or \"7m\", found an integer 7",
     );
     assert_issue(
         &all,

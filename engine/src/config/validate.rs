@@ -904,7 +904,7 @@ fn short_duration(d: Duration) -> String {
         ("m", 60_000),
         ("s", 1000),
     ] {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && (ms / size) * size == ms {
             return format!("{}{unit}", ms / size);
         }
     }
