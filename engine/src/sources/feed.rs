@@ -79,12 +79,19 @@ pub fn parse_at(body: &[u8], content_type: Option<&str>, base: &Url, now: DateTi
         .build();
     // feed-rs is third-party code on hostile input: a panic inside it must
     // cost one poll, not the polling task.
-    let feed = catch_unwind(AssertUnwindSafe(|| parser.parse(doc.as_bytes())))
-        .map_err(|_| FeedError::Invalid("the feed parser panicked on this document".into()))?
-        .map_err(|e| describe(e, &doc))?;
+    let feed = match catch_unwind(AssertUnwindSafe(|| parser.parse(doc.as_bytes()))) {
+        Err(_) => return Err(FeedError::Invalid("the feed parser panicked on this document".into())),
+        Ok(Ok(feed)) => feed,
+        // An <rss>/<rdf:RDF> root without a <channel>: a feed with no items.
+        Ok(Err(ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot)))
+            if matches!(root_name(&doc).as_deref(), Some("rss" | "rdf")) && closes_root(&doc) =>
+        {
+            return Ok(Parsed::default());
+        }
+        Ok(Err(e)) => return Err(describe(e, &doc)),
+    };
 
     let about = if feed.feed_type == FeedType::RSS1 { rdf_about_ids(&doc, feed.entries.len()) } else { None };
-    let is_rss = matches!(feed.feed_type, FeedType::RSS0 | FeedType::RSS1 | FeedType::RSS2);
     let ttl = feed.ttl.filter(|m| *m > 0).map(|m| Duration::from_secs(u64::from(m) * 60)).or_else(|| sy_update_period(&doc));
     let items = feed
         .entries
@@ -92,17 +99,17 @@ pub fn parse_at(body: &[u8], content_type: Option<&str>, base: &Url, now: DateTi
         .enumerate()
         .map(|(i, e)| {
             let about = about.as_ref().and_then(|a| a.get(i).cloned().flatten());
-            item(e, about, is_rss, base, now)
+            item(e, about, base, now)
         })
         .collect();
     Ok(Parsed { items, ttl })
 }
 
-fn item(e: Entry, about: Option<String>, is_rss: bool, base: &Url, now: DateTime<Utc>) -> Item {
+fn item(e: Entry, about: Option<String>, base: &Url, now: DateTime<Utc>) -> Item {
     let guid = Some(e.id.trim()).filter(|s| !s.is_empty()).map(str::to_owned).or(about);
     let url = pick_link(&e.links)
         .and_then(|href| resolve(href, base))
-        .or_else(|| guid.as_deref().filter(|_| is_rss).and_then(permalink_guid));
+        .or_else(|| guid.as_deref().and_then(permalink_guid));
     let title = e.title.as_ref().map(|t| text::one_line(&t.content)).unwrap_or_default();
     let content = e
         .content
@@ -123,19 +130,21 @@ fn text_block(t: &Text) -> String {
     text::block(&t.content, t.content_type.subty().as_str().contains("html"))
 }
 
-/// The item's own page: an alternate (or rel-less) link, preferring HTML,
-/// else any link that is not self/enclosure/related plumbing.
+/// The item's own page: an alternate (or rel-less) link, else any link that
+/// is not feed plumbing; either way a page (no media type, or an HTML one),
+/// never an attachment such as an image or a zip.
 fn pick_link(links: &[Link]) -> Option<&str> {
+    let page = |l: &&Link| l.media_type.as_deref().is_none_or(|m| m.contains("html")) && !l.href.trim().is_empty();
     let alternate = |l: &&Link| matches!(l.rel.as_deref(), None | Some("alternate"));
-    let htmlish = |l: &&Link| l.media_type.as_deref().is_none_or(|m| m.contains("html"));
+    let plumbing = |l: &&Link| {
+        matches!(l.rel.as_deref(), Some("self" | "enclosure" | "replies" | "edit" | "hub" | "license" | "via" | "payment"))
+    };
     links
         .iter()
-        .filter(alternate)
-        .find(htmlish)
-        .or_else(|| links.iter().find(alternate))
-        .or_else(|| links.iter().find(|l| !matches!(l.rel.as_deref(), Some("self" | "enclosure" | "replies" | "edit" | "hub"))))
+        .filter(page)
+        .find(alternate)
+        .or_else(|| links.iter().filter(page).find(|l| !plumbing(l)))
         .map(|l| l.href.trim())
-        .filter(|h| !h.is_empty())
 }
 
 fn resolve(href: &str, base: &Url) -> Option<String> {
@@ -147,8 +156,9 @@ fn resolve(href: &str, base: &Url) -> Option<String> {
     Some(url.to_string())
 }
 
-/// An RSS guid that is an absolute http(s) URL doubles as the permalink when
-/// the item has no `<link>` (RSS 2.0 `isPermaLink` defaults to true).
+/// An id that is an absolute http(s) URL doubles as the permalink when the
+/// item has no link (RSS 2.0 `isPermaLink` defaults to true; Atom and JSON
+/// Feed ids that are http(s) URLs are, in practice, the entry's page).
 fn permalink_guid(guid: &str) -> Option<String> {
     Url::parse(guid).ok().filter(|u| matches!(u.scheme(), "http" | "https")).map(|u| u.to_string())
 }
@@ -237,6 +247,16 @@ fn check_depth(doc: &str) -> Result<(), FeedError> {
     Ok(())
 }
 
+/// True when the document ends with the closing tag of an `<rss>` or
+/// `<rdf:RDF>` root (so an empty feed is told apart from a truncated one).
+fn closes_root(doc: &str) -> bool {
+    let end = doc.trim_end();
+    let end = end.get(end.len().saturating_sub(16)..).unwrap_or(end);
+    let Some(close) = end.rfind("</") else { return false };
+    let name = end[close + 2..].trim_end_matches('>').trim();
+    matches!(name.rsplit(':').next(), Some("rss" | "RDF"))
+}
+
 /// A specific message for each way feed-rs fails.
 fn describe(e: ParseFeedError, doc: &str) -> FeedError {
     let msg = match e {
@@ -317,6 +337,8 @@ mod tests {
     fn rss_without_version_and_permalink_guid() {
         let p = parse_ok(r#"<rss><channel><item><guid>https://example.org/p/1</guid><title>x</title></item></channel></rss>"#);
         assert_eq!(p.items[0].url.as_deref(), Some("https://example.org/p/1"));
+        assert_eq!(parse_ok("<rss version=\"2.0\">\n</rss>\n"), Parsed::default());
+        assert!(parse_at(b"<rss version=\"2.0\">\n<chan", None, &base(), now()).is_err());
     }
 
     #[test]
@@ -361,6 +383,26 @@ mod tests {
         );
         assert_eq!(p.items[0].guid.as_deref(), Some("https://example.org/1?a=1&b=2"));
         assert_eq!(p.ttl, Some(Duration::from_secs(1800)));
+    }
+
+    #[test]
+    fn atom_03_and_attachments() {
+        let p = parse_ok(
+            r#"<feed version="0.3" xmlns="http://purl.org/atom/ns#"><entry><title type="text/html" mode="escaped">&#38;#38;</title>
+            <content type="text/html" mode="escaped">Example &lt;b&gt;Atom&lt;/b&gt;</content></entry></feed>"#,
+        );
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].content, "Example Atom");
+        let p = parse_ok(
+            r#"<feed version="0.3" xmlns="http://purl.org/atom/ns#"><entry><summary type="application/xhtml+xml"><div xmlns="http://www.w3.org/1999/xhtml">s</div></summary></entry></feed>"#,
+        );
+        assert_eq!(p.items[0].content, "s");
+        let p = parse_ok(r#"<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>1</id><title type="html"></title><summary type="text"/></entry></feed>"#);
+        assert_eq!(p.items.len(), 1);
+        let j = parse_ok(
+            r#"{"version":"https://jsonfeed.org/version/1.1","title":"j","items":[{"id":"2","content_text":"x","attachments":[{"url":"https://example.com/f.zip","mime_type":"application/zip"}]}]}"#,
+        );
+        assert_eq!(j.items[0].url, None);
     }
 
     #[test]
