@@ -1,1 +1,428 @@
-//! Integration tests: firehose.
+//! Integration tests: firehose. JSON documents from `fixtures/firehose/` and
+//! generated NDJSON / SSE upstreams are served on 127.0.0.1 (dropped
+//! connections, Last-Event-ID resume, malformed lines, bursts); the in-memory
+//! tests drive the decoder with `tokio::time::pause()` instead of sleeping.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{stream, Stream, StreamExt};
+use livestrom_engine::config::{FirehoseSettings, SourceKind};
+use livestrom_engine::sources::firehose::{
+    self, drive_stream, run_upstream_with, Backoff, Health, StreamDecoder, StreamEnd, UpstreamBatch, UpstreamOptions,
+};
+use livestrom_engine::sources::Item;
+use livestrom_engine::Config;
+use reqwest::Url;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound for "this should happen": never reached on a healthy run.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn fixture(rel: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/firehose").join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+fn settings(extra: &str) -> FirehoseSettings {
+    let toml = format!("[[source]]\nid = \"hose\"\ntype = \"firehose\"\nurl = \"https://example.org/api/recent.json\"\n{extra}\n");
+    let cfg = Config::from_toml(Path::new("sources.toml"), &toml).unwrap_or_else(|e| panic!("config: {e}"));
+    match &cfg.source("hose").expect("source").kind {
+        SourceKind::Firehose(f) => f.clone(),
+        other => panic!("not a firehose source: {other:?}"),
+    }
+}
+
+fn base() -> Url {
+    Url::parse("https://example.org/api/recent.json").expect("base url")
+}
+
+async fn listen(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// The byte stream of an upstream response.
+type Upstream = BoxStream<'static, Result<Bytes, reqwest::Error>>;
+
+/// Opens the upstream with reqwest directly (the engine's fetcher is not
+/// involved), sending `Last-Event-ID` when resuming.
+fn connector(url: String) -> impl FnMut(Option<String>) -> BoxFuture<'static, Result<Upstream, String>> {
+    let client = reqwest::Client::new();
+    move |cursor| {
+        let client = client.clone();
+        let url = url.clone();
+        Box::pin(async move {
+            let mut req = client.get(&url).header(header::ACCEPT, "text/event-stream");
+            if let Some(c) = cursor {
+                req = req.header("Last-Event-ID", c);
+            }
+            let resp = req.send().await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("HTTP {}", resp.status()));
+            }
+            Ok(resp.bytes_stream().boxed())
+        })
+    }
+}
+
+/// Receives batches until `n` items arrived.
+async fn collect(rx: &mut mpsc::Receiver<UpstreamBatch>, n: usize) -> Vec<UpstreamBatch> {
+    let mut batches = Vec::new();
+    let mut got = 0;
+    while got < n {
+        let batch = tokio::time::timeout(PATIENCE, rx.recv()).await.expect("items within the patience bound").expect("upstream task alive");
+        got += batch.items.len();
+        batches.push(batch);
+    }
+    batches
+}
+
+fn guids(batches: &[UpstreamBatch]) -> Vec<String> {
+    batches.iter().flat_map(|b| b.items.iter().map(|i| i.guid.clone().unwrap_or_default())).collect()
+}
+
+fn fast() -> UpstreamOptions {
+    UpstreamOptions { initial_backoff: Duration::from_millis(20), min_backoff: Duration::from_millis(10), ..UpstreamOptions::default() }
+}
+
+// ---------------------------------------------------------------- json
+
+#[tokio::test]
+async fn json_documents_map_fields_and_show_new_items_on_the_next_poll() {
+    let app = axum::Router::new()
+        .route("/api/recent-1.json", axum::routing::get(|| async { ([(header::CONTENT_TYPE, "application/json")], fixture("recent-1.json")) }))
+        .route("/api/recent-2.json", axum::routing::get(|| async { ([(header::CONTENT_TYPE, "application/json")], fixture("recent-2.json")) }));
+    let server = listen(app).await;
+    let s = settings("format = \"json\"\nitems = \"/items\"\nfields = { id = \"/id\", title = \"/title\", url = \"/link\", content = \"/summary\" }");
+
+    let url1 = Url::parse(&format!("{server}/api/recent-1.json")).expect("url");
+    let body = reqwest::get(url1.clone()).await.expect("GET").bytes().await.expect("body");
+    let doc = firehose::parse_json_document(&body, &s, &url1).expect("maps");
+    let item = |guid: &str, url: Option<String>, title: &str, content: &str| Item {
+        guid: (!guid.is_empty()).then(|| guid.to_owned()),
+        url,
+        title: title.to_owned(),
+        content: content.to_owned(),
+        ..Item::default()
+    };
+    assert_eq!(
+        doc.parsed.items,
+        vec![
+            item("1001", Some(format!("{server}/wiki/Stockholm?diff=1001")), "Edit: Stockholm", "+12 bytes"),
+            item("rc-1002", Some("https://example.org/wiki/G%C3%B6teborg".to_owned()), "Edit: Göteborg", r#"{"added":40,"removed":2}"#),
+            item("1003", None, "42", ""),
+            item("", Some(format!("{server}/talk/Malm%C3%B6")), "No id, relative link", ""),
+            item("1004", None, "", "true"),
+        ]
+    );
+    assert_eq!(doc.skipped, 3, "a string, an array and an object with none of the fields");
+    assert_eq!(firehose::parse_json(&body, &s, &url1).expect("maps"), doc.parsed);
+
+    let url2 = Url::parse(&format!("{server}/api/recent-2.json")).expect("url");
+    let body2 = reqwest::get(url2.clone()).await.expect("GET").bytes().await.expect("body");
+    let second = firehose::parse_json(&body2, &s, &url2).expect("maps");
+    let seen: Vec<_> = doc.parsed.items.iter().filter_map(|i| i.guid.clone()).collect();
+    let new: Vec<_> = second.items.iter().filter_map(|i| i.guid.clone()).filter(|g| !seen.contains(g)).collect();
+    assert_eq!(new, vec!["1006".to_owned(), "1005".to_owned()]);
+    let old_again = second.items.iter().find(|i| i.guid.as_deref() == Some("rc-1002")).expect("old item still listed");
+    assert_eq!(Some(old_again), doc.parsed.items.iter().find(|i| i.guid.as_deref() == Some("rc-1002")), "an old item maps identically");
+}
+
+#[test]
+fn json_root_array_default_fields_and_bad_documents() {
+    let s = settings("format = \"json\"");
+    let parsed = firehose::parse_json(&fixture("root-array.json"), &s, &base()).expect("root array");
+    assert_eq!(parsed.items.iter().map(|i| (i.guid.as_deref(), i.title.as_str(), i.content.as_str())).collect::<Vec<_>>(), vec![(Some("a"), "First", "one"), (Some("b"), "Second", "two")]);
+
+    let err = firehose::parse_json(&fixture("recent-1.json"), &s, &base()).expect_err("root is an object");
+    assert!(matches!(err, firehose::FirehoseError::NoItems(_)), "{err}");
+    let err = firehose::parse_json(b"{\"items\": [", &settings("items = \"/items\""), &base()).expect_err("truncated");
+    assert!(matches!(err, firehose::FirehoseError::Json(_)), "{err}");
+    let err = firehose::parse_json(b"{\"items\": {\"a\": 1}}", &settings("items = \"/items\""), &base()).expect_err("not an array");
+    assert!(err.to_string().contains("/items"), "{err}");
+    for hostile in [&b""[..], b"\xff\xfe", b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["] {
+        assert!(firehose::parse_json(hostile, &s, &base()).is_err());
+    }
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(firehose::parse_json(deep.as_bytes(), &s, &base()).is_err(), "serde_json's recursion limit refuses it");
+}
+
+// ---------------------------------------------------------------- ndjson
+
+#[tokio::test]
+async fn ndjson_upstream_handles_split_blank_malformed_and_oversized_lines() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let handler = |State(n): State<Arc<AtomicUsize>>| async move {
+        if n.fetch_add(1, Ordering::SeqCst) > 0 {
+            // Later connections stay open and quiet.
+            return Body::from_stream(stream::pending::<Result<Bytes, Infallible>>()).into_response();
+        }
+        let long = format!("{{\"id\": 99, \"title\": \"{}\"}}\n", "x".repeat(3000));
+        let chunks: Vec<Result<Bytes, Infallible>> = vec![
+            Ok(Bytes::from_static(b"\xEF\xBB\xBF{\"id\":1,\"title\":\"a\"}\n{\"id\":2,")),
+            Ok(Bytes::from_static(b"\"title\":\"b\"}\r\n\n   \n")),
+            Ok(Bytes::from_static(b"not json\n")),
+            Ok(Bytes::from(long[..1000].to_owned())),
+            Ok(Bytes::from(long[1000..].to_owned())),
+            Ok(Bytes::from_static(b"[1, 2]\n{\"id\":3,\"title\":\"c\",\"url\":\"/items/3\"}")),
+        ];
+        Body::from_stream(stream::iter(chunks)).into_response()
+    };
+    let server = listen(axum::Router::new().route("/stream", axum::routing::get(handler)).with_state(connections.clone())).await;
+    let (tx, mut rx) = mpsc::channel(8);
+    let (htx, mut hrx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let opts = UpstreamOptions { max_line: 1024, ..fast() };
+    let task = tokio::spawn(run_upstream_with(settings("format = \"ndjson\""), base(), None, connector(format!("{server}/stream")), tx, htx, cancel.clone(), opts));
+
+    let batches = collect(&mut rx, 3).await;
+    assert_eq!(guids(&batches), vec!["1", "2", "3"]);
+    let last = batches.last().and_then(|b| b.items.last()).expect("an item");
+    assert_eq!(last.url.as_deref(), Some("https://example.org/items/3"));
+    assert!(batches.iter().all(|b| b.cursor.is_none()), "ndjson has no cursor");
+
+    let mut reports = Vec::new();
+    while let Ok(r) = hrx.try_recv() {
+        reports.push(r);
+    }
+    assert!(reports.iter().any(|r| matches!(r, Err(e) if e.contains("malformed"))), "{reports:?}");
+    cancel.cancel();
+    tokio::time::timeout(PATIENCE, task).await.expect("stops when cancelled").expect("no panic");
+}
+
+#[tokio::test]
+async fn a_burst_of_ten_thousand_items_arrives_batched() {
+    const N: usize = 10_000;
+    let handler = || async {
+        let lines: Vec<String> = (0..N).map(|i| format!("{{\"id\":{i},\"title\":\"item {i}\"}}\n")).collect();
+        let chunks: Vec<Result<Bytes, Infallible>> = lines.chunks(500).map(|c| Ok(Bytes::from(c.concat()))).collect();
+        Body::from_stream(stream::iter(chunks).chain(stream::pending())).into_response()
+    };
+    let server = listen(axum::Router::new().route("/burst", axum::routing::get(handler))).await;
+    let (tx, mut rx) = mpsc::channel(2);
+    let (htx, _hrx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run_upstream_with(settings("format = \"ndjson\""), base(), None, connector(format!("{server}/burst")), tx, htx, cancel.clone(), fast()));
+    let batches = collect(&mut rx, N).await;
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(guids(&batches), want, "every item once, in order");
+    assert!(batches.iter().all(|b| b.items.len() <= 1000), "no batch over the cap");
+    assert!(batches.len() <= N / 10, "{} batches for {N} items: not batched", batches.len());
+    cancel.cancel();
+    tokio::time::timeout(PATIENCE, task).await.expect("stops when cancelled").expect("no panic");
+}
+
+// ---------------------------------------------------------------- sse
+
+/// An SSE upstream of events 1..=50 that drops the first connection in the
+/// middle of event 21 and resumes later connections after `Last-Event-ID`.
+#[derive(Clone, Default)]
+struct SseUpstream {
+    seen: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+const LAST: u32 = 50;
+
+fn sse_event(n: u32) -> String {
+    format!("id: {n}\nevent: change\ndata: {{\"id\": {n},\ndata:  \"title\": \"event {n}\"}}\n\n")
+}
+
+async fn sse_handler(State(up): State<SseUpstream>, headers: HeaderMap) -> impl IntoResponse {
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let first_connection = {
+        let mut seen = up.seen.lock().expect("seen");
+        seen.push(last.clone());
+        seen.len() == 1
+    };
+    let from = last.as_deref().and_then(|l| l.parse::<u32>().ok()).unwrap_or(0) + 1;
+    let body = if first_connection {
+        let mut text = String::from("\u{FEFF}: hello\r\nretry: 10\r\n\r\n");
+        text.extend((from..=20).map(sse_event));
+        text.push_str("id: 21\ndata: {\"id\": 21,");
+        // Split the text at awkward places (inside events, between CR and LF).
+        let bytes = text.into_bytes();
+        let chunks: Vec<Result<Bytes, std::io::Error>> = bytes.chunks(7).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let drop = stream::iter([Err(std::io::Error::other("upstream dropped the connection"))]);
+        Body::from_stream(stream::iter(chunks).chain(drop))
+    } else {
+        let text: String = (from..=LAST).map(sse_event).collect::<String>() + ": keep-alive\n\n";
+        let chunks = stream::iter([Ok::<_, std::io::Error>(Bytes::from(text))]);
+        Body::from_stream(chunks.chain(stream::pending()))
+    };
+    ([(header::CONTENT_TYPE, "text/event-stream")], body)
+}
+
+#[tokio::test]
+async fn sse_upstream_resumes_with_last_event_id_after_a_drop_without_loss_or_repeats() {
+    let up = SseUpstream::default();
+    let server = listen(axum::Router::new().route("/events", axum::routing::get(sse_handler)).with_state(up.clone())).await;
+    let (tx, mut rx) = mpsc::channel(4);
+    let (htx, mut hrx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let s = settings("format = \"sse\"\nfields = { id = \"/id\", title = \"/title\" }");
+    let task = tokio::spawn(run_upstream_with(s, base(), None, connector(format!("{server}/events")), tx, htx, cancel.clone(), UpstreamOptions::default()));
+
+    let batches = collect(&mut rx, LAST as usize).await;
+    let want: Vec<String> = (1..=LAST).map(|n| n.to_string()).collect();
+    assert_eq!(guids(&batches), want, "no item lost or repeated across the reconnect");
+    assert_eq!(batches.last().and_then(|b| b.cursor.as_deref()), Some("50"));
+    for b in &batches {
+        assert_eq!(b.cursor.as_deref(), b.items.last().and_then(|i| i.guid.as_deref()), "cursor = last id in the batch");
+    }
+    assert_eq!(batches[0].items[0].title, "event 1");
+    assert_eq!(*up.seen.lock().expect("seen"), vec![None, Some("20".to_owned())], "resumed after the last complete event");
+    let mut reports = Vec::new();
+    while let Ok(r) = hrx.try_recv() {
+        reports.push(r);
+    }
+    assert!(reports.iter().any(|r| matches!(r, Err(e) if e.contains("dropped the connection") || e.contains("failed"))), "{reports:?}");
+    cancel.cancel();
+    tokio::time::timeout(PATIENCE, task).await.expect("stops when cancelled").expect("no panic");
+}
+
+#[tokio::test]
+async fn sse_upstream_starts_from_a_stored_cursor() {
+    let up = SseUpstream::default();
+    let server = listen(axum::Router::new().route("/events", axum::routing::get(sse_handler)).with_state(up.clone())).await;
+    let (tx, mut rx) = mpsc::channel(4);
+    let (htx, _hrx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run_upstream_with(settings("format = \"sse\""), base(), Some("17".to_owned()), connector(format!("{server}/events")), tx, htx, cancel.clone(), fast()));
+    let batches = collect(&mut rx, 3).await;
+    assert_eq!(guids(&batches), vec!["18", "19", "20"]);
+    assert_eq!(up.seen.lock().expect("seen").first().cloned().flatten().as_deref(), Some("17"));
+    cancel.cancel();
+    tokio::time::timeout(PATIENCE, task).await.expect("stops when cancelled").expect("no panic");
+}
+
+// ---------------------------------------------------------------- in memory
+
+fn chunks(parts: Vec<Vec<u8>>) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    stream::iter(parts.into_iter().map(|p| Ok(Bytes::from(p))))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_channel_stops_the_read_so_memory_stays_bounded() {
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let p = pulled.clone();
+    let source = stream::iter(0..100).map(move |c| {
+        p.fetch_add(1, Ordering::SeqCst);
+        let lines: String = (0..1000).map(|i| format!("{{\"id\":{}}}\n", c * 1000 + i)).collect();
+        Ok::<_, Infallible>(Bytes::from(lines))
+    });
+    let s = settings("format = \"ndjson\"");
+    let (tx, mut rx) = mpsc::channel(1);
+    let (htx, _hrx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let driver = tokio::spawn(async move {
+        let mut dec = StreamDecoder::new(&s, base(), None, 1 << 20);
+        let mut health = Health::new(htx);
+        drive_stream(source, &mut dec, &tx, &mut health, &UpstreamOptions::default(), &c).await
+    });
+    // With the clock paused, this returns only once every task is idle: the driver is parked on the full channel.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(pulled.load(Ordering::SeqCst) <= 3, "read ahead {} chunks into a full channel", pulled.load(Ordering::SeqCst));
+    let mut total = 0;
+    while let Some(b) = rx.recv().await {
+        assert!(b.items.len() <= 1000);
+        total += b.items.len();
+    }
+    assert_eq!(total, 100_000);
+    let (end, sent) = driver.await.expect("driver");
+    assert_eq!((end, sent), (StreamEnd::Eof, 100_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn items_go_out_within_the_batch_window_and_before_an_error_ends_the_stream() {
+    let s = settings("format = \"sse\"");
+    let (tx, mut rx) = mpsc::channel(8);
+    let (htx, _hrx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let (feed_tx, feed_rx) = mpsc::channel::<Result<Bytes, String>>(8);
+    let source = tokio_stream_from(feed_rx);
+    let c = cancel.clone();
+    let driver = tokio::spawn(async move {
+        let mut dec = StreamDecoder::new(&s, base(), None, 1 << 20);
+        let mut health = Health::new(htx);
+        drive_stream(source, &mut dec, &tx, &mut health, &UpstreamOptions::default(), &c).await
+    });
+    feed_tx.send(Ok(Bytes::from_static(b"id: a\ndata: {\"id\":\"x\"}\n\n"))).await.expect("feed");
+    // The first item waits at most the batch window, then goes out alone.
+    let first = rx.recv().await.expect("batch");
+    assert_eq!((first.items.len(), first.cursor.as_deref()), (1, Some("a")));
+    feed_tx.send(Ok(Bytes::from_static(b"id: b\ndata: {\"id\":\"y\"}\n\ndata: not json\n\n"))).await.expect("feed");
+    feed_tx.send(Err("connection reset".to_owned())).await.expect("feed");
+    let second = rx.recv().await.expect("flushed before the error ends the stream");
+    assert_eq!((second.items[0].guid.as_deref(), second.cursor.as_deref()), (Some("y"), Some("b")));
+    let (end, sent) = driver.await.expect("driver");
+    assert_eq!((end, sent), (StreamEnd::Error("connection reset".to_owned()), 2));
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> {
+    stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_upstream_is_reconnected_and_cancel_stops_everything() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    let connect = move |_cursor: Option<String>| {
+        let n = a.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                // Silent forever: only the idle timeout gets us out.
+                Ok::<_, String>(chunks(vec![]).chain(stream::pending()).boxed())
+            } else if n == 1 {
+                Err("connection refused".to_owned())
+            } else {
+                Ok(chunks(vec![b"{\"id\":\"after-idle\"}\n".to_vec()]).chain(stream::pending()).boxed())
+            }
+        }
+    };
+    let (tx, mut rx) = mpsc::channel(4);
+    let (htx, mut hrx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run_upstream_with(settings("format = \"ndjson\""), base(), None, connect, tx, htx, cancel.clone(), UpstreamOptions::default()));
+    let batch = rx.recv().await.expect("item after the reconnects");
+    assert_eq!(batch.items[0].guid.as_deref(), Some("after-idle"));
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let mut reports = Vec::new();
+    while let Ok(r) = hrx.try_recv() {
+        reports.push(r);
+    }
+    assert!(reports.iter().any(|r| matches!(r, Err(e) if e.contains("no data from the upstream for 90s"))), "{reports:?}");
+    assert!(reports.iter().any(|r| matches!(r, Err(e) if e.contains("connection refused"))), "{reports:?}");
+    assert_eq!(reports.last(), Some(&Ok(())));
+    cancel.cancel();
+    task.await.expect("returns once cancelled");
+}
+
+#[test]
+fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+    let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut delays = Vec::new();
+    for _ in 0..10 {
+        delays.push(b.next_delay());
+    }
+    for (i, d) in delays.iter().enumerate() {
+        let full = Duration::from_secs(1u64 << i.min(6)).min(Duration::from_secs(60));
+        assert!(*d >= full / 2 && *d <= full, "attempt {i}: {d:?} not in [{:?}, {full:?}]", full / 2);
+    }
+    b.reset();
+    assert!(b.next_delay() <= Duration::from_secs(1));
+}

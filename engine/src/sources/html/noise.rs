@@ -39,7 +39,7 @@ static RELATIVE_TIME: LazyLock<Regex> = LazyLock::new(|| {
 
 /// "Page generated in 0.042 seconds" footers.
 static RENDER_TIME: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(generated|rendered|served|processed|loaded|created)\s+in\s+\d+(?:[.,]\d+)?\s*(?:ms|milliseconds?|s|secs?|seconds?)\b")
+    re(r"(?i)\b(generated|rendered|served|processed|loaded|created|genererades|skapades|laddades)\s+(in|på|i)\s+\d+(?:[.,]\d+)?\s*(?:ms|milliseconds?|s|secs?|seconds?|sekunder|sek)\b")
 });
 
 /// Query parameters that only defeat caches or track clicks; always removed.
@@ -63,7 +63,7 @@ pub(crate) fn strip_builtin(line: &str) -> Cow<'_, str> {
     s = replace(s, &ISO_DATETIME, |c| c[1].to_owned());
     s = replace(s, &CLOCK_SECONDS, |_| String::new());
     s = replace(s, &RELATIVE_TIME, |_| String::new());
-    s = replace(s, &RENDER_TIME, |c| format!("{} in", &c[1]));
+    s = replace(s, &RENDER_TIME, |c| format!("{} {}", &c[1], &c[2]));
     s
 }
 
@@ -144,6 +144,7 @@ mod tests {
         assert_eq!(strip_builtin("posted 5 minutes ago"), "posted ");
         assert_eq!(strip_builtin("publicerad för 3 timmar sedan"), "publicerad ");
         assert_eq!(strip_builtin("Page generated in 0.042 seconds"), "Page generated in");
+        assert_eq!(strip_builtin("Sidan genererades på 0,2 sekunder."), "Sidan genererades på.");
         assert_eq!(strip_builtin("Meeting at 14:30 on 2024-05-01"), "Meeting at 14:30 on 2024-05-01");
     }
 }
