@@ -28,6 +28,7 @@ use livestrom_engine::EventLog;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use uuid::Uuid;
 
+use crate::access::RequestId;
 use crate::auth::{Authenticated, KeyInfo};
 use crate::filter::{parse_cursor, parse_query, Endpoint, Filter};
 use crate::hub::{write_checkpoint, write_event, Drained, Frame, Subscription};
@@ -47,6 +48,7 @@ pub const CHECKPOINT_AFTER_SKIPPED: u64 = 1000;
 pub async fn handler(
     State(state): State<AppState>,
     Authenticated(key): Authenticated,
+    RequestId(request_id): RequestId,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
@@ -57,11 +59,11 @@ pub async fn handler(
     // Subscribe before anything is read from the log (hand-over step 1).
     let sub = state.hub.subscribe(filter.clone()).map_err(|e| Problem::unavailable(e.to_string()))?;
     let start = check_cursor(&state.log, cursor).await?;
-    let request_id = request_id(&headers);
 
+    // The id is sanitised by `access` (no CR/LF): safe inside a comment line.
     let mut hello = BytesMut::with_capacity(64);
     hello.put_slice(b":connected request_id=");
-    hello.put_slice(request_id.hyphenated().to_string().as_bytes());
+    hello.put_slice(request_id.as_bytes());
     hello.put_slice(b"\n\n");
 
     let period = state.settings.keepalive.max(Duration::from_millis(10));
@@ -97,9 +99,6 @@ pub async fn handler(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
-    if let Ok(v) = HeaderValue::from_str(&request_id.hyphenated().to_string()) {
-        h.insert(header::HeaderName::from_static("x-request-id"), v);
-    }
     Ok(res)
 }
 
@@ -145,15 +144,6 @@ pub async fn check_cursor(log: &Arc<dyn EventLog>, cursor: Option<Uuid>) -> Resu
         Ok(Err(e)) => Err(internal(e)),
         Err(e) => Err(internal(e)),
     }
-}
-
-/// The request id: an upstream `X-Request-Id` if it is a UUID, else a fresh v4.
-fn request_id(headers: &HeaderMap) -> Uuid {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| Uuid::try_parse(s).ok())
-        .unwrap_or_else(|| uuid::Builder::from_random_bytes(rand::random()).into_uuid())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
