@@ -1289,3 +1289,13 @@ async fn watching_a_missing_folder_fails_cleanly() {
         other => panic!("expected a watch error, got {other:?}"),
     }
 }
+
+#[test]
+fn deeply_nested_values_do_not_overflow_the_stack() {
+    for depth in [100, 10_000, 200_000] {
+        let arrays = format!("x = {}{}\n", "[".repeat(depth), "]".repeat(depth));
+        assert!(load(&arrays).is_err(), "depth {depth}");
+        let tables = format!("x = {}{}\n", "{a = ".repeat(depth), "}".repeat(depth));
+        assert!(load(&tables).is_err(), "depth {depth}");
+    }
+}
