@@ -44,6 +44,7 @@ fn item(guid: Option<&str>, url: Option<&str>, title: &str, content: &str) -> It
 struct Store {
     src: SourceConfig,
     items: Vec<ItemState>,
+    index: HashMap<String, usize>,
     ids: IdGenerator,
     polls: usize,
     log: Vec<StreamEvent>,
@@ -54,6 +55,7 @@ impl Store {
         Self {
             src,
             items: Vec::new(),
+            index: HashMap::new(),
             ids: IdGenerator::new(None),
             polls: 0,
             log: Vec::new(),
@@ -86,9 +88,12 @@ impl Store {
 
     fn upsert(&mut self, mut s: ItemState) {
         s.version = s.version.max(1); // as the store loads it
-        match self.items.iter_mut().find(|k| k.item_id == s.item_id) {
-            Some(k) => *k = s,
-            None => self.items.push(s),
+        match self.index.get(&s.item_id) {
+            Some(&i) => self.items[i] = s,
+            None => {
+                self.index.insert(s.item_id.clone(), self.items.len());
+                self.items.push(s);
+            }
         }
     }
 }
