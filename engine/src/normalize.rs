@@ -51,8 +51,18 @@ pub struct Plan {
 
 /// Plans the events for one poll. `known` is the source's stored item state;
 /// `first_poll` is true until the source's first successful poll is stored.
-pub fn plan(src: &SourceConfig, items: Vec<Item>, known: &[ItemState], first_poll: bool, fetched_at: DateTime<Utc>) -> Plan {
-    let mut prepared: Vec<Prepared> = items.into_iter().enumerate().filter_map(|(i, it)| prepare(i, it)).collect();
+pub fn plan(
+    src: &SourceConfig,
+    items: Vec<Item>,
+    known: &[ItemState],
+    first_poll: bool,
+    fetched_at: DateTime<Utc>,
+) -> Plan {
+    let mut prepared: Vec<Prepared> = items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, it)| prepare(i, it))
+        .collect();
     disambiguate(&mut prepared);
     let matched = match_known(&prepared, known);
 
@@ -60,19 +70,39 @@ pub fn plan(src: &SourceConfig, items: Vec<Item>, known: &[ItemState], first_pol
     let mut candidates: Vec<Candidate> = Vec::new();
     for (idx, (p, m)) in prepared.iter().zip(&matched).enumerate() {
         let Some(k) = m.map(|ki| &known[ki]) else {
-            candidates.push(Candidate { idx, item_id: p.item_id.clone(), version: 1, supersedes: None, aliases: p.aliases.clone(), new: true });
+            candidates.push(Candidate {
+                idx,
+                item_id: p.item_id.clone(),
+                version: 1,
+                supersedes: None,
+                aliases: p.aliases.clone(),
+                new: true,
+            });
             continue;
         };
         let aliases = merge_aliases(&p.aliases, &k.aliases);
         if k.fingerprint == p.fingerprint {
             if p.aliases.iter().any(|a| !k.aliases.contains(a)) {
-                plan.touch.push(ItemState { aliases, ..k.clone() });
+                plan.touch.push(ItemState {
+                    aliases,
+                    ..k.clone()
+                });
             }
             continue;
         }
-        let (version, supersedes) =
-            if k.last_event_id.is_nil() { (1, None) } else { (k.version.saturating_add(1), Some(k.last_event_id)) };
-        candidates.push(Candidate { idx, item_id: k.item_id.clone(), version, supersedes, aliases, new: false });
+        let (version, supersedes) = if k.last_event_id.is_nil() {
+            (1, None)
+        } else {
+            (k.version.saturating_add(1), Some(k.last_event_id))
+        };
+        candidates.push(Candidate {
+            idx,
+            item_id: k.item_id.clone(),
+            version,
+            supersedes,
+            aliases,
+            new: false,
+        });
     }
 
     order_oldest_first(&mut candidates, &prepared);
@@ -85,7 +115,9 @@ pub fn plan(src: &SourceConfig, items: Vec<Item>, known: &[ItemState], first_pol
 
     let mut prepared: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
     for c in candidates {
-        let Some(p) = prepared.get_mut(c.idx).and_then(Option::take) else { continue };
+        let Some(p) = prepared.get_mut(c.idx).and_then(Option::take) else {
+            continue;
+        };
         plan.events.push(to_event(src, p, c, fetched_at));
     }
     plan
@@ -123,7 +155,12 @@ struct Candidate {
 }
 
 fn prepare(doc_idx: usize, item: Item) -> Option<Prepared> {
-    let guid = item.guid.as_deref().map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned);
+    let guid = item
+        .guid
+        .as_deref()
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned);
     let canon = item.url.as_deref().and_then(canonical_link);
     let title = significant_text(&item.title);
     let content = significant_text(&item.content);
@@ -138,7 +175,14 @@ fn prepare(doc_idx: usize, item: Item) -> Option<Prepared> {
         aliases.push(format!("{ALIAS_LINK}{c}"));
     }
     let item_id = guid.or(canon).unwrap_or(hash_alias);
-    Some(Prepared { item, doc_idx, item_id, fingerprint, aliases, twin_key })
+    Some(Prepared {
+        item,
+        doc_idx,
+        item_id,
+        fingerprint,
+        aliases,
+        twin_key,
+    })
 }
 
 fn fingerprint_sig(title: &str, content: &str) -> String {
@@ -167,7 +211,11 @@ fn disambiguate(prepared: &mut [Prepared]) {
     for p in prepared.iter() {
         *counts.entry(p.item_id.as_str()).or_default() += 1;
     }
-    let shared: HashSet<String> = counts.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k.to_owned()).collect();
+    let shared: HashSet<String> = counts
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, _)| k.to_owned())
+        .collect();
     let mut taken: HashSet<String> = HashSet::with_capacity(prepared.len());
     for p in prepared.iter_mut() {
         if shared.contains(&p.item_id) {
@@ -192,11 +240,22 @@ fn disambiguate(prepared: &mut [Prepared]) {
 /// rest, an alias that is unique in this document and names exactly one
 /// known item not claimed yet.
 fn match_known(prepared: &[Prepared], known: &[ItemState]) -> Vec<Option<usize>> {
-    let by_id: HashMap<&str, usize> = known.iter().enumerate().map(|(i, k)| (k.item_id.as_str(), i)).collect();
+    let by_id: HashMap<&str, usize> = known
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.item_id.as_str(), i))
+        .collect();
     let mut owner: HashMap<&str, Option<usize>> = HashMap::with_capacity(known.len() * 2);
     for (i, k) in known.iter().enumerate() {
         for a in &k.aliases {
-            owner.entry(a.as_str()).and_modify(|o| if *o != Some(i) { *o = None }).or_insert(Some(i));
+            owner
+                .entry(a.as_str())
+                .and_modify(|o| {
+                    if *o != Some(i) {
+                        *o = None
+                    }
+                })
+                .or_insert(Some(i));
         }
     }
     let mut in_doc: HashMap<&str, u32> = HashMap::with_capacity(prepared.len() * 2);
@@ -250,9 +309,16 @@ fn merge_aliases(current: &[String], old: &[String]) -> Vec<String> {
 /// Oldest first: by date when every candidate has one (ties: later in the
 /// document = older), else reverse document order (feeds list newest first).
 fn order_oldest_first(candidates: &mut [Candidate], prepared: &[Prepared]) {
-    let all_dated = candidates.iter().all(|c| prepared[c.idx].item.published.is_some());
+    let all_dated = candidates
+        .iter()
+        .all(|c| prepared[c.idx].item.published.is_some());
     if all_dated {
-        candidates.sort_by_key(|c| (prepared[c.idx].item.published, Reverse(prepared[c.idx].doc_idx)));
+        candidates.sort_by_key(|c| {
+            (
+                prepared[c.idx].item.published,
+                Reverse(prepared[c.idx].doc_idx),
+            )
+        });
     } else {
         candidates.sort_by_key(|c| Reverse(prepared[c.idx].doc_idx));
     }
@@ -261,7 +327,12 @@ fn order_oldest_first(candidates: &mut [Candidate], prepared: &[Prepared]) {
 /// First poll with `initial_items = cap`: keeps the `cap` newest new items;
 /// older new items are stored as seen-never-emitted so the next poll does
 /// not emit them either. Changed known items are never held back.
-fn hold_back_oldest_new(candidates: &mut Vec<Candidate>, cap: usize, prepared: &[Prepared], touch: &mut Vec<ItemState>) {
+fn hold_back_oldest_new(
+    candidates: &mut Vec<Candidate>,
+    cap: usize,
+    prepared: &[Prepared],
+    touch: &mut Vec<ItemState>,
+) {
     let new_total = candidates.iter().filter(|c| c.new).count();
     let mut to_drop = new_total.saturating_sub(cap);
     if to_drop == 0 {

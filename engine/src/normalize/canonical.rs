@@ -13,9 +13,36 @@ use crate::sources::feed::text::collapse_whitespace;
 /// Query parameters that only track the reader, never select content.
 /// Compared case-insensitively; `utm_*` is matched as a prefix.
 pub const TRACKING_PARAMS: &[&str] = &[
-    "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "igshid", "mc_cid", "mc_eid", "_hsenc",
-    "_hsmi", "__hstc", "__hssc", "__hsfp", "hsctatracking", "mkt_tok", "ref", "ref_src", "ref_url", "wt.mc_id", "cmpid",
-    "ncid", "sr_share", "oly_anon_id", "oly_enc_id", "vero_id", "at_medium", "at_campaign",
+    "fbclid",
+    "gclid",
+    "dclid",
+    "gbraid",
+    "wbraid",
+    "msclkid",
+    "yclid",
+    "twclid",
+    "igshid",
+    "mc_cid",
+    "mc_eid",
+    "_hsenc",
+    "_hsmi",
+    "__hstc",
+    "__hssc",
+    "__hsfp",
+    "hsctatracking",
+    "mkt_tok",
+    "ref",
+    "ref_src",
+    "ref_url",
+    "wt.mc_id",
+    "cmpid",
+    "ncid",
+    "sr_share",
+    "oly_anon_id",
+    "oly_enc_id",
+    "vero_id",
+    "at_medium",
+    "at_campaign",
 ];
 
 /// The canonical form of an absolute http(s) link: scheme and host lowercased
@@ -26,7 +53,10 @@ pub fn canonical_link(link: &str) -> Option<String> {
     let mut url = Url::parse(link.trim()).ok()?;
     url.set_fragment(None);
     if let Some(q) = url.query() {
-        let kept: Vec<&str> = q.split('&').filter(|pair| !pair.is_empty() && !is_tracking(pair)).collect();
+        let kept: Vec<&str> = q
+            .split('&')
+            .filter(|pair| !pair.is_empty() && !is_tracking(pair))
+            .collect();
         if kept.is_empty() {
             url.set_query(None);
         } else if kept.len() != q.split('&').count() {
@@ -74,7 +104,10 @@ fn is_tracking(pair: &str) -> bool {
 }
 
 fn percent_decode_lower(s: &str) -> String {
-    url::form_urlencoded::parse(s.as_bytes()).next().map(|(k, _)| k.to_ascii_lowercase()).unwrap_or_default()
+    url::form_urlencoded::parse(s.as_bytes())
+        .next()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -84,10 +117,16 @@ mod tests {
     #[test]
     fn canonical_link_drops_tracking_and_fragment_only() {
         assert_eq!(
-            canonical_link("HTTPS://Example.COM:443/a/B?z=1&utm_source=rss&UTM_Medium=x&fbclid=9&a=2#top").as_deref(),
+            canonical_link(
+                "HTTPS://Example.COM:443/a/B?z=1&utm_source=rss&UTM_Medium=x&fbclid=9&a=2#top"
+            )
+            .as_deref(),
             Some("https://example.com/a/B?z=1&a=2")
         );
-        assert_eq!(canonical_link("https://example.com/?ref=hn").as_deref(), Some("https://example.com/"));
+        assert_eq!(
+            canonical_link("https://example.com/?ref=hn").as_deref(),
+            Some("https://example.com/")
+        );
         assert_eq!(canonical_link("not a url"), None);
     }
 

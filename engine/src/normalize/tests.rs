@@ -25,7 +25,9 @@ fn src(initial_items: Option<usize>) -> SourceConfig {
 }
 
 fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z").map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+    DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
 }
 
 fn item(guid: Option<&str>, url: Option<&str>, title: &str, content: &str) -> Item {
@@ -42,6 +44,7 @@ fn item(guid: Option<&str>, url: Option<&str>, title: &str, content: &str) -> It
 struct Store {
     src: SourceConfig,
     items: Vec<ItemState>,
+    index: HashMap<String, usize>,
     ids: IdGenerator,
     polls: usize,
     log: Vec<StreamEvent>,
@@ -49,7 +52,14 @@ struct Store {
 
 impl Store {
     fn new(src: SourceConfig) -> Self {
-        Self { src, items: Vec::new(), ids: IdGenerator::new(None), polls: 0, log: Vec::new() }
+        Self {
+            src,
+            items: Vec::new(),
+            index: HashMap::new(),
+            ids: IdGenerator::new(None),
+            polls: 0,
+            log: Vec::new(),
+        }
     }
 
     /// Plans one poll, applies it, returns the events (with ids assigned).
@@ -78,9 +88,12 @@ impl Store {
 
     fn upsert(&mut self, mut s: ItemState) {
         s.version = s.version.max(1); // as the store loads it
-        match self.items.iter_mut().find(|k| k.item_id == s.item_id) {
-            Some(k) => *k = s,
-            None => self.items.push(s),
+        match self.index.get(&s.item_id) {
+            Some(&i) => self.items[i] = s,
+            None => {
+                self.index.insert(s.item_id.clone(), self.items.len());
+                self.items.push(s);
+            }
         }
     }
 }
@@ -93,7 +106,10 @@ fn new_item_is_version_1_with_every_field_filled() {
     let evs = s.poll(vec![it]);
     assert_eq!(evs.len(), 1);
     let e = &evs[0];
-    assert_eq!((e.item_id.as_str(), e.version, e.supersedes), ("g1", 1, None));
+    assert_eq!(
+        (e.item_id.as_str(), e.version, e.supersedes),
+        ("g1", 1, None)
+    );
     assert_eq!(e.source_id, "test.feed");
     assert_eq!(e.source_type, SourceType::Rss);
     assert_eq!(e.url, "https://example.org/a");
@@ -114,7 +130,14 @@ fn item_without_url_uses_the_source_url() {
 #[test]
 fn unchanged_item_emits_nothing() {
     let mut s = Store::new(src(None));
-    let doc = || vec![item(Some("g1"), Some("https://example.org/a"), "Title", "Body")];
+    let doc = || {
+        vec![item(
+            Some("g1"),
+            Some("https://example.org/a"),
+            "Title",
+            "Body",
+        )]
+    };
     assert_eq!(s.poll(doc()).len(), 1);
     assert!(s.poll(doc()).is_empty());
     assert!(s.poll(doc()).is_empty());
@@ -123,7 +146,12 @@ fn unchanged_item_emits_nothing() {
 #[test]
 fn whitespace_quotes_and_tracking_params_are_not_a_version() {
     let mut s = Store::new(src(None));
-    s.poll(vec![item(Some("g1"), Some("https://example.org/a"), "Say \"hi\"", "Read https://x.org/p?id=1 now.\n\nBye")]);
+    s.poll(vec![item(
+        Some("g1"),
+        Some("https://example.org/a"),
+        "Say \"hi\"",
+        "Read https://x.org/p?id=1 now.\n\nBye",
+    )]);
     let evs = s.poll(vec![item(
         Some("g1"),
         Some("https://example.org/a?utm_source=rss#frag"),
@@ -136,22 +164,58 @@ fn whitespace_quotes_and_tracking_params_are_not_a_version() {
 #[test]
 fn real_change_is_version_2_superseding_the_first_event() {
     let mut s = Store::new(src(None));
-    let v1 = s.poll(vec![item(Some("g1"), Some("https://example.org/a"), "Title", "Body")]);
-    let v2 = s.poll(vec![item(Some("g1"), Some("https://example.org/a"), "Title (updated)", "Body")]);
+    let v1 = s.poll(vec![item(
+        Some("g1"),
+        Some("https://example.org/a"),
+        "Title",
+        "Body",
+    )]);
+    let v2 = s.poll(vec![item(
+        Some("g1"),
+        Some("https://example.org/a"),
+        "Title (updated)",
+        "Body",
+    )]);
     assert_eq!(v2.len(), 1);
-    assert_eq!((v2[0].item_id.as_str(), v2[0].version, v2[0].supersedes), ("g1", 2, Some(v1[0].id)));
-    let v3 = s.poll(vec![item(Some("g1"), Some("https://example.org/a"), "Title (updated)", "New body")]);
+    assert_eq!(
+        (v2[0].item_id.as_str(), v2[0].version, v2[0].supersedes),
+        ("g1", 2, Some(v1[0].id))
+    );
+    let v3 = s.poll(vec![item(
+        Some("g1"),
+        Some("https://example.org/a"),
+        "Title (updated)",
+        "New body",
+    )]);
     assert_eq!((v3[0].version, v3[0].supersedes), (3, Some(v2[0].id)));
 }
 
 #[test]
 fn duplicate_guids_stay_distinct_items_and_are_stable() {
     let doc = || -> Vec<Item> {
-        let mut v: Vec<Item> =
-            (0..8).map(|i| item(Some("same"), Some(&format!("https://example.org/{i}")), &format!("T{i}"), "b")).collect();
+        let mut v: Vec<Item> = (0..8)
+            .map(|i| {
+                item(
+                    Some("same"),
+                    Some(&format!("https://example.org/{i}")),
+                    &format!("T{i}"),
+                    "b",
+                )
+            })
+            .collect();
         // Two identical twins share everything.
-        v.push(item(Some("same"), Some("https://example.org/twin"), "Twin", "b"));
-        v.push(item(Some("same"), Some("https://example.org/twin"), "Twin", "b"));
+        v.push(item(
+            Some("same"),
+            Some("https://example.org/twin"),
+            "Twin",
+            "b",
+        ));
+        v.push(item(
+            Some("same"),
+            Some("https://example.org/twin"),
+            "Twin",
+            "b",
+        ));
         v
     };
     let mut s = Store::new(src(None));
@@ -176,7 +240,9 @@ fn churning_guids_do_not_flood() {
             .map(|i| {
                 item(
                     Some(&format!("rand-{poll}-{i}")),
-                    Some(&format!("https://example.org/story/{i}?utm_source=feed{poll}")),
+                    Some(&format!(
+                        "https://example.org/story/{i}?utm_source=feed{poll}"
+                    )),
                     &format!("Story {i}"),
                     if i == 2 { body } else { "same" },
                 )
@@ -191,8 +257,17 @@ fn churning_guids_do_not_flood() {
     // A real change of story 2 under yet another guid: a new version of the same item.
     let evs = s.poll(doc(4, "edited"));
     assert_eq!(evs.len(), 1, "{evs:?}");
-    let original = first.iter().find(|e| e.title == "Story 2").map(|e| (e.item_id.clone(), e.id));
-    assert_eq!(Some((evs[0].item_id.clone(), evs[0].supersedes.unwrap_or_default())), original);
+    let original = first
+        .iter()
+        .find(|e| e.title == "Story 2")
+        .map(|e| (e.item_id.clone(), e.id));
+    assert_eq!(
+        Some((
+            evs[0].item_id.clone(),
+            evs[0].supersedes.unwrap_or_default()
+        )),
+        original
+    );
     assert_eq!(evs[0].version, 2);
     assert_eq!(s.items.len(), 5);
 }
@@ -201,7 +276,16 @@ fn churning_guids_do_not_flood() {
 fn churning_guid_with_shared_links_matches_by_content() {
     // Every item links to the home page; only the content tells them apart.
     let doc = |poll: u32| -> Vec<Item> {
-        (0..3).map(|i| item(Some(&format!("{poll}-{i}")), Some("https://example.org/"), &format!("N{i}"), "x")).collect()
+        (0..3)
+            .map(|i| {
+                item(
+                    Some(&format!("{poll}-{i}")),
+                    Some("https://example.org/"),
+                    &format!("N{i}"),
+                    "x",
+                )
+            })
+            .collect()
     };
     let mut s = Store::new(src(None));
     assert_eq!(s.poll(doc(1)).len(), 3);
@@ -214,14 +298,24 @@ fn items_without_any_id_are_stable() {
         vec![
             item(None, None, "Only a title", "and content"),
             item(None, None, "Another", ""),
-            item(None, Some("https://example.org/x?utm_medium=a"), "Linked", "c"),
+            item(
+                None,
+                Some("https://example.org/x?utm_medium=a"),
+                "Linked",
+                "c",
+            ),
         ]
     };
     let mut s = Store::new(src(None));
     let evs = s.poll(doc());
     assert_eq!(evs.len(), 3);
     assert!(evs.iter().any(|e| e.item_id == "https://example.org/x"));
-    assert!(evs.iter().filter(|e| e.item_id.starts_with(ALIAS_HASH)).count() == 2);
+    assert!(
+        evs.iter()
+            .filter(|e| e.item_id.starts_with(ALIAS_HASH))
+            .count()
+            == 2
+    );
     assert!(s.poll(doc()).is_empty());
     // A linked item without guid that changes is a new version, not a new item.
     let mut changed = doc();
@@ -239,25 +333,41 @@ fn empty_items_are_skipped() {
 #[test]
 fn initial_items_caps_the_first_poll_to_the_newest() {
     let doc = || -> Vec<Item> {
-        (0..10).map(|i| item(Some(&format!("g{i}")), None, &format!("T{i}"), "")).collect() // g0 newest
+        (0..10)
+            .map(|i| item(Some(&format!("g{i}")), None, &format!("T{i}"), ""))
+            .collect() // g0 newest
     };
     let mut s = Store::new(src(Some(3)));
     let evs = s.poll(doc());
     let titles: Vec<&str> = evs.iter().map(|e| e.title.as_str()).collect();
     assert_eq!(titles, ["T2", "T1", "T0"]);
-    assert!(s.poll(doc()).is_empty(), "held-back items must not be emitted later");
+    assert!(
+        s.poll(doc()).is_empty(),
+        "held-back items must not be emitted later"
+    );
     // A held-back item that changes is emitted, as its first version.
     let mut changed = doc();
     changed[8].content = "edited".into();
     let evs = s.poll(changed);
-    assert_eq!((evs.len(), evs[0].item_id.as_str(), evs[0].version, evs[0].supersedes), (1, "g8", 1, None));
+    assert_eq!(
+        (
+            evs.len(),
+            evs[0].item_id.as_str(),
+            evs[0].version,
+            evs[0].supersedes
+        ),
+        (1, "g8", 1, None)
+    );
 }
 
 #[test]
 fn initial_items_zero_starts_from_now() {
     let mut s = Store::new(src(Some(0)));
     assert!(s.poll(vec![item(Some("a"), None, "A", "")]).is_empty());
-    let evs = s.poll(vec![item(Some("b"), None, "B", ""), item(Some("a"), None, "A", "")]);
+    let evs = s.poll(vec![
+        item(Some("b"), None, "B", ""),
+        item(Some("a"), None, "A", ""),
+    ]);
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].item_id, "b");
 }
@@ -265,13 +375,21 @@ fn initial_items_zero_starts_from_now() {
 #[test]
 fn events_are_oldest_first() {
     let mut s = Store::new(src(None));
-    let undated = vec![item(Some("c"), None, "C", ""), item(Some("b"), None, "B", ""), item(Some("a"), None, "A", "")];
+    let undated = vec![
+        item(Some("c"), None, "C", ""),
+        item(Some("b"), None, "B", ""),
+        item(Some("a"), None, "A", ""),
+    ];
     let order: Vec<String> = s.poll(undated).into_iter().map(|e| e.item_id).collect();
     assert_eq!(order, ["a", "b", "c"]);
 
     // Dates win over document order when every item has one.
     let mut s = Store::new(src(None));
-    let mut dated = vec![item(Some("x"), None, "X", ""), item(Some("y"), None, "Y", ""), item(Some("z"), None, "Z", "")];
+    let mut dated = vec![
+        item(Some("x"), None, "X", ""),
+        item(Some("y"), None, "Y", ""),
+        item(Some("z"), None, "Z", ""),
+    ];
     dated[0].published = Some(t0() - TimeDelta::hours(5));
     dated[1].published = Some(t0() - TimeDelta::hours(1));
     dated[2].published = Some(t0() - TimeDelta::hours(3));
@@ -297,10 +415,23 @@ fn aliases_are_recorded_and_touched_when_they_grow() {
     let mut s = Store::new(src(None));
     let evs = s.poll(vec![item(Some("g"), None, "T", "c")]);
     assert_eq!(evs.len(), 1);
-    let p = plan(&s.src, vec![item(Some("g"), Some("https://example.org/now-linked"), "T", "c")], &s.items, false, t0());
+    let p = plan(
+        &s.src,
+        vec![item(
+            Some("g"),
+            Some("https://example.org/now-linked"),
+            "T",
+            "c",
+        )],
+        &s.items,
+        false,
+        t0(),
+    );
     assert!(p.events.is_empty());
     assert_eq!(p.touch.len(), 1);
-    assert!(p.touch[0].aliases.contains(&"link:https://example.org/now-linked".to_string()));
+    assert!(p.touch[0]
+        .aliases
+        .contains(&"link:https://example.org/now-linked".to_string()));
     assert_eq!(p.touch[0].last_event_id, evs[0].id);
 }
 
@@ -308,7 +439,14 @@ fn aliases_are_recorded_and_touched_when_they_grow() {
 fn ten_thousand_items_plan_and_replan() {
     let doc = || -> Vec<Item> {
         (0..10_000)
-            .map(|i| item(Some(&format!("g{i}")), Some(&format!("https://example.org/{i}")), &format!("T{i}"), "body text"))
+            .map(|i| {
+                item(
+                    Some(&format!("g{i}")),
+                    Some(&format!("https://example.org/{i}")),
+                    &format!("T{i}"),
+                    "body text",
+                )
+            })
             .collect()
     };
     let mut s = Store::new(src(None));

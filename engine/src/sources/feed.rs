@@ -54,7 +54,12 @@ pub fn parse(body: &[u8], content_type: Option<&str>, base: &Url) -> Result<Pars
 }
 
 /// [`parse`] with an explicit "now" (for clamping future dates).
-pub fn parse_at(body: &[u8], content_type: Option<&str>, base: &Url, now: DateTime<Utc>) -> Result<Parsed, FeedError> {
+pub fn parse_at(
+    body: &[u8],
+    content_type: Option<&str>,
+    base: &Url,
+    now: DateTime<Utc>,
+) -> Result<Parsed, FeedError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(FeedError::Invalid("empty body".into()));
     }
@@ -79,8 +84,26 @@ pub fn parse_at(body: &[u8], content_type: Option<&str>, base: &Url, now: DateTi
         .build();
     // feed-rs is third-party code on hostile input: a panic inside it must
     // cost one poll, not the polling task.
-    let feed = match catch_unwind(AssertUnwindSafe(|| parser.parse(doc.as_bytes()))) {
-        Err(_) => return Err(FeedError::Invalid("the feed parser panicked on this document".into())),
+    let mut result = catch_unwind(AssertUnwindSafe(|| parser.parse(doc.as_bytes())));
+    if matches!(
+        result,
+        Ok(Err(
+            ParseFeedError::JsonUnsupportedVersion(_) | ParseFeedError::JsonSerde(_)
+        ))
+    ) {
+        if let Some(fixed) = lenient_json(&doc) {
+            if let Ok(Ok(feed)) = catch_unwind(AssertUnwindSafe(|| parser.parse(fixed.as_bytes())))
+            {
+                result = Ok(Ok(feed));
+            }
+        }
+    }
+    let feed = match result {
+        Err(_) => {
+            return Err(FeedError::Invalid(
+                "the feed parser panicked on this document".into(),
+            ))
+        }
         Ok(Ok(feed)) => feed,
         // An <rss>/<rdf:RDF> root without a <channel>: a feed with no items.
         Ok(Err(ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot)))
@@ -91,8 +114,16 @@ pub fn parse_at(body: &[u8], content_type: Option<&str>, base: &Url, now: DateTi
         Ok(Err(e)) => return Err(describe(e, &doc)),
     };
 
-    let about = if feed.feed_type == FeedType::RSS1 { rdf_about_ids(&doc, feed.entries.len()) } else { None };
-    let ttl = feed.ttl.filter(|m| *m > 0).map(|m| Duration::from_secs(u64::from(m) * 60)).or_else(|| sy_update_period(&doc));
+    let about = if feed.feed_type == FeedType::RSS1 {
+        rdf_about_ids(&doc, feed.entries.len())
+    } else {
+        None
+    };
+    let ttl = feed
+        .ttl
+        .filter(|m| *m > 0)
+        .map(|m| Duration::from_secs(u64::from(m) * 60))
+        .or_else(|| sy_update_period(&doc));
     let items = feed
         .entries
         .into_iter()
@@ -106,11 +137,18 @@ pub fn parse_at(body: &[u8], content_type: Option<&str>, base: &Url, now: DateTi
 }
 
 fn item(e: Entry, about: Option<String>, base: &Url, now: DateTime<Utc>) -> Item {
-    let guid = Some(e.id.trim()).filter(|s| !s.is_empty()).map(str::to_owned).or(about);
+    let guid = Some(e.id.trim())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .or(about);
     let url = pick_link(&e.links)
         .and_then(|href| resolve(href, base))
         .or_else(|| guid.as_deref().and_then(permalink_guid));
-    let title = e.title.as_ref().map(|t| text::one_line(&t.content)).unwrap_or_default();
+    let title = e
+        .title
+        .as_ref()
+        .map(|t| text::one_line(&t.content))
+        .unwrap_or_default();
     let content = e
         .content
         .as_ref()
@@ -120,10 +158,28 @@ fn item(e: Entry, about: Option<String>, base: &Url, now: DateTime<Utc>) -> Item
         })
         .filter(|c| !c.is_empty())
         .or_else(|| e.summary.as_ref().map(text_block).filter(|c| !c.is_empty()))
-        .or_else(|| e.media.iter().find_map(|m| m.description.as_ref().map(text_block).filter(|c| !c.is_empty())))
+        .or_else(|| {
+            e.media.iter().find_map(|m| {
+                m.description
+                    .as_ref()
+                    .map(text_block)
+                    .filter(|c| !c.is_empty())
+            })
+        })
         .unwrap_or_default();
-    let published = e.published.or(e.updated).map(|t| if t - now > FUTURE_TOLERANCE { now } else { t });
-    Item { guid, url, title, content, published, diff: None, added: None }
+    let published = e
+        .published
+        .or(e.updated)
+        .map(|t| if t - now > FUTURE_TOLERANCE { now } else { t });
+    Item {
+        guid,
+        url,
+        title,
+        content,
+        published,
+        diff: None,
+        added: None,
+    }
 }
 
 fn text_block(t: &Text) -> String {
@@ -134,10 +190,15 @@ fn text_block(t: &Text) -> String {
 /// is not feed plumbing; either way a page (no media type, or an HTML one),
 /// never an attachment such as an image or a zip.
 fn pick_link(links: &[Link]) -> Option<&str> {
-    let page = |l: &&Link| l.media_type.as_deref().is_none_or(|m| m.contains("html")) && !l.href.trim().is_empty();
+    let page = |l: &&Link| {
+        l.media_type.as_deref().is_none_or(|m| m.contains("html")) && !l.href.trim().is_empty()
+    };
     let alternate = |l: &&Link| matches!(l.rel.as_deref(), None | Some("alternate"));
     let plumbing = |l: &&Link| {
-        matches!(l.rel.as_deref(), Some("self" | "enclosure" | "replies" | "edit" | "hub" | "license" | "via" | "payment"))
+        matches!(
+            l.rel.as_deref(),
+            Some("self" | "enclosure" | "replies" | "edit" | "hub" | "license" | "via" | "payment")
+        )
     };
     links
         .iter()
@@ -160,7 +221,10 @@ fn resolve(href: &str, base: &Url) -> Option<String> {
 /// item has no link (RSS 2.0 `isPermaLink` defaults to true; Atom and JSON
 /// Feed ids that are http(s) URLs are, in practice, the entry's page).
 fn permalink_guid(guid: &str) -> Option<String> {
-    Url::parse(guid).ok().filter(|u| matches!(u.scheme(), "http" | "https")).map(|u| u.to_string())
+    Url::parse(guid)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .map(|u| u.to_string())
 }
 
 /// `rdf:about` of each RSS 1.0 `<item>`, in document order; `None` when the
@@ -169,8 +233,10 @@ fn rdf_about_ids(doc: &str, entries: usize) -> Option<Vec<Option<String>>> {
     static ITEM: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r#"<(?:[A-Za-z_][\w.-]*:)?item(?:\s[^>]*?)?>"#).expect("constant regex")
     });
-    static ABOUT: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r#"\s(?:[A-Za-z_][\w.-]*:)?about\s*=\s*(?:"([^"]*)"|'([^']*)')"#).expect("constant regex"));
+    static ABOUT: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"\s(?:[A-Za-z_][\w.-]*:)?about\s*=\s*(?:"([^"]*)"|'([^']*)')"#)
+            .expect("constant regex")
+    });
     let ids: Vec<Option<String>> = ITEM
         .find_iter(doc)
         .map(|m| {
@@ -188,16 +254,23 @@ fn xml_unescape(s: &str) -> String {
     if !s.contains('&') {
         return s.to_owned();
     }
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 /// RSS 1.0 syndication module: `sy:updatePeriod` (hourly…yearly) divided by
 /// `sy:updateFrequency` (default 1).
 fn sy_update_period(doc: &str) -> Option<Duration> {
-    static PERIOD: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"<sy:updatePeriod>\s*([A-Za-z]+)\s*</sy:updatePeriod>").expect("constant regex"));
-    static FREQ: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"<sy:updateFrequency>\s*([0-9]{1,6})\s*</sy:updateFrequency>").expect("constant regex"));
+    static PERIOD: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"<sy:updatePeriod>\s*([A-Za-z]+)\s*</sy:updatePeriod>").expect("constant regex")
+    });
+    static FREQ: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"<sy:updateFrequency>\s*([0-9]{1,6})\s*</sy:updateFrequency>")
+            .expect("constant regex")
+    });
     let period = PERIOD.captures(doc)?.get(1)?.as_str().to_ascii_lowercase();
     let secs: u64 = match period.as_str() {
         "hourly" => 3600,
@@ -207,7 +280,11 @@ fn sy_update_period(doc: &str) -> Option<Duration> {
         "yearly" => 365 * 86_400,
         _ => return None,
     };
-    let freq = FREQ.captures(doc).and_then(|c| c.get(1)?.as_str().parse::<u64>().ok()).filter(|f| *f > 0).unwrap_or(1);
+    let freq = FREQ
+        .captures(doc)
+        .and_then(|c| c.get(1)?.as_str().parse::<u64>().ok())
+        .filter(|f| *f > 0)
+        .unwrap_or(1);
     Some(Duration::from_secs(secs / freq))
 }
 
@@ -220,7 +297,11 @@ fn check_depth(doc: &str) -> Result<(), FeedError> {
     while let Some(off) = b[i..].iter().position(|&c| c == b'<') {
         i += off;
         let rest = &b[i..];
-        let skip_to = |end: &[u8]| rest.windows(end.len()).position(|w| w == end).map(|p| p + end.len());
+        let skip_to = |end: &[u8]| {
+            rest.windows(end.len())
+                .position(|w| w == end)
+                .map(|p| p + end.len())
+        };
         if rest.starts_with(b"<!--") {
             i += skip_to(b"-->").unwrap_or(rest.len());
             continue;
@@ -229,7 +310,10 @@ fn check_depth(doc: &str) -> Result<(), FeedError> {
             i += skip_to(b"]]>").unwrap_or(rest.len());
             continue;
         }
-        let close = rest.iter().position(|&c| c == b'>').unwrap_or(rest.len() - 1);
+        let close = rest
+            .iter()
+            .position(|&c| c == b'>')
+            .unwrap_or(rest.len() - 1);
         let tag = &rest[..=close.min(rest.len() - 1)];
         match tag.get(1) {
             Some(b'/') => depth = depth.saturating_sub(1),
@@ -238,7 +322,9 @@ fn check_depth(doc: &str) -> Result<(), FeedError> {
             _ => {
                 depth += 1;
                 if depth > MAX_DEPTH {
-                    return Err(FeedError::Invalid(format!("XML nested deeper than {MAX_DEPTH} elements")));
+                    return Err(FeedError::Invalid(format!(
+                        "XML nested deeper than {MAX_DEPTH} elements"
+                    )));
                 }
             }
         }
@@ -252,9 +338,30 @@ fn check_depth(doc: &str) -> Result<(), FeedError> {
 fn closes_root(doc: &str) -> bool {
     let end = doc.trim_end();
     let end = end.get(end.len().saturating_sub(16)..).unwrap_or(end);
-    let Some(close) = end.rfind("</") else { return false };
+    let Some(close) = end.rfind("</") else {
+        return false;
+    };
     let name = end[close + 2..].trim_end_matches('>').trim();
     matches!(name.rsplit(':').next(), Some("rss" | "RDF"))
+}
+
+/// A JSON Feed with the two common spec slips feed-rs refuses repaired: a
+/// `version` that is not the spec URL ("1.0", "1.1") and a missing `title`.
+/// `None` if the document is not a JSON object with an `items` array.
+fn lenient_json(doc: &str) -> Option<String> {
+    let mut v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    let obj = v.as_object_mut()?;
+    if !obj.get("items")?.is_array() {
+        return None;
+    }
+    let version = obj.get("version").and_then(|v| v.as_str()).unwrap_or("");
+    if !version.starts_with("https://jsonfeed.org/version/") {
+        obj.insert("version".into(), "https://jsonfeed.org/version/1.1".into());
+    }
+    if !obj.get("title").is_some_and(|t| t.is_string()) {
+        obj.insert("title".into(), "".into());
+    }
+    serde_json::to_string(&v).ok()
 }
 
 /// A specific message for each way feed-rs fails.
@@ -263,7 +370,9 @@ fn describe(e: ParseFeedError, doc: &str) -> FeedError {
         ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot) => {
             let root = root_name(doc);
             match root.as_deref() {
-                Some("html") => "the document is an HTML page, not a feed (root element <html>)".to_owned(),
+                Some("html") => {
+                    "the document is an HTML page, not a feed (root element <html>)".to_owned()
+                }
                 Some(r) => format!("root element <{r}> is not rss, RDF, feed or entry"),
                 None => "no root element found (empty or truncated document)".to_owned(),
             }
@@ -307,7 +416,9 @@ mod tests {
     }
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z").map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+        DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
     }
 
     fn parse_ok(doc: &str) -> Parsed {
@@ -330,14 +441,22 @@ mod tests {
         assert_eq!(a.title, "A & B");
         assert_eq!(a.content, "Hello world\n\nTwo");
         assert_eq!(p.items[1].guid.as_deref(), Some("g-2"));
-        assert_eq!(p.items[1].published.map(|t| t.to_rfc3339()), Some("2021-03-02T22:39:15+00:00".into()));
+        assert_eq!(
+            p.items[1].published.map(|t| t.to_rfc3339()),
+            Some("2021-03-02T22:39:15+00:00".into())
+        );
     }
 
     #[test]
     fn rss_without_version_and_permalink_guid() {
-        let p = parse_ok(r#"<rss><channel><item><guid>https://example.org/p/1</guid><title>x</title></item></channel></rss>"#);
+        let p = parse_ok(
+            r#"<rss><channel><item><guid>https://example.org/p/1</guid><title>x</title></item></channel></rss>"#,
+        );
         assert_eq!(p.items[0].url.as_deref(), Some("https://example.org/p/1"));
-        assert_eq!(parse_ok("<rss version=\"2.0\">\n</rss>\n"), Parsed::default());
+        assert_eq!(
+            parse_ok("<rss version=\"2.0\">\n</rss>\n"),
+            Parsed::default()
+        );
         assert!(parse_at(b"<rss version=\"2.0\">\n<chan", None, &base(), now()).is_err());
     }
 
@@ -381,7 +500,10 @@ mod tests {
             <channel rdf:about="https://example.org/"><title>t</title><link>https://example.org/</link><sy:updatePeriod>hourly</sy:updatePeriod><sy:updateFrequency>2</sy:updateFrequency></channel>
             <item rdf:about="https://example.org/1?a=1&amp;b=2"><title>one</title><link>https://example.org/1</link></item></rdf:RDF>"#,
         );
-        assert_eq!(p.items[0].guid.as_deref(), Some("https://example.org/1?a=1&b=2"));
+        assert_eq!(
+            p.items[0].guid.as_deref(),
+            Some("https://example.org/1?a=1&b=2")
+        );
         assert_eq!(p.ttl, Some(Duration::from_secs(1800)));
     }
 
@@ -397,26 +519,47 @@ mod tests {
             r#"<feed version="0.3" xmlns="http://purl.org/atom/ns#"><entry><summary type="application/xhtml+xml"><div xmlns="http://www.w3.org/1999/xhtml">s</div></summary></entry></feed>"#,
         );
         assert_eq!(p.items[0].content, "s");
-        let p = parse_ok(r#"<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>1</id><title type="html"></title><summary type="text"/></entry></feed>"#);
+        let p = parse_ok(
+            r#"<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>1</id><title type="html"></title><summary type="text"/></entry></feed>"#,
+        );
         assert_eq!(p.items.len(), 1);
         let j = parse_ok(
             r#"{"version":"https://jsonfeed.org/version/1.1","title":"j","items":[{"id":"2","content_text":"x","attachments":[{"url":"https://example.com/f.zip","mime_type":"application/zip"}]}]}"#,
         );
         assert_eq!(j.items[0].url, None);
+        let j = parse_ok(r#"{"version":"1.0","items":[{"id":"1","content_text":"x"}]}"#);
+        assert_eq!(j.items[0].guid.as_deref(), Some("1"));
     }
 
     #[test]
     fn hostile_inputs_are_errors_not_panics() {
         let deep = format!("<rss version=\"2.0\">{}</rss>", "<a>".repeat(200_000));
-        let huge_attr = format!("<rss version=\"2.0\" x=\"{}\"><channel></channel></rss>", "y".repeat(5_000_000));
+        let huge_attr = format!(
+            "<rss version=\"2.0\" x=\"{}\"><channel></channel></rss>",
+            "y".repeat(5_000_000)
+        );
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("empty", vec![]),
             ("whitespace", b"  \n ".to_vec()),
-            ("binary", (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()),
+            (
+                "binary",
+                (0..4096u32)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                    .collect(),
+            ),
             ("deep", deep.into_bytes()),
-            ("truncated", b"<rss version=\"2.0\"><channel><item><title>x".to_vec()),
-            ("html", b"<!DOCTYPE html><html><body>hi</body></html>".to_vec()),
-            ("json", b"{\"version\": \"https://jsonfeed.org/version/1\", \"items\": [".to_vec()),
+            (
+                "truncated",
+                b"<rss version=\"2.0\"><channel><item><title>x".to_vec(),
+            ),
+            (
+                "html",
+                b"<!DOCTYPE html><html><body>hi</body></html>".to_vec(),
+            ),
+            (
+                "json",
+                b"{\"version\": \"https://jsonfeed.org/version/1\", \"items\": [".to_vec(),
+            ),
         ];
         for (name, body) in cases {
             match parse_at(&body, None, &base(), now()) {

@@ -38,10 +38,15 @@ pub(crate) fn to_utf8(body: &[u8], content_type: Option<&str>) -> Decoded {
         return decode_as(enc, body);
     }
     if let Ok(s) = std::str::from_utf8(body) {
-        return Decoded { text: s.to_owned(), encoding: "UTF-8" };
+        return Decoded {
+            text: s.to_owned(),
+            encoding: "UTF-8",
+        };
     }
     let declared = declared_encoding(body).and_then(|l| Encoding::for_label(l.as_bytes()));
-    let http = content_type.and_then(charset_param).and_then(|l| Encoding::for_label(l.as_bytes()));
+    let http = content_type
+        .and_then(charset_param)
+        .and_then(|l| Encoding::for_label(l.as_bytes()));
     let legacy = [declared, http]
         .into_iter()
         .flatten()
@@ -63,13 +68,18 @@ pub(crate) fn repair_prolog(mut text: String) -> String {
     if let Some(at) = text[..head_end].find(ATOM03) {
         text.replace_range(at..at + ATOM03.len(), "\"http://www.w3.org/2005/Atom\"");
         // Atom 0.3 text constructs carry MIME types where Atom 1.0 has keywords.
-        text = text.replace("type=\"application/xhtml+xml\"", "type=\"xhtml\"").replace("type=\"text/plain\"", "type=\"text\"");
+        text = text
+            .replace("type=\"application/xhtml+xml\"", "type=\"xhtml\"")
+            .replace("type=\"text/plain\"", "type=\"text\"");
     }
-    static ENC_ATTR: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r#"\s+encoding\s*=\s*(?:"[^"]*"|'[^']*')"#).expect("constant regex"));
-    static RSS_ROOT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"<rss(?:\s[^>]*)?>").expect("constant regex"));
-    static VERSION_ATTR: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r#"\sversion\s*=\s*(?:"([^"]*)"|'([^']*)')"#).expect("constant regex"));
+    static ENC_ATTR: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"\s+encoding\s*=\s*(?:"[^"]*"|'[^']*')"#).expect("constant regex")
+    });
+    static RSS_ROOT: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"<rss(?:\s[^>]*)?>").expect("constant regex"));
+    static VERSION_ATTR: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"\sversion\s*=\s*(?:"([^"]*)"|'([^']*)')"#).expect("constant regex")
+    });
 
     let head_end = floor_char_boundary(&text, 4096);
     if let Some(start) = text[..head_end].find("<?xml") {
@@ -84,7 +94,10 @@ pub(crate) fn repair_prolog(mut text: String) -> String {
     let head_end = floor_char_boundary(&text, 16 * 1024);
     if let Some(m) = RSS_ROOT.find(&text[..head_end]) {
         let tag = m.as_str();
-        let version = VERSION_ATTR.captures(tag).and_then(|c| c.get(1).or_else(|| c.get(2))).map(|v| v.as_str().trim());
+        let version = VERSION_ATTR
+            .captures(tag)
+            .and_then(|c| c.get(1).or_else(|| c.get(2)))
+            .map(|v| v.as_str().trim());
         let supported = matches!(version, Some("2.0" | "0.91" | "0.92" | ""));
         if !supported {
             let stripped = VERSION_ATTR.replace(tag, "").into_owned();
@@ -99,7 +112,8 @@ pub(crate) fn repair_prolog(mut text: String) -> String {
 pub(crate) fn charset_param(content_type: &str) -> Option<String> {
     content_type.split(';').skip(1).find_map(|p| {
         let (k, v) = p.split_once('=')?;
-        (k.trim().eq_ignore_ascii_case("charset")).then(|| v.trim().trim_matches(['"', '\'']).to_owned())
+        (k.trim().eq_ignore_ascii_case("charset"))
+            .then(|| v.trim().trim_matches(['"', '\'']).to_owned())
     })
 }
 
@@ -160,10 +174,13 @@ fn decode_utf32(bytes: &[u8], from: fn([u8; 4]) -> u32) -> String {
 /// The `encoding` pseudo-attribute of an ASCII-compatible XML declaration.
 fn declared_encoding(body: &[u8]) -> Option<String> {
     static DECL: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
-        regex::bytes::Regex::new(r#"<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9._:-]{1,40})["']"#).expect("constant regex")
+        regex::bytes::Regex::new(r#"<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9._:-]{1,40})["']"#)
+            .expect("constant regex")
     });
     let head = &body[..body.len().min(4096)];
-    DECL.captures(head).and_then(|c| c.get(1)).map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+    DECL.captures(head)
+        .and_then(|c| c.get(1))
+        .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -211,19 +228,29 @@ mod tests {
 
     #[test]
     fn prolog_loses_encoding_and_rss_gets_a_version() {
-        let t = repair_prolog("<?xml version='1.0' encoding='koi8-r' ?>\n<rss xmlns:x=\"y\">".into());
-        assert_eq!(t, "<?xml version='1.0' ?>\n<rss version=\"2.0\" xmlns:x=\"y\">");
+        let t =
+            repair_prolog("<?xml version='1.0' encoding='koi8-r' ?>\n<rss xmlns:x=\"y\">".into());
+        assert_eq!(
+            t,
+            "<?xml version='1.0' ?>\n<rss version=\"2.0\" xmlns:x=\"y\">"
+        );
         let t = repair_prolog("<rss version=\"0.94\">".into());
         assert_eq!(t, "<rss version=\"2.0\">");
         let t = repair_prolog("<rss version=\"2.0\">".into());
         assert_eq!(t, "<rss version=\"2.0\">");
         let t = repair_prolog("<feed version=\"0.3\" xmlns=\"http://purl.org/atom/ns#\">".into());
-        assert_eq!(t, "<feed version=\"0.3\" xmlns=\"http://www.w3.org/2005/Atom\">");
+        assert_eq!(
+            t,
+            "<feed version=\"0.3\" xmlns=\"http://www.w3.org/2005/Atom\">"
+        );
     }
 
     #[test]
     fn charset_param_is_found() {
-        assert_eq!(charset_param("text/xml; Charset=\"ISO-8859-1\"").as_deref(), Some("ISO-8859-1"));
+        assert_eq!(
+            charset_param("text/xml; Charset=\"ISO-8859-1\"").as_deref(),
+            Some("ISO-8859-1")
+        );
         assert_eq!(charset_param("text/xml"), None);
     }
 }

@@ -8,12 +8,40 @@ use regex::Regex;
 use scraper::{Html, Node};
 
 /// Elements whose text is never content (code, styling, embedded documents).
-const SKIPPED: &[&str] = &["script", "style", "noscript", "template", "head", "iframe", "object", "svg", "select"];
+const SKIPPED: &[&str] = &[
+    "script", "style", "noscript", "template", "head", "iframe", "object", "svg", "select",
+];
 
 /// Elements that end a paragraph: a blank line before and after.
 const PARAGRAPHS: &[&str] = &[
-    "p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "ul", "ol", "dl", "table", "section", "article",
-    "header", "footer", "aside", "nav", "main", "figure", "hr", "address", "details", "summary", "fieldset", "form",
+    "p",
+    "div",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "pre",
+    "ul",
+    "ol",
+    "dl",
+    "table",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "aside",
+    "nav",
+    "main",
+    "figure",
+    "hr",
+    "address",
+    "details",
+    "summary",
+    "fieldset",
+    "form",
 ];
 
 /// Elements that end a line.
@@ -22,7 +50,11 @@ const LINES: &[&str] = &["br", "li", "tr", "dt", "dd", "figcaption", "caption"];
 /// Plain text of a title-like field: one line, markup stripped if there is
 /// any, entities decoded, whitespace collapsed to single spaces.
 pub(crate) fn one_line(raw: &str) -> String {
-    let text = if looks_like_markup(raw) { html_to_text(raw) } else { raw.to_owned() };
+    let text = if looks_like_markup(raw) {
+        html_to_text(raw)
+    } else {
+        raw.to_owned()
+    };
     collapse_whitespace(&text)
 }
 
@@ -38,8 +70,12 @@ pub(crate) fn block(raw: &str, is_html: bool) -> String {
 
 /// True when the text contains something that looks like an HTML tag or entity.
 pub(crate) fn looks_like_markup(s: &str) -> bool {
-    static MARKUP: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"<[A-Za-z!/?]|&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});").expect("constant regex"));
+    static MARKUP: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(
+            r"<[A-Za-z!/?]|&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});",
+        )
+        .expect("constant regex")
+    });
     (s.contains('<') || s.contains('&')) && MARKUP.is_match(s)
 }
 
@@ -135,7 +171,8 @@ impl Breaks {
             return;
         }
         if self.pending > 0 && !self.text.is_empty() {
-            self.text.push_str(if self.pending == 2 { "\n\n" } else { "\n" });
+            self.text
+                .push_str(if self.pending == 2 { "\n\n" } else { "\n" });
         }
         self.pending = 0;
         for (i, part) in t.split(is_space).enumerate() {
@@ -153,13 +190,17 @@ impl Breaks {
 const MAX_HTML_DEPTH: usize = 256;
 
 /// Void elements: never closed, never nest.
-const VOID: &[&str] =
-    &["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"];
+const VOID: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr",
+];
 
 /// Opening tags minus closing tags, at its highest (void and self-closing
 /// tags excluded). Over-estimates for unclosed `<p>`/`<li>`, never under.
 fn nesting_estimate(html: &str) -> usize {
-    static TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"<(/?)([A-Za-z][A-Za-z0-9]*)[^>]*?(/?)>").expect("constant regex"));
+    static TAG: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"<(/?)([A-Za-z][A-Za-z0-9]*)[^>]*?(/?)>").expect("constant regex")
+    });
     let (mut depth, mut max) = (0usize, 0usize);
     for c in TAG.captures_iter(html) {
         let name = c[2].to_ascii_lowercase();
@@ -176,10 +217,14 @@ fn nesting_estimate(html: &str) -> usize {
 /// Flat fallback of [`html_to_text`]: tags removed (block tags become line
 /// breaks), then entities decoded by parsing the now tag-free text.
 fn strip_tags(html: &str) -> String {
-    static TAG: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"(?is)<!--.*?-->|<script\b.*?</script\s*>|<style\b.*?</style\s*>|<(/?)([A-Za-z][A-Za-z0-9]*)[^>]*>").expect("constant regex"));
+    static TAG: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?is)<!--.*?-->|<script\b.*?</script\s*>|<style\b.*?</style\s*>|<(/?)([A-Za-z][A-Za-z0-9]*)[^>]*>").expect("constant regex")
+    });
     let flat = TAG.replace_all(html, |c: &regex::Captures<'_>| {
-        let name = c.get(2).map(|m| m.as_str().to_ascii_lowercase()).unwrap_or_default();
+        let name = c
+            .get(2)
+            .map(|m| m.as_str().to_ascii_lowercase())
+            .unwrap_or_default();
         if PARAGRAPHS.contains(&name.as_str()) {
             "\n\n"
         } else if LINES.contains(&name.as_str()) {
@@ -243,7 +288,11 @@ pub(crate) fn tidy_lines(s: &str) -> String {
 /// Whitespace for collapsing purposes: Unicode whitespace except that a
 /// newline is handled by [`tidy_lines`]; zero-width characters count too.
 fn is_space(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{feff}')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{feff}'
+        )
 }
 
 #[cfg(test)]
@@ -259,7 +308,10 @@ mod tests {
     #[test]
     fn text_after_a_block_stays_separate() {
         assert_eq!(html_to_text("<div><p>a</p>b</div>"), "a\n\nb");
-        assert_eq!(html_to_text("<ul><li>one</li><li>two</li></ul>"), "one\ntwo");
+        assert_eq!(
+            html_to_text("<ul><li>one</li><li>two</li></ul>"),
+            "one\ntwo"
+        );
     }
 
     #[test]
