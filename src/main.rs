@@ -166,7 +166,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = load_config(&args.cfg, args.listen)?;
-            run(config, None).await?;
+            run(config, (args.cfg.db.clone(), args.listen), None).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sources { command: SourcesCommand::Check { cfg } } => Ok(sources_check(&cfg)),
@@ -234,7 +234,7 @@ fn spawn_signal_handler(cancel: CancellationToken) {
 }
 
 /// Engine + edge until a signal (or `stop`) fires; a clean, lossless shutdown.
-async fn run(config: Config, stop: Option<CancellationToken>) -> Result<()> {
+async fn run(config: Config, overrides: (Option<PathBuf>, Option<SocketAddr>), stop: Option<CancellationToken>) -> Result<()> {
     let cancel = stop.unwrap_or_default();
     spawn_signal_handler(cancel.clone());
     let _instance = lock_instance(&config.engine.database)?;
@@ -254,7 +254,21 @@ async fn run(config: Config, stop: Option<CancellationToken>) -> Result<()> {
         config.engine.database.display()
     );
     let reload = match livestrom_engine::config::watch::watch(config.path.clone(), cancel.clone()) {
-        Ok(rx) => Some(rx),
+        Ok(mut rx) => {
+            // Reloaded configs get the same flag/env overrides as the first one.
+            let (tx, out) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                while let Some(mut update) = rx.recv().await {
+                    if let Ok(c) = &mut update {
+                        c.apply_overrides(overrides.0.clone(), overrides.1);
+                    }
+                    if tx.send(update).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Some(out)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "config reload disabled");
             None
@@ -445,7 +459,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     println!("Or: cargo run --release -- tail --url http://{} --key {key}", args.listen);
     println!();
     println!("Ctrl-C stops the demo.");
-    let res = run(config, None).await;
+    let res = run(config, (None, None), None).await;
     drop(upstream);
     let _ = std::fs::remove_dir_all(&dir);
     res
