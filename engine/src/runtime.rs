@@ -163,8 +163,13 @@ pub async fn run(
         let slot = slots.len();
         let first_at = first_poll_at(states.get(src.id.as_str()));
         by_id.insert(src.id.as_str().to_owned(), slot);
-        slots.push(Some(Slot::new(src, false)));
-        unreported += 1;
+        // Streaming firehoses report through their reader, not a poll: they
+        // are not waited for by the first-round summary.
+        let streaming = is_streaming(&src);
+        slots.push(Some(Slot::new(src, streaming)));
+        if !streaming {
+            unreported += 1;
+        }
         start_slot(&ctx, &mut slots, slot, first_at, &mut queue, &mut upstreams, &cancel);
     }
     tracing::info!(sources = slots.len(), "engine started");
