@@ -211,7 +211,7 @@ pub async fn run(
                     tracing::error!("a poll task panicked");
                     continue;
                 };
-                let total = by_id.len();
+                let total = slots.iter().flatten().filter(|s| !is_streaming(&s.src)).count();
                 let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
                 s.polling = false;
                 for w in s.waiters.drain(..) {
@@ -348,10 +348,10 @@ async fn recv_reload(rx: &mut Option<mpsc::Receiver<Result<Config, ConfigError>>
 
 fn first_round_summary(total: usize, failing: &[String]) {
     if failing.is_empty() {
-        tracing::info!("first round: all {total} sources reachable");
+        tracing::info!("first round: all {total} polled sources reachable");
     } else {
         tracing::warn!(
-            "first round: {} of {total} sources reachable; cannot reach {}: {}",
+            "first round: {} of {total} polled sources reachable; cannot reach {}: {}",
             total - failing.len(),
             failing.len(),
             failing.join("; ")
