@@ -385,3 +385,61 @@ async fn firehose_sse_upstream_is_stored_as_it_arrives_and_resumes_after_restart
 
 #[allow(dead_code)]
 fn _assert_send(_: Arc<Store>) {}
+
+/// Runs `polls` polls of a recorded scenario through the engine and returns
+/// the number of new events after each poll (errors count as 0 and are kept).
+async fn replay_polls(scenario: &str, source_type: &str, polls: usize) -> (Vec<usize>, Vec<Result<(), String>>, Vec<StreamEvent>) {
+    let scenario = livestrom::replay::load_scenario(scenario).unwrap_or_else(|e| panic!("{e}"));
+    let server = ReplayServer::start(scenario).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = dir.path().join("t.db");
+    let path = server.scenario().paths().next().map(str::to_owned).unwrap_or_default();
+    let src = format!("[[source]]\nid = \"fx\"\ntype = \"{source_type}\"\nurl = \"{}\"\ninterval = \"1h\"\n", server.url(&path));
+    let engine = Engine::start(&db, &src).await;
+    let first = engine.first_poll("fx").await;
+    let mut counts = vec![all_events(&engine.store).len()];
+    let mut results = vec![first.last_error.map_or(Ok(()), Err)];
+    for _ in 1..polls {
+        let before = all_events(&engine.store).len();
+        results.push(engine.handle.poll_now("fx").await);
+        counts.push(all_events(&engine.store).len() - before);
+    }
+    assert_eq!(server.hits(&path), polls, "one request per poll");
+    assert_schema_valid(&engine.store);
+    let events = all_events(&engine.store);
+    engine.stop().await;
+    (counts, results, events)
+}
+
+#[tokio::test]
+async fn recorded_atom_and_json_feed_stories_emit_exactly_what_changed() {
+    for (scenario, ty) in [("atom-polls", "rss"), ("jsonfeed-polls", "json"), ("rss-polls", "rss")] {
+        let (counts, results, events) = replay_polls(scenario, ty, 7).await;
+        // poll 1: 3 new; 2: 2 new; 3: one real edit (v2), one whitespace-only (none);
+        // 4: 304; 5: 500; 6: unusable body; 7: 1 new.
+        assert_eq!(counts, vec![3, 2, 1, 0, 0, 0, 1], "{scenario}: {results:?}");
+        assert!(results[4].as_ref().err().is_some_and(|e| e.contains("500")), "{scenario}: {results:?}");
+        assert!(results[5].is_err(), "{scenario}: {results:?}");
+        assert!(results[6].is_ok(), "{scenario}: {results:?}");
+        let v2: Vec<&StreamEvent> = events.iter().filter(|e| e.version == 2).collect();
+        assert_eq!(v2.len(), 1, "{scenario}");
+        assert!(v2[0].supersedes.is_some(), "{scenario}");
+    }
+}
+
+#[tokio::test]
+async fn duplicate_guids_churning_guids_and_missing_ids_do_not_flood() {
+    // 10 items sharing one guid stay 10 items, and a re-poll emits nothing.
+    let (counts, _, events) = replay_polls("rss-duplicate-guids", "rss", 3).await;
+    assert_eq!(counts, vec![10, 0, 0]);
+    let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.item_id.as_str()).collect();
+    assert_eq!(ids.len(), 10);
+
+    // Guids that change on every fetch: the same 3 items, never re-emitted.
+    let (counts, _, _) = replay_polls("rss-churning-guids", "rss", 4).await;
+    assert_eq!(counts, vec![3, 0, 0, 0]);
+
+    // Items with no guid and no link: stable content-hash identity.
+    let (counts, _, _) = replay_polls("rss-no-ids", "rss", 3).await;
+    assert_eq!(counts, vec![2, 1, 0]);
+}

@@ -836,3 +836,53 @@ mod tests {
         assert!(err.contains("not a SQLite database"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prune_removes_events_outside_retention_and_raises_the_floor() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let path = dir.path().join("p.db");
+        let store = Store::open(&path, Duration::from_millis(200), Bus::new())?;
+        let ev = |n: u32| NewEvent {
+            event: StreamEvent {
+                id: Uuid::nil(),
+                schema_version: 1,
+                source_id: "s".into(),
+                source_type: SourceType::Rss,
+                url: String::new(),
+                title: format!("{n}"),
+                content: String::new(),
+                tags: vec![],
+                fetched_at: Utc::now(),
+                emitted_at: Utc::now(),
+                item_id: format!("{n}"),
+                version: 1,
+                supersedes: None,
+                diff: None,
+                added: None,
+                published_at: None,
+            },
+            fingerprint: String::new(),
+            aliases: vec![],
+        };
+        let old = store.write(WriteBatch { events: vec![ev(1), ev(2)], ..Default::default() }).await?;
+        // Let the first two events age past the 200 ms window (wall-clock
+        // retention is what is under test, so real time has to pass).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.retention_floor() <= old[1].event.id {
+            assert!(std::time::Instant::now() < deadline, "retention floor never passed the old events");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let fresh = store.write(WriteBatch { events: vec![ev(3)], ..Default::default() }).await?;
+        assert_eq!(store.prune().await?, 2);
+        let left = store.read_after(Uuid::nil(), 10, &ReadScope::default())?;
+        assert_eq!(left.iter().map(|r| r.id).collect::<Vec<_>>(), vec![fresh[0].event.id]);
+        assert!(store.retention_floor() > old[1].event.id);
+        // Item state survives pruning: an old item is still known.
+        assert_eq!(store.items("s").await?.len(), 3);
+        Ok(())
+    }
+}
