@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("bench.db");
     let mut toml = format!(
-        "[engine]\ndatabase = {db:?}\n[fetch]\nallow_private_networks = true\nper_host_rps = 100000\nper_host_concurrency = 128\n"
+        "[engine]\ndatabase = {db:?}\n[fetch]\nallow_private_networks = true\nper_host_rps = 1000\nper_host_concurrency = 100\n"
     );
     for i in 0..n {
         toml.push_str(&format!("[[source]]\nid = \"bench.s{i}\"\ntype = \"rss\"\nurl = \"{url}?s={i}\"\ninterval = \"{interval}s\"\n"));
@@ -107,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
 
     // Idle: the same sources with a long interval, measured between polls.
-    let mut toml = format!("[engine]\ndatabase = {:?}\n[fetch]\nallow_private_networks = true\nper_host_rps = 100000\nper_host_concurrency = 128\n", dir.path().join("idle.db"));
+    let mut toml = format!("[engine]\ndatabase = {:?}\n[fetch]\nallow_private_networks = true\nper_host_rps = 1000\nper_host_concurrency = 100\n", dir.path().join("idle.db"));
     for i in 0..n {
         toml.push_str(&format!("[[source]]\nid = \"bench.s{i}\"\ntype = \"rss\"\nurl = \"{url}?s={i}\"\ninterval = \"1h\"\n"));
     }
