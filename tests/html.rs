@@ -375,10 +375,11 @@ async fn real_pages_extract_and_are_stable() {
 }
 
 /// Hostile pages finish (with a snapshot or an error) instead of blowing the
-/// stack or the memory: deep nesting, 5 MB of flat blocks, unclosed inline tags.
+/// stack, the memory or the CPU: 5 MB of nesting, unclosed inline tags, 5 MB
+/// of flat blocks, nested tables, a huge attribute list.
 #[tokio::test]
 async fn hostile_pages_do_not_blow_up() {
-    let depth = 100_000;
+    let depth = 1_000_000;
     let deep = format!(
         "<html><body>{}deep{}</body></html>",
         "<div>".repeat(depth),
@@ -386,11 +387,11 @@ async fn hostile_pages_do_not_blow_up() {
     );
     let unclosed = format!(
         "<html><body><main>{}text</main></body></html>",
-        "<b><i><font>".repeat(30_000)
+        "<b><i><font>".repeat(400_000)
     );
     let tables = format!(
         "<html><body>{}cell</body></html>",
-        "<table><tr><td>".repeat(20_000)
+        "<table><tr><td>".repeat(300_000)
     );
     let flat = format!(
         "<html><body>{}</body></html>",
@@ -398,22 +399,26 @@ async fn hostile_pages_do_not_blow_up() {
     );
     let attrs = format!(
         "<html><body><p {}>x</p></body></html>",
-        "a=1 ".repeat(500_000)
+        (0..600_000).map(|i| format!("a{i}=1 ")).collect::<String>()
     );
-    for (name, page, selector) in [
-        ("deep", deep, "div div"),
-        ("unclosed", unclosed, "main b"),
-        ("tables", tables, "td"),
-        ("flat", flat, "body p"),
-        ("attrs", attrs, "p"),
-    ] {
-        assert!(page.len() <= 6 << 20, "{name} is {} bytes", page.len());
+    let cases = [
+        ("deep", deep, "div div", false),
+        ("unclosed", unclosed, "main b", false),
+        ("tables", tables, "td", false),
+        ("flat", flat, "body p", true),
+        ("attrs", attrs, "p", false),
+    ];
+    for (name, page, selector, usable) in cases {
+        assert!(page.len() >= 4 << 20, "{name} is only {} bytes", page.len());
         let s = settings(&format!("selector = \"{selector}\""));
         let result =
             tokio::task::spawn_blocking(move || html::extract(page.as_bytes(), Some(HTML), &s))
-                .await;
-        let snap = result.unwrap_or_else(|e| panic!("{name}: extract panicked: {e}"));
-        let snap = snap.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(!snap.text.is_empty(), "{name}");
+                .await
+                .unwrap_or_else(|e| panic!("{name}: extract panicked: {e}"));
+        match result {
+            Ok(snap) if usable => assert!(!snap.text.is_empty(), "{name}"),
+            Err(HtmlError::TooComplex(_)) if !usable => {}
+            other => panic!("{name}: unexpected {other:?}"),
+        }
     }
 }

@@ -12,9 +12,10 @@ mod noise;
 mod text;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use scraper::{Html, Selector};
+use html5ever::tendril::{StrTendril, TendrilSink};
+use scraper::{Html, HtmlTreeSink, Selector};
 use similar::{Algorithm, ChangeTag, DiffOp, TextDiff};
 
 use crate::config::HtmlSettings;
@@ -43,6 +44,11 @@ pub enum HtmlError {
         /// The parser's message.
         reason: String,
     },
+    /// A hostile or broken page that would take too long to parse: elements
+    /// nested deeper than any real page, or parsing over its time budget
+    /// (html5ever has quadratic corners, e.g. thousands of attributes on one tag).
+    #[error("the page is too complex to parse safely: {0}")]
+    TooComplex(String),
     /// The watched region holds no text once noise is removed (a page
     /// rendered by JavaScript, or a broken response); reported instead of
     /// diffing to "everything deleted".
@@ -74,6 +80,16 @@ pub const DIFF_HEADER: (&str, &str) = ("previous", "current");
 /// Context lines around each hunk of the unified diff.
 pub const DIFF_CONTEXT: usize = 3;
 
+/// Deepest element nesting accepted (see [`HtmlError::TooComplex`]).
+pub const MAX_DEPTH: usize = 512;
+
+/// Wall-clock budget for parsing one page (a 10 MB page of real markup
+/// parses in well under a second).
+pub const PARSE_BUDGET: Duration = Duration::from_secs(5);
+
+/// Bytes of markup parsed between two depth checks.
+const PARSE_SLICE: usize = 16 * 1024;
+
 /// Bound on the time spent diffing one pair of snapshots; past it `similar`
 /// returns a coarser (still correct) diff instead of an exact minimal one.
 const DIFF_DEADLINE: Duration = Duration::from_secs(2);
@@ -98,7 +114,7 @@ pub fn extract(
         .map(|s| parse_selector(s))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let doc = Html::parse_document(&source);
+    let doc = parse(&source)?;
     let title = first_text(&doc, "head title")
         .or_else(|| first_text(&doc, "title"))
         .unwrap_or_default();
@@ -238,6 +254,48 @@ fn clean(line: &str, settings: &HtmlSettings) -> Option<String> {
     let s = noise::strip_builtin(&s);
     let s = text::collapse(&s);
     (!s.is_empty()).then_some(s)
+}
+
+/// Parses like `Html::parse_document`, but in slices, checking the nesting
+/// depth between them: html5ever's tree builder scans the stack of open
+/// elements for many tags, so a hostile page of 100 000 nested `<div>`s
+/// would take minutes. Browsers cap the depth too (Chromium at 512). The time
+/// budget catches the other quadratic corners.
+fn parse(source: &str) -> Result<Html, HtmlError> {
+    let started = Instant::now();
+    let mut parser = html5ever::driver::parse_document(
+        HtmlTreeSink::new(Html::new_document()),
+        Default::default(),
+    );
+    let mut rest = source;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(PARSE_SLICE);
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let (slice, tail) = rest.split_at(cut);
+        parser.process(StrTendril::from_slice(slice));
+        rest = tail;
+        let depth = {
+            let html = parser.tokenizer.sink.sink.0.borrow();
+            html.tree
+                .nodes()
+                .next_back()
+                .map_or(0, |n| n.ancestors().count())
+        };
+        if depth > MAX_DEPTH {
+            return Err(HtmlError::TooComplex(format!(
+                "elements nest more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        if started.elapsed() > PARSE_BUDGET {
+            return Err(HtmlError::TooComplex(format!(
+                "parsing took longer than {}s",
+                PARSE_BUDGET.as_secs()
+            )));
+        }
+    }
+    Ok(parser.finish())
 }
 
 fn parse_selector(css: &str) -> Result<Selector, HtmlError> {
