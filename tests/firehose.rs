@@ -737,3 +737,36 @@ fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
     b.reset();
     assert!(b.next_delay() <= Duration::from_secs(1));
 }
+
+/// Waiting on a slow store is not upstream idleness: the idle timeout counts
+/// from the last bytes or the last delivered batch, whichever is later.
+#[tokio::test(start_paused = true)]
+async fn time_blocked_on_a_full_channel_does_not_count_as_idle() {
+    let lines: String = (0..2000).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    let source = chunks(vec![lines.into_bytes()]).chain(stream::pending());
+    let s = settings("format = \"ndjson\"");
+    let (tx, mut rx) = mpsc::channel(1);
+    let (htx, _hrx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let opts = UpstreamOptions::default();
+    let idle = opts.idle_timeout;
+    let driver = tokio::spawn(async move {
+        let mut dec = StreamDecoder::new(&s, base(), None, 1 << 20);
+        let mut health = Health::new(htx);
+        drive_stream(source, &mut dec, &tx, &mut health, &opts, &cancel).await
+    });
+    // The store is stalled for longer than the idle timeout.
+    tokio::time::sleep(idle * 3).await;
+    let mut got = 0;
+    while got < 2000 {
+        got += rx.recv().await.expect("batch").items.len();
+    }
+    let drained_at = tokio::time::Instant::now();
+    let (end, sent) = driver.await.expect("driver");
+    assert_eq!((end, sent), (StreamEnd::Idle, 2000));
+    assert!(
+        drained_at.elapsed() >= idle,
+        "idle was declared {:?} after the stall ended",
+        drained_at.elapsed()
+    );
+}

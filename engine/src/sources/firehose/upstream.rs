@@ -425,6 +425,8 @@ where
                 if let Err(end) = batch.flush(out, cancel).await {
                     return (end, batch.sent);
                 }
+                // Time spent waiting for the store is not upstream idleness.
+                idle_deadline = idle_deadline.max(Instant::now() + opts.idle_timeout);
                 health.ok_if_settled();
                 continue;
             }
@@ -444,6 +446,7 @@ where
                     if let Err(end) = batch.absorb(&mut decoded, opts.max_batch, out, cancel).await {
                         return (end, batch.sent);
                     }
+                    idle_deadline = idle_deadline.max(Instant::now() + opts.idle_timeout);
                     if !batch.pending.is_empty() && batch.flush_at.is_none() {
                         batch.flush_at = Some(Instant::now() + opts.batch_window);
                     }

@@ -23,7 +23,8 @@ static LABELLED_TOKEN: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// A long opaque word that mixes upper case, lower case and digits (base64/base62 tokens).
-static OPAQUE_WORD: LazyLock<Regex> = LazyLock::new(|| re(r"[A-Za-z0-9+/_\-]{24,}={0,2}"));
+/// `/` is not part of it, so the path segments of a URL are judged one by one.
+static OPAQUE_WORD: LazyLock<Regex> = LazyLock::new(|| re(r"[A-Za-z0-9+_\-]{24,}={0,2}"));
 
 /// ISO 8601 date-time with seconds: the time part is dropped, the date kept.
 static ISO_DATETIME: LazyLock<Regex> = LazyLock::new(|| {
