@@ -115,10 +115,11 @@ pub fn extract(
         .collect::<Result<Vec<_>, _>>()?;
 
     let doc = parse(&source)?;
+    let h1 = first_text(&doc, "h1");
     let title = first_text(&doc, "head title")
         .or_else(|| first_text(&doc, "title"))
+        .or_else(|| h1.clone())
         .unwrap_or_default();
-    let h1 = first_text(&doc, "h1");
     let skip: HashSet<_> = ignore
         .iter()
         .flat_map(|sel| doc.select(sel).map(|e| e.id()))
