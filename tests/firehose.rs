@@ -19,7 +19,8 @@ use futures::stream::BoxStream;
 use futures::{stream, Stream, StreamExt};
 use livestrom_engine::config::{FirehoseSettings, SourceKind};
 use livestrom_engine::sources::firehose::{
-    self, drive_stream, run_upstream_with, Backoff, Health, StreamDecoder, StreamEnd, UpstreamBatch, UpstreamOptions,
+    self, drive_stream, run_upstream_with, Backoff, Health, StreamDecoder, StreamEnd,
+    UpstreamBatch, UpstreamOptions,
 };
 use livestrom_engine::sources::Item;
 use livestrom_engine::Config;
@@ -31,13 +32,16 @@ use tokio_util::sync::CancellationToken;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn fixture(rel: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/firehose").join(rel);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/firehose")
+        .join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
 fn settings(extra: &str) -> FirehoseSettings {
     let toml = format!("[[source]]\nid = \"hose\"\ntype = \"firehose\"\nurl = \"https://example.org/api/recent.json\"\n{extra}\n");
-    let cfg = Config::from_toml(Path::new("sources.toml"), &toml).unwrap_or_else(|e| panic!("config: {e}"));
+    let cfg = Config::from_toml(Path::new("sources.toml"), &toml)
+        .unwrap_or_else(|e| panic!("config: {e}"));
     match &cfg.source("hose").expect("source").kind {
         SourceKind::Firehose(f) => f.clone(),
         other => panic!("not a firehose source: {other:?}"),
@@ -49,7 +53,9 @@ fn base() -> Url {
 }
 
 async fn listen(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
@@ -60,7 +66,9 @@ type Upstream = BoxStream<'static, Result<Bytes, reqwest::Error>>;
 
 /// Opens the upstream with reqwest directly (the engine's fetcher is not
 /// involved), sending `Last-Event-ID` when resuming.
-fn connector(url: String) -> impl FnMut(Option<String>) -> BoxFuture<'static, Result<Upstream, String>> {
+fn connector(
+    url: String,
+) -> impl FnMut(Option<String>) -> BoxFuture<'static, Result<Upstream, String>> {
     let client = reqwest::Client::new();
     move |cursor| {
         let client = client.clone();
@@ -84,7 +92,10 @@ async fn collect(rx: &mut mpsc::Receiver<UpstreamBatch>, n: usize) -> Vec<Upstre
     let mut batches = Vec::new();
     let mut got = 0;
     while got < n {
-        let batch = tokio::time::timeout(PATIENCE, rx.recv()).await.expect("items within the patience bound").expect("upstream task alive");
+        let batch = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("items within the patience bound")
+            .expect("upstream task alive");
         got += batch.items.len();
         batches.push(batch);
     }
@@ -92,11 +103,18 @@ async fn collect(rx: &mut mpsc::Receiver<UpstreamBatch>, n: usize) -> Vec<Upstre
 }
 
 fn guids(batches: &[UpstreamBatch]) -> Vec<String> {
-    batches.iter().flat_map(|b| b.items.iter().map(|i| i.guid.clone().unwrap_or_default())).collect()
+    batches
+        .iter()
+        .flat_map(|b| b.items.iter().map(|i| i.guid.clone().unwrap_or_default()))
+        .collect()
 }
 
 fn fast() -> UpstreamOptions {
-    UpstreamOptions { initial_backoff: Duration::from_millis(20), min_backoff: Duration::from_millis(10), ..UpstreamOptions::default() }
+    UpstreamOptions {
+        initial_backoff: Duration::from_millis(20),
+        min_backoff: Duration::from_millis(10),
+        ..UpstreamOptions::default()
+    }
 }
 
 // ---------------------------------------------------------------- json
@@ -104,13 +122,34 @@ fn fast() -> UpstreamOptions {
 #[tokio::test]
 async fn json_documents_map_fields_and_show_new_items_on_the_next_poll() {
     let app = axum::Router::new()
-        .route("/api/recent-1.json", axum::routing::get(|| async { ([(header::CONTENT_TYPE, "application/json")], fixture("recent-1.json")) }))
-        .route("/api/recent-2.json", axum::routing::get(|| async { ([(header::CONTENT_TYPE, "application/json")], fixture("recent-2.json")) }));
+        .route(
+            "/api/recent-1.json",
+            axum::routing::get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    fixture("recent-1.json"),
+                )
+            }),
+        )
+        .route(
+            "/api/recent-2.json",
+            axum::routing::get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    fixture("recent-2.json"),
+                )
+            }),
+        );
     let server = listen(app).await;
     let s = settings("format = \"json\"\nitems = \"/items\"\nfields = { id = \"/id\", title = \"/title\", url = \"/link\", content = \"/summary\" }");
 
     let url1 = Url::parse(&format!("{server}/api/recent-1.json")).expect("url");
-    let body = reqwest::get(url1.clone()).await.expect("GET").bytes().await.expect("body");
+    let body = reqwest::get(url1.clone())
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
     let doc = firehose::parse_json_document(&body, &s, &url1).expect("maps");
     let item = |guid: &str, url: Option<String>, title: &str, content: &str| Item {
         guid: (!guid.is_empty()).then(|| guid.to_owned()),
@@ -122,43 +161,108 @@ async fn json_documents_map_fields_and_show_new_items_on_the_next_poll() {
     assert_eq!(
         doc.parsed.items,
         vec![
-            item("1001", Some(format!("{server}/wiki/Stockholm?diff=1001")), "Edit: Stockholm", "+12 bytes"),
-            item("rc-1002", Some("https://example.org/wiki/G%C3%B6teborg".to_owned()), "Edit: Göteborg", r#"{"added":40,"removed":2}"#),
+            item(
+                "1001",
+                Some(format!("{server}/wiki/Stockholm?diff=1001")),
+                "Edit: Stockholm",
+                "+12 bytes"
+            ),
+            item(
+                "rc-1002",
+                Some("https://example.org/wiki/G%C3%B6teborg".to_owned()),
+                "Edit: Göteborg",
+                r#"{"added":40,"removed":2}"#
+            ),
             item("1003", None, "42", ""),
-            item("", Some(format!("{server}/talk/Malm%C3%B6")), "No id, relative link", ""),
+            item(
+                "",
+                Some(format!("{server}/talk/Malm%C3%B6")),
+                "No id, relative link",
+                ""
+            ),
             item("1004", None, "", "true"),
         ]
     );
-    assert_eq!(doc.skipped, 3, "a string, an array and an object with none of the fields");
-    assert_eq!(firehose::parse_json(&body, &s, &url1).expect("maps"), doc.parsed);
+    assert_eq!(
+        doc.skipped, 3,
+        "a string, an array and an object with none of the fields"
+    );
+    assert_eq!(
+        firehose::parse_json(&body, &s, &url1).expect("maps"),
+        doc.parsed
+    );
 
     let url2 = Url::parse(&format!("{server}/api/recent-2.json")).expect("url");
-    let body2 = reqwest::get(url2.clone()).await.expect("GET").bytes().await.expect("body");
+    let body2 = reqwest::get(url2.clone())
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
     let second = firehose::parse_json(&body2, &s, &url2).expect("maps");
-    let seen: Vec<_> = doc.parsed.items.iter().filter_map(|i| i.guid.clone()).collect();
-    let new: Vec<_> = second.items.iter().filter_map(|i| i.guid.clone()).filter(|g| !seen.contains(g)).collect();
+    let seen: Vec<_> = doc
+        .parsed
+        .items
+        .iter()
+        .filter_map(|i| i.guid.clone())
+        .collect();
+    let new: Vec<_> = second
+        .items
+        .iter()
+        .filter_map(|i| i.guid.clone())
+        .filter(|g| !seen.contains(g))
+        .collect();
     assert_eq!(new, vec!["1006".to_owned(), "1005".to_owned()]);
-    let old_again = second.items.iter().find(|i| i.guid.as_deref() == Some("rc-1002")).expect("old item still listed");
-    assert_eq!(Some(old_again), doc.parsed.items.iter().find(|i| i.guid.as_deref() == Some("rc-1002")), "an old item maps identically");
+    let old_again = second
+        .items
+        .iter()
+        .find(|i| i.guid.as_deref() == Some("rc-1002"))
+        .expect("old item still listed");
+    assert_eq!(
+        Some(old_again),
+        doc.parsed
+            .items
+            .iter()
+            .find(|i| i.guid.as_deref() == Some("rc-1002")),
+        "an old item maps identically"
+    );
 }
 
 #[test]
 fn json_root_array_default_fields_and_bad_documents() {
     let s = settings("format = \"json\"");
-    let parsed = firehose::parse_json(&fixture("root-array.json"), &s, &base()).expect("root array");
-    assert_eq!(parsed.items.iter().map(|i| (i.guid.as_deref(), i.title.as_str(), i.content.as_str())).collect::<Vec<_>>(), vec![(Some("a"), "First", "one"), (Some("b"), "Second", "two")]);
+    let parsed =
+        firehose::parse_json(&fixture("root-array.json"), &s, &base()).expect("root array");
+    assert_eq!(
+        parsed
+            .items
+            .iter()
+            .map(|i| (i.guid.as_deref(), i.title.as_str(), i.content.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(Some("a"), "First", "one"), (Some("b"), "Second", "two")]
+    );
 
-    let err = firehose::parse_json(&fixture("recent-1.json"), &s, &base()).expect_err("root is an object");
+    let err = firehose::parse_json(&fixture("recent-1.json"), &s, &base())
+        .expect_err("root is an object");
     assert!(matches!(err, firehose::FirehoseError::NoItems(_)), "{err}");
-    let err = firehose::parse_json(b"{\"items\": [", &settings("items = \"/items\""), &base()).expect_err("truncated");
+    let err = firehose::parse_json(b"{\"items\": [", &settings("items = \"/items\""), &base())
+        .expect_err("truncated");
     assert!(matches!(err, firehose::FirehoseError::Json(_)), "{err}");
-    let err = firehose::parse_json(b"{\"items\": {\"a\": 1}}", &settings("items = \"/items\""), &base()).expect_err("not an array");
+    let err = firehose::parse_json(
+        b"{\"items\": {\"a\": 1}}",
+        &settings("items = \"/items\""),
+        &base(),
+    )
+    .expect_err("not an array");
     assert!(err.to_string().contains("/items"), "{err}");
     for hostile in [&b""[..], b"\xff\xfe", b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["] {
         assert!(firehose::parse_json(hostile, &s, &base()).is_err());
     }
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    assert!(firehose::parse_json(deep.as_bytes(), &s, &base()).is_err(), "serde_json's recursion limit refuses it");
+    assert!(
+        firehose::parse_json(deep.as_bytes(), &s, &base()).is_err(),
+        "serde_json's recursion limit refuses it"
+    );
 }
 
 // ---------------------------------------------------------------- ndjson
@@ -169,61 +273,121 @@ async fn ndjson_upstream_handles_split_blank_malformed_and_oversized_lines() {
     let handler = |State(n): State<Arc<AtomicUsize>>| async move {
         if n.fetch_add(1, Ordering::SeqCst) > 0 {
             // Later connections stay open and quiet.
-            return Body::from_stream(stream::pending::<Result<Bytes, Infallible>>()).into_response();
+            return Body::from_stream(stream::pending::<Result<Bytes, Infallible>>())
+                .into_response();
         }
         let long = format!("{{\"id\": 99, \"title\": \"{}\"}}\n", "x".repeat(3000));
         let chunks: Vec<Result<Bytes, Infallible>> = vec![
-            Ok(Bytes::from_static(b"\xEF\xBB\xBF{\"id\":1,\"title\":\"a\"}\n{\"id\":2,")),
+            Ok(Bytes::from_static(
+                b"\xEF\xBB\xBF{\"id\":1,\"title\":\"a\"}\n{\"id\":2,",
+            )),
             Ok(Bytes::from_static(b"\"title\":\"b\"}\r\n\n   \n")),
             Ok(Bytes::from_static(b"not json\n")),
             Ok(Bytes::from(long[..1000].to_owned())),
             Ok(Bytes::from(long[1000..].to_owned())),
-            Ok(Bytes::from_static(b"[1, 2]\n{\"id\":3,\"title\":\"c\",\"url\":\"/items/3\"}")),
+            Ok(Bytes::from_static(
+                b"[1, 2]\n{\"id\":3,\"title\":\"c\",\"url\":\"/items/3\"}",
+            )),
         ];
         Body::from_stream(stream::iter(chunks)).into_response()
     };
-    let server = listen(axum::Router::new().route("/stream", axum::routing::get(handler)).with_state(connections.clone())).await;
+    let server = listen(
+        axum::Router::new()
+            .route("/stream", axum::routing::get(handler))
+            .with_state(connections.clone()),
+    )
+    .await;
     let (tx, mut rx) = mpsc::channel(8);
     let (htx, mut hrx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
-    let opts = UpstreamOptions { max_line: 1024, ..fast() };
-    let task = tokio::spawn(run_upstream_with(settings("format = \"ndjson\""), base(), None, connector(format!("{server}/stream")), tx, htx, cancel.clone(), opts));
+    let opts = UpstreamOptions {
+        max_line: 1024,
+        ..fast()
+    };
+    let task = tokio::spawn(run_upstream_with(
+        settings("format = \"ndjson\""),
+        base(),
+        None,
+        connector(format!("{server}/stream")),
+        tx,
+        htx,
+        cancel.clone(),
+        opts,
+    ));
 
     let batches = collect(&mut rx, 3).await;
     assert_eq!(guids(&batches), vec!["1", "2", "3"]);
-    let last = batches.last().and_then(|b| b.items.last()).expect("an item");
+    let last = batches
+        .last()
+        .and_then(|b| b.items.last())
+        .expect("an item");
     assert_eq!(last.url.as_deref(), Some("https://example.org/items/3"));
-    assert!(batches.iter().all(|b| b.cursor.is_none()), "ndjson has no cursor");
+    assert!(
+        batches.iter().all(|b| b.cursor.is_none()),
+        "ndjson has no cursor"
+    );
 
     let mut reports = Vec::new();
     while let Ok(r) = hrx.try_recv() {
         reports.push(r);
     }
-    assert!(reports.iter().any(|r| matches!(r, Err(e) if e.contains("malformed"))), "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .any(|r| matches!(r, Err(e) if e.contains("malformed"))),
+        "{reports:?}"
+    );
     cancel.cancel();
-    tokio::time::timeout(PATIENCE, task).await.expect("stops when cancelled").expect("no panic");
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("stops when cancelled")
+        .expect("no panic");
 }
 
 #[tokio::test]
 async fn a_burst_of_ten_thousand_items_arrives_batched() {
     const N: usize = 10_000;
     let handler = || async {
-        let lines: Vec<String> = (0..N).map(|i| format!("{{\"id\":{i},\"title\":\"item {i}\"}}\n")).collect();
-        let chunks: Vec<Result<Bytes, Infallible>> = lines.chunks(500).map(|c| Ok(Bytes::from(c.concat()))).collect();
+        let lines: Vec<String> = (0..N)
+            .map(|i| format!("{{\"id\":{i},\"title\":\"item {i}\"}}\n"))
+            .collect();
+        let chunks: Vec<Result<Bytes, Infallible>> = lines
+            .chunks(500)
+            .map(|c| Ok(Bytes::from(c.concat())))
+            .collect();
         Body::from_stream(stream::iter(chunks).chain(stream::pending())).into_response()
     };
     let server = listen(axum::Router::new().route("/burst", axum::routing::get(handler))).await;
     let (tx, mut rx) = mpsc::channel(2);
     let (htx, _hrx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_upstream_with(settings("format = \"ndjson\""), base(), None, connector(format!("{server}/burst")), tx, htx, cancel.clone(), fast()));
+    let task = tokio::spawn(run_upstream_with(
+        settings("format = \"ndjson\""),
+        base(),
+        None,
+        connector(format!("{server}/burst")),
+        tx,
+        htx,
+        cancel.clone(),
+        fast(),
+    ));
     let batches = collect(&mut rx, N).await;
     let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
     assert_eq!(guids(&batches), want, "every item once, in order");
-    assert!(batches.iter().all(|b| b.items.len() <= 1000), "no batch over the cap");
-    assert!(batches.len() <= N / 10, "{} batches for {N} items: not batched", batches.len());
+    assert!(
+        batches.iter().all(|b| b.items.len() <= 1000),
+        "no batch over the cap"
+    );
+    assert!(
+        batches.len() <= N / 10,
+        "{} batches for {N} items: not batched",
+        batches.len()
+    );
     cancel.cancel();
-    tokio::time::timeout(PATIENCE, task).await.expect("stops when cancelled").expect("no panic");
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("stops when cancelled")
+        .expect("no panic");
 }
 
 // ---------------------------------------------------------------- sse
@@ -232,7 +396,11 @@ async fn a_burst_of_ten_thousand_items_arrives_batched() {
 /// middle of event 21 and resumes later connections after `Last-Event-ID`.
 #[derive(Clone, Default)]
 struct SseUpstream {
+    /// `Last-Event-ID` of each connection, in order.
     seen: Arc<Mutex<Vec<Option<String>>>>,
+    /// The test says when to drop the first connection (after it received
+    /// events up to 20), so the drop point does not depend on timing.
+    drop_now: Arc<tokio::sync::Notify>,
 }
 
 const LAST: u32 = 50;
@@ -242,21 +410,35 @@ fn sse_event(n: u32) -> String {
 }
 
 async fn sse_handler(State(up): State<SseUpstream>, headers: HeaderMap) -> impl IntoResponse {
-    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let first_connection = {
         let mut seen = up.seen.lock().expect("seen");
         seen.push(last.clone());
         seen.len() == 1
     };
-    let from = last.as_deref().and_then(|l| l.parse::<u32>().ok()).unwrap_or(0) + 1;
+    let from = last
+        .as_deref()
+        .and_then(|l| l.parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
     let body = if first_connection {
         let mut text = String::from("\u{FEFF}: hello\r\nretry: 10\r\n\r\n");
         text.extend((from..=20).map(sse_event));
         text.push_str("id: 21\ndata: {\"id\": 21,");
         // Split the text at awkward places (inside events, between CR and LF).
         let bytes = text.into_bytes();
-        let chunks: Vec<Result<Bytes, std::io::Error>> = bytes.chunks(7).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        let drop = stream::iter([Err(std::io::Error::other("upstream dropped the connection"))]);
+        let chunks: Vec<Result<Bytes, std::io::Error>> = bytes
+            .chunks(7)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let drop_now = up.drop_now.clone();
+        let drop = stream::once(async move {
+            drop_now.notified().await;
+            Err(std::io::Error::other("upstream dropped the connection"))
+        });
         Body::from_stream(stream::iter(chunks).chain(drop))
     } else {
         let text: String = (from..=LAST).map(sse_event).collect::<String>() + ": keep-alive\n\n";
@@ -269,44 +451,106 @@ async fn sse_handler(State(up): State<SseUpstream>, headers: HeaderMap) -> impl 
 #[tokio::test]
 async fn sse_upstream_resumes_with_last_event_id_after_a_drop_without_loss_or_repeats() {
     let up = SseUpstream::default();
-    let server = listen(axum::Router::new().route("/events", axum::routing::get(sse_handler)).with_state(up.clone())).await;
+    let server = listen(
+        axum::Router::new()
+            .route("/events", axum::routing::get(sse_handler))
+            .with_state(up.clone()),
+    )
+    .await;
     let (tx, mut rx) = mpsc::channel(4);
     let (htx, mut hrx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
     let s = settings("format = \"sse\"\nfields = { id = \"/id\", title = \"/title\" }");
-    let task = tokio::spawn(run_upstream_with(s, base(), None, connector(format!("{server}/events")), tx, htx, cancel.clone(), UpstreamOptions::default()));
+    let task = tokio::spawn(run_upstream_with(
+        s,
+        base(),
+        None,
+        connector(format!("{server}/events")),
+        tx,
+        htx,
+        cancel.clone(),
+        UpstreamOptions::default(),
+    ));
 
-    let batches = collect(&mut rx, LAST as usize).await;
+    let mut batches = collect(&mut rx, 20).await;
+    up.drop_now.notify_one();
+    batches.extend(collect(&mut rx, LAST as usize - 20).await);
     let want: Vec<String> = (1..=LAST).map(|n| n.to_string()).collect();
-    assert_eq!(guids(&batches), want, "no item lost or repeated across the reconnect");
+    assert_eq!(
+        guids(&batches),
+        want,
+        "no item lost or repeated across the reconnect"
+    );
     assert_eq!(batches.last().and_then(|b| b.cursor.as_deref()), Some("50"));
     for b in &batches {
-        assert_eq!(b.cursor.as_deref(), b.items.last().and_then(|i| i.guid.as_deref()), "cursor = last id in the batch");
+        assert_eq!(
+            b.cursor.as_deref(),
+            b.items.last().and_then(|i| i.guid.as_deref()),
+            "cursor = last id in the batch"
+        );
     }
     assert_eq!(batches[0].items[0].title, "event 1");
-    assert_eq!(*up.seen.lock().expect("seen"), vec![None, Some("20".to_owned())], "resumed after the last complete event");
+    assert_eq!(
+        *up.seen.lock().expect("seen"),
+        vec![None, Some("20".to_owned())],
+        "resumed after the last complete event"
+    );
     let mut reports = Vec::new();
     while let Ok(r) = hrx.try_recv() {
         reports.push(r);
     }
-    assert!(reports.iter().any(|r| matches!(r, Err(e) if e.contains("dropped the connection") || e.contains("failed"))), "{reports:?}");
+    assert!(
+        reports.iter().any(
+            |r| matches!(r, Err(e) if e.contains("dropped the connection") || e.contains("failed"))
+        ),
+        "{reports:?}"
+    );
     cancel.cancel();
-    tokio::time::timeout(PATIENCE, task).await.expect("stops when cancelled").expect("no panic");
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("stops when cancelled")
+        .expect("no panic");
 }
 
 #[tokio::test]
 async fn sse_upstream_starts_from_a_stored_cursor() {
     let up = SseUpstream::default();
-    let server = listen(axum::Router::new().route("/events", axum::routing::get(sse_handler)).with_state(up.clone())).await;
+    let server = listen(
+        axum::Router::new()
+            .route("/events", axum::routing::get(sse_handler))
+            .with_state(up.clone()),
+    )
+    .await;
     let (tx, mut rx) = mpsc::channel(4);
     let (htx, _hrx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_upstream_with(settings("format = \"sse\""), base(), Some("17".to_owned()), connector(format!("{server}/events")), tx, htx, cancel.clone(), fast()));
+    let task = tokio::spawn(run_upstream_with(
+        settings("format = \"sse\""),
+        base(),
+        Some("17".to_owned()),
+        connector(format!("{server}/events")),
+        tx,
+        htx,
+        cancel.clone(),
+        fast(),
+    ));
     let batches = collect(&mut rx, 3).await;
-    assert_eq!(guids(&batches), vec!["18", "19", "20"]);
-    assert_eq!(up.seen.lock().expect("seen").first().cloned().flatten().as_deref(), Some("17"));
+    assert_eq!(guids(&batches), ["18", "19", "20"]);
+    assert_eq!(
+        up.seen
+            .lock()
+            .expect("seen")
+            .first()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("17")
+    );
     cancel.cancel();
-    tokio::time::timeout(PATIENCE, task).await.expect("stops when cancelled").expect("no panic");
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("stops when cancelled")
+        .expect("no panic");
 }
 
 // ---------------------------------------------------------------- in memory
@@ -321,7 +565,9 @@ async fn a_full_channel_stops_the_read_so_memory_stays_bounded() {
     let p = pulled.clone();
     let source = stream::iter(0..100).map(move |c| {
         p.fetch_add(1, Ordering::SeqCst);
-        let lines: String = (0..1000).map(|i| format!("{{\"id\":{}}}\n", c * 1000 + i)).collect();
+        let lines: String = (0..1000)
+            .map(|i| format!("{{\"id\":{}}}\n", c * 1000 + i))
+            .collect();
         Ok::<_, Infallible>(Bytes::from(lines))
     });
     let s = settings("format = \"ndjson\"");
@@ -332,11 +578,23 @@ async fn a_full_channel_stops_the_read_so_memory_stays_bounded() {
     let driver = tokio::spawn(async move {
         let mut dec = StreamDecoder::new(&s, base(), None, 1 << 20);
         let mut health = Health::new(htx);
-        drive_stream(source, &mut dec, &tx, &mut health, &UpstreamOptions::default(), &c).await
+        drive_stream(
+            source,
+            &mut dec,
+            &tx,
+            &mut health,
+            &UpstreamOptions::default(),
+            &c,
+        )
+        .await
     });
     // With the clock paused, this returns only once every task is idle: the driver is parked on the full channel.
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    assert!(pulled.load(Ordering::SeqCst) <= 3, "read ahead {} chunks into a full channel", pulled.load(Ordering::SeqCst));
+    assert!(
+        pulled.load(Ordering::SeqCst) <= 3,
+        "read ahead {} chunks into a full channel",
+        pulled.load(Ordering::SeqCst)
+    );
     let mut total = 0;
     while let Some(b) = rx.recv().await {
         assert!(b.items.len() <= 1000);
@@ -359,18 +617,46 @@ async fn items_go_out_within_the_batch_window_and_before_an_error_ends_the_strea
     let driver = tokio::spawn(async move {
         let mut dec = StreamDecoder::new(&s, base(), None, 1 << 20);
         let mut health = Health::new(htx);
-        drive_stream(source, &mut dec, &tx, &mut health, &UpstreamOptions::default(), &c).await
+        drive_stream(
+            source,
+            &mut dec,
+            &tx,
+            &mut health,
+            &UpstreamOptions::default(),
+            &c,
+        )
+        .await
     });
-    feed_tx.send(Ok(Bytes::from_static(b"id: a\ndata: {\"id\":\"x\"}\n\n"))).await.expect("feed");
+    feed_tx
+        .send(Ok(Bytes::from_static(b"id: a\ndata: {\"id\":\"x\"}\n\n")))
+        .await
+        .expect("feed");
     // The first item waits at most the batch window, then goes out alone.
     let first = rx.recv().await.expect("batch");
     assert_eq!((first.items.len(), first.cursor.as_deref()), (1, Some("a")));
-    feed_tx.send(Ok(Bytes::from_static(b"id: b\ndata: {\"id\":\"y\"}\n\ndata: not json\n\n"))).await.expect("feed");
-    feed_tx.send(Err("connection reset".to_owned())).await.expect("feed");
-    let second = rx.recv().await.expect("flushed before the error ends the stream");
-    assert_eq!((second.items[0].guid.as_deref(), second.cursor.as_deref()), (Some("y"), Some("b")));
+    feed_tx
+        .send(Ok(Bytes::from_static(
+            b"id: b\ndata: {\"id\":\"y\"}\n\ndata: not json\n\n",
+        )))
+        .await
+        .expect("feed");
+    feed_tx
+        .send(Err("connection reset".to_owned()))
+        .await
+        .expect("feed");
+    let second = rx
+        .recv()
+        .await
+        .expect("flushed before the error ends the stream");
+    assert_eq!(
+        (second.items[0].guid.as_deref(), second.cursor.as_deref()),
+        (Some("y"), Some("b"))
+    );
     let (end, sent) = driver.await.expect("driver");
-    assert_eq!((end, sent), (StreamEnd::Error("connection reset".to_owned()), 2));
+    assert_eq!(
+        (end, sent),
+        (StreamEnd::Error("connection reset".to_owned()), 2)
+    );
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> {
@@ -390,14 +676,25 @@ async fn an_idle_upstream_is_reconnected_and_cancel_stops_everything() {
             } else if n == 1 {
                 Err("connection refused".to_owned())
             } else {
-                Ok(chunks(vec![b"{\"id\":\"after-idle\"}\n".to_vec()]).chain(stream::pending()).boxed())
+                Ok(chunks(vec![b"{\"id\":\"after-idle\"}\n".to_vec()])
+                    .chain(stream::pending())
+                    .boxed())
             }
         }
     };
     let (tx, mut rx) = mpsc::channel(4);
     let (htx, mut hrx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_upstream_with(settings("format = \"ndjson\""), base(), None, connect, tx, htx, cancel.clone(), UpstreamOptions::default()));
+    let task = tokio::spawn(run_upstream_with(
+        settings("format = \"ndjson\""),
+        base(),
+        None,
+        connect,
+        tx,
+        htx,
+        cancel.clone(),
+        UpstreamOptions::default(),
+    ));
     let batch = rx.recv().await.expect("item after the reconnects");
     assert_eq!(batch.items[0].guid.as_deref(), Some("after-idle"));
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
@@ -405,8 +702,18 @@ async fn an_idle_upstream_is_reconnected_and_cancel_stops_everything() {
     while let Ok(r) = hrx.try_recv() {
         reports.push(r);
     }
-    assert!(reports.iter().any(|r| matches!(r, Err(e) if e.contains("no data from the upstream for 90s"))), "{reports:?}");
-    assert!(reports.iter().any(|r| matches!(r, Err(e) if e.contains("connection refused"))), "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .any(|r| matches!(r, Err(e) if e.contains("no data from the upstream for 90s"))),
+        "{reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .any(|r| matches!(r, Err(e) if e.contains("connection refused"))),
+        "{reports:?}"
+    );
     assert_eq!(reports.last(), Some(&Ok(())));
     cancel.cancel();
     task.await.expect("returns once cancelled");
@@ -421,8 +728,45 @@ fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
     }
     for (i, d) in delays.iter().enumerate() {
         let full = Duration::from_secs(1u64 << i.min(6)).min(Duration::from_secs(60));
-        assert!(*d >= full / 2 && *d <= full, "attempt {i}: {d:?} not in [{:?}, {full:?}]", full / 2);
+        assert!(
+            *d >= full / 2 && *d <= full,
+            "attempt {i}: {d:?} not in [{:?}, {full:?}]",
+            full / 2
+        );
     }
     b.reset();
     assert!(b.next_delay() <= Duration::from_secs(1));
+}
+
+/// Waiting on a slow store is not upstream idleness: the idle timeout counts
+/// from the last bytes or the last delivered batch, whichever is later.
+#[tokio::test(start_paused = true)]
+async fn time_blocked_on_a_full_channel_does_not_count_as_idle() {
+    let lines: String = (0..2000).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    let source = chunks(vec![lines.into_bytes()]).chain(stream::pending());
+    let s = settings("format = \"ndjson\"");
+    let (tx, mut rx) = mpsc::channel(1);
+    let (htx, _hrx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let opts = UpstreamOptions::default();
+    let idle = opts.idle_timeout;
+    let driver = tokio::spawn(async move {
+        let mut dec = StreamDecoder::new(&s, base(), None, 1 << 20);
+        let mut health = Health::new(htx);
+        drive_stream(source, &mut dec, &tx, &mut health, &opts, &cancel).await
+    });
+    // The store is stalled for longer than the idle timeout.
+    tokio::time::sleep(idle * 3).await;
+    let mut got = 0;
+    while got < 2000 {
+        got += rx.recv().await.expect("batch").items.len();
+    }
+    let drained_at = tokio::time::Instant::now();
+    let (end, sent) = driver.await.expect("driver");
+    assert_eq!((end, sent), (StreamEnd::Idle, 2000));
+    assert!(
+        drained_at.elapsed() >= idle,
+        "idle was declared {:?} after the stall ended",
+        drained_at.elapsed()
+    );
 }

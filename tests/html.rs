@@ -17,12 +17,17 @@ use livestrom_engine::Config;
 type Pages = Arc<Mutex<HashMap<String, (String, Vec<u8>)>>>;
 
 fn fixture(rel: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/html").join(rel);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/html")
+        .join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
 async fn page(State(pages): State<Pages>, uri: Uri) -> axum::response::Response {
-    let found = pages.lock().map(|p| p.get(uri.path()).cloned()).unwrap_or(None);
+    let found = pages
+        .lock()
+        .map(|p| p.get(uri.path()).cloned())
+        .unwrap_or(None);
     match found {
         Some((ct, body)) => ([(header::CONTENT_TYPE, ct)], body).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -33,30 +38,48 @@ async fn page(State(pages): State<Pages>, uri: Uri) -> axum::response::Response 
 async fn serve() -> (String, Pages) {
     let pages: Pages = Arc::default();
     let app = axum::Router::new().fallback(page).with_state(pages.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}"), pages)
 }
 
 fn put(pages: &Pages, path: &str, content_type: &str, body: Vec<u8>) {
-    pages.lock().expect("page table").insert(path.to_owned(), (content_type.to_owned(), body));
+    pages
+        .lock()
+        .expect("page table")
+        .insert(path.to_owned(), (content_type.to_owned(), body));
 }
 
 /// One poll: GET over HTTP, then extract on the blocking pool.
 async fn poll(url: &str, settings: &HtmlSettings) -> Result<Snapshot, HtmlError> {
     let resp = reqwest::get(url).await.expect("GET fixture");
-    assert!(resp.status().is_success(), "fixture server answered {}", resp.status());
-    let ct = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert!(
+        resp.status().is_success(),
+        "fixture server answered {}",
+        resp.status()
+    );
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = resp.bytes().await.expect("fixture body");
     let settings = settings.clone();
-    tokio::task::spawn_blocking(move || html::extract(&body, ct.as_deref(), &settings)).await.expect("extract task")
+    tokio::task::spawn_blocking(move || html::extract(&body, ct.as_deref(), &settings))
+        .await
+        .expect("extract task")
 }
 
 /// Html settings as a user writes them in sources.toml (validated by the config loader).
 fn settings(extra: &str) -> HtmlSettings {
-    let toml = format!("[[source]]\nid = \"page\"\ntype = \"html\"\nurl = \"https://example.se/press\"\n{extra}\n");
-    let cfg = Config::from_toml(Path::new("sources.toml"), &toml).unwrap_or_else(|e| panic!("config: {e}"));
+    let toml = format!(
+        "[[source]]\nid = \"page\"\ntype = \"html\"\nurl = \"https://example.se/press\"\n{extra}\n"
+    );
+    let cfg = Config::from_toml(Path::new("sources.toml"), &toml)
+        .unwrap_or_else(|e| panic!("config: {e}"));
     match &cfg.source("page").expect("source").kind {
         SourceKind::Html(h) => h.clone(),
         other => panic!("not an html source: {other:?}"),
@@ -76,7 +99,13 @@ async fn noise_only_changes_emit_nothing() {
         let first = poll(&url, &s).await.expect("v1 extracts");
         put(&pages, "/press", HTML, fixture("press/v2-noise.html"));
         let second = poll(&url, &s).await.expect("v2 extracts");
-        assert_eq!(html::diff(&first.text, &second.text, 0), None, "{config}: noise made a change:\n{}\n---\n{}", first.text, second.text);
+        assert_eq!(
+            html::diff(&first.text, &second.text, 0),
+            None,
+            "{config}: noise made a change:\n{}\n---\n{}",
+            first.text,
+            second.text
+        );
         assert_eq!(first, second);
     }
 }
@@ -85,7 +114,9 @@ async fn noise_only_changes_emit_nothing() {
 async fn normalised_text_is_one_block_per_line_without_noise() {
     let (base, pages) = serve().await;
     put(&pages, "/press", HTML, fixture("press/v1.html"));
-    let snap = poll(&format!("{base}/press"), &settings(PRESS)).await.expect("v1 extracts");
+    let snap = poll(&format!("{base}/press"), &settings(PRESS))
+        .await
+        .expect("v1 extracts");
     assert_eq!(snap.title, "Pressmeddelanden | Exempel kommun");
     let expected = "Pressmeddelanden\n\
         Senast uppdaterad ·\n\
@@ -130,20 +161,39 @@ async fn a_real_change_is_one_change_with_unified_diff_and_added_lines() {
 async fn min_change_and_ignore_text_suppress_small_or_matching_edits() {
     let (base, pages) = serve().await;
     let url = format!("{base}/press");
-    put(&pages, "/press", HTML, b"<html><body><main><p>Visitors: 1041</p><p>Opening hours 8-16</p></main></body></html>".to_vec());
+    put(
+        &pages,
+        "/press",
+        HTML,
+        b"<html><body><main><p>Visitors: 1041</p><p>Opening hours 8-16</p></main></body></html>"
+            .to_vec(),
+    );
     let plain = settings("selector = \"main\"");
     let v1 = poll(&url, &plain).await.expect("extracts");
-    put(&pages, "/press", HTML, b"<html><body><main><p>Visitors: 1042</p><p>Opening hours 8-16</p></main></body></html>".to_vec());
+    put(
+        &pages,
+        "/press",
+        HTML,
+        b"<html><body><main><p>Visitors: 1042</p><p>Opening hours 8-16</p></main></body></html>"
+            .to_vec(),
+    );
     let v2 = poll(&url, &plain).await.expect("extracts");
     let change = html::diff(&v1.text, &v2.text, 0).expect("one character changed");
     assert_eq!(change.added, vec!["Visitors: 1042".to_owned()]);
-    assert_eq!(html::diff(&v1.text, &v2.text, 2), Some(change.clone()), "two characters changed (one deleted, one inserted)");
+    assert_eq!(
+        html::diff(&v1.text, &v2.text, 2),
+        Some(change.clone()),
+        "two characters changed (one deleted, one inserted)"
+    );
     assert_eq!(html::diff(&v1.text, &v2.text, 3), None, "below min_change");
 
     let filtered = settings("selector = \"main\"\nignore_text = ['Visitors: \\d+']");
     let f1 = poll(&url, &filtered).await.expect("extracts");
     assert_eq!(f1.text, "Opening hours 8-16");
-    assert_eq!(html::diff(&v1.text.replace("Visitors: 1041\n", ""), &f1.text, 0), None);
+    assert_eq!(
+        html::diff(&v1.text.replace("Visitors: 1041\n", ""), &f1.text, 0),
+        None
+    );
 }
 
 #[tokio::test]
@@ -151,20 +201,39 @@ async fn ignore_selectors_remove_their_subtrees() {
     let (base, pages) = serve().await;
     put(&pages, "/p", HTML, fixture("press/v1.html"));
     let url = format!("{base}/p");
-    let with = poll(&url, &settings("selector = \"main\"\nignore = [\"table\", \"article p\"]")).await.expect("extracts");
+    let with = poll(
+        &url,
+        &settings("selector = \"main\"\nignore = [\"table\", \"article p\"]"),
+    )
+    .await
+    .expect("extracts");
     assert!(!with.text.contains("Kommunstyrelsen"), "{}", with.text);
     assert!(!with.text.contains("Kommunfullmäktige"), "{}", with.text);
     assert!(with.text.contains("Budget 2025 antagen"), "{}", with.text);
-    let without = poll(&url, &settings("selector = \"main\"")).await.expect("extracts");
-    assert!(without.text.contains("Annons: Semester i Grekland"), "{}", without.text);
+    let without = poll(&url, &settings("selector = \"main\""))
+        .await
+        .expect("extracts");
+    assert!(
+        without.text.contains("Annons: Semester i Grekland"),
+        "{}",
+        without.text
+    );
 }
 
 #[tokio::test]
 async fn a_selector_that_matches_nothing_is_an_error() {
     let (base, pages) = serve().await;
     put(&pages, "/press", HTML, fixture("press/v1.html"));
-    let err = poll(&format!("{base}/press"), &settings("selector = \"#no-such-region\"")).await.expect_err("nothing matched");
-    assert!(matches!(&err, HtmlError::SelectorMatchedNothing(s) if s == "#no-such-region"), "{err}");
+    let err = poll(
+        &format!("{base}/press"),
+        &settings("selector = \"#no-such-region\""),
+    )
+    .await
+    .expect_err("nothing matched");
+    assert!(
+        matches!(&err, HtmlError::SelectorMatchedNothing(s) if s == "#no-such-region"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -194,25 +263,54 @@ async fn challenge_and_error_pages_served_with_200_are_errors() {
 async fn not_html_and_empty_regions_are_errors() {
     let (base, pages) = serve().await;
     let s = settings("");
-    put(&pages, "/j", "application/json", br#"{"items":[]}"#.to_vec());
-    put(&pages, "/f", "application/octet-stream", b"<?xml version=\"1.0\"?><rss version=\"2.0\"><channel></channel></rss>".to_vec());
-    put(&pages, "/b", "image/png", vec![0x89, b'P', b'N', b'G', 0, 0, 0, 0]);
+    put(
+        &pages,
+        "/j",
+        "application/json",
+        br#"{"items":[]}"#.to_vec(),
+    );
+    put(
+        &pages,
+        "/f",
+        "application/octet-stream",
+        b"<?xml version=\"1.0\"?><rss version=\"2.0\"><channel></channel></rss>".to_vec(),
+    );
+    put(
+        &pages,
+        "/b",
+        "image/png",
+        vec![0x89, b'P', b'N', b'G', 0, 0, 0, 0],
+    );
     for path in ["/j", "/f", "/b"] {
         let err = poll(&format!("{base}{path}"), &s).await.expect_err(path);
         assert!(matches!(err, HtmlError::NotHtml(_)), "{path}: {err}");
     }
     put(&pages, "/app", HTML, fixture("pages/empty-region.html"));
-    let err = poll(&format!("{base}/app"), &settings("selector = \"#root\"")).await.expect_err("empty region");
+    let err = poll(&format!("{base}/app"), &settings("selector = \"#root\""))
+        .await
+        .expect_err("empty region");
     assert!(matches!(err, HtmlError::EmptyRegion(_)), "{err}");
 }
 
 #[tokio::test]
 async fn declared_charsets_are_decoded() {
     let (base, pages) = serve().await;
-    put(&pages, "/meta", "text/html", fixture("pages/windows-1252.html"));
-    put(&pages, "/header", "text/html; charset=windows-1252", fixture("pages/windows-1252.html"));
+    put(
+        &pages,
+        "/meta",
+        "text/html",
+        fixture("pages/windows-1252.html"),
+    );
+    put(
+        &pages,
+        "/header",
+        "text/html; charset=windows-1252",
+        fixture("pages/windows-1252.html"),
+    );
     for path in ["/meta", "/header"] {
-        let snap = poll(&format!("{base}{path}"), &settings("")).await.expect("extracts");
+        let snap = poll(&format!("{base}{path}"), &settings(""))
+            .await
+            .expect("extracts");
         assert_eq!(snap.title, "Räksmörgås");
         assert_eq!(snap.text, "Café – “citat”");
     }
@@ -222,37 +320,105 @@ async fn declared_charsets_are_decoded() {
 async fn real_pages_extract_and_are_stable() {
     let (base, pages) = serve().await;
     let s = settings("ignore = [\"nav\", \"footer\"]");
-    for file in ["lwn-1.html", "mercurial.html", "lemonde-1.html", "bbc-1.html", "DaringFireball.html", "encoding__utf8-meta-after-1024.html"] {
+    for file in [
+        "lwn-1.html",
+        "mercurial.html",
+        "lemonde-1.html",
+        "bbc-1.html",
+        "DaringFireball.html",
+        "encoding__utf8-meta-after-1024.html",
+    ] {
         put(&pages, "/real", HTML, fixture(&format!("real/{file}")));
         let url = format!("{base}/real");
-        let first = poll(&url, &s).await.unwrap_or_else(|e| panic!("{file}: {e}"));
-        let second = poll(&url, &s).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+        let first = poll(&url, &s)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let second = poll(&url, &s)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(first, second, "{file}: extraction is not stable");
-        assert!(first.text.lines().count() >= 3, "{file}: too little text:\n{}", first.text);
-        assert!(first.text.lines().all(|l| !l.trim().is_empty() && l.trim() == l), "{file}: lines are not normalised");
-        assert!(!first.text.contains("function("), "{file}: script text leaked");
+        let min_lines = if file.starts_with("encoding__") {
+            1
+        } else {
+            20
+        };
+        assert!(
+            first.text.lines().count() >= min_lines,
+            "{file}: too little text:\n{}",
+            first.text
+        );
+        assert!(
+            first
+                .text
+                .lines()
+                .all(|l| !l.trim().is_empty() && l.trim() == l),
+            "{file}: lines are not normalised"
+        );
+        assert!(
+            !first.text.contains("function("),
+            "{file}: script text leaked"
+        );
     }
-    put(&pages, "/utf8", HTML, fixture("real/encoding__utf8-meta-after-1024.html"));
-    let snap = poll(&format!("{base}/utf8"), &settings("")).await.expect("extracts");
-    assert_eq!((snap.title.as_str(), snap.text.as_str()), ("Frédéric", "Café"));
+    put(
+        &pages,
+        "/utf8",
+        HTML,
+        fixture("real/encoding__utf8-meta-after-1024.html"),
+    );
+    let snap = poll(&format!("{base}/utf8"), &settings(""))
+        .await
+        .expect("extracts");
+    assert_eq!(
+        (snap.title.as_str(), snap.text.as_str()),
+        ("Frédéric", "Café")
+    );
 }
 
 /// Hostile pages finish (with a snapshot or an error) instead of blowing the
-/// stack or the memory: deep nesting, 5 MB of flat blocks, unclosed inline tags.
+/// stack, the memory or the CPU: 5 MB of nesting, unclosed inline tags, 5 MB
+/// of flat blocks, nested tables, a huge attribute list.
 #[tokio::test]
 async fn hostile_pages_do_not_blow_up() {
-    let depth = 100_000;
-    let deep = format!("<html><body>{}deep{}</body></html>", "<div>".repeat(depth), "</div>".repeat(depth));
-    let unclosed = format!("<html><body><main>{}text</main></body></html>", "<b><i><font>".repeat(30_000));
-    let tables = format!("<html><body>{}cell</body></html>", "<table><tr><td>".repeat(20_000));
-    let flat = format!("<html><body>{}</body></html>", "<p>Lorem ipsum dolor sit amet, consectetur adipiscing.</p>\n".repeat(90_000));
-    let attrs = format!("<html><body><p {}>x</p></body></html>", "a=1 ".repeat(500_000));
-    for (name, page, selector) in [("deep", deep, "div div"), ("unclosed", unclosed, "main b"), ("tables", tables, "td"), ("flat", flat, "body p"), ("attrs", attrs, "p")] {
-        assert!(page.len() <= 6 << 20, "{name} is {} bytes", page.len());
+    let depth = 1_000_000;
+    let deep = format!(
+        "<html><body>{}deep{}</body></html>",
+        "<div>".repeat(depth),
+        "</div>".repeat(depth)
+    );
+    let unclosed = format!(
+        "<html><body><main>{}text</main></body></html>",
+        "<b><i><font>".repeat(400_000)
+    );
+    let tables = format!(
+        "<html><body>{}cell</body></html>",
+        "<table><tr><td>".repeat(300_000)
+    );
+    let flat = format!(
+        "<html><body>{}</body></html>",
+        "<p>Lorem ipsum dolor sit amet, consectetur adipiscing.</p>\n".repeat(90_000)
+    );
+    let attrs = format!(
+        "<html><body><p {}>x</p></body></html>",
+        (0..600_000).map(|i| format!("a{i}=1 ")).collect::<String>()
+    );
+    let cases = [
+        ("deep", deep, "div div", false),
+        ("unclosed", unclosed, "main b", false),
+        ("tables", tables, "td", false),
+        ("flat", flat, "body p", true),
+        ("attrs", attrs, "p", false),
+    ];
+    for (name, page, selector, usable) in cases {
+        assert!(page.len() >= 4 << 20, "{name} is only {} bytes", page.len());
         let s = settings(&format!("selector = \"{selector}\""));
-        let result = tokio::task::spawn_blocking(move || html::extract(page.as_bytes(), Some(HTML), &s)).await;
-        let snap = result.unwrap_or_else(|e| panic!("{name}: extract panicked: {e}"));
-        let snap = snap.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(!snap.text.is_empty(), "{name}");
+        let result =
+            tokio::task::spawn_blocking(move || html::extract(page.as_bytes(), Some(HTML), &s))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: extract panicked: {e}"));
+        match result {
+            Ok(snap) if usable => assert!(!snap.text.is_empty(), "{name}"),
+            Err(HtmlError::TooComplex(_)) if !usable => {}
+            other => panic!("{name}: unexpected {other:?}"),
+        }
     }
 }

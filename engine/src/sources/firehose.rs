@@ -23,7 +23,9 @@ use crate::config::{FieldMap, FirehoseFormat, FirehoseSettings, SourceConfig, So
 use crate::fetch::{FetchRequest, Fetcher};
 
 pub use sse::{SseDecoder, SseEvent, SseProblems};
-pub use upstream::{drive_stream, run_upstream_with, Backoff, Health, StreamDecoder, StreamEnd, UpstreamOptions};
+pub use upstream::{
+    drive_stream, run_upstream_with, Backoff, Health, StreamDecoder, StreamEnd, UpstreamOptions,
+};
 
 /// Why a firehose document or message could not be mapped.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +39,12 @@ pub enum FirehoseError {
 }
 
 /// Default JSON pointers for fields the config leaves out.
-pub const DEFAULT_FIELDS: [(&str, &str); 4] = [("id", "/id"), ("title", "/title"), ("url", "/url"), ("content", "/content")];
+pub const DEFAULT_FIELDS: [(&str, &str); 4] = [
+    ("id", "/id"),
+    ("title", "/title"),
+    ("url", "/url"),
+    ("content", "/content"),
+];
 
 /// A mapped JSON document with the count of array elements that were skipped
 /// (not objects, or objects with none of the mapped fields).
@@ -50,38 +57,67 @@ pub struct JsonDocument {
 }
 
 /// Maps a polled JSON document to items (pure).
-pub fn parse_json(body: &[u8], settings: &FirehoseSettings, base: &Url) -> Result<Parsed, FirehoseError> {
+pub fn parse_json(
+    body: &[u8],
+    settings: &FirehoseSettings,
+    base: &Url,
+) -> Result<Parsed, FirehoseError> {
     let doc = parse_json_document(body, settings, base)?;
     if doc.skipped > 0 {
-        tracing::debug!(skipped = doc.skipped, "firehose document: skipped elements that are not objects or map to nothing");
+        tracing::debug!(
+            skipped = doc.skipped,
+            "firehose document: skipped elements that are not objects or map to nothing"
+        );
     }
     Ok(doc.parsed)
 }
 
 /// [`parse_json`], also reporting how many elements were skipped.
-pub fn parse_json_document(body: &[u8], settings: &FirehoseSettings, base: &Url) -> Result<JsonDocument, FirehoseError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| FirehoseError::Json(e.to_string()))?;
+pub fn parse_json_document(
+    body: &[u8],
+    settings: &FirehoseSettings,
+    base: &Url,
+) -> Result<JsonDocument, FirehoseError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| FirehoseError::Json(e.to_string()))?;
     let pointer = settings.items.as_deref().unwrap_or("");
     let Some(Value::Array(elements)) = value.pointer(pointer) else {
         return Err(FirehoseError::NoItems(display_pointer(pointer)));
     };
     let mut items = Vec::with_capacity(elements.len());
     let skipped = map_elements(elements, &settings.fields, base, &mut items);
-    Ok(JsonDocument { parsed: Parsed { items, ttl: None }, skipped })
+    Ok(JsonDocument {
+        parsed: Parsed { items, ttl: None },
+        skipped,
+    })
 }
 
 /// Maps one streamed message (an NDJSON line or an SSE `data`): with an
 /// `items` pointer, the array it points at; otherwise an object is one item
 /// and an array is one item per element. Returns the number skipped.
-pub fn map_message(value: &Value, settings: &FirehoseSettings, base: &Url, out: &mut Vec<Item>) -> Result<usize, FirehoseError> {
+pub fn map_message(
+    value: &Value,
+    settings: &FirehoseSettings,
+    base: &Url,
+    out: &mut Vec<Item>,
+) -> Result<usize, FirehoseError> {
     let target = match settings.items.as_deref() {
-        Some(p) => value.pointer(p).ok_or_else(|| FirehoseError::NoItems(display_pointer(p)))?,
+        Some(p) => value
+            .pointer(p)
+            .ok_or_else(|| FirehoseError::NoItems(display_pointer(p)))?,
         None => value,
     };
     match target {
         Value::Array(elements) => Ok(map_elements(elements, &settings.fields, base, out)),
-        Value::Object(_) if settings.items.is_none() => Ok(map_elements(std::slice::from_ref(target), &settings.fields, base, out)),
-        _ if settings.items.is_some() => Err(FirehoseError::NoItems(display_pointer(settings.items.as_deref().unwrap_or("")))),
+        Value::Object(_) if settings.items.is_none() => Ok(map_elements(
+            std::slice::from_ref(target),
+            &settings.fields,
+            base,
+            out,
+        )),
+        _ if settings.items.is_some() => Err(FirehoseError::NoItems(display_pointer(
+            settings.items.as_deref().unwrap_or(""),
+        ))),
         _ => Ok(1),
     }
 }
@@ -92,15 +128,30 @@ pub fn map_item(element: &Value, fields: &FieldMap, base: &Url) -> Option<Item> 
     if !element.is_object() {
         return None;
     }
-    let get = |ptr: &Option<String>, default: &str| element.pointer(ptr.as_deref().unwrap_or(default));
-    let guid = get(&fields.id, DEFAULT_FIELDS[0].1).and_then(scalar_text).filter(|s| !s.is_empty());
-    let title = get(&fields.title, DEFAULT_FIELDS[1].1).and_then(scalar_text).unwrap_or_default();
-    let url = get(&fields.url, DEFAULT_FIELDS[2].1).and_then(scalar_text).and_then(|u| resolve(base, &u));
-    let content = get(&fields.content, DEFAULT_FIELDS[3].1).and_then(scalar_text).unwrap_or_default();
+    let get =
+        |ptr: &Option<String>, default: &str| element.pointer(ptr.as_deref().unwrap_or(default));
+    let guid = get(&fields.id, DEFAULT_FIELDS[0].1)
+        .and_then(scalar_text)
+        .filter(|s| !s.is_empty());
+    let title = get(&fields.title, DEFAULT_FIELDS[1].1)
+        .and_then(scalar_text)
+        .unwrap_or_default();
+    let url = get(&fields.url, DEFAULT_FIELDS[2].1)
+        .and_then(scalar_text)
+        .and_then(|u| resolve(base, &u));
+    let content = get(&fields.content, DEFAULT_FIELDS[3].1)
+        .and_then(scalar_text)
+        .unwrap_or_default();
     if guid.is_none() && url.is_none() && title.is_empty() && content.is_empty() {
         return None;
     }
-    Some(Item { guid, url, title, content, ..Item::default() })
+    Some(Item {
+        guid,
+        url,
+        title,
+        content,
+        ..Item::default()
+    })
 }
 
 fn map_elements(elements: &[Value], fields: &FieldMap, base: &Url, out: &mut Vec<Item>) -> usize {
@@ -115,7 +166,9 @@ fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::String(s) => Some(s.trim().to_owned()),
-        Value::Bool(_) | Value::Number(_) | Value::Array(_) | Value::Object(_) => Some(v.to_string()),
+        Value::Bool(_) | Value::Number(_) | Value::Array(_) | Value::Object(_) => {
+            Some(v.to_string())
+        }
     }
 }
 
@@ -158,7 +211,12 @@ pub async fn run_upstream(
     let settings = match &source.kind {
         SourceKind::Firehose(s) if s.format != FirehoseFormat::Json => s.clone(),
         _ => {
-            let _ = health.send(Err(format!("source {} is not an ndjson/sse firehose; nothing to stream", source.id))).await;
+            let _ = health
+                .send(Err(format!(
+                    "source {} is not an ndjson/sse firehose; nothing to stream",
+                    source.id
+                )))
+                .await;
             return;
         }
     };
@@ -179,5 +237,15 @@ pub async fn run_upstream(
             Ok::<_, String>(response.bytes_stream())
         }
     };
-    run_upstream_with(settings, source.url.clone(), cursor, connect, out, health, cancel, UpstreamOptions::default()).await;
+    run_upstream_with(
+        settings,
+        source.url.clone(),
+        cursor,
+        connect,
+        out,
+        health,
+        cancel,
+        UpstreamOptions::default(),
+    )
+    .await;
 }

@@ -12,9 +12,10 @@ mod noise;
 mod text;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use scraper::{Html, Selector};
+use html5ever::tendril::{StrTendril, TendrilSink};
+use scraper::{Html, HtmlTreeSink, Selector};
 use similar::{Algorithm, ChangeTag, DiffOp, TextDiff};
 
 use crate::config::HtmlSettings;
@@ -43,6 +44,11 @@ pub enum HtmlError {
         /// The parser's message.
         reason: String,
     },
+    /// A hostile or broken page that would take too long to parse: elements
+    /// nested deeper than any real page, or parsing over its time budget
+    /// (html5ever has quadratic corners, e.g. thousands of attributes on one tag).
+    #[error("the page is too complex to parse safely: {0}")]
+    TooComplex(String),
     /// The watched region holds no text once noise is removed (a page
     /// rendered by JavaScript, or a broken response); reported instead of
     /// diffing to "everything deleted".
@@ -74,6 +80,16 @@ pub const DIFF_HEADER: (&str, &str) = ("previous", "current");
 /// Context lines around each hunk of the unified diff.
 pub const DIFF_CONTEXT: usize = 3;
 
+/// Deepest element nesting accepted (see [`HtmlError::TooComplex`]).
+pub const MAX_DEPTH: usize = 512;
+
+/// Wall-clock budget for parsing one page (a 10 MB page of real markup
+/// parses in well under a second).
+pub const PARSE_BUDGET: Duration = Duration::from_secs(5);
+
+/// Bytes of markup parsed between two depth checks.
+const PARSE_SLICE: usize = 16 * 1024;
+
 /// Bound on the time spent diffing one pair of snapshots; past it `similar`
 /// returns a coarser (still correct) diff instead of an exact minimal one.
 const DIFF_DEADLINE: Duration = Duration::from_secs(2);
@@ -83,17 +99,31 @@ const DIFF_DEADLINE: Duration = Duration::from_secs(2);
 const CHAR_DIFF_MAX: usize = 20_000;
 
 /// Extracts and normalises the watched region.
-pub fn extract(body: &[u8], content_type: Option<&str>, settings: &HtmlSettings) -> Result<Snapshot, HtmlError> {
+pub fn extract(
+    body: &[u8],
+    content_type: Option<&str>,
+    settings: &HtmlSettings,
+) -> Result<Snapshot, HtmlError> {
     decode::check_html(body, content_type).map_err(HtmlError::NotHtml)?;
     let source = decode::decode(body, content_type);
     let region_css = settings.selector.as_deref().unwrap_or("body");
     let region_sel = parse_selector(region_css)?;
-    let ignore = settings.ignore.iter().map(|s| parse_selector(s)).collect::<Result<Vec<_>, _>>()?;
+    let ignore = settings
+        .ignore
+        .iter()
+        .map(|s| parse_selector(s))
+        .collect::<Result<Vec<_>, _>>()?;
 
-    let doc = Html::parse_document(&source);
-    let title = first_text(&doc, "head title").or_else(|| first_text(&doc, "title")).unwrap_or_default();
+    let doc = parse(&source)?;
     let h1 = first_text(&doc, "h1");
-    let skip: HashSet<_> = ignore.iter().flat_map(|sel| doc.select(sel).map(|e| e.id())).collect();
+    let title = first_text(&doc, "head title")
+        .or_else(|| first_text(&doc, "title"))
+        .or_else(|| h1.clone())
+        .unwrap_or_default();
+    let skip: HashSet<_> = ignore
+        .iter()
+        .flat_map(|sel| doc.select(sel).map(|e| e.id()))
+        .collect();
     let mut region: HashSet<_> = doc.select(&region_sel).map(|e| e.id()).collect();
     if region.is_empty() && settings.selector.is_none() {
         region.insert(doc.root_element().id());
@@ -109,11 +139,18 @@ pub fn extract(body: &[u8], content_type: Option<&str>, settings: &HtmlSettings)
     if region.is_empty() {
         return Err(HtmlError::SelectorMatchedNothing(region_css.to_owned()));
     }
-    let lines: Vec<String> = walk.lines.iter().filter_map(|l| clean(l, settings)).collect();
+    let lines: Vec<String> = walk
+        .lines
+        .iter()
+        .filter_map(|l| clean(l, settings))
+        .collect();
     if lines.is_empty() {
         return Err(HtmlError::EmptyRegion(region_css.to_owned()));
     }
-    Ok(Snapshot { title: clean(&title, settings).unwrap_or_default(), text: lines.join("\n") })
+    Ok(Snapshot {
+        title: clean(&title, settings).unwrap_or_default(),
+        text: lines.join("\n"),
+    })
 }
 
 /// `None` when the change is not meaningful (noise only, or below `min_change` characters).
@@ -123,11 +160,19 @@ pub fn diff(old: &str, new: &str, min_change: usize) -> Option<Change> {
     }
     let old_nl = with_newline(old);
     let new_nl = with_newline(new);
-    let td = TextDiff::configure().algorithm(Algorithm::Patience).timeout(DIFF_DEADLINE).diff_lines(old_nl.as_str(), new_nl.as_str());
+    let td = TextDiff::configure()
+        .algorithm(Algorithm::Patience)
+        .timeout(DIFF_DEADLINE)
+        .diff_lines(old_nl.as_str(), new_nl.as_str());
     if changed_chars(&td) < min_change.max(1) {
         return None;
     }
-    let diff = td.unified_diff().context_radius(DIFF_CONTEXT).header(DIFF_HEADER.0, DIFF_HEADER.1).missing_newline_hint(false).to_string();
+    let diff = td
+        .unified_diff()
+        .context_radius(DIFF_CONTEXT)
+        .header(DIFF_HEADER.0, DIFF_HEADER.1)
+        .missing_newline_hint(false)
+        .to_string();
     let added = td
         .iter_all_changes()
         .filter(|c| c.tag() == ChangeTag::Insert)
@@ -146,11 +191,21 @@ fn changed_chars(td: &TextDiff<'_, '_, '_, str>) -> usize {
         .iter()
         .map(|op| match *op {
             DiffOp::Equal { .. } => 0,
-            DiffOp::Delete { old_index, old_len, .. } => chars(&join(&old[old_index..old_index + old_len])),
-            DiffOp::Insert { new_index, new_len, .. } => chars(&join(&new[new_index..new_index + new_len])),
-            DiffOp::Replace { old_index, old_len, new_index, new_len } => {
-                char_distance(&join(&old[old_index..old_index + old_len]), &join(&new[new_index..new_index + new_len]))
-            }
+            DiffOp::Delete {
+                old_index, old_len, ..
+            } => chars(&join(&old[old_index..old_index + old_len])),
+            DiffOp::Insert {
+                new_index, new_len, ..
+            } => chars(&join(&new[new_index..new_index + new_len])),
+            DiffOp::Replace {
+                old_index,
+                old_len,
+                new_index,
+                new_len,
+            } => char_distance(
+                &join(&old[old_index..old_index + old_len]),
+                &join(&new[new_index..new_index + new_len]),
+            ),
         })
         .sum()
 }
@@ -159,12 +214,21 @@ fn changed_chars(td: &TextDiff<'_, '_, '_, str>) -> usize {
 fn char_distance(a: &str, b: &str) -> usize {
     if a.len() + b.len() > CHAR_DIFF_MAX {
         let prefix = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
-        let suffix = a.chars().rev().zip(b.chars().rev()).take_while(|(x, y)| x == y).count();
+        let suffix = a
+            .chars()
+            .rev()
+            .zip(b.chars().rev())
+            .take_while(|(x, y)| x == y)
+            .count();
         let common = (prefix + suffix).min(chars(a)).min(chars(b));
         return chars(a) + chars(b) - 2 * common;
     }
-    let cd = TextDiff::configure().timeout(DIFF_DEADLINE).diff_chars(a, b);
-    cd.iter_all_changes().filter(|c| c.tag() != ChangeTag::Equal).count()
+    let cd = TextDiff::configure()
+        .timeout(DIFF_DEADLINE)
+        .diff_chars(a, b);
+    cd.iter_all_changes()
+        .filter(|c| c.tag() != ChangeTag::Equal)
+        .count()
 }
 
 fn chars(s: &str) -> usize {
@@ -193,8 +257,53 @@ fn clean(line: &str, settings: &HtmlSettings) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Parses like `Html::parse_document`, but in slices, checking the nesting
+/// depth between them: html5ever's tree builder scans the stack of open
+/// elements for many tags, so a hostile page of 100 000 nested `<div>`s
+/// would take minutes. Browsers cap the depth too (Chromium at 512). The time
+/// budget catches the other quadratic corners.
+fn parse(source: &str) -> Result<Html, HtmlError> {
+    let started = Instant::now();
+    let mut parser = html5ever::driver::parse_document(
+        HtmlTreeSink::new(Html::new_document()),
+        Default::default(),
+    );
+    let mut rest = source;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(PARSE_SLICE);
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let (slice, tail) = rest.split_at(cut);
+        parser.process(StrTendril::from_slice(slice));
+        rest = tail;
+        let depth = {
+            let html = parser.tokenizer.sink.sink.0.borrow();
+            html.tree
+                .nodes()
+                .next_back()
+                .map_or(0, |n| n.ancestors().count())
+        };
+        if depth > MAX_DEPTH {
+            return Err(HtmlError::TooComplex(format!(
+                "elements nest more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        if started.elapsed() > PARSE_BUDGET {
+            return Err(HtmlError::TooComplex(format!(
+                "parsing took longer than {}s",
+                PARSE_BUDGET.as_secs()
+            )));
+        }
+    }
+    Ok(parser.finish())
+}
+
 fn parse_selector(css: &str) -> Result<Selector, HtmlError> {
-    Selector::parse(css).map_err(|e| HtmlError::InvalidSelector { selector: css.to_owned(), reason: e.to_string() })
+    Selector::parse(css).map_err(|e| HtmlError::InvalidSelector {
+        selector: css.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn first_text(doc: &Html, css: &str) -> Option<String> {

@@ -32,7 +32,13 @@ pub(crate) struct LineSplitter {
 
 impl LineSplitter {
     pub(crate) fn new(max: usize) -> Self {
-        Self { buf: Vec::new(), max, after_cr: false, discarding: false, first: true }
+        Self {
+            buf: Vec::new(),
+            max,
+            after_cr: false,
+            discarding: false,
+            first: true,
+        }
     }
 
     /// Feeds one chunk, calling `f` for every line it completes.
@@ -86,7 +92,11 @@ impl LineSplitter {
             f(Line::TooLong);
             return;
         }
-        let line = if first { self.buf.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&self.buf) } else { &self.buf[..] };
+        let line = if first {
+            self.buf.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&self.buf)
+        } else {
+            &self.buf[..]
+        };
         f(Line::Text(line));
         self.buf.clear();
         if self.buf.capacity() > KEEP_CAPACITY {
@@ -117,8 +127,14 @@ mod tests {
 
     #[test]
     fn all_line_endings_across_chunks() {
-        let got = split(&[b"\xEF\xBB", b"\xBFa\r", b"\nb\rc\n", b"d\r", b"\r\ne"], 100);
-        let want: Vec<Option<String>> = ["a", "b", "c", "d", "", "e"].iter().map(|s| Some((*s).to_owned())).collect();
+        let got = split(
+            &[b"\xEF\xBB", b"\xBFa\r", b"\nb\rc\n", b"d\r", b"\r\ne"],
+            100,
+        );
+        let want: Vec<Option<String>> = ["a", "b", "c", "d", "", "e"]
+            .iter()
+            .map(|s| Some((*s).to_owned()))
+            .collect();
         assert_eq!(got, want);
     }
 
@@ -126,6 +142,9 @@ mod tests {
     fn long_lines_are_dropped_without_buffering() {
         let big = vec![b'x'; 50];
         let got = split(&[b"ok\n", &big, &big, b"\nafter\n"], 64);
-        assert_eq!(got, vec![Some("ok".to_owned()), None, Some("after".to_owned())]);
+        assert_eq!(
+            got,
+            vec![Some("ok".to_owned()), None, Some("after".to_owned())]
+        );
     }
 }

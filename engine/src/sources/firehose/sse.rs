@@ -115,7 +115,9 @@ impl SseDecoder {
                     self.data.push('\n');
                 }
             }
-            "id" if !value.contains('\0') => self.id_buffer = (!value.is_empty()).then(|| value.to_owned()),
+            "id" if !value.contains('\0') => {
+                self.id_buffer = (!value.is_empty()).then(|| value.to_owned())
+            }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 self.retry = value.parse::<u64>().ok().map(Duration::from_millis);
             }
@@ -131,7 +133,15 @@ impl SseDecoder {
             return;
         }
         data.pop();
-        out.push(SseEvent { event: if event.is_empty() { "message".to_owned() } else { event }, data, id: self.last_id.clone() });
+        out.push(SseEvent {
+            event: if event.is_empty() {
+                "message".to_owned()
+            } else {
+                event
+            },
+            data,
+            id: self.last_id.clone(),
+        });
     }
 }
 
@@ -150,12 +160,22 @@ mod tests {
 
     #[test]
     fn spec_examples() {
-        let (ev, d) = parse(&[b"\xEF\xBB\xBF: comment\r\ndata: YHOO\ndata: +2\r\ndata: 10\r\n\r\n", b"id: 7\revent: add\rdata\r\rretry: 250\nretry: x\n"]);
+        let (ev, d) = parse(&[
+            b"\xEF\xBB\xBF: comment\r\ndata: YHOO\ndata: +2\r\ndata: 10\r\n\r\n",
+            b"id: 7\revent: add\rdata\r\rretry: 250\nretry: x\n",
+        ]);
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[0].data, "YHOO\n+2\n10");
         assert_eq!(ev[0].event, "message");
         assert_eq!(ev[0].id, None);
-        assert_eq!(ev[1], SseEvent { event: "add".into(), data: String::new(), id: Some("7".into()) });
+        assert_eq!(
+            ev[1],
+            SseEvent {
+                event: "add".into(),
+                data: String::new(),
+                id: Some("7".into())
+            }
+        );
         assert_eq!(d.retry(), Some(Duration::from_millis(250)));
         assert_eq!(d.last_event_id(), Some("7"));
     }
@@ -165,7 +185,11 @@ mod tests {
         let whole = b"id: 1\ndata: {\"a\":1}\n\nid: 2\ndata: x\n\ndata: partial";
         for cut in 0..whole.len() {
             let (ev, d) = parse(&[&whole[..cut], &whole[cut..]]);
-            assert_eq!(ev.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), vec!["{\"a\":1}", "x"], "cut at {cut}");
+            assert_eq!(
+                ev.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+                vec!["{\"a\":1}", "x"],
+                "cut at {cut}"
+            );
             assert_eq!(d.last_event_id(), Some("2"));
         }
     }

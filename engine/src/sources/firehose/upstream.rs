@@ -96,12 +96,27 @@ enum Format {
 
 impl StreamDecoder {
     /// A decoder for one connection; `cursor` is the SSE id resumed from.
-    pub fn new(settings: &FirehoseSettings, base: Url, cursor: Option<String>, max_line: usize) -> Self {
+    pub fn new(
+        settings: &FirehoseSettings,
+        base: Url,
+        cursor: Option<String>,
+        max_line: usize,
+    ) -> Self {
         let format = match settings.format {
             FirehoseFormat::Sse => Format::Sse(SseDecoder::new(max_line, cursor)),
-            FirehoseFormat::Ndjson | FirehoseFormat::Json => Format::Ndjson(LineSplitter::new(max_line)),
+            FirehoseFormat::Ndjson | FirehoseFormat::Json => {
+                Format::Ndjson(LineSplitter::new(max_line))
+            }
         };
-        Self { format, settings: settings.clone(), base, problems: 0, last_problem: None, events: Vec::new(), max_line }
+        Self {
+            format,
+            settings: settings.clone(),
+            base,
+            problems: 0,
+            last_problem: None,
+            events: Vec::new(),
+            max_line,
+        }
     }
 
     /// Feeds one chunk. Each decoded item is appended with the resume cursor
@@ -111,7 +126,9 @@ impl StreamDecoder {
             Format::Ndjson(lines) => {
                 let mut problems = Vec::new();
                 let (settings, base, max) = (&self.settings, &self.base, self.max_line);
-                lines.feed(chunk, |line| ndjson_line(line, settings, base, max, out, &mut problems));
+                lines.feed(chunk, |line| {
+                    ndjson_line(line, settings, base, max, out, &mut problems)
+                });
                 for p in problems {
                     self.problem(p);
                 }
@@ -121,7 +138,10 @@ impl StreamDecoder {
                 dec.feed(chunk, &mut self.events);
                 let too_long = dec.take_problems().too_long;
                 if too_long > 0 {
-                    self.problem(format!("dropped {too_long} SSE line(s) longer than {} bytes", self.max_line));
+                    self.problem(format!(
+                        "dropped {too_long} SSE line(s) longer than {} bytes",
+                        self.max_line
+                    ));
                 }
                 let mut cursor = before;
                 let events = std::mem::take(&mut self.events);
@@ -167,7 +187,11 @@ impl StreamDecoder {
     pub fn take_problem(&mut self) -> Option<String> {
         let n = std::mem::take(&mut self.problems);
         let last = self.last_problem.take()?;
-        Some(if n > 1 { format!("skipped {n} malformed messages; last: {last}") } else { format!("skipped a malformed message: {last}") })
+        Some(if n > 1 {
+            format!("skipped {n} malformed messages; last: {last}")
+        } else {
+            format!("skipped a malformed message: {last}")
+        })
     }
 
     fn problem(&mut self, why: String) {
@@ -175,21 +199,32 @@ impl StreamDecoder {
         self.last_problem = Some(why);
     }
 
-    fn sse_event(&mut self, ev: &SseEvent, cursor_before: Option<&str>, out: &mut Vec<(Item, Option<String>)>) {
+    fn sse_event(
+        &mut self,
+        ev: &SseEvent,
+        cursor_before: Option<&str>,
+        out: &mut Vec<(Item, Option<String>)>,
+    ) {
         if ev.data.trim().is_empty() {
             return;
         }
         let value: serde_json::Value = match serde_json::from_str(&ev.data) {
             Ok(v) => v,
             Err(e) => {
-                let id = ev.id.as_deref().map(|i| format!(" (id {i})")).unwrap_or_default();
+                let id = ev
+                    .id
+                    .as_deref()
+                    .map(|i| format!(" (id {i})"))
+                    .unwrap_or_default();
                 self.problem(format!("SSE event{id} data is not JSON: {e}"));
                 return;
             }
         };
         let mut items = Vec::new();
         match map_message(&value, &self.settings, &self.base, &mut items) {
-            Ok(skipped) if skipped > 0 && items.is_empty() => self.problem(format!("SSE event data maps to no item ({skipped} skipped)")),
+            Ok(skipped) if skipped > 0 && items.is_empty() => self.problem(format!(
+                "SSE event data maps to no item ({skipped} skipped)"
+            )),
             Ok(_) => {}
             Err(e) => self.problem(format!("SSE event: {e}")),
         }
@@ -201,16 +236,29 @@ impl StreamDecoder {
             if single && item.guid.is_none() {
                 item.guid.clone_from(&ev.id);
             }
-            let cursor = if i + 1 == n { ev.id.clone() } else { cursor_before.map(str::to_owned) };
+            let cursor = if i + 1 == n {
+                ev.id.clone()
+            } else {
+                cursor_before.map(str::to_owned)
+            };
             out.push((item, cursor));
         }
     }
 }
 
-fn ndjson_line(line: Line<'_>, settings: &FirehoseSettings, base: &Url, max_line: usize, out: &mut Vec<(Item, Option<String>)>, problems: &mut Vec<String>) {
+fn ndjson_line(
+    line: Line<'_>,
+    settings: &FirehoseSettings,
+    base: &Url,
+    max_line: usize,
+    out: &mut Vec<(Item, Option<String>)>,
+    problems: &mut Vec<String>,
+) {
     let text = match line {
         Line::TooLong => {
-            problems.push(format!("dropped an NDJSON line longer than {max_line} bytes"));
+            problems.push(format!(
+                "dropped an NDJSON line longer than {max_line} bytes"
+            ));
             return;
         }
         Line::Text(t) => t,
@@ -227,7 +275,8 @@ fn ndjson_line(line: Line<'_>, settings: &FirehoseSettings, base: &Url, max_line
     };
     let mut items = Vec::new();
     match map_message(&value, settings, base, &mut items) {
-        Ok(skipped) if skipped > 0 && items.is_empty() => problems.push("NDJSON line maps to no item (not an object, or none of the fields)".to_owned()),
+        Ok(skipped) if skipped > 0 && items.is_empty() => problems
+            .push("NDJSON line maps to no item (not an object, or none of the fields)".to_owned()),
         Ok(_) => {}
         Err(e) => problems.push(format!("NDJSON line: {e}")),
     }
@@ -251,7 +300,11 @@ impl Health {
 
     /// Wraps the health channel.
     pub fn new(tx: mpsc::Sender<Result<(), String>>) -> Self {
-        Self { tx, last: None, last_error_at: None }
+        Self {
+            tx,
+            last: None,
+            last_error_at: None,
+        }
     }
 
     /// The source works.
@@ -263,17 +316,31 @@ impl Health {
 
     /// Healthy again if the last error is older than [`Self::REPEAT`].
     pub fn ok_if_settled(&mut self) {
-        if self.last == Some(false) && self.last_error_at.is_some_and(|t| t.elapsed() >= Self::REPEAT) {
+        if self.last == Some(false)
+            && self
+                .last_error_at
+                .is_some_and(|t| t.elapsed() >= Self::REPEAT)
+        {
             self.ok();
         }
     }
 
-    /// Something is wrong.
+    /// The connection failed (these are spaced by the reconnect backoff, so all are sent).
     pub fn error(&mut self, why: String) {
-        let repeat_due = self.last_error_at.is_none_or(|t| t.elapsed() >= Self::REPEAT);
-        if (self.last != Some(false) || repeat_due) && self.tx.try_send(Err(why)).is_ok() {
+        if self.tx.try_send(Err(why)).is_ok() {
             self.last = Some(false);
             self.last_error_at = Some(Instant::now());
+        }
+    }
+
+    /// Messages were skipped: reported on the change to unhealthy, then at
+    /// most every [`Self::REPEAT`], however fast bad messages arrive.
+    pub fn problem(&mut self, why: String) {
+        let repeat_due = self
+            .last_error_at
+            .is_none_or(|t| t.elapsed() >= Self::REPEAT);
+        if self.last != Some(false) || repeat_due {
+            self.error(why);
         }
     }
 }
@@ -289,7 +356,11 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `initial`, doubling up to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, attempt: 0 }
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
     }
 
     /// Changes the first delay (an upstream's `retry:`).
@@ -304,7 +375,10 @@ impl Backoff {
 
     /// The delay before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.initial.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
@@ -328,7 +402,12 @@ where
     E: Display,
 {
     let mut stream = std::pin::pin!(stream);
-    let mut batch = Batcher { pending: Vec::new(), cursor: None, flush_at: None, sent: 0 };
+    let mut batch = Batcher {
+        pending: Vec::new(),
+        cursor: None,
+        flush_at: None,
+        sent: 0,
+    };
     let mut decoded = Vec::new();
     let mut idle_deadline = Instant::now() + opts.idle_timeout;
     loop {
@@ -346,6 +425,8 @@ where
                 if let Err(end) = batch.flush(out, cancel).await {
                     return (end, batch.sent);
                 }
+                // Time spent waiting for the store is not upstream idleness.
+                idle_deadline = idle_deadline.max(Instant::now() + opts.idle_timeout);
                 health.ok_if_settled();
                 continue;
             }
@@ -360,11 +441,12 @@ where
                     idle_deadline = Instant::now() + opts.idle_timeout;
                     decoder.feed(&bytes, &mut decoded);
                     if let Some(problem) = decoder.take_problem() {
-                        health.error(problem);
+                        health.problem(problem);
                     }
                     if let Err(end) = batch.absorb(&mut decoded, opts.max_batch, out, cancel).await {
                         return (end, batch.sent);
                     }
+                    idle_deadline = idle_deadline.max(Instant::now() + opts.idle_timeout);
                     if !batch.pending.is_empty() && batch.flush_at.is_none() {
                         batch.flush_at = Some(Instant::now() + opts.batch_window);
                     }
@@ -373,10 +455,13 @@ where
             },
         };
         if let Some(problem) = decoder.take_problem() {
-            health.error(problem);
+            health.problem(problem);
         }
         // Whatever arrived before the end is delivered now.
-        let r = match batch.absorb(&mut decoded, opts.max_batch, out, cancel).await {
+        let r = match batch
+            .absorb(&mut decoded, opts.max_batch, out, cancel)
+            .await
+        {
             Ok(()) => batch.flush(out, cancel).await,
             Err(e) => Err(e),
         };
@@ -414,14 +499,21 @@ impl Batcher {
         Ok(())
     }
 
-    async fn flush(&mut self, out: &mpsc::Sender<UpstreamBatch>, cancel: &CancellationToken) -> Result<(), StreamEnd> {
+    async fn flush(
+        &mut self,
+        out: &mpsc::Sender<UpstreamBatch>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StreamEnd> {
         self.flush_at = None;
         if self.pending.is_empty() {
             return Ok(());
         }
         let items = std::mem::take(&mut self.pending);
         let n = items.len() as u64;
-        let batch = UpstreamBatch { items, cursor: self.cursor.clone() };
+        let batch = UpstreamBatch {
+            items,
+            cursor: self.cursor.clone(),
+        };
         tokio::select! {
             biased;
             () = cancel.cancelled() => Err(StreamEnd::Cancelled),
@@ -469,8 +561,10 @@ pub async fn run_upstream_with<C, Fut, S, E>(
             Ok(stream) => {
                 health.ok();
                 let started = Instant::now();
-                let mut decoder = StreamDecoder::new(&settings, base.clone(), cursor.clone(), opts.max_line);
-                let (end, sent) = drive_stream(stream, &mut decoder, &out, &mut health, &opts, &cancel).await;
+                let mut decoder =
+                    StreamDecoder::new(&settings, base.clone(), cursor.clone(), opts.max_line);
+                let (end, sent) =
+                    drive_stream(stream, &mut decoder, &out, &mut health, &opts, &cancel).await;
                 if decoder.cursor().is_some() {
                     cursor = decoder.cursor();
                 }
@@ -482,10 +576,20 @@ pub async fn run_upstream_with<C, Fut, S, E>(
                 }
                 match end {
                     StreamEnd::Cancelled | StreamEnd::Closed => return,
-                    StreamEnd::Eof if sent > 0 => tracing::debug!("upstream closed the stream after {sent} items; reconnecting"),
-                    StreamEnd::Eof => health.error("the upstream closed the stream without sending items; reconnecting".to_owned()),
-                    StreamEnd::Error(e) => health.error(format!("the upstream stream failed: {e}; reconnecting")),
-                    StreamEnd::Idle => health.error(format!("no data from the upstream for {}s; reconnecting", opts.idle_timeout.as_secs())),
+                    StreamEnd::Eof if sent > 0 => tracing::debug!(
+                        "upstream closed the stream after {sent} items; reconnecting"
+                    ),
+                    StreamEnd::Eof => health.error(
+                        "the upstream closed the stream without sending items; reconnecting"
+                            .to_owned(),
+                    ),
+                    StreamEnd::Error(e) => {
+                        health.error(format!("the upstream stream failed: {e}; reconnecting"))
+                    }
+                    StreamEnd::Idle => health.error(format!(
+                        "no data from the upstream for {}s; reconnecting",
+                        opts.idle_timeout.as_secs()
+                    )),
                 }
             }
         }

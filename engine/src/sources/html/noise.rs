@@ -17,49 +17,108 @@ static URL: LazyLock<Regex> = LazyLock::new(|| re(r#"https?://[^\s<>"'`]+"#));
 
 /// A labelled secret-ish value: `csrf_token: …`, `nonce=…`, `request id: …`.
 static LABELLED_TOKEN: LazyLock<Regex> = LazyLock::new(|| {
-    re(r#"(?i)\b((?:csrf|xsrf)[\w-]*|authenticity[ _-]?token|_?token|nonce|(?:request|trace|correlation|session)[ _-]?id|ray[ _-]?id)(\s*[:=#]\s*)["']?[A-Za-z0-9+/=_\-.:]{6,}["']?"#)
+    re(
+        r#"(?i)\b((?:csrf|xsrf)[\w-]*|authenticity[ _-]?token|_?token|nonce|(?:request|trace|correlation|session)[ _-]?id|ray[ _-]?id)(\s*[:=#]\s*)["']?[A-Za-z0-9+/=_\-.:]{6,}["']?"#,
+    )
 });
 
 /// A long opaque word that mixes upper case, lower case and digits (base64/base62 tokens).
-static OPAQUE_WORD: LazyLock<Regex> = LazyLock::new(|| re(r"[A-Za-z0-9+/_\-]{24,}={0,2}"));
+/// `/` is not part of it, so the path segments of a URL are judged one by one.
+static OPAQUE_WORD: LazyLock<Regex> = LazyLock::new(|| re(r"[A-Za-z0-9+_\-]{24,}={0,2}"));
 
 /// ISO 8601 date-time with seconds: the time part is dropped, the date kept.
-static ISO_DATETIME: LazyLock<Regex> =
-    LazyLock::new(|| re(r"\b(\d{4}-\d{2}-\d{2})[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:\s?(?:Z|UTC|GMT|[+-]\d{2}:?\d{2}))?"));
+static ISO_DATETIME: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"\b(\d{4}-\d{2}-\d{2})[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:\s?(?:Z|UTC|GMT|[+-]\d{2}:?\d{2}))?",
+    )
+});
 
 /// A clock time with seconds (`12:03:44`, `9:05:01 PM UTC`).
 static CLOCK_SECONDS: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?(?:\s?[ap]\.?m\.?)?(?:\s?(?:Z|UTC|GMT|CES?T|[+-]\d{2}:?\d{2}))?\b")
+    re(
+        r"(?i)\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?(?:\s?[ap]\.?m\.?)?(?:\s?(?:Z|UTC|GMT|CES?T|[+-]\d{2}:?\d{2}))?\b",
+    )
 });
 
 /// Relative times that tick on every poll, English and Swedish.
 static RELATIVE_TIME: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(?:(?:\d+|an?|one)\s+(?:seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?)\s+ago|just now|(?:för\s+)?\d+\s+(?:sekunder|sekund|sek|minuter|minut|min|timmar|timme|tim|dagar|dag|veckor|vecka)\s+sedan)\b")
+    re(
+        r"(?i)\b(?:(?:\d+|an?|one)\s+(?:seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?)\s+ago|just now|(?:för\s+)?\d+\s+(?:sekunder|sekund|sek|minuter|minut|min|timmar|timme|tim|dagar|dag|veckor|vecka)\s+sedan)\b",
+    )
 });
 
 /// "Page generated in 0.042 seconds" footers.
 static RENDER_TIME: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?i)\b(generated|rendered|served|processed|loaded|created|genererades|skapades|laddades)\s+(in|på|i)\s+\d+(?:[.,]\d+)?\s*(?:ms|milliseconds?|s|secs?|seconds?|sekunder|sek)\b")
+    re(
+        r"(?i)\b(generated|rendered|served|processed|loaded|created|genererades|skapades|laddades)\s+(in|på|i)\s+\d+(?:[.,]\d+)?\s*(?:ms|milliseconds?|s|secs?|seconds?|sekunder|sek)\b",
+    )
 });
 
 /// Query parameters that only defeat caches or track clicks; always removed.
 const TRACKING_PARAMS: &[&str] = &[
-    "fbclid", "gclid", "dclid", "msclkid", "yclid", "igshid", "mc_cid", "mc_eid", "_ga", "_gl", "_hsenc", "_hsmi", "cachebust",
-    "cachebuster", "cache_bust", "cache-bust", "cache_buster", "nocache", "no_cache", "bust", "jsessionid", "phpsessid", "sid",
+    "fbclid",
+    "gclid",
+    "dclid",
+    "msclkid",
+    "yclid",
+    "igshid",
+    "mc_cid",
+    "mc_eid",
+    "_ga",
+    "_gl",
+    "_hsenc",
+    "_hsmi",
+    "cachebust",
+    "cachebuster",
+    "cache_bust",
+    "cache-bust",
+    "cache_buster",
+    "nocache",
+    "no_cache",
+    "bust",
+    "jsessionid",
+    "phpsessid",
+    "sid",
     "sessionid",
 ];
 
 /// Query parameters removed only when their value looks like a version,
 /// timestamp or hash (digits, hex, dots, dashes): `?v=1718000000` goes,
 /// YouTube's `?v=dQw4w9WgXcQ` stays.
-const CACHE_PARAMS: &[&str] = &["v", "ver", "version", "_", "__", "cb", "t", "ts", "_t", "time", "timestamp", "rnd", "rand", "random", "r", "hash", "rev"];
+const CACHE_PARAMS: &[&str] = &[
+    "v",
+    "ver",
+    "version",
+    "_",
+    "__",
+    "cb",
+    "t",
+    "ts",
+    "_t",
+    "time",
+    "timestamp",
+    "rnd",
+    "rand",
+    "random",
+    "r",
+    "hash",
+    "rev",
+];
 
 /// Applies the built-in noise rules to one line.
 pub(crate) fn strip_builtin(line: &str) -> Cow<'_, str> {
     let mut s = Cow::Borrowed(line);
     s = replace(s, &URL, |c| normalise_url(&c[0]));
-    s = replace(s, &LABELLED_TOKEN, |c| format!("{}{}", &c[1], c[2].trim_end()));
-    s = replace(s, &OPAQUE_WORD, |c| if is_opaque_token(&c[0]) { String::new() } else { c[0].to_owned() });
+    s = replace(s, &LABELLED_TOKEN, |c| {
+        format!("{}{}", &c[1], c[2].trim_end())
+    });
+    s = replace(s, &OPAQUE_WORD, |c| {
+        if is_opaque_token(&c[0]) {
+            String::new()
+        } else {
+            c[0].to_owned()
+        }
+    });
     s = replace(s, &ISO_DATETIME, |c| c[1].to_owned());
     s = replace(s, &CLOCK_SECONDS, |_| String::new());
     s = replace(s, &RELATIVE_TIME, |_| String::new());
@@ -97,7 +156,11 @@ fn normalise_url(raw: &str) -> String {
         url.set_path(&path);
     }
     if url.query().is_some() {
-        let kept: Vec<(String, String)> = url.query_pairs().filter(|(k, v)| !is_noise_param(k, v)).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, v)| !is_noise_param(k, v))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
         if kept.is_empty() {
             url.set_query(None);
         } else {
@@ -115,7 +178,9 @@ fn is_noise_param(key: &str, value: &str) -> bool {
     CACHE_PARAMS.contains(&key.as_str())
         && !value.is_empty()
         && value.len() <= 64
-        && value.bytes().all(|b| b.is_ascii_hexdigit() || matches!(b, b'.' | b'-' | b'_'))
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 #[cfg(test)]
@@ -124,17 +189,35 @@ mod tests {
 
     #[test]
     fn cache_busting_query_strings_are_removed() {
-        assert_eq!(strip_builtin("see https://cdn.example.com/app.js?v=1718000000."), "see https://cdn.example.com/app.js.");
-        assert_eq!(strip_builtin("https://e.com/a?id=7&utm_source=x&cb=ff00"), "https://e.com/a?id=7");
-        assert_eq!(strip_builtin("https://youtube.com/watch?v=dQw4w9WgXcQ"), "https://youtube.com/watch?v=dQw4w9WgXcQ");
+        assert_eq!(
+            strip_builtin("see https://cdn.example.com/app.js?v=1718000000."),
+            "see https://cdn.example.com/app.js."
+        );
+        assert_eq!(
+            strip_builtin("https://e.com/a?id=7&utm_source=x&cb=ff00"),
+            "https://e.com/a?id=7"
+        );
+        assert_eq!(
+            strip_builtin("https://youtube.com/watch?v=dQw4w9WgXcQ"),
+            "https://youtube.com/watch?v=dQw4w9WgXcQ"
+        );
     }
 
     #[test]
     fn tokens_are_removed_but_hashes_and_words_stay() {
         assert_eq!(strip_builtin("csrf_token: 9fJk2LmQ0pXz"), "csrf_token:");
-        assert_eq!(strip_builtin("x Q2hhbmdlc0V2ZXJ5UmVxdWVzdDEyMw== y"), "x  y");
-        assert_eq!(strip_builtin("commit 3f2a9c0d1e4b5a6978c0d1e2f3a4b5c6d7e8f901"), "commit 3f2a9c0d1e4b5a6978c0d1e2f3a4b5c6d7e8f901");
-        assert_eq!(strip_builtin("Donaudampfschifffahrtsgesellschaft"), "Donaudampfschifffahrtsgesellschaft");
+        assert_eq!(
+            strip_builtin("x Q2hhbmdlc0V2ZXJ5UmVxdWVzdDEyMw== y"),
+            "x  y"
+        );
+        assert_eq!(
+            strip_builtin("commit 3f2a9c0d1e4b5a6978c0d1e2f3a4b5c6d7e8f901"),
+            "commit 3f2a9c0d1e4b5a6978c0d1e2f3a4b5c6d7e8f901"
+        );
+        assert_eq!(
+            strip_builtin("Donaudampfschifffahrtsgesellschaft"),
+            "Donaudampfschifffahrtsgesellschaft"
+        );
     }
 
     #[test]
@@ -142,9 +225,21 @@ mod tests {
         assert_eq!(strip_builtin("Updated 12:03:44 UTC"), "Updated ");
         assert_eq!(strip_builtin("at 2024-05-01T10:11:12Z"), "at 2024-05-01");
         assert_eq!(strip_builtin("posted 5 minutes ago"), "posted ");
-        assert_eq!(strip_builtin("publicerad för 3 timmar sedan"), "publicerad ");
-        assert_eq!(strip_builtin("Page generated in 0.042 seconds"), "Page generated in");
-        assert_eq!(strip_builtin("Sidan genererades på 0,2 sekunder."), "Sidan genererades på.");
-        assert_eq!(strip_builtin("Meeting at 14:30 on 2024-05-01"), "Meeting at 14:30 on 2024-05-01");
+        assert_eq!(
+            strip_builtin("publicerad för 3 timmar sedan"),
+            "publicerad "
+        );
+        assert_eq!(
+            strip_builtin("Page generated in 0.042 seconds"),
+            "Page generated in"
+        );
+        assert_eq!(
+            strip_builtin("Sidan genererades på 0,2 sekunder."),
+            "Sidan genererades på."
+        );
+        assert_eq!(
+            strip_builtin("Meeting at 14:30 on 2024-05-01"),
+            "Meeting at 14:30 on 2024-05-01"
+        );
     }
 }

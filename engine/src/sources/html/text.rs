@@ -71,7 +71,9 @@ pub(crate) fn walk(doc: &Html, region: &HashSet<NodeId>, skip: &HashSet<NodeId>)
                     }
                     continue;
                 }
-                let Node::Element(el) = node.value() else { continue };
+                let Node::Element(el) = node.value() else {
+                    continue;
+                };
                 if in_region.is_some() {
                     let name = el.name();
                     if name == "pre" {
@@ -89,7 +91,10 @@ pub(crate) fn walk(doc: &Html, region: &HashSet<NodeId>, skip: &HashSet<NodeId>)
         }
     }
     out.break_line();
-    Walk { lines: out.lines, visible_chars }
+    Walk {
+        lines: out.lines,
+        visible_chars,
+    }
 }
 
 /// Collapses whitespace of a piece of text (titles, headings).
@@ -146,17 +151,37 @@ impl Lines {
 
 /// Zero-width characters and soft hyphens: invisible, but they differ between renders.
 fn is_invisible_char(c: char) -> bool {
-    matches!(c, '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}')
+    matches!(
+        c,
+        '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}'
+    )
 }
 
 /// Elements whose content is never visible text.
 fn is_invisible(el: &Element) -> bool {
     matches!(
         el.name(),
-        "head" | "script" | "style" | "noscript" | "template" | "svg" | "math" | "iframe" | "object" | "embed" | "canvas" | "textarea" | "audio" | "video"
+        "head"
+            | "script"
+            | "style"
+            | "noscript"
+            | "template"
+            | "svg"
+            | "math"
+            | "iframe"
+            | "object"
+            | "embed"
+            | "canvas"
+            | "textarea"
+            | "audio"
+            | "video"
     ) || el.attr("hidden").is_some()
         || el.attr("style").is_some_and(|s| {
-            let s: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+            let s: String = s
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .to_ascii_lowercase();
             s.contains("display:none") || s.contains("visibility:hidden")
         })
 }
@@ -165,9 +190,51 @@ fn is_invisible(el: &Element) -> bool {
 fn is_block(name: &str) -> bool {
     matches!(
         name,
-        "address" | "article" | "aside" | "blockquote" | "body" | "caption" | "center" | "dd" | "details" | "dialog" | "dir" | "div"
-            | "dl" | "dt" | "fieldset" | "figcaption" | "figure" | "footer" | "form" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "header"
-            | "hgroup" | "hr" | "html" | "legend" | "li" | "main" | "menu" | "nav" | "ol" | "option" | "p" | "pre" | "section"
-            | "summary" | "table" | "tbody" | "tfoot" | "thead" | "tr" | "ul"
+        "address"
+            | "article"
+            | "aside"
+            | "blockquote"
+            | "body"
+            | "caption"
+            | "center"
+            | "dd"
+            | "details"
+            | "dialog"
+            | "dir"
+            | "div"
+            | "dl"
+            | "dt"
+            | "fieldset"
+            | "figcaption"
+            | "figure"
+            | "footer"
+            | "form"
+            | "h1"
+            | "h2"
+            | "h3"
+            | "h4"
+            | "h5"
+            | "h6"
+            | "header"
+            | "hgroup"
+            | "hr"
+            | "html"
+            | "legend"
+            | "li"
+            | "main"
+            | "menu"
+            | "nav"
+            | "ol"
+            | "option"
+            | "p"
+            | "pre"
+            | "section"
+            | "summary"
+            | "table"
+            | "tbody"
+            | "tfoot"
+            | "thead"
+            | "tr"
+            | "ul"
     )
 }
