@@ -40,7 +40,10 @@ impl Drop for App {
     }
 }
 
-async fn spawn_app(keepalive: Duration, max_filters: usize) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
+async fn spawn_app(
+    keepalive: Duration,
+    max_filters: usize,
+) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("stream.db");
     let key_name = "stream-test".to_string();
@@ -54,13 +57,30 @@ async fn spawn_app(keepalive: Duration, max_filters: usize) -> Result<App, Box<d
     };
     let store = Store::open(&db, Duration::from_secs(3600), Bus::new())?;
     let shutdown = CancellationToken::new();
-    let settings = Settings { keepalive, cors_origins: vec!["*".into()] };
+    let settings = Settings {
+        keepalive,
+        cors_origins: vec!["*".into()],
+    };
     let state = AppState::new(&store, settings, shutdown.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(livestrom_edge::serve(listener, state.clone(), shutdown.clone()));
+    tokio::spawn(livestrom_edge::serve(
+        listener,
+        state.clone(),
+        shutdown.clone(),
+    ));
     let http = reqwest::Client::builder().no_proxy().build()?;
-    Ok(App { base, key, key_name, db, store, state, shutdown, http, _dir: dir })
+    Ok(App {
+        base,
+        key,
+        key_name,
+        db,
+        store,
+        state,
+        shutdown,
+        http,
+        _dir: dir,
+    })
 }
 
 fn event(source: &str, st: SourceType, tags: &[&str], title: &str, content: &str) -> NewEvent {
@@ -88,8 +108,16 @@ fn event(source: &str, st: SourceType, tags: &[&str], title: &str, content: &str
     }
 }
 
-async fn write(store: &Store, events: Vec<NewEvent>) -> Result<Vec<Arc<CommittedEvent>>, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(store.write(WriteBatch { events, ..Default::default() }).await?)
+async fn write(
+    store: &Store,
+    events: Vec<NewEvent>,
+) -> Result<Vec<Arc<CommittedEvent>>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(store
+        .write(WriteBatch {
+            events,
+            ..Default::default()
+        })
+        .await?)
 }
 
 /// A cursor just before "now": every event written after it comes after it.
@@ -98,8 +126,15 @@ fn cursor_now() -> Uuid {
 }
 
 impl App {
-    async fn get(&self, path_and_query: &str, last_event_id: Option<&str>) -> reqwest::Result<reqwest::Response> {
-        let mut rb = self.http.get(format!("{}{path_and_query}", self.base)).header("X-API-Key", &self.key);
+    async fn get(
+        &self,
+        path_and_query: &str,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut rb = self
+            .http
+            .get(format!("{}{path_and_query}", self.base))
+            .header("X-API-Key", &self.key);
         if let Some(id) = last_event_id {
             rb = rb.header("Last-Event-ID", id);
         }
@@ -111,15 +146,27 @@ impl App {
         &self,
         query: &str,
         last_event_id: Option<&str>,
-    ) -> Result<impl Stream<Item = Result<Event, String>> + Unpin, Box<dyn std::error::Error + Send + Sync>> {
-        let res = self.get(&format!("/v1/stream?{query}"), last_event_id).await?;
+    ) -> Result<
+        impl Stream<Item = Result<Event, String>> + Unpin,
+        Box<dyn std::error::Error + Send + Sync>,
+    > {
+        let res = self
+            .get(&format!("/v1/stream?{query}"), last_event_id)
+            .await?;
         if res.status() != 200 {
             return Err(format!("status {}: {}", res.status(), res.text().await?).into());
         }
-        Ok(Box::pin(res.bytes_stream().eventsource().map(|r| r.map_err(|e| e.to_string()))))
+        Ok(Box::pin(
+            res.bytes_stream()
+                .eventsource()
+                .map(|r| r.map_err(|e| e.to_string())),
+        ))
     }
 
-    async fn events(&self, query: &str) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+    async fn events(
+        &self,
+        query: &str,
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
         let res = self.get(&format!("/v1/events?{query}"), None).await?;
         if res.status() != 200 {
             return Err(format!("status {}: {}", res.status(), res.text().await?).into());
@@ -127,17 +174,28 @@ impl App {
         Ok(res.json().await?)
     }
 
-    async fn problem(&self, path_and_query: &str, last_event_id: Option<&str>) -> Result<(u16, serde_json::Value), Box<dyn std::error::Error + Send + Sync>> {
+    async fn problem(
+        &self,
+        path_and_query: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<(u16, serde_json::Value), Box<dyn std::error::Error + Send + Sync>> {
         let res = self.get(path_and_query, last_event_id).await?;
         let status = res.status().as_u16();
-        let ct = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let ct = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         assert_eq!(ct, "application/problem+json", "{path_and_query}");
         Ok((status, res.json().await?))
     }
 }
 
 /// Next SSE event, failing after [`WAIT`].
-async fn next_event(s: &mut (impl Stream<Item = Result<Event, String>> + Unpin)) -> Result<Option<Event>, Box<dyn std::error::Error + Send + Sync>> {
+async fn next_event(
+    s: &mut (impl Stream<Item = Result<Event, String>> + Unpin),
+) -> Result<Option<Event>, Box<dyn std::error::Error + Send + Sync>> {
     match tokio::time::timeout(WAIT, s.next()).await {
         Ok(Some(Ok(e))) => Ok(Some(e)),
         Ok(Some(Err(e))) => Err(e.into()),
@@ -147,7 +205,10 @@ async fn next_event(s: &mut (impl Stream<Item = Result<Event, String>> + Unpin))
 }
 
 /// Reads events until one with id `last` arrives; returns the ids (data-carrying events only).
-async fn collect_until(s: &mut (impl Stream<Item = Result<Event, String>> + Unpin), last: Uuid) -> Result<Vec<Uuid>, Box<dyn std::error::Error + Send + Sync>> {
+async fn collect_until(
+    s: &mut (impl Stream<Item = Result<Event, String>> + Unpin),
+    last: Uuid,
+) -> Result<Vec<Uuid>, Box<dyn std::error::Error + Send + Sync>> {
     let mut ids = Vec::new();
     loop {
         let e = next_event(s).await?.ok_or("stream ended early")?;
@@ -164,20 +225,52 @@ fn ids_of(evs: &[Arc<CommittedEvent>]) -> Vec<Uuid> {
 }
 
 fn json_ids(v: &serde_json::Value) -> Vec<String> {
-    v["events"].as_array().map(|a| a.iter().filter_map(|e| e["id"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    v["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn sources_of(v: &serde_json::Value) -> Vec<String> {
-    v["events"].as_array().map(|a| a.iter().filter_map(|e| e["source_id"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    v["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["source_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The fixture set for filter tests: (source, type, tags, title, content).
 fn corpus() -> Vec<NewEvent> {
     vec![
         event("kommun", SourceType::Rss, &["kommun"], "root", "x"),
-        event("kommun.stockholm", SourceType::Rss, &["kommun", "nyheter"], "Stockholm", "Budget"),
-        event("kommun.stockholm.press", SourceType::Html, &["kommun"], "Press", "ÅTERVINNING ökar"),
-        event("kommunal", SourceType::Json, &["fack"], "Kommunal", "strejk"),
+        event(
+            "kommun.stockholm",
+            SourceType::Rss,
+            &["kommun", "nyheter"],
+            "Stockholm",
+            "Budget",
+        ),
+        event(
+            "kommun.stockholm.press",
+            SourceType::Html,
+            &["kommun"],
+            "Press",
+            "ÅTERVINNING ökar",
+        ),
+        event(
+            "kommunal",
+            SourceType::Json,
+            &["fack"],
+            "Kommunal",
+            "strejk",
+        ),
         event("svt", SourceType::Rss, &["nyheter"], "SVT", "Väder"),
         event("wiki.rc", SourceType::Firehose, &[], "Edit", "page changed"),
     ]
@@ -190,23 +283,51 @@ async fn events_filters_every_kind_and_combination() -> TestResult {
     write(&app.store, corpus()).await?;
     let q = |f: &str| format!("since={since}&{f}");
     let cases: &[(&str, &[&str])] = &[
-        ("", &["kommun", "kommun.stockholm", "kommun.stockholm.press", "kommunal", "svt", "wiki.rc"]),
+        (
+            "",
+            &[
+                "kommun",
+                "kommun.stockholm",
+                "kommun.stockholm.press",
+                "kommunal",
+                "svt",
+                "wiki.rc",
+            ],
+        ),
         ("source=kommun", &["kommun"]),
-        ("source=kommun.*", &["kommun.stockholm", "kommun.stockholm.press"]),
+        (
+            "source=kommun.*",
+            &["kommun.stockholm", "kommun.stockholm.press"],
+        ),
         ("source=kommun.stockholm.*", &["kommun.stockholm.press"]),
-        ("source=kommun.*&source=svt", &["kommun.stockholm", "kommun.stockholm.press", "svt"]),
+        (
+            "source=kommun.*&source=svt",
+            &["kommun.stockholm", "kommun.stockholm.press", "svt"],
+        ),
         ("source=nope.*", &[]),
         ("source_type=rss", &["kommun", "kommun.stockholm", "svt"]),
-        ("source_type=html&source_type=firehose", &["kommun.stockholm.press", "wiki.rc"]),
+        (
+            "source_type=html&source_type=firehose",
+            &["kommun.stockholm.press", "wiki.rc"],
+        ),
         ("tag=nyheter", &["kommun.stockholm", "svt"]),
-        ("tag=fack&tag=nyheter", &["kommun.stockholm", "kommunal", "svt"]),
+        (
+            "tag=fack&tag=nyheter",
+            &["kommun.stockholm", "kommunal", "svt"],
+        ),
         ("keyword=%C3%A5tervinning", &["kommun.stockholm.press"]),
         ("keyword=STOCKHOLM", &["kommun.stockholm"]),
-        ("keyword=budget&keyword=v%C3%A4der", &["kommun.stockholm", "svt"]),
+        (
+            "keyword=budget&keyword=v%C3%A4der",
+            &["kommun.stockholm", "svt"],
+        ),
         ("source=kommun.*&source_type=rss", &["kommun.stockholm"]),
         ("tag=kommun&source_type=html", &["kommun.stockholm.press"]),
         ("tag=nyheter&keyword=v%C3%A4der", &["svt"]),
-        ("source=kommun.*&tag=nyheter&keyword=budget&source_type=rss", &["kommun.stockholm"]),
+        (
+            "source=kommun.*&tag=nyheter&keyword=budget&source_type=rss",
+            &["kommun.stockholm"],
+        ),
         ("source=kommun.*&keyword=strejk", &[]),
     ];
     for (f, want) in cases {
@@ -237,16 +358,40 @@ async fn live_fan_out_respects_filters() -> TestResult {
     let mut tagged = app.sse("tag=nyheter&source_type=rss", None).await?;
     let mut kw = app.sse("keyword=%C3%85TERVINNING", None).await?;
     let written = write(&app.store, corpus()).await?;
-    let marker = write(&app.store, vec![event("kommun.z", SourceType::Rss, &["nyheter"], "marker ÅTERVINNING", "")]).await?;
+    let marker = write(
+        &app.store,
+        vec![event(
+            "kommun.z",
+            SourceType::Rss,
+            &["nyheter"],
+            "marker ÅTERVINNING",
+            "",
+        )],
+    )
+    .await?;
     let last = marker[0].event.id;
     let name = |id: &Uuid| {
-        written.iter().chain(marker.iter()).find(|e| e.event.id == *id).map(|e| e.event.source_id.clone()).unwrap_or_default()
+        written
+            .iter()
+            .chain(marker.iter())
+            .find(|e| e.event.id == *id)
+            .map(|e| e.event.source_id.clone())
+            .unwrap_or_default()
     };
     let got = |ids: Vec<Uuid>| ids.iter().map(name).collect::<Vec<_>>();
     assert_eq!(got(collect_until(&mut all, last).await?).len(), 7);
-    assert_eq!(got(collect_until(&mut prefix, last).await?), ["kommun.stockholm", "kommun.stockholm.press", "kommun.z"]);
-    assert_eq!(got(collect_until(&mut tagged, last).await?), ["kommun.stockholm", "svt", "kommun.z"]);
-    assert_eq!(got(collect_until(&mut kw, last).await?), ["kommun.stockholm.press", "kommun.z"]);
+    assert_eq!(
+        got(collect_until(&mut prefix, last).await?),
+        ["kommun.stockholm", "kommun.stockholm.press", "kommun.z"]
+    );
+    assert_eq!(
+        got(collect_until(&mut tagged, last).await?),
+        ["kommun.stockholm", "svt", "kommun.z"]
+    );
+    assert_eq!(
+        got(collect_until(&mut kw, last).await?),
+        ["kommun.stockholm.press", "kommun.z"]
+    );
     Ok(())
 }
 
@@ -264,7 +409,10 @@ async fn bad_requests_are_problems_naming_the_parameter() -> TestResult {
         ("/v1/stream?tag=a%20b", "tag"),
         ("/v1/stream?source=a&source=b&tag=c&keyword=d", "keyword"),
         ("/v1/stream?since=yesterday", "since"),
-        ("/v1/stream?since=550e8400-e29b-41d4-a716-446655440000", "since"),
+        (
+            "/v1/stream?since=550e8400-e29b-41d4-a716-446655440000",
+            "since",
+        ),
         ("/v1/stream?limit=5", "limit"),
         ("/v1/events?limit=0", "limit"),
         ("/v1/events?limit=5000", "limit"),
@@ -275,25 +423,48 @@ async fn bad_requests_are_problems_naming_the_parameter() -> TestResult {
         assert_eq!(status, 400, "{pq}: {body}");
         assert_eq!(body["parameter"], *param, "{pq}: {body}");
         assert_eq!(body["status"], 400);
-        assert!(body["type"].as_str().is_some_and(|t| t.ends_with("invalid-parameter")), "{body}");
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("invalid-parameter")),
+            "{body}"
+        );
         assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
     let (status, body) = app.problem("/v1/stream", Some("not-a-uuid")).await?;
-    assert_eq!((status, body["parameter"].as_str()), (400, Some("Last-Event-ID")));
+    assert_eq!(
+        (status, body["parameter"].as_str()),
+        (400, Some("Last-Event-ID"))
+    );
     // The header wins over since=.
-    let (status, body) = app.problem(&format!("/v1/stream?since={v7}"), Some("nope")).await?;
-    assert_eq!((status, body["parameter"].as_str()), (400, Some("Last-Event-ID")));
+    let (status, body) = app
+        .problem(&format!("/v1/stream?since={v7}"), Some("nope"))
+        .await?;
+    assert_eq!(
+        (status, body["parameter"].as_str()),
+        (400, Some("Last-Event-ID"))
+    );
     // Older than the retention window (1 h in these tests): 410.
     let old = uuid_floor_at((Utc::now().timestamp_millis() - 2 * 3600 * 1000) as u64);
-    for pq in [format!("/v1/stream?since={old}"), format!("/v1/events?since={old}")] {
+    for pq in [
+        format!("/v1/stream?since={old}"),
+        format!("/v1/events?since={old}"),
+    ] {
         let (status, body) = app.problem(&pq, None).await?;
         assert_eq!(status, 410, "{pq}: {body}");
-        assert!(body["type"].as_str().is_some_and(|t| t.ends_with("cursor-expired")));
+        assert!(body["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("cursor-expired")));
     }
     let (status, _) = app.problem("/v1/stream", Some(&old.to_string())).await?;
     assert_eq!(status, 410);
     // A well-formed id of a source that does not exist is fine.
-    let res = app.get(&format!("/v1/events?since={v7}&source=does.not.exist"), None).await?;
+    let res = app
+        .get(
+            &format!("/v1/events?since={v7}&source=does.not.exist"),
+            None,
+        )
+        .await?;
     assert_eq!(res.status(), 200);
     Ok(())
 }
@@ -304,15 +475,29 @@ async fn connect_comment_headers_and_keepalive() -> TestResult {
     let res = app.get("/v1/stream", None).await?;
     assert_eq!(res.status(), 200);
     let h = res.headers();
-    assert_eq!(h.get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
-    assert_eq!(h.get("cache-control").and_then(|v| v.to_str().ok()), Some("no-cache"));
-    assert_eq!(h.get("x-accel-buffering").and_then(|v| v.to_str().ok()), Some("no"));
+    assert_eq!(
+        h.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    assert_eq!(
+        h.get("cache-control").and_then(|v| v.to_str().ok()),
+        Some("no-cache")
+    );
+    assert_eq!(
+        h.get("x-accel-buffering").and_then(|v| v.to_str().ok()),
+        Some("no")
+    );
     assert!(h.get("content-encoding").is_none());
-    let rid = h.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let rid = h
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut body = res.bytes_stream();
     let mut text = String::new();
     while text.matches(": keepalive\n\n").count() < 2 {
-        let chunk: Bytes = tokio::time::timeout(WAIT, body.next()).await?.ok_or("stream ended")??;
+        let chunk: Bytes = tokio::time::timeout(WAIT, body.next())
+            .await?
+            .ok_or("stream ended")??;
         text.push_str(std::str::from_utf8(&chunk)?);
     }
     let first = text.split("\n\n").next().unwrap_or_default();
@@ -328,7 +513,14 @@ async fn feed_text_cannot_inject_frames() -> TestResult {
     let app = spawn_app(Duration::from_secs(30), 20).await?;
     let mut s = app.sse("", None).await?;
     let title = "evil\n\nid: 9\nevent: admin\ndata: {\"x\":1}\r\n\r\n";
-    let evs = write(&app.store, vec![event("a", SourceType::Rss, &[], title, "c\rd\n"), event("a", SourceType::Rss, &[], "after", "")]).await?;
+    let evs = write(
+        &app.store,
+        vec![
+            event("a", SourceType::Rss, &[], title, "c\rd\n"),
+            event("a", SourceType::Rss, &[], "after", ""),
+        ],
+    )
+    .await?;
     let e = next_event(&mut s).await?.ok_or("ended")?;
     assert_eq!(e.id, evs[0].event.id.to_string());
     assert_eq!(e.event, "rss");
@@ -336,20 +528,48 @@ async fn feed_text_cannot_inject_frames() -> TestResult {
     assert_eq!(back.title, title);
     assert_eq!(back.content, "c\rd\n");
     let e = next_event(&mut s).await?.ok_or("ended")?;
-    assert_eq!(e.id, evs[1].event.id.to_string(), "an extra frame was injected");
+    assert_eq!(
+        e.id,
+        evs[1].event.id.to_string(),
+        "an extra frame was injected"
+    );
     Ok(())
 }
 
 /// Writes `batches` × `per` events from a task; sends the id of the event at
 /// index `cursor_at` as soon as it is committed; returns every id.
-fn spawn_writer(store: Store, batches: usize, per: usize, cursor_at: usize) -> (tokio::sync::oneshot::Receiver<Uuid>, tokio::task::JoinHandle<Result<Vec<Uuid>, String>>) {
+fn spawn_writer(
+    store: Store,
+    batches: usize,
+    per: usize,
+    cursor_at: usize,
+) -> (
+    tokio::sync::oneshot::Receiver<Uuid>,
+    tokio::task::JoinHandle<Result<Vec<Uuid>, String>>,
+) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let mut tx = Some(tx);
         let mut all = Vec::with_capacity(batches * per);
         for b in 0..batches {
-            let evs = (0..per).map(|i| event(if i % 2 == 0 { "w.even" } else { "w.odd" }, SourceType::Firehose, &["w"], &format!("e{b}-{i}"), "")).collect();
-            let out = store.write(WriteBatch { events: evs, ..Default::default() }).await.map_err(|e| e.to_string())?;
+            let evs = (0..per)
+                .map(|i| {
+                    event(
+                        if i % 2 == 0 { "w.even" } else { "w.odd" },
+                        SourceType::Firehose,
+                        &["w"],
+                        &format!("e{b}-{i}"),
+                        "",
+                    )
+                })
+                .collect();
+            let out = store
+                .write(WriteBatch {
+                    events: evs,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
             all.extend(out.iter().map(|e| e.event.id));
             if all.len() > cursor_at {
                 if let Some(tx) = tx.take() {
@@ -369,14 +589,21 @@ async fn replay_hands_over_to_live_without_gap_or_duplicate_under_load() -> Test
     let cursor = cursor_rx.await?;
     // Header-borne cursor on one client, since= on another filtered one.
     let mut a = app.sse("", Some(&cursor.to_string())).await?;
-    let mut b = app.sse(&format!("since={cursor}&source=w.even"), None).await?;
+    let mut b = app
+        .sse(&format!("since={cursor}&source=w.even"), None)
+        .await?;
     let all = writer.await??;
     let after: Vec<Uuid> = all.iter().copied().filter(|id| *id > cursor).collect();
     let last = *after.last().ok_or("no events")?;
     let got = collect_until(&mut a, last).await?;
     assert_eq!(got.len(), after.len(), "missing or duplicated events");
     assert_eq!(got, after);
-    let evens: Vec<Uuid> = all.iter().enumerate().filter(|(i, id)| i % 2 == 0 && **id > cursor).map(|(_, id)| *id).collect();
+    let evens: Vec<Uuid> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, id)| i % 2 == 0 && **id > cursor)
+        .map(|(_, id)| *id)
+        .collect();
     let got = collect_until(&mut b, *evens.last().ok_or("no evens")?).await?;
     assert_eq!(got, evens);
     Ok(())
@@ -391,7 +618,15 @@ async fn replay_overflow_falls_back_to_the_log_and_resume_is_exact() -> TestResu
     app.state.hub.set_queue_limit(8 * 1024);
     let mut before = Vec::new();
     for chunk in 0..4 {
-        before.extend(write(&app.store, (0..5000).map(|i| event("r", SourceType::Rss, &[], &format!("b{chunk}-{i}"), "")).collect()).await?);
+        before.extend(
+            write(
+                &app.store,
+                (0..5000)
+                    .map(|i| event("r", SourceType::Rss, &[], &format!("b{chunk}-{i}"), ""))
+                    .collect(),
+            )
+            .await?,
+        );
     }
     let cursor = before[100].event.id;
     // The client connects, then does not read while the writer runs: the
@@ -399,7 +634,11 @@ async fn replay_overflow_falls_back_to_the_log_and_resume_is_exact() -> TestResu
     let mut s = app.sse("", Some(&cursor.to_string())).await?;
     let (_, writer) = spawn_writer(app.store.clone(), 300, 10, 0);
     let all = writer.await??;
-    let want: Vec<Uuid> = ids_of(&before).into_iter().chain(all).filter(|id| *id > cursor).collect();
+    let want: Vec<Uuid> = ids_of(&before)
+        .into_iter()
+        .chain(all)
+        .filter(|id| *id > cursor)
+        .collect();
     let last = *want.last().ok_or("none")?;
     let mut got: Vec<Uuid> = Vec::new();
     let mut reconnects = 0;
@@ -420,7 +659,11 @@ async fn replay_overflow_falls_back_to_the_log_and_resume_is_exact() -> TestResu
             }
         }
     }
-    assert_eq!(got.len(), want.len(), "missing or duplicated events (reconnects: {reconnects})");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "missing or duplicated events (reconnects: {reconnects})"
+    );
     assert_eq!(got, want);
     Ok(())
 }
@@ -453,27 +696,42 @@ async fn slow_consumer_is_disconnected_while_others_keep_receiving() -> TestResu
     while app.state.hub.subscribers() == 2 {
         rounds += 1;
         assert!(rounds <= 4000, "slow subscriber was never disconnected");
-        let evs = (0..5).map(|i| event("s", SourceType::Html, &[], &format!("t{rounds}-{i}"), &big)).collect();
+        let evs = (0..5)
+            .map(|i| event("s", SourceType::Html, &[], &format!("t{rounds}-{i}"), &big))
+            .collect();
         written.extend(write(&app.store, evs).await?);
     }
-    written.extend(write(&app.store, vec![event("s", SourceType::Html, &[], "end", "")]).await?);
+    written.extend(
+        write(
+            &app.store,
+            vec![event("s", SourceType::Html, &[], "end", "")],
+        )
+        .await?,
+    );
     let (n, last) = reader.await?;
     assert_eq!(n, written.len(), "the fast subscriber missed events");
     assert_eq!(last, written.last().map(|e| e.event.id.to_string()));
     // The slow client's stream ends (after what was already buffered).
+    // The slow client's stream ends after what was already buffered, and
+    // it never gets what was written after the hub dropped it.
     let mut slow = slow_res.bytes_stream();
-    let mut bytes = 0usize;
+    let mut body = Vec::new();
     let ended = tokio::time::timeout(WAIT, async {
         while let Some(chunk) = slow.next().await {
             match chunk {
-                Ok(c) => bytes += c.len(),
+                Ok(c) => body.extend_from_slice(&c),
                 Err(_) => break,
             }
         }
     })
     .await;
     assert!(ended.is_ok(), "slow stream did not end");
-    assert!(bytes < written.len() * big.len(), "slow client got everything: {bytes}");
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains("\"title\":\"end\""),
+        "slow client got the event written after its disconnect"
+    );
+    assert!(text.matches("\ndata: ").count() < written.len());
     Ok(())
 }
 
@@ -481,26 +739,47 @@ async fn slow_consumer_is_disconnected_while_others_keep_receiving() -> TestResu
 async fn filtered_out_events_advance_the_cursor_with_id_only_frames() -> TestResult {
     let app = spawn_app(Duration::from_millis(100), 20).await?;
     let since = cursor_now();
-    let evs = write(&app.store, (0..1500).map(|i| event("noise", SourceType::Rss, &[], &format!("n{i}"), "")).collect()).await?;
+    let evs = write(
+        &app.store,
+        (0..1500)
+            .map(|i| event("noise", SourceType::Rss, &[], &format!("n{i}"), ""))
+            .collect(),
+    )
+    .await?;
     let last = evs.last().map(|e| e.event.id).ok_or("none")?;
     // Replay: the keyword filter runs in Rust over 1500 rejected rows.
-    let res = app.get(&format!("/v1/stream?since={since}&keyword=never-matches"), None).await?;
+    let res = app
+        .get(
+            &format!("/v1/stream?since={since}&keyword=never-matches"),
+            None,
+        )
+        .await?;
     let mut body = res.bytes_stream();
     let mut text = String::new();
     let want = format!("\nid: {last}\n\n");
     while !text.contains(&want) {
-        let chunk: Bytes = tokio::time::timeout(WAIT, body.next()).await?.ok_or("stream ended")??;
+        let chunk: Bytes = tokio::time::timeout(WAIT, body.next())
+            .await?
+            .ok_or("stream ended")??;
         text.push_str(std::str::from_utf8(&chunk)?);
     }
     assert!(!text.contains("data:"), "{text}");
     // Live: a checkpoint follows events the filter passed over.
     let res = app.get("/v1/stream?source=other", None).await?;
     let mut body = res.bytes_stream();
-    let more = write(&app.store, (0..10).map(|i| event("noise", SourceType::Rss, &[], &format!("m{i}"), "")).collect()).await?;
+    let more = write(
+        &app.store,
+        (0..10)
+            .map(|i| event("noise", SourceType::Rss, &[], &format!("m{i}"), ""))
+            .collect(),
+    )
+    .await?;
     let want = format!("id: {}\n\n", more[9].event.id);
     let mut text = String::new();
     while !text.contains(&want) {
-        let chunk: Bytes = tokio::time::timeout(WAIT, body.next()).await?.ok_or("stream ended")??;
+        let chunk: Bytes = tokio::time::timeout(WAIT, body.next())
+            .await?
+            .ok_or("stream ended")??;
         text.push_str(std::str::from_utf8(&chunk)?);
     }
     assert!(!text.contains("data:"), "{text}");
@@ -515,12 +794,18 @@ async fn revocation_and_shutdown_end_streams() -> TestResult {
         let conn = livestrom_engine::store::open_and_migrate(&app.db)?;
         keys::revoke(&conn, &app.key_name)?;
     }
-    assert!(next_event(&mut s).await?.is_none(), "stream continued after revocation");
+    assert!(
+        next_event(&mut s).await?.is_none(),
+        "stream continued after revocation"
+    );
 
     let app = spawn_app(Duration::from_secs(30), 20).await?;
     let mut s = app.sse("", None).await?;
     app.shutdown.cancel();
-    assert!(next_event(&mut s).await?.is_none(), "stream continued after shutdown");
+    assert!(
+        next_event(&mut s).await?.is_none(),
+        "stream continued after shutdown"
+    );
     Ok(())
 }
 
@@ -531,7 +816,21 @@ async fn events_pages_with_next_cursor() -> TestResult {
     let v = app.events("").await?;
     assert_eq!(json_ids(&v).len(), 0);
     let start = v["next_cursor"].as_str().ok_or("no cursor")?.to_string();
-    let evs = write(&app.store, (0..25).map(|i| event(if i % 5 == 0 { "p.five" } else { "p.other" }, SourceType::Json, &[], &format!("p{i}"), "")).collect()).await?;
+    let evs = write(
+        &app.store,
+        (0..25)
+            .map(|i| {
+                event(
+                    if i % 5 == 0 { "p.five" } else { "p.other" },
+                    SourceType::Json,
+                    &[],
+                    &format!("p{i}"),
+                    "",
+                )
+            })
+            .collect(),
+    )
+    .await?;
     let ids: Vec<String> = evs.iter().map(|e| e.event.id.to_string()).collect();
     let mut cursor = start.clone();
     let mut pages = Vec::new();
@@ -550,16 +849,34 @@ async fn events_pages_with_next_cursor() -> TestResult {
     assert_eq!(cursor, ids[24]);
     // Nothing new: same cursor back.
     let v = app.events(&format!("since={cursor}")).await?;
-    assert_eq!((json_ids(&v).len(), v["next_cursor"].as_str()), (0, Some(cursor.as_str())));
+    assert_eq!(
+        (json_ids(&v).len(), v["next_cursor"].as_str()),
+        (0, Some(cursor.as_str()))
+    );
     // A filter: next_cursor moves past what it passed over.
-    let v = app.events(&format!("since={start}&keyword=p2&limit=2")).await?;
+    let v = app
+        .events(&format!("since={start}&keyword=p2&limit=2"))
+        .await?;
     assert_eq!(json_ids(&v), [ids[2].clone(), ids[20].clone()]);
     assert_eq!(v["next_cursor"], ids[20]);
     let v = app.events(&format!("since={}&keyword=p2", ids[20])).await?;
-    assert_eq!(json_ids(&v), [ids[21].clone(), ids[22].clone(), ids[23].clone(), ids[24].clone()]);
-    let v = app.events(&format!("since={}&source=p.five", ids[20])).await?;
+    assert_eq!(
+        json_ids(&v),
+        [
+            ids[21].clone(),
+            ids[22].clone(),
+            ids[23].clone(),
+            ids[24].clone()
+        ]
+    );
+    let v = app
+        .events(&format!("since={}&source=p.five", ids[20]))
+        .await?;
     assert_eq!(json_ids(&v).len(), 0);
-    assert_eq!(v["next_cursor"], ids[20], "pushdown found nothing after the cursor");
+    assert_eq!(
+        v["next_cursor"], ids[20],
+        "pushdown found nothing after the cursor"
+    );
     // Events validate as StreamEvents.
     let v = app.events(&format!("since={start}&limit=1")).await?;
     let one: StreamEvent = serde_json::from_value(v["events"][0].clone())?;

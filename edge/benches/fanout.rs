@@ -33,7 +33,9 @@ const KEYS: usize = 8;
 
 fn main() -> BoxResult<()> {
     let serve = std::env::args().any(|a| a == "serve");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     if serve {
         rt.block_on(server())
     } else {
@@ -58,13 +60,25 @@ async fn server() -> BoxResult<()> {
     }
     let store = Store::open(&db, Duration::from_secs(86_400), Bus::new())?;
     let shutdown = CancellationToken::new();
-    let state = AppState::new(&store, Settings { keepalive: Duration::from_secs(25), cors_origins: vec!["*".into()] }, shutdown.clone()).await?;
+    let state = AppState::new(
+        &store,
+        Settings {
+            keepalive: Duration::from_secs(25),
+            cors_origins: vec!["*".into()],
+        },
+        shutdown.clone(),
+    )
+    .await?;
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.set_reuseaddr(true)?;
     sock.bind("127.0.0.1:0".parse()?)?;
     let listener = sock.listen(4096)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(livestrom_edge::serve(listener, state.clone(), shutdown.clone()));
+    tokio::spawn(livestrom_edge::serve(
+        listener,
+        state.clone(),
+        shutdown.clone(),
+    ));
     println!("READY {addr} {}", keys_out.join(" "));
     std::io::stdout().flush()?;
 
@@ -75,7 +89,14 @@ async fn server() -> BoxResult<()> {
             ["rss"] => println!("RSS {}", rss_kib()),
             ["subs"] => println!("SUBS {}", state.hub.subscribers()),
             ["write", rate, secs, nsources, batch] => {
-                let n = write_at(&store, rate.parse()?, secs.parse()?, nsources.parse()?, batch.parse()?).await?;
+                let n = write_at(
+                    &store,
+                    rate.parse()?,
+                    secs.parse()?,
+                    nsources.parse()?,
+                    batch.parse()?,
+                )
+                .await?;
                 println!("DONE {n}");
             }
             ["backlog", n] => {
@@ -83,7 +104,14 @@ async fn server() -> BoxResult<()> {
                 let mut k = 0;
                 while k < n {
                     let b = 5000.min(n - k);
-                    store.write(WriteBatch { events: (0..b).map(|i| event(&format!("s{}", (k + i) % 100))).collect(), ..Default::default() }).await?;
+                    store
+                        .write(WriteBatch {
+                            events: (0..b)
+                                .map(|i| event(&format!("s{}", (k + i) % 100)))
+                                .collect(),
+                            ..Default::default()
+                        })
+                        .await?;
                     k += b;
                 }
                 println!("DONE {n}");
@@ -124,17 +152,31 @@ fn event(source: &str) -> NewEvent {
 
 /// Writes `rate` events/s (0 = as fast as possible) for `secs`, in batches,
 /// sources round-robin over `nsources`.
-async fn write_at(store: &Store, rate: f64, secs: f64, nsources: usize, batch: usize) -> BoxResult<usize> {
+async fn write_at(
+    store: &Store,
+    rate: f64,
+    secs: f64,
+    nsources: usize,
+    batch: usize,
+) -> BoxResult<usize> {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut n = 0usize;
-    let mut tick = (rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(batch as f64 / rate)));
+    let mut tick =
+        (rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(batch as f64 / rate)));
     while Instant::now() < end {
         if let Some(t) = tick.as_mut() {
             t.tick().await;
         }
-        let evs = (0..batch).map(|i| event(&format!("s{}", (n + i) % nsources))).collect();
-        store.write(WriteBatch { events: evs, ..Default::default() }).await?;
+        let evs = (0..batch)
+            .map(|i| event(&format!("s{}", (n + i) % nsources)))
+            .collect();
+        store
+            .write(WriteBatch {
+                events: evs,
+                ..Default::default()
+            })
+            .await?;
         n += batch;
     }
     Ok(n)
@@ -143,7 +185,11 @@ async fn write_at(store: &Store, rate: f64, secs: f64, nsources: usize, batch: u
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -156,7 +202,9 @@ struct Hist {
 
 impl Hist {
     fn new() -> Self {
-        Self { buckets: (0..600_000).map(|_| AtomicU64::new(0)).collect() }
+        Self {
+            buckets: (0..600_000).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
     fn record(&self, micros: i64) {
         let b = (micros.max(0) / 100) as usize;
@@ -170,7 +218,11 @@ impl Hist {
     }
     /// (count, p50 ms, p99 ms, max ms)
     fn summary(&self) -> (u64, f64, f64, f64) {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         let at = |q: f64| {
             let target = ((total as f64) * q).ceil() as u64;
@@ -183,7 +235,10 @@ impl Hist {
             }
             0.0
         };
-        let max = counts.iter().rposition(|c| *c > 0).map_or(0.0, |i| (i as f64 + 1.0) * 0.1);
+        let max = counts
+            .iter()
+            .rposition(|c| *c > 0)
+            .map_or(0.0, |i| (i as f64 + 1.0) * 0.1);
         (total, at(0.50), at(0.99), max)
     }
 }
@@ -235,16 +290,32 @@ async fn spawn_server() -> BoxResult<Server> {
     }
     let addr = w.next().ok_or("no addr")?.to_string();
     let keys = w.map(str::to_owned).collect();
-    Ok(Server { child, stdin, out, addr, keys })
+    Ok(Server {
+        child,
+        stdin,
+        out,
+        addr,
+        keys,
+    })
 }
 
 /// One raw SSE client over HTTP/1.0 (close-delimited body, no chunking).
 /// `latency`: parse each event's `emitted_at` into the histogram; otherwise
 /// count frames cheaply by newlines (4 per event frame).
-async fn sse_client(addr: String, path: String, key: String, latency: bool, hist: Arc<Hist>, c: Arc<Counters>) -> BoxResult<()> {
+async fn sse_client(
+    addr: String,
+    path: String,
+    key: String,
+    latency: bool,
+    hist: Arc<Hist>,
+    c: Arc<Counters>,
+) -> BoxResult<()> {
     let mut s = TcpStream::connect(&addr).await?;
     s.set_nodelay(true)?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.0\r\nHost: bench\r\nX-API-Key: {key}\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = vec![0u8; 16 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     let mut header_done = false;
@@ -258,9 +329,13 @@ async fn sse_client(addr: String, path: String, key: String, latency: bool, hist
         let data = &buf[..n];
         if !header_done {
             pending.extend_from_slice(data);
-            let Some(p) = pending.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let Some(p) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
             if !pending.starts_with(b"HTTP/1.1 200") && !pending.starts_with(b"HTTP/1.0 200") {
-                return Err(format!("bad response: {}", String::from_utf8_lossy(&pending[..p])).into());
+                return Err(
+                    format!("bad response: {}", String::from_utf8_lossy(&pending[..p])).into(),
+                );
             }
             header_done = true;
             pending.drain(..p + 4);
@@ -275,14 +350,26 @@ async fn sse_client(addr: String, path: String, key: String, latency: bool, hist
     }
 }
 
-fn handle(data: &[u8], latency: bool, hist: &Hist, c: &Counters, pending: &mut Vec<u8>, newlines: &mut u64) {
+fn handle(
+    data: &[u8],
+    latency: bool,
+    hist: &Hist,
+    c: &Counters,
+    pending: &mut Vec<u8>,
+    newlines: &mut u64,
+) {
     if !latency {
         let nl = data.iter().filter(|b| **b == b'\n').count() as u64;
         let before = *newlines;
         *newlines = newlines.wrapping_add(nl);
         let frames_before = if (before as i64) < 0 { 0 } else { before / 4 };
-        let frames_after = if (*newlines as i64) < 0 { 0 } else { *newlines / 4 };
-        c.frames.fetch_add(frames_after - frames_before, Ordering::Relaxed);
+        let frames_after = if (*newlines as i64) < 0 {
+            0
+        } else {
+            *newlines / 4
+        };
+        c.frames
+            .fetch_add(frames_after - frames_before, Ordering::Relaxed);
         return;
     }
     pending.extend_from_slice(data);
@@ -298,8 +385,15 @@ fn handle(data: &[u8], latency: bool, hist: &Hist, c: &Counters, pending: &mut V
         if let Some(i) = frame.windows(KEY.len()).position(|w| w == KEY) {
             let ts = &frame[i + KEY.len()..];
             if let Some(end) = ts.iter().position(|b| *b == b'"') {
-                if let Some(t) = std::str::from_utf8(&ts[..end]).ok().and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
-                    hist.record((now - t.with_timezone(&Utc)).num_microseconds().unwrap_or(i64::MAX));
+                if let Some(t) = std::str::from_utf8(&ts[..end])
+                    .ok()
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                {
+                    hist.record(
+                        (now - t.with_timezone(&Utc))
+                            .num_microseconds()
+                            .unwrap_or(i64::MAX),
+                    );
                     c.frames.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -323,18 +417,37 @@ impl Fleet {
 
 /// Connects `n` subscribers in waves (the listen backlog is finite) and
 /// waits until all have their 200.
-async fn connect(addr: &str, key: &str, n: usize, query: impl Fn(usize) -> String, latency: bool, hist: &Arc<Hist>) -> BoxResult<Fleet> {
+async fn connect(
+    addr: &str,
+    key: &str,
+    n: usize,
+    query: impl Fn(usize) -> String,
+    latency: bool,
+    hist: &Arc<Hist>,
+) -> BoxResult<Fleet> {
     let counters = Arc::new(Counters::default());
     let mut tasks = Vec::with_capacity(n);
     let wave = 500;
     for i in 0..n {
         let path = format!("/v1/stream?{}", query(i));
-        tasks.push(tokio::spawn(sse_client(addr.to_string(), path, key.to_string(), latency, hist.clone(), counters.clone())));
+        tasks.push(tokio::spawn(sse_client(
+            addr.to_string(),
+            path,
+            key.to_string(),
+            latency,
+            hist.clone(),
+            counters.clone(),
+        )));
         if (i + 1) % wave == 0 || i + 1 == n {
             let deadline = Instant::now() + Duration::from_secs(60);
             while counters.connected.load(Ordering::Relaxed) < i + 1 {
                 if Instant::now() > deadline {
-                    return Err(format!("only {} of {} connected", counters.connected.load(Ordering::Relaxed), i + 1).into());
+                    return Err(format!(
+                        "only {} of {} connected",
+                        counters.connected.load(Ordering::Relaxed),
+                        i + 1
+                    )
+                    .into());
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -355,13 +468,24 @@ async fn wait_frames(c: &Counters, want: u64, timeout: Duration) -> u64 {
 }
 
 async fn client_main() -> BoxResult<()> {
-    let n: usize = std::env::var("FANOUT_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let backlog: usize = std::env::var("FANOUT_BACKLOG").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let secs: f64 = std::env::var("FANOUT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0);
+    let n: usize = std::env::var("FANOUT_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let backlog: usize = std::env::var("FANOUT_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let secs: f64 = std::env::var("FANOUT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10.0);
     let mut srv = spawn_server().await?;
     let addr = srv.addr.clone();
     let hist = Arc::new(Hist::new());
-    println!("fanout bench: N={n} subscribers, {secs} s per rate, backlog {backlog}, server {addr}");
+    println!(
+        "fanout bench: N={n} subscribers, {secs} s per rate, backlog {backlog}, server {addr}"
+    );
 
     // (d) memory per idle subscriber, then (a) on the same connections.
     let rss0: u64 = srv.cmd("rss", "RSS").await?.parse()?;
@@ -376,7 +500,10 @@ async fn client_main() -> BoxResult<()> {
     );
 
     hist.reset();
-    let written: u64 = srv.cmd(&format!("write 10 {secs} 1 1"), "DONE").await?.parse()?;
+    let written: u64 = srv
+        .cmd(&format!("write 10 {secs} 1 1"), "DONE")
+        .await?
+        .parse()?;
     let got = wait_frames(&fleet.counters, written * n as u64, Duration::from_secs(30)).await;
     let (cnt, p50, p99, max) = hist.summary();
     println!(
@@ -388,8 +515,19 @@ async fn client_main() -> BoxResult<()> {
 
     // (b) each subscriber matches 1 of 100 sources; 1000 ev/s round-robin.
     hist.reset();
-    let fleet = connect(&addr, &srv.keys[1], n, |i| format!("source=s{}", i % 100), true, &hist).await?;
-    let written: u64 = srv.cmd(&format!("write 1000 {secs} 100 10"), "DONE").await?.parse()?;
+    let fleet = connect(
+        &addr,
+        &srv.keys[1],
+        n,
+        |i| format!("source=s{}", i % 100),
+        true,
+        &hist,
+    )
+    .await?;
+    let written: u64 = srv
+        .cmd(&format!("write 1000 {secs} 100 10"), "DONE")
+        .await?
+        .parse()?;
     let want = written * n as u64 / 100;
     let got = wait_frames(&fleet.counters, want, Duration::from_secs(30)).await;
     let (cnt, p50, p99, max) = hist.summary();
@@ -406,9 +544,18 @@ async fn client_main() -> BoxResult<()> {
         let ended_before = fleet.counters.ended.load(Ordering::Relaxed);
         let t = Instant::now();
         let batch = (rate / 25).max(1);
-        let written: u64 = srv.cmd(&format!("write {rate} {secs} 1 {batch}"), "DONE").await?.parse()?;
+        let written: u64 = srv
+            .cmd(&format!("write {rate} {secs} 1 {batch}"), "DONE")
+            .await?
+            .parse()?;
         let alive = (n - fleet.counters.ended.load(Ordering::Relaxed)) as u64;
-        let got = wait_frames(&fleet.counters, before + written * alive, Duration::from_secs(20)).await - before;
+        let got = wait_frames(
+            &fleet.counters,
+            before + written * alive,
+            Duration::from_secs(20),
+        )
+        .await
+            - before;
         let el = t.elapsed().as_secs_f64();
         let ended = fleet.counters.ended.load(Ordering::Relaxed) - ended_before;
         println!(
@@ -426,13 +573,26 @@ async fn client_main() -> BoxResult<()> {
     let cursor = uuid_floor_at((Utc::now().timestamp_millis() - 1000).max(0) as u64);
     let t = Instant::now();
     srv.cmd(&format!("backlog {backlog}"), "DONE").await?;
-    println!("(e) wrote backlog of {backlog} in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "(e) wrote backlog of {backlog} in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let c = Arc::new(Counters::default());
     let t = Instant::now();
-    let task = tokio::spawn(sse_client(addr.clone(), format!("/v1/stream?since={cursor}"), srv.keys[3].clone(), false, hist.clone(), c.clone()));
+    let task = tokio::spawn(sse_client(
+        addr.clone(),
+        format!("/v1/stream?since={cursor}"),
+        srv.keys[3].clone(),
+        false,
+        hist.clone(),
+        c.clone(),
+    ));
     let got = wait_frames(&c, backlog as u64, Duration::from_secs(600)).await;
     let el = t.elapsed().as_secs_f64();
-    println!("(e) replayed {got} events in {el:.2} s = {:.0} events/s", got as f64 / el);
+    println!(
+        "(e) replayed {got} events in {el:.2} s = {:.0} events/s",
+        got as f64 / el
+    );
     task.abort();
 
     srv.cmd("quit", "NEVER").await.ok();

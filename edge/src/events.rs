@@ -52,8 +52,16 @@ pub async fn handler(
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     let page = match check_cursor(&state.log, cursor).await? {
         Start::Now(head) => {
-            let next = if head.is_nil() { uuid_floor_at(Utc::now().timestamp_millis().max(0) as u64) } else { head };
-            Page { events: Vec::new(), next_cursor: next, has_more: false }
+            let next = if head.is_nil() {
+                uuid_floor_at(Utc::now().timestamp_millis().max(0) as u64)
+            } else {
+                head
+            };
+            Page {
+                events: Vec::new(),
+                next_cursor: next,
+                has_more: false,
+            }
         }
         Start::After(c) => {
             let log = state.log.clone();
@@ -69,17 +77,29 @@ pub async fn handler(
     }
     let mut res = (StatusCode::OK, render(&page)).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }
 
 /// Reads up to `limit` matching events after `cursor` (blocking; each read
 /// is one statement, no transaction spans the loop).
-pub fn read_page(log: &dyn EventLog, filter: &Filter, cursor: Uuid, limit: usize) -> Result<Page, StoreError> {
+pub fn read_page(
+    log: &dyn EventLog,
+    filter: &Filter,
+    cursor: Uuid,
+    limit: usize,
+) -> Result<Page, StoreError> {
     let scope: ReadScope = filter.read_scope();
     // Without in-Rust filtering every row read is returned: read just enough.
-    let chunk = if filter.needs_body() { 1000 } else { limit.max(1) };
+    let chunk = if filter.needs_body() {
+        1000
+    } else {
+        limit.max(1)
+    };
     let mut events = Vec::with_capacity(limit.min(1000));
     let mut pos = cursor;
     let mut scanned = 0;
@@ -88,7 +108,11 @@ pub fn read_page(log: &dyn EventLog, filter: &Filter, cursor: Uuid, limit: usize
         let short = rows.len() < chunk;
         for row in rows {
             if events.len() == limit {
-                return Ok(Page { events, next_cursor: pos, has_more: true });
+                return Ok(Page {
+                    events,
+                    next_cursor: pos,
+                    has_more: true,
+                });
             }
             pos = row.id;
             scanned += 1;
@@ -97,10 +121,18 @@ pub fn read_page(log: &dyn EventLog, filter: &Filter, cursor: Uuid, limit: usize
             }
         }
         if short {
-            return Ok(Page { events, next_cursor: pos, has_more: false });
+            return Ok(Page {
+                events,
+                next_cursor: pos,
+                has_more: false,
+            });
         }
         if events.len() == limit || scanned >= MAX_SCAN {
-            return Ok(Page { events, next_cursor: pos, has_more: true });
+            return Ok(Page {
+                events,
+                next_cursor: pos,
+                has_more: true,
+            });
         }
     }
 }

@@ -73,7 +73,10 @@ pub struct Lowered {
 impl Lowered {
     /// Lowercases (Unicode-aware) an event's title and content.
     pub fn new(title: &str, content: &str) -> Self {
-        Self { title: title.to_lowercase(), content: content.to_lowercase() }
+        Self {
+            title: title.to_lowercase(),
+            content: content.to_lowercase(),
+        }
     }
 }
 
@@ -95,7 +98,11 @@ pub struct BodyFields<'a> {
 impl Filter {
     /// Number of terms (what `max_filters` caps).
     pub fn terms(&self) -> usize {
-        self.sources.len() + self.prefixes.len() + self.types.len() + self.tags.len() + self.keywords.len()
+        self.sources.len()
+            + self.prefixes.len()
+            + self.types.len()
+            + self.tags.len()
+            + self.keywords.len()
     }
 
     /// True when the filter lets everything through.
@@ -113,7 +120,10 @@ impl Filter {
     pub fn matches_source(&self, source_id: &str, source_type: SourceType) -> bool {
         let source_ok = (self.sources.is_empty() && self.prefixes.is_empty())
             || self.sources.iter().any(|s| s == source_id)
-            || self.prefixes.iter().any(|p| source_id.len() > p.len() && source_id.starts_with(p.as_str()));
+            || self
+                .prefixes
+                .iter()
+                .any(|p| source_id.len() > p.len() && source_id.starts_with(p.as_str()));
         source_ok && (self.types.is_empty() || self.types.contains(&source_type))
     }
 
@@ -124,7 +134,11 @@ impl Filter {
 
     /// The `keyword` condition against lowercased title and content.
     pub fn matches_keywords(&self, l: &Lowered) -> bool {
-        self.keywords.is_empty() || self.keywords.iter().any(|k| l.title.contains(k.as_str()) || l.content.contains(k.as_str()))
+        self.keywords.is_empty()
+            || self
+                .keywords
+                .iter()
+                .any(|k| l.title.contains(k.as_str()) || l.content.contains(k.as_str()))
     }
 
     /// Every condition against a stored event's JSON (parsed only when a tag
@@ -139,7 +153,8 @@ impl Filter {
         match serde_json::from_str::<BodyFields<'_>>(json) {
             Ok(b) => {
                 self.matches_tags(b.tags.iter().map(|t| t.as_ref()))
-                    && (self.keywords.is_empty() || self.matches_keywords(&Lowered::new(&b.title, &b.content)))
+                    && (self.keywords.is_empty()
+                        || self.matches_keywords(&Lowered::new(&b.title, &b.content)))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "stored event json does not parse; filtered out");
@@ -150,19 +165,30 @@ impl Filter {
 
     /// What of this filter a log read can do in SQL (sources, prefixes, types).
     pub fn read_scope(&self) -> ReadScope {
-        ReadScope { sources: self.sources.clone(), prefixes: self.prefixes.clone(), types: self.types.clone() }
+        ReadScope {
+            sources: self.sources.clone(),
+            prefixes: self.prefixes.clone(),
+            types: self.types.clone(),
+        }
     }
 }
 
 /// Parses a raw query string (without `?`). `max_filters` is the key's cap
 /// on filter terms. Percent-decoding follows `application/x-www-form-urlencoded`.
-pub fn parse_query(raw: Option<&str>, endpoint: Endpoint, max_filters: usize) -> Result<Query, Problem> {
+pub fn parse_query(
+    raw: Option<&str>,
+    endpoint: Endpoint,
+    max_filters: usize,
+) -> Result<Query, Problem> {
     let mut q = Query::default();
     let mut seen_api_key = false;
     for (name, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         let name: &str = &name;
         if value.is_empty() {
-            return Err(Problem::bad_param(name, format!("`{name}` must not be empty")));
+            return Err(Problem::bad_param(
+                name,
+                format!("`{name}` must not be empty"),
+            ));
         }
         match name {
             "source" => {
@@ -178,13 +204,17 @@ pub fn parse_query(raw: Option<&str>, endpoint: Endpoint, max_filters: usize) ->
                 }
             }
             "source_type" => {
-                let t: SourceType = value.parse().map_err(|e: String| Problem::bad_param(name, e))?;
+                let t: SourceType = value
+                    .parse()
+                    .map_err(|e: String| Problem::bad_param(name, e))?;
                 if !q.filter.types.contains(&t) {
                     q.filter.types.push(t);
                 }
             }
             "tag" => {
-                if value.len() > MAX_TAG_BYTES || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                if value.len() > MAX_TAG_BYTES
+                    || value.chars().any(|c| c.is_control() || c.is_whitespace())
+                {
                     return Err(Problem::bad_param(
                         name,
                         format!("`{}` is not a valid tag: use 1-{MAX_TAG_BYTES} bytes without spaces or control characters", printable(&value)),
@@ -215,7 +245,12 @@ pub fn parse_query(raw: Option<&str>, endpoint: Endpoint, max_filters: usize) ->
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| Problem::bad_param(name, format!("`limit` must be an integer from 1 to {MAX_LIMIT}")))?;
+                    .ok_or_else(|| {
+                        Problem::bad_param(
+                            name,
+                            format!("`limit` must be an integer from 1 to {MAX_LIMIT}"),
+                        )
+                    })?;
                 q.limit = Some(n);
             }
             "api_key" => {
@@ -232,7 +267,10 @@ pub fn parse_query(raw: Option<&str>, endpoint: Endpoint, max_filters: usize) ->
                 };
                 return Err(Problem::bad_param(
                     other,
-                    format!("unknown query parameter `{}`; known parameters: {known}", printable(other)),
+                    format!(
+                        "unknown query parameter `{}`; known parameters: {known}",
+                        printable(other)
+                    ),
                 ));
             }
         }
@@ -253,8 +291,16 @@ pub fn parse_query(raw: Option<&str>, endpoint: Endpoint, max_filters: usize) ->
 pub fn parse_cursor(param: &str, value: &str) -> Result<Uuid, Problem> {
     match Uuid::try_parse(value.trim()) {
         Ok(id) if is_uuid_v7(id) => Ok(id),
-        Ok(_) => Err(Problem::bad_param(param, format!("`{param}` must be a UUIDv7 event id; this UUID is not version 7"))),
-        Err(_) => Err(Problem::bad_param(param, format!("`{param}` must be a UUIDv7 event id such as 018f9c2e-1a2b-7c3d-8e4f-5a6b7c8d9e0f"))),
+        Ok(_) => Err(Problem::bad_param(
+            param,
+            format!("`{param}` must be a UUIDv7 event id; this UUID is not version 7"),
+        )),
+        Err(_) => Err(Problem::bad_param(
+            param,
+            format!(
+                "`{param}` must be a UUIDv7 event id such as 018f9c2e-1a2b-7c3d-8e4f-5a6b7c8d9e0f"
+            ),
+        )),
     }
 }
 
@@ -334,7 +380,11 @@ mod tests {
             SourceType::Rss,
             r#"{"title":"Han ÅTERVÄNDER NU","content":"","tags":[]}"#
         ));
-        assert!(!f.matches_json("s", SourceType::Rss, r#"{"title":"x","content":"återvänder\nnu","tags":[]}"#));
+        assert!(!f.matches_json(
+            "s",
+            SourceType::Rss,
+            r#"{"title":"x","content":"återvänder\nnu","tags":[]}"#
+        ));
         Ok(())
     }
 
@@ -350,12 +400,25 @@ mod tests {
         assert_eq!(param_of("tag=a%20b").as_deref(), Some("tag"));
         assert_eq!(param_of("keyword=a%00").as_deref(), Some("keyword"));
         assert_eq!(param_of("since=nope").as_deref(), Some("since"));
-        assert_eq!(param_of("since=550e8400-e29b-41d4-a716-446655440000").as_deref(), Some("since"));
+        assert_eq!(
+            param_of("since=550e8400-e29b-41d4-a716-446655440000").as_deref(),
+            Some("since")
+        );
         assert_eq!(param_of("limit=5").as_deref(), Some("limit"));
         assert!(parse_query(Some("limit=0"), Endpoint::Events, 20).is_err());
         assert!(parse_query(Some("limit=1001"), Endpoint::Events, 20).is_err());
-        assert_eq!(parse_query(None, Endpoint::Events, 20).ok().and_then(|q| q.limit), Some(DEFAULT_LIMIT));
-        assert_eq!(parse_query(Some("%FF%FE=1"), Endpoint::Stream, 20).err().map(|p| p.status), Some(400));
+        assert_eq!(
+            parse_query(None, Endpoint::Events, 20)
+                .ok()
+                .and_then(|q| q.limit),
+            Some(DEFAULT_LIMIT)
+        );
+        assert_eq!(
+            parse_query(Some("%FF%FE=1"), Endpoint::Stream, 20)
+                .err()
+                .map(|p| p.status),
+            Some(400)
+        );
     }
 
     #[test]

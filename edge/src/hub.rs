@@ -113,6 +113,9 @@ struct Queue {
     limit: usize,
     overflowed: bool,
     ended: bool,
+    /// Set by the first successful drain (the connection is live): an
+    /// overflow from then on disconnects, so the hub deregisters at once.
+    live: bool,
 }
 
 /// Where a subscriber is indexed (derived from its filter).
@@ -157,7 +160,12 @@ impl Hub {
         // given a minute of slack): a lag before the first batch re-reads from here.
         let now_ms = Utc::now().timestamp_millis().max(0) as u64;
         let floor = uuid_floor_at(now_ms.saturating_sub(60_000));
-        let task = HubTask { inner: inner.clone(), log, last: floor, seq: 0 };
+        let task = HubTask {
+            inner: inner.clone(),
+            log,
+            last: floor,
+            seq: 0,
+        };
         tokio::spawn(task.run(rx, cancel));
         Self { inner }
     }
@@ -176,6 +184,7 @@ impl Hub {
                 limit: self.inner.queue_limit.load(Ordering::Relaxed),
                 overflowed: false,
                 ended: false,
+                live: false,
             }),
             notify: Notify::new(),
         });
@@ -183,10 +192,14 @@ impl Hub {
         // Re-check after inserting: the task marks `closed` before ending
         // every registered queue, so either we see it or our queue is ended.
         if self.inner.closed.load(Ordering::Acquire) {
-            lock(&self.inner.registry).remove(slot);
+            lock(&self.inner.registry).remove(slot, &sub);
             return Err(HubClosed);
         }
-        Ok(Subscription { hub: self.inner.clone(), slot, sub })
+        Ok(Subscription {
+            hub: self.inner.clone(),
+            slot,
+            sub,
+        })
     }
 
     /// The newest event fanned out so far (None before the first).
@@ -196,7 +209,9 @@ impl Hub {
 
     /// Sets the byte bound of queues registered from now on.
     pub fn set_queue_limit(&self, bytes: usize) {
-        self.inner.queue_limit.store(bytes.max(1), Ordering::Relaxed);
+        self.inner
+            .queue_limit
+            .store(bytes.max(1), Ordering::Relaxed);
     }
 
     /// Number of registered subscribers.
@@ -212,7 +227,9 @@ impl Subscription {
         self.sub.notify.notified().await;
     }
 
-    /// Moves all queued frames into `out` (which should be empty) in one lock.
+    /// Moves all queued frames into `out` (which should be empty) in one
+    /// lock. From the first successful drain on the subscriber counts as
+    /// live: a later overflow deregisters it from the hub immediately.
     pub fn drain(&self, out: &mut Vec<Frame>) -> Drained {
         let mut q = lock(&self.sub.queue);
         if q.ended {
@@ -223,6 +240,7 @@ impl Subscription {
         }
         std::mem::swap(&mut q.frames, out);
         q.bytes = 0;
+        q.live = true;
         Drained::Frames
     }
 
@@ -238,25 +256,28 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        lock(&self.hub.registry).remove(self.slot);
+        lock(&self.hub.registry).remove(self.slot, &self.sub);
     }
 }
 
 impl Subscriber {
     /// Queues a frame; never blocks beyond the queue's own short lock.
-    fn push(&self, frame: &Frame) {
+    /// Returns true when the subscriber overflowed while live: the hub then
+    /// drops it from the index (its connection ends at its next poll).
+    fn push(&self, frame: &Frame) -> bool {
         let mut q = lock(&self.queue);
         if q.overflowed || q.ended {
-            return;
+            return false;
         }
         let len = frame.bytes.len();
         if q.bytes + len > q.limit {
             q.overflowed = true;
             q.frames = Vec::new();
             q.bytes = 0;
+            let live = q.live;
             drop(q);
             self.notify.notify_one();
-            return;
+            return live;
         }
         let was_empty = q.frames.is_empty();
         q.frames.push(frame.clone());
@@ -265,6 +286,7 @@ impl Subscriber {
         if was_empty {
             self.notify.notify_one();
         }
+        false
     }
 
     fn end(&self) {
@@ -338,8 +360,16 @@ impl Registry {
         slot
     }
 
-    fn remove(&mut self, slot: u32) {
-        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+    /// Removes `sub` from `slot` (no-op when the slot was already freed and
+    /// perhaps reused by another subscriber).
+    fn remove(&mut self, slot: u32, sub: &Arc<Subscriber>) {
+        let Some(cell) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
+        if !cell.as_ref().is_some_and(|s| Arc::ptr_eq(&s.sub, sub)) {
+            return;
+        }
+        let Some(entry) = cell.take() else {
             return;
         };
         let f = &entry.sub.filter;
@@ -370,9 +400,23 @@ impl Registry {
 
     /// Offers one event to every candidate subscriber.
     fn fan_out(&mut self, ev: &CommittedEvent, seq: u64) {
-        let Registry { slots, all, by_source, by_prefix, by_tag, by_type, .. } = self;
+        let Registry {
+            slots,
+            all,
+            by_source,
+            by_prefix,
+            by_tag,
+            by_type,
+            ..
+        } = self;
         let e = &ev.event;
-        let mut cx = Offer { ev, seq, frame: None, lowered: None };
+        let mut cx = Offer {
+            ev,
+            seq,
+            frame: None,
+            lowered: None,
+            dead: Vec::new(),
+        };
         for &s in all.iter() {
             cx.visit(slots, s);
         }
@@ -404,6 +448,9 @@ impl Registry {
                 }
             }
         }
+        for (slot, sub) in cx.dead {
+            self.remove(slot, &sub);
+        }
     }
 }
 
@@ -413,22 +460,30 @@ struct Offer<'a> {
     seq: u64,
     frame: Option<Frame>,
     lowered: Option<Lowered>,
+    /// Live subscribers that overflowed on this event (deregistered after it).
+    dead: Vec<(u32, Arc<Subscriber>)>,
 }
 
 impl Offer<'_> {
     fn visit(&mut self, slots: &mut [Option<Slot>], s: u32) {
-        let Some(Some(slot)) = slots.get_mut(s as usize) else { return };
+        let Some(Some(slot)) = slots.get_mut(s as usize) else {
+            return;
+        };
         if slot.mark == self.seq {
             return;
         }
         slot.mark = self.seq;
         let f = &slot.sub.filter;
         let e = &self.ev.event;
-        if !f.matches_source(&e.source_id, e.source_type) || !f.matches_tags(e.tags.iter().map(String::as_str)) {
+        if !f.matches_source(&e.source_id, e.source_type)
+            || !f.matches_tags(e.tags.iter().map(String::as_str))
+        {
             return;
         }
         if !f.keywords.is_empty() {
-            let l = self.lowered.get_or_insert_with(|| Lowered::new(&e.title, &e.content));
+            let l = self
+                .lowered
+                .get_or_insert_with(|| Lowered::new(&e.title, &e.content));
             if !f.matches_keywords(l) {
                 return;
             }
@@ -440,7 +495,9 @@ impl Offer<'_> {
             seq,
             bytes: render_event(ev.event.id, ev.event.source_type, &ev.json),
         });
-        slot.sub.push(frame);
+        if slot.sub.push(frame) {
+            self.dead.push((s, slot.sub.clone()));
+        }
     }
 }
 
@@ -506,7 +563,10 @@ impl HubTask {
             match r {
                 Ok(batch) => self.process(batch.iter().map(|e| &**e)),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed_batches = n, "hub lagged behind the bus; re-reading from the log");
+                    tracing::warn!(
+                        missed_batches = n,
+                        "hub lagged behind the bus; re-reading from the log"
+                    );
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => break,
@@ -522,7 +582,12 @@ impl HubTask {
             }
         }
         self.inner.closed.store(true, Ordering::Release);
-        let subs: Vec<Arc<Subscriber>> = lock(&self.inner.registry).slots.iter().flatten().map(|s| s.sub.clone()).collect();
+        let subs: Vec<Arc<Subscriber>> = lock(&self.inner.registry)
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| s.sub.clone())
+            .collect();
         for s in subs {
             s.end();
         }
@@ -539,7 +604,10 @@ impl HubTask {
             self.last = ev.event.id;
             // Locked per event so registrations wait at most one event's fan-out.
             lock(&self.inner.registry).fan_out(ev, self.seq);
-            newest = Some(Position { id: ev.event.id, seq: self.seq });
+            newest = Some(Position {
+                id: ev.event.id,
+                seq: self.seq,
+            });
         }
         if let Some(p) = newest {
             *lock(&self.inner.position) = Some(p);
@@ -551,16 +619,24 @@ impl HubTask {
         loop {
             let log = self.log.clone();
             let after = self.last;
-            let rows = tokio::task::spawn_blocking(move || log.read_after(after, CATCH_UP_PAGE, &ReadScope::default()))
-                .await
-                .map_err(|e| livestrom_engine::store::StoreError::Task(e.to_string()))??;
+            let rows = tokio::task::spawn_blocking(move || {
+                log.read_after(after, CATCH_UP_PAGE, &ReadScope::default())
+            })
+            .await
+            .map_err(|e| livestrom_engine::store::StoreError::Task(e.to_string()))??;
             let n = rows.len();
             let mut events = Vec::with_capacity(n);
             for row in rows {
                 match serde_json::from_str::<StreamEvent>(&row.json) {
-                    Ok(event) => events.push(CommittedEvent { event, json: row.json }),
+                    Ok(event) => events.push(CommittedEvent {
+                        event,
+                        json: row.json,
+                    }),
                     Err(e) => {
-                        return Err(livestrom_engine::store::StoreError::Corrupt(format!("event {}: {e}", row.id)));
+                        return Err(livestrom_engine::store::StoreError::Corrupt(format!(
+                            "event {}: {e}",
+                            row.id
+                        )));
                     }
                 }
             }
@@ -576,7 +652,13 @@ impl HubTask {
 mod tests {
     use super::*;
 
-    fn committed(id: u128, source: &str, st: SourceType, tags: &[&str], title: &str) -> CommittedEvent {
+    fn committed(
+        id: u128,
+        source: &str,
+        st: SourceType,
+        tags: &[&str],
+        title: &str,
+    ) -> CommittedEvent {
         let mut g = livestrom_engine::event::IdGenerator::new(Some(Uuid::from_u128(id)));
         let event = StreamEvent {
             id: g.next_at(4_000_000_000_000),
@@ -605,7 +687,14 @@ mod tests {
             .unwrap_or_else(|p| panic!("{q}: {}", p.detail));
         let s = Arc::new(Subscriber {
             filter: Arc::new(f),
-            queue: Mutex::new(Queue { frames: Vec::new(), bytes: 0, limit: 1 << 20, overflowed: false, ended: false }),
+            queue: Mutex::new(Queue {
+                frames: Vec::new(),
+                bytes: 0,
+                limit: 1 << 20,
+                overflowed: false,
+                ended: false,
+                live: false,
+            }),
             notify: Notify::new(),
         });
         (reg.insert(s.clone()), s)
@@ -624,7 +713,7 @@ mod tests {
         let (_, ty) = sub(&mut reg, "source_type=html");
         let (_, kw) = sub(&mut reg, "keyword=%C3%A5r");
         let (slot, gone) = sub(&mut reg, "");
-        reg.remove(slot);
+        reg.remove(slot, &gone);
         let e1 = committed(1, "a.b", SourceType::Rss, &["x", "y"], "ÅR");
         reg.fan_out(&e1, 1);
         let e2 = committed(2, "ab", SourceType::Html, &[], "nothing");
@@ -646,14 +735,41 @@ mod tests {
     fn overflow_drops_the_queue_and_rearm_restarts_it() {
         let s = Subscriber {
             filter: Arc::new(Filter::default()),
-            queue: Mutex::new(Queue { frames: Vec::new(), bytes: 0, limit: 100, overflowed: false, ended: false }),
+            queue: Mutex::new(Queue {
+                frames: Vec::new(),
+                bytes: 0,
+                limit: 100,
+                overflowed: false,
+                ended: false,
+                live: false,
+            }),
             notify: Notify::new(),
         };
-        let f = Frame { id: Uuid::nil(), seq: 1, bytes: Bytes::from(vec![b'x'; 60]) };
+        let f = Frame {
+            id: Uuid::nil(),
+            seq: 1,
+            bytes: Bytes::from(vec![b'x'; 60]),
+        };
         s.push(&f);
         s.push(&f);
         let q = lock(&s.queue);
         assert!(q.overflowed && q.frames.is_empty() && q.bytes == 0);
+    }
+
+    #[test]
+    fn live_overflow_deregisters_but_replay_overflow_does_not() {
+        let mut reg = Registry::default();
+        let (_, replaying) = sub(&mut reg, "");
+        let (_, live) = sub(&mut reg, "");
+        for s in [&replaying, &live] {
+            lock(&s.queue).limit = 1;
+        }
+        lock(&live.queue).live = true;
+        let e = committed(1, "a", SourceType::Rss, &[], "t");
+        reg.fan_out(&e, 1);
+        assert_eq!(reg.count, 1);
+        assert_eq!(reg.all.len(), 1);
+        assert!(lock(&replaying.queue).overflowed && lock(&live.queue).overflowed);
     }
 
     #[test]

@@ -57,7 +57,10 @@ pub async fn handler(
     let guard = state.limits.stream_guard(&key)?;
     let filter = Arc::new(q.filter);
     // Subscribe before anything is read from the log (hand-over step 1).
-    let sub = state.hub.subscribe(filter.clone()).map_err(|e| Problem::unavailable(e.to_string()))?;
+    let sub = state
+        .hub
+        .subscribe(filter.clone())
+        .map_err(|e| Problem::unavailable(e.to_string()))?;
     let start = check_cursor(&state.log, cursor).await?;
 
     // The id is sanitised by `access` (no CR/LF): safe inside a comment line.
@@ -92,13 +95,21 @@ pub async fn handler(
         spare: Vec::new(),
     };
     let body = futures::stream::unfold(conn, |mut c| async move {
-        c.next_chunk().await.map(|b| (Ok::<Bytes, std::convert::Infallible>(b), c))
+        c.next_chunk()
+            .await
+            .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), c))
     });
     let mut res = axum::body::Body::from_stream(body).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    h.insert(
+        header::HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
     Ok(res)
 }
 
@@ -106,7 +117,9 @@ pub async fn handler(
 pub fn cursor_from(headers: &HeaderMap, since: Option<Uuid>) -> Result<Option<Uuid>, Problem> {
     match headers.get("last-event-id") {
         Some(v) => {
-            let s = v.to_str().map_err(|_| Problem::bad_param("Last-Event-ID", "`Last-Event-ID` must be a UUIDv7 event id"))?;
+            let s = v.to_str().map_err(|_| {
+                Problem::bad_param("Last-Event-ID", "`Last-Event-ID` must be a UUIDv7 event id")
+            })?;
             parse_cursor("Last-Event-ID", s).map(Some)
         }
         None => Ok(since),
@@ -130,7 +143,11 @@ pub async fn check_cursor(log: &Arc<dyn EventLog>, cursor: Option<Uuid>) -> Resu
         match cursor {
             Some(c) => {
                 let floor = log.retention_floor();
-                Ok(if c < floor { Err(floor) } else { Ok(Start::After(c)) })
+                Ok(if c < floor {
+                    Err(floor)
+                } else {
+                    Ok(Start::After(c))
+                })
             }
             None => Ok(Ok(Start::Now(log.head()?.unwrap_or(Uuid::nil())))),
         }
@@ -251,7 +268,10 @@ impl Conn {
         let mut buf = BytesMut::new();
         for row in &rows {
             self.pos = row.id;
-            if self.filter.matches_json(&row.source_id, row.source_type, &row.json) {
+            if self
+                .filter
+                .matches_json(&row.source_id, row.source_type, &row.json)
+            {
                 if buf.is_empty() {
                     buf.reserve(rows.len() * (row.json.len() + 80));
                 }
@@ -338,7 +358,8 @@ impl Conn {
             self.spare = frames;
             return Some(f.bytes);
         }
-        let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.bytes.len()).sum::<usize>() + 64);
+        let mut buf =
+            BytesMut::with_capacity(frames.iter().map(|f| f.bytes.len()).sum::<usize>() + 64);
         self.write_frames(&mut buf, &mut frames, p.map(|p| p.id));
         self.spare = frames;
         if let Some(p) = p {
