@@ -15,7 +15,10 @@ use livestrom_engine::{Bus, Config, Store};
 use tokio_util::sync::CancellationToken;
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// utime + stime of this process, in seconds.
@@ -32,7 +35,12 @@ fn upstream_main() -> Result<(), Box<dyn std::error::Error>> {
     let body = "<?xml version=\"1.0\"?><rss version=\"2.0\"><channel><title>t</title><link>https://example.org/</link>\
                 <description>d</description><item><guid>a</guid><title>A</title><link>https://example.org/a</link>\
                 <description>x</description></item></channel></rss>";
-    let scenario = Scenario::new("bench").dynamic("/feed.xml", move |_| Step::ok(body).content_type("application/rss+xml").etag("v1").into());
+    let scenario = Scenario::new("bench").dynamic("/feed.xml", move |_| {
+        Step::ok(body)
+            .content_type("application/rss+xml")
+            .etag("v1")
+            .into()
+    });
     let server = ReplayServer::start(scenario)?;
     println!("{}", server.url("/feed.xml"));
     std::io::stdout().flush()?;
@@ -52,7 +60,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let window = env_num("WINDOW_SECS", 60);
 
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe).arg("--upstream").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+    let mut child = Command::new(exe)
+        .arg("--upstream")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
     let mut url = String::new();
     out.read_line(&mut url)?;
@@ -68,7 +80,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let config = Config::from_toml(std::path::Path::new("bench.toml"), &toml)?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let store = Store::open(&db, Duration::from_secs(86400), Bus::new())?;
         let cancel = CancellationToken::new();
@@ -113,11 +127,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let config = Config::from_toml(std::path::Path::new("bench-idle.toml"), &toml)?;
     rt.block_on(async {
-        let store = Store::open(&dir.path().join("idle.db"), Duration::from_secs(86400), Bus::new())?;
+        let store = Store::open(
+            &dir.path().join("idle.db"),
+            Duration::from_secs(86400),
+            Bus::new(),
+        )?;
         let cancel = CancellationToken::new();
-        let engine = tokio::spawn(runtime::run(config, store.clone(), None, None, cancel.clone()));
+        let engine = tokio::spawn(runtime::run(
+            config,
+            store.clone(),
+            None,
+            None,
+            cancel.clone(),
+        ));
         loop {
-            let polled = store.source_states().await?.iter().filter(|s| s.last_poll_at.is_some()).count();
+            let polled = store
+                .source_states()
+                .await?
+                .iter()
+                .filter(|s| s.last_poll_at.is_some())
+                .count();
             if polled as u64 >= n {
                 break;
             }
@@ -127,7 +156,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (c0, w0) = (cpu_seconds(), Instant::now());
         tokio::time::sleep(Duration::from_secs(window.min(30))).await;
         let (c1, wall) = (cpu_seconds(), w0.elapsed().as_secs_f64());
-        println!("idle between polls: {:.2}% of one core over {wall:.0} s with {n} sources scheduled", 100.0 * (c1 - c0) / wall);
+        println!(
+            "idle between polls: {:.2}% of one core over {wall:.0} s with {n} sources scheduled",
+            100.0 * (c1 - c0) / wall
+        );
         cancel.cancel();
         let _ = engine.await;
         Ok::<_, Box<dyn std::error::Error>>(())

@@ -139,7 +139,10 @@ enum SourcesCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -159,7 +162,10 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIVESTROM_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -169,8 +175,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             run(config, (args.cfg.db.clone(), args.listen), None).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sources { command: SourcesCommand::Check { cfg } } => Ok(sources_check(&cfg)),
-        Command::Sources { command: SourcesCommand::List { cfg } } => {
+        Command::Sources {
+            command: SourcesCommand::Check { cfg },
+        } => Ok(sources_check(&cfg)),
+        Command::Sources {
+            command: SourcesCommand::List { cfg },
+        } => {
             sources_list(&cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -189,7 +199,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// Loads and validates the config, then applies flag/env overrides
 /// (flag > env > sources.toml > default; clap resolves flag vs env).
 fn load_config(args: &ConfigArgs, listen: Option<SocketAddr>) -> Result<Config> {
-    let mut config = Config::load(&args.config).with_context(|| format!("invalid configuration {}", args.config.display()))?;
+    let mut config = Config::load(&args.config)
+        .with_context(|| format!("invalid configuration {}", args.config.display()))?;
     config.apply_overrides(args.db.clone(), listen);
     Ok(config)
 }
@@ -203,7 +214,12 @@ fn database_path(args: &ConfigArgs) -> Result<PathBuf> {
     match Config::load(&args.config) {
         Ok(c) => Ok(c.engine.database),
         Err(livestrom_engine::config::ConfigError::Io { .. }) => Ok(PathBuf::from("livestrom.db")),
-        Err(e) => Err(e).with_context(|| format!("invalid configuration {} (pass --db to use a database directly)", args.config.display())),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "invalid configuration {} (pass --db to use a database directly)",
+                args.config.display()
+            )
+        }),
     }
 }
 
@@ -234,7 +250,11 @@ fn spawn_signal_handler(cancel: CancellationToken) {
 }
 
 /// Engine + edge until a signal (or `stop`) fires; a clean, lossless shutdown.
-async fn run(config: Config, overrides: (Option<PathBuf>, Option<SocketAddr>), stop: Option<CancellationToken>) -> Result<()> {
+async fn run(
+    config: Config,
+    overrides: (Option<PathBuf>, Option<SocketAddr>),
+    stop: Option<CancellationToken>,
+) -> Result<()> {
     let cancel = stop.unwrap_or_default();
     spawn_signal_handler(cancel.clone());
     let _instance = lock_instance(&config.engine.database)?;
@@ -243,10 +263,20 @@ async fn run(config: Config, overrides: (Option<PathBuf>, Option<SocketAddr>), s
         .with_context(|| "cannot start: the database is unusable")?;
     let listener = tokio::net::TcpListener::bind(config.edge.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (in use? set --listen or LIVESTROM_LISTEN)", config.edge.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (in use? set --listen or LIVESTROM_LISTEN)",
+                config.edge.listen
+            )
+        })?;
     let local = listener.local_addr().unwrap_or(config.edge.listen);
-    let settings = livestrom_edge::Settings { keepalive: config.edge.keepalive, cors_origins: config.edge.cors_origins.clone() };
-    let state = livestrom_edge::AppState::new(&store, settings, cancel.clone()).await.context("cannot start the edge")?;
+    let settings = livestrom_edge::Settings {
+        keepalive: config.edge.keepalive,
+        cors_origins: config.edge.cors_origins.clone(),
+    };
+    let state = livestrom_edge::AppState::new(&store, settings, cancel.clone())
+        .await
+        .context("cannot start the edge")?;
     tracing::info!(
         "livestrom {} listening on http://{local} — {} sources, database {}",
         env!("CARGO_PKG_VERSION"),
@@ -275,8 +305,10 @@ async fn run(config: Config, overrides: (Option<PathBuf>, Option<SocketAddr>), s
         }
     };
     let edge_cancel = cancel.clone();
-    let edge = tokio::spawn(async move { livestrom_edge::serve(listener, state, edge_cancel).await });
-    let engine = livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
+    let edge =
+        tokio::spawn(async move { livestrom_edge::serve(listener, state, edge_cancel).await });
+    let engine =
+        livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
     cancel.cancel();
     match tokio::time::timeout(Duration::from_secs(10), edge).await {
         Ok(Ok(Ok(()))) => {}
@@ -284,7 +316,10 @@ async fn run(config: Config, overrides: (Option<PathBuf>, Option<SocketAddr>), s
         Ok(Err(e)) => tracing::error!(error = %e, "edge task failed"),
         Err(_) => tracing::warn!("edge did not stop within 10 s"),
     }
-    store.flush().await.context("flushing the store at shutdown")?;
+    store
+        .flush()
+        .await
+        .context("flushing the store at shutdown")?;
     engine.context("engine failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -319,7 +354,9 @@ fn lock_instance(db: &std::path::Path) -> Result<std::fs::File> {
 fn sources_check(args: &ConfigArgs) -> ExitCode {
     match Config::load(&args.config) {
         Ok(c) => {
-            let by_type = |t: livestrom_engine::SourceType| c.sources.iter().filter(|s| s.source_type == t).count();
+            let by_type = |t: livestrom_engine::SourceType| {
+                c.sources.iter().filter(|s| s.source_type == t).count()
+            };
             println!(
                 "{}: OK — {} sources ({} rss, {} json, {} html, {} firehose)",
                 args.config.display(),
@@ -335,7 +372,12 @@ fn sources_check(args: &ConfigArgs) -> ExitCode {
             for i in &issues {
                 eprintln!("{i}");
             }
-            eprintln!("{}: {} problem{} found", args.config.display(), issues.len(), if issues.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "{}: {} problem{} found",
+                args.config.display(),
+                issues.len(),
+                if issues.len() == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -347,11 +389,22 @@ fn sources_check(args: &ConfigArgs) -> ExitCode {
 
 async fn sources_list(args: &ConfigArgs) -> Result<()> {
     let config = load_config(args, None)?;
-    let store = Store::open(&config.engine.database, config.engine.retention, Bus::new()).context("cannot open the database")?;
-    let states: std::collections::HashMap<String, livestrom_engine::store::SourceState> =
-        store.source_states().await?.into_iter().map(|s| (s.source_id.clone(), s)).collect();
-    let fmt_t = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into());
-    println!("{:<28} {:<9} {:<8} {:>6} {:>7} {:<19} {:<19} LAST ERROR", "SOURCE", "TYPE", "HEALTH", "ITEMS", "EVENTS", "LAST POLL", "NEXT POLL");
+    let store = Store::open(&config.engine.database, config.engine.retention, Bus::new())
+        .context("cannot open the database")?;
+    let states: std::collections::HashMap<String, livestrom_engine::store::SourceState> = store
+        .source_states()
+        .await?
+        .into_iter()
+        .map(|s| (s.source_id.clone(), s))
+        .collect();
+    let fmt_t = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{:<28} {:<9} {:<8} {:>6} {:>7} {:<19} {:<19} LAST ERROR",
+        "SOURCE", "TYPE", "HEALTH", "ITEMS", "EVENTS", "LAST POLL", "NEXT POLL"
+    );
     for src in &config.sources {
         let st = states.get(src.id.as_str());
         let health = match st {
@@ -361,7 +414,11 @@ async fn sources_list(args: &ConfigArgs) -> Result<()> {
             Some(_) => "new",
         };
         let err = st
-            .and_then(|s| s.last_error.clone().map(|e| format!("{e} ({} in a row)", s.consecutive_failures)))
+            .and_then(|s| {
+                s.last_error
+                    .clone()
+                    .map(|e| format!("{e} ({} in a row)", s.consecutive_failures))
+            })
             .unwrap_or_default();
         println!(
             "{:<28} {:<9} {:<8} {:>6} {:>7} {:<19} {:<19} {}",
@@ -381,12 +438,26 @@ async fn sources_list(args: &ConfigArgs) -> Result<()> {
 fn apikey(command: ApikeyCommand) -> Result<()> {
     let open = |cfg: &ConfigArgs| -> Result<rusqlite::Connection> {
         let path = database_path(cfg)?;
-        livestrom_engine::store::open_and_migrate(&path).with_context(|| format!("cannot open database {}", path.display()))
+        livestrom_engine::store::open_and_migrate(&path)
+            .with_context(|| format!("cannot open database {}", path.display()))
     };
     match command {
-        ApikeyCommand::Create { cfg, name, scopes, max_filters, max_streams, rate } => {
+        ApikeyCommand::Create {
+            cfg,
+            name,
+            scopes,
+            max_filters,
+            max_streams,
+            rate,
+        } => {
             let conn = open(&cfg)?;
-            let new = NewKey { name: name.clone(), scopes: keys::parse_scopes(&scopes)?, max_filters, max_streams, rate: keys::parse_rate(&rate)? };
+            let new = NewKey {
+                name: name.clone(),
+                scopes: keys::parse_scopes(&scopes)?,
+                max_filters,
+                max_streams,
+                rate: keys::parse_rate(&rate)?,
+            };
             let key = keys::create(&conn, &new)?;
             println!("{key}");
             eprintln!("created key `{name}` — store it now, it is not shown again");
@@ -394,7 +465,10 @@ fn apikey(command: ApikeyCommand) -> Result<()> {
         ApikeyCommand::List { cfg } => {
             let conn = open(&cfg)?;
             let list = keys::list(&conn)?;
-            println!("{:<24} {:<20} {:>7} {:>7} {:>7} {:<25} {:<25} STATUS", "NAME", "SCOPES", "FILTERS", "STREAMS", "RATE/S", "CREATED", "LAST USED");
+            println!(
+                "{:<24} {:<20} {:>7} {:>7} {:>7} {:<25} {:<25} STATUS",
+                "NAME", "SCOPES", "FILTERS", "STREAMS", "RATE/S", "CREATED", "LAST USED"
+            );
             for k in list {
                 let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
                 println!(
@@ -406,11 +480,21 @@ fn apikey(command: ApikeyCommand) -> Result<()> {
                     k.rate,
                     k.created_at,
                     k.last_used_at.as_deref().unwrap_or("never"),
-                    k.revoked_at.as_ref().map(|t| format!("revoked {t}")).unwrap_or_else(|| "active".into())
+                    k.revoked_at
+                        .as_ref()
+                        .map(|t| format!("revoked {t}"))
+                        .unwrap_or_else(|| "active".into())
                 );
             }
         }
-        ApikeyCommand::Update { cfg, name, scopes, max_filters, max_streams, rate } => {
+        ApikeyCommand::Update {
+            cfg,
+            name,
+            scopes,
+            max_filters,
+            max_streams,
+            rate,
+        } => {
             let conn = open(&cfg)?;
             let change = KeyUpdate {
                 scopes: scopes.as_deref().map(keys::parse_scopes).transpose()?,
@@ -418,7 +502,11 @@ fn apikey(command: ApikeyCommand) -> Result<()> {
                 max_streams,
                 rate: rate.as_deref().map(keys::parse_rate).transpose()?,
             };
-            if change.scopes.is_none() && change.max_filters.is_none() && change.max_streams.is_none() && change.rate.is_none() {
+            if change.scopes.is_none()
+                && change.max_filters.is_none()
+                && change.max_streams.is_none()
+                && change.rate.is_none()
+            {
                 bail!("nothing to update: pass --scopes, --max-filters, --max-streams or --rate");
             }
             keys::update(&conn, &name, &change)?;
@@ -434,29 +522,50 @@ fn apikey(command: ApikeyCommand) -> Result<()> {
 }
 
 async fn demo(args: DemoArgs) -> Result<()> {
-    let upstream = livestrom::replay::demo_upstream().await.context("cannot start the demo upstream")?;
+    let upstream = livestrom::replay::demo_upstream()
+        .await
+        .context("cannot start the demo upstream")?;
     let dir = std::env::temp_dir().join(format!("livestrom-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let db = dir.join("demo.db");
-    let toml = livestrom::replay::demo_sources_toml(&upstream.base_url(), &db, &args.listen.to_string());
+    let toml =
+        livestrom::replay::demo_sources_toml(&upstream.base_url(), &db, &args.listen.to_string());
     let path = dir.join("sources.toml");
     std::fs::write(&path, &toml).with_context(|| format!("cannot write {}", path.display()))?;
     let config = Config::load(&path).context("the generated demo config is invalid (a bug)")?;
     let key = {
         let conn = livestrom_engine::store::open_and_migrate(&db)?;
-        let new = NewKey { name: "demo".into(), scopes: keys::parse_scopes("stream:read")?, max_filters: 20, max_streams: 10, rate: 10.0 };
+        let new = NewKey {
+            name: "demo".into(),
+            scopes: keys::parse_scopes("stream:read")?,
+            max_filters: 20,
+            max_streams: 10,
+            rate: 10.0,
+        };
         keys::create(&conn, &new)?
     };
-    println!("Livestrom demo — offline, fixtures replayed by a built-in upstream at {}", upstream.base_url());
+    println!(
+        "Livestrom demo — offline, fixtures replayed by a built-in upstream at {}",
+        upstream.base_url()
+    );
     println!("config: {}  (database {})", path.display(), db.display());
     println!();
     println!("API key: {key}");
     println!();
     println!("Watch the live stream in another terminal:");
-    println!("  curl -N -H 'X-API-Key: {key}' 'http://{}/v1/stream'", args.listen);
+    println!(
+        "  curl -N -H 'X-API-Key: {key}' 'http://{}/v1/stream'",
+        args.listen
+    );
     println!("Only the page and the news feed:");
-    println!("  curl -N -H 'X-API-Key: {key}' 'http://{}/v1/stream?source=demo.page&source=demo.news'", args.listen);
-    println!("Or: cargo run --release -- tail --url http://{} --key {key}", args.listen);
+    println!(
+        "  curl -N -H 'X-API-Key: {key}' 'http://{}/v1/stream?source=demo.page&source=demo.news'",
+        args.listen
+    );
+    println!(
+        "Or: cargo run --release -- tail --url http://{} --key {key}",
+        args.listen
+    );
     println!();
     println!("Ctrl-C stops the demo.");
     let res = run(config, (None, None), None).await;

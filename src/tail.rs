@@ -43,7 +43,12 @@ pub(crate) async fn run(args: TailArgs) -> Result<()> {
         .build()
         .context("cannot build the HTTP client")?;
     let mut query: Vec<(&str, &str)> = Vec::new();
-    for (name, values) in [("source", &args.source), ("source_type", &args.source_type), ("tag", &args.tag), ("keyword", &args.keyword)] {
+    for (name, values) in [
+        ("source", &args.source),
+        ("source_type", &args.source_type),
+        ("tag", &args.tag),
+        ("keyword", &args.keyword),
+    ] {
         for v in values {
             query.push((name, v));
         }
@@ -52,7 +57,11 @@ pub(crate) async fn run(args: TailArgs) -> Result<()> {
     let mut cursor = args.since.clone();
     let mut backoff = Duration::from_millis(500);
     loop {
-        let mut req = client.get(&url).query(&query).header("X-API-Key", &args.key).header("Accept", "text/event-stream");
+        let mut req = client
+            .get(&url)
+            .query(&query)
+            .header("X-API-Key", &args.key)
+            .header("Accept", "text/event-stream");
         if let Some(c) = &cursor {
             req = req.header("Last-Event-ID", c);
         }
@@ -67,7 +76,10 @@ pub(crate) async fn run(args: TailArgs) -> Result<()> {
         };
         let status = res.status();
         if status == reqwest::StatusCode::GONE {
-            eprintln!("tail: cursor {} is older than the retention window; resuming from now", cursor.as_deref().unwrap_or("-"));
+            eprintln!(
+                "tail: cursor {} is older than the retention window; resuming from now",
+                cursor.as_deref().unwrap_or("-")
+            );
             cursor = None;
             continue;
         }
@@ -97,7 +109,13 @@ pub(crate) async fn run(args: TailArgs) -> Result<()> {
             }
             bail!("{status}: {detail}");
         }
-        eprintln!("tail: connected to {url}{}", cursor.as_ref().map(|c| format!(" (resuming after {c})")).unwrap_or_default());
+        eprintln!(
+            "tail: connected to {url}{}",
+            cursor
+                .as_ref()
+                .map(|c| format!(" (resuming after {c})"))
+                .unwrap_or_default()
+        );
         backoff = Duration::from_millis(500);
         let mut events = res.bytes_stream().eventsource();
         while let Some(ev) = events.next().await {
@@ -132,6 +150,16 @@ fn print_summary(event: &str, data: &str) {
     };
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
     let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(1);
-    let mark = if version > 1 { format!(" (v{version})") } else { String::new() };
-    println!("{} {:<24} [{event}] {}{mark}  {}", s("emitted_at"), s("source_id"), s("title").replace('\n', " "), s("url"));
+    let mark = if version > 1 {
+        format!(" (v{version})")
+    } else {
+        String::new()
+    };
+    println!(
+        "{} {:<24} [{event}] {}{mark}  {}",
+        s("emitted_at"),
+        s("source_id"),
+        s("title").replace('\n', " "),
+        s("url")
+    );
 }

@@ -39,7 +39,11 @@ impl Running {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !sent {
                     if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                        let addr = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
                         let _ = tx.send(addr);
                         sent = true;
                     }
@@ -47,13 +51,21 @@ impl Running {
                 // Keep draining so the child never blocks on a full pipe.
             }
         });
-        let addr = rx.recv_timeout(WAIT).unwrap_or_else(|e| panic!("livestrom run never said where it listens: {e}"));
+        let addr = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("livestrom run never said where it listens: {e}"));
         Running { child, addr }
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
-        assert!(matches!(status, Ok(s) if s.success()), "kill -{sig} failed: {status:?}");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "kill -{sig} failed: {status:?}"
+        );
     }
 
     /// Waits for the process to exit; returns whether it exited successfully.
@@ -62,7 +74,9 @@ impl Running {
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return status.success(),
-                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 other => panic!("livestrom run did not exit: {other:?}"),
             }
         }
@@ -106,20 +120,42 @@ fn growing_feed() -> ReplayServer {
 
 fn create_key(config: &Path) -> String {
     let out = Command::new(BIN)
-        .args(["apikey", "create", "--name", "tester", "--scopes", "stream:read", "--config"])
+        .args([
+            "apikey",
+            "create",
+            "--name",
+            "tester",
+            "--scopes",
+            "stream:read",
+            "--config",
+        ])
         .arg(config)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.status.success(), "apikey create failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "apikey create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(key.starts_with("lstr_") && key.len() == 49, "unexpected key {key:?}");
+    assert!(
+        key.starts_with("lstr_") && key.len() == 49,
+        "unexpected key {key:?}"
+    );
     key
 }
 
 /// Reads `n` events (id, title) from the stream, optionally resuming.
-async fn read_events(addr: &str, key: &str, last_event_id: Option<&str>, n: usize) -> Vec<(String, String)> {
+async fn read_events(
+    addr: &str,
+    key: &str,
+    last_event_id: Option<&str>,
+    n: usize,
+) -> Vec<(String, String)> {
     let client = reqwest::Client::new();
-    let mut req = client.get(format!("http://{addr}/v1/stream")).header("Authorization", format!("Bearer {key}"));
+    let mut req = client
+        .get(format!("http://{addr}/v1/stream"))
+        .header("Authorization", format!("Bearer {key}"));
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id);
     }
@@ -133,20 +169,33 @@ async fn read_events(addr: &str, key: &str, last_event_id: Option<&str>, n: usiz
             if ev.data.is_empty() {
                 continue;
             }
-            let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(v["id"].as_str(), Some(ev.id.as_str()), "frame id and event id differ");
-            out.push((ev.id.clone(), v["title"].as_str().unwrap_or_default().to_owned()));
+            let v: serde_json::Value =
+                serde_json::from_str(&ev.data).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                v["id"].as_str(),
+                Some(ev.id.as_str()),
+                "frame id and event id differ"
+            );
+            out.push((
+                ev.id.clone(),
+                v["title"].as_str().unwrap_or_default().to_owned(),
+            ));
             if out.len() == n {
                 break;
             }
         }
     };
-    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("only {} of {n} events arrived", out.len()));
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("only {} of {n} events arrived", out.len()));
     out
 }
 
 fn story_number(title: &str) -> u32 {
-    title.trim_start_matches("Story ").parse().unwrap_or_else(|e| panic!("{title}: {e}"))
+    title
+        .trim_start_matches("Story ")
+        .parse()
+        .unwrap_or_else(|e| panic!("{title}: {e}"))
 }
 
 #[tokio::test]
@@ -180,7 +229,11 @@ async fn run_streams_survives_sigterm_and_kill_9_and_resumes_without_gaps() {
         assert!(w[0].0 < w[1].0, "ids not increasing across restarts: {w:?}");
     }
     for w in numbers.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "gap or duplicate across restarts: {numbers:?}");
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "gap or duplicate across restarts: {numbers:?}"
+        );
     }
 }
 
@@ -193,17 +246,36 @@ fn sources_check_reports_every_problem_with_its_line_and_fails() {
         "[[source]]\nid = \"ok\"\ntype = \"rss\"\nurl = \"https://example.org/feed\"\n\n[[source]]\nid = \"ok\"\ntype = \"rss\"\nurl = \"ftp://example.org/\"\ninterval = \"soon\"\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(BIN).args(["sources", "check", "--config"]).arg(&path).output().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN)
+        .args(["sources", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sources.toml:7: source[1].id: duplicate id"), "{err}");
+    assert!(
+        err.contains("sources.toml:7: source[1].id: duplicate id"),
+        "{err}"
+    );
     assert!(err.contains("sources.toml:9: source[1].url"), "{err}");
     assert!(err.contains("sources.toml:10: source[1].interval"), "{err}");
     assert!(err.contains("3 problems"), "{err}");
 
-    std::fs::write(&path, "[[source]]\nid = \"ok\"\ntype = \"rss\"\nurl = \"https://example.org/feed\"\n").unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(BIN).args(["sources", "check", "--config"]).arg(&path).output().unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &path,
+        "[[source]]\nid = \"ok\"\ntype = \"rss\"\nurl = \"https://example.org/feed\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN)
+        .args(["sources", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -219,5 +291,8 @@ fn a_second_run_on_the_same_database_is_refused_clearly() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("already in use by another `livestrom run`"), "{err}");
+    assert!(
+        err.contains("already in use by another `livestrom run`"),
+        "{err}"
+    );
 }

@@ -30,14 +30,26 @@ impl Engine {
             Ok(c) => c,
             Err(e) => panic!("test config invalid: {e}\n{toml}"),
         };
-        let store = match Store::open(&config.engine.database, config.engine.retention, Bus::new()) {
+        let store = match Store::open(&config.engine.database, config.engine.retention, Bus::new())
+        {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         };
         let (handle, commands) = runtime::handle();
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(runtime::run(config, store.clone(), None, Some(commands), cancel.clone()));
-        Engine { store, handle, cancel, task }
+        let task = tokio::spawn(runtime::run(
+            config,
+            store.clone(),
+            None,
+            Some(commands),
+            cancel.clone(),
+        ));
+        Engine {
+            store,
+            handle,
+            cancel,
+            task,
+        }
     }
 
     async fn stop(self) -> Store {
@@ -65,7 +77,10 @@ impl Engine {
                     return s;
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "first poll of {id} never happened");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "first poll of {id} never happened"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -93,11 +108,18 @@ fn schema() -> jsonschema::Validator {
 /// Every stored event validates against the StreamEvent schema.
 fn assert_schema_valid(store: &Store) {
     let v = schema();
-    let rows = store.read_after(Uuid::nil(), 100_000, &ReadScope::default()).unwrap_or_else(|e| panic!("{e}"));
+    let rows = store
+        .read_after(Uuid::nil(), 100_000, &ReadScope::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     for r in rows {
-        let inst: serde_json::Value = serde_json::from_str(&r.json).unwrap_or_else(|e| panic!("{e}"));
+        let inst: serde_json::Value =
+            serde_json::from_str(&r.json).unwrap_or_else(|e| panic!("{e}"));
         let errors: Vec<String> = v.iter_errors(&inst).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "event violates the schema: {errors:?}\n{}", r.json);
+        assert!(
+            errors.is_empty(),
+            "event violates the schema: {errors:?}\n{}",
+            r.json
+        );
     }
 }
 
@@ -115,22 +137,43 @@ fn rss(items: &[(&str, &str, &str)]) -> String {
 }
 
 fn titles(events: &[StreamEvent]) -> Vec<(String, u32)> {
-    events.iter().map(|e| (e.title.clone(), e.version)).collect()
+    events
+        .iter()
+        .map(|e| (e.title.clone(), e.version))
+        .collect()
 }
 
 #[tokio::test]
 async fn feed_over_seven_polls_emits_exactly_the_new_and_changed_items() {
-    let p1 = rss(&[("b", "Second story", "B body"), ("a", "First story", "A body")]);
-    let p2 = rss(&[("c", "Third story", "C body"), ("b", "Second story", "B body"), ("a", "First story", "A body")]);
+    let p1 = rss(&[
+        ("b", "Second story", "B body"),
+        ("a", "First story", "A body"),
+    ]);
+    let p2 = rss(&[
+        ("c", "Third story", "C body"),
+        ("b", "Second story", "B body"),
+        ("a", "First story", "A body"),
+    ]);
     // a: real title change; b: whitespace-only change (not a new version).
-    let p3 = rss(&[("c", "Third story", "C body"), ("b", "Second   story", "B  body"), ("a", "First story, updated", "A body")]);
-    let p7 = rss(&[("d", "Fourth story", "D body"), ("c", "Third story", "C body"), ("b", "Second story", "B body"), ("a", "First story, updated", "A body")]);
+    let p3 = rss(&[
+        ("c", "Third story", "C body"),
+        ("b", "Second   story", "B  body"),
+        ("a", "First story, updated", "A body"),
+    ]);
+    let p7 = rss(&[
+        ("d", "Fourth story", "D body"),
+        ("c", "Third story", "C body"),
+        ("b", "Second story", "B body"),
+        ("a", "First story, updated", "A body"),
+    ]);
     let scenario = Scenario::new("lifecycle").route(
         "/feed.xml",
         [
             Step::ok(p1).content_type("application/rss+xml"),
             Step::ok(p2).content_type("application/rss+xml"),
-            Step::ok(p3.clone()).content_type("application/rss+xml").etag("v3"),
+            Step::ok(p3.clone())
+                .content_type("application/rss+xml")
+                .etag("v3"),
             Step::ok(p3).content_type("application/rss+xml").etag("v3"),
             Step::status(500),
             Step::ok("<rss><channel><item><title>broken").content_type("application/rss+xml"),
@@ -147,45 +190,84 @@ async fn feed_over_seven_polls_emits_exactly_the_new_and_changed_items() {
     let st = engine.first_poll("news.test").await;
     assert_eq!(st.last_error, None);
     let ev = all_events(&engine.store);
-    assert_eq!(titles(&ev), vec![("First story".into(), 1), ("Second story".into(), 1)]);
-    assert!(ev.iter().all(|e| e.source_id == "news.test" && e.tags == vec!["t1".to_string()] && e.supersedes.is_none()));
+    assert_eq!(
+        titles(&ev),
+        vec![("First story".into(), 1), ("Second story".into(), 1)]
+    );
+    assert!(ev.iter().all(|e| e.source_id == "news.test"
+        && e.tags == vec!["t1".to_string()]
+        && e.supersedes.is_none()));
     assert_eq!(ev[0].url, "https://example.org/a");
 
     // Poll 2: one new item.
-    engine.handle.poll_now("news.test").await.unwrap_or_else(|e| panic!("{e}"));
+    engine
+        .handle
+        .poll_now("news.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let ev = all_events(&engine.store);
     assert_eq!(ev.len(), 3);
     assert_eq!((ev[2].title.as_str(), ev[2].version), ("Third story", 1));
 
     // Poll 3: a changed significantly (v2 superseding v1); b changed only in whitespace.
-    engine.handle.poll_now("news.test").await.unwrap_or_else(|e| panic!("{e}"));
+    engine
+        .handle
+        .poll_now("news.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let ev = all_events(&engine.store);
     assert_eq!(ev.len(), 4, "{:?}", titles(&ev));
-    assert_eq!((ev[3].title.as_str(), ev[3].version), ("First story, updated", 2));
+    assert_eq!(
+        (ev[3].title.as_str(), ev[3].version),
+        ("First story, updated", 2)
+    );
     assert_eq!(ev[3].supersedes, Some(ev[0].id));
     assert_eq!(ev[3].item_id, ev[0].item_id);
 
     // Poll 4: 304 via If-None-Match — nothing downstream.
-    engine.handle.poll_now("news.test").await.unwrap_or_else(|e| panic!("{e}"));
+    engine
+        .handle
+        .poll_now("news.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(all_events(&engine.store).len(), 4);
     let reqs = server.requests("/feed.xml");
-    assert_eq!(reqs.last().and_then(|r| r.header("if-none-match").map(str::to_owned)).as_deref(), Some("\"v3\""));
+    assert_eq!(
+        reqs.last()
+            .and_then(|r| r.header("if-none-match").map(str::to_owned))
+            .as_deref(),
+        Some("\"v3\"")
+    );
 
     // Poll 5: a 500 marks the source unhealthy, emits nothing.
-    let err = engine.handle.poll_now("news.test").await.err().unwrap_or_default();
+    let err = engine
+        .handle
+        .poll_now("news.test")
+        .await
+        .err()
+        .unwrap_or_default();
     assert!(err.contains("500"), "{err}");
     let st = engine.state("news.test").await;
     assert_eq!(st.consecutive_failures, 1);
     assert!(st.last_error.as_deref().unwrap_or_default().contains("500"));
 
     // Poll 6: a malformed body: a parse error, still nothing emitted.
-    let err = engine.handle.poll_now("news.test").await.err().unwrap_or_default();
+    let err = engine
+        .handle
+        .poll_now("news.test")
+        .await
+        .err()
+        .unwrap_or_default();
     assert!(err.contains("parse"), "{err}");
     assert_eq!(engine.state("news.test").await.consecutive_failures, 2);
     assert_eq!(all_events(&engine.store).len(), 4);
 
     // Poll 7: recovery: the new item only; failures reset.
-    engine.handle.poll_now("news.test").await.unwrap_or_else(|e| panic!("{e}"));
+    engine
+        .handle
+        .poll_now("news.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let ev = all_events(&engine.store);
     assert_eq!(ev.len(), 5);
     assert_eq!(ev[4].title, "Fourth story");
@@ -201,11 +283,19 @@ async fn feed_over_seven_polls_emits_exactly_the_new_and_changed_items() {
 #[tokio::test]
 async fn a_restart_neither_re_emits_nor_loses_cursors() {
     let body = rss(&[("b", "Two", "2"), ("a", "One", "1")]);
-    let scenario = Scenario::new("restart").route("/f.xml", [Step::ok(body).content_type("application/rss+xml").etag("e1")]);
+    let scenario = Scenario::new("restart").route(
+        "/f.xml",
+        [Step::ok(body)
+            .content_type("application/rss+xml")
+            .etag("e1")],
+    );
     let server = ReplayServer::start(scenario).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let db = dir.path().join("t.db");
-    let src = format!("[[source]]\nid = \"r\"\ntype = \"rss\"\nurl = \"{}\"\ninterval = \"1h\"\n", server.url("/f.xml"));
+    let src = format!(
+        "[[source]]\nid = \"r\"\ntype = \"rss\"\nurl = \"{}\"\ninterval = \"1h\"\n",
+        server.url("/f.xml")
+    );
 
     let engine = Engine::start(&db, &src).await;
     engine.first_poll("r").await;
@@ -217,18 +307,32 @@ async fn a_restart_neither_re_emits_nor_loses_cursors() {
     // Restart on the same database: the stored next-poll time is honoured,
     // so force a poll; the ETag is sent (304) and nothing is re-emitted.
     let engine = Engine::start(&db, &src).await;
-    engine.handle.poll_now("r").await.unwrap_or_else(|e| panic!("{e}"));
+    engine
+        .handle
+        .poll_now("r")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let reqs = server.requests("/f.xml");
-    assert_eq!(reqs.last().and_then(|r| r.header("if-none-match").map(str::to_owned)).as_deref(), Some("\"e1\""));
+    assert_eq!(
+        reqs.last()
+            .and_then(|r| r.header("if-none-match").map(str::to_owned))
+            .as_deref(),
+        Some("\"e1\"")
+    );
     assert_eq!(all_events(&engine.store).len(), 2);
 
     // Even without the validator (a server that ignores ETags), the same items are not new.
     engine.stop().await;
     let conn = livestrom_engine::store::open_and_migrate(&db).unwrap_or_else(|e| panic!("{e}"));
-    conn.execute("UPDATE sources SET etag = NULL, last_modified = NULL", []).unwrap_or_else(|e| panic!("{e}"));
+    conn.execute("UPDATE sources SET etag = NULL, last_modified = NULL", [])
+        .unwrap_or_else(|e| panic!("{e}"));
     drop(conn);
     let engine = Engine::start(&db, &src).await;
-    engine.handle.poll_now("r").await.unwrap_or_else(|e| panic!("{e}"));
+    engine
+        .handle
+        .poll_now("r")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let after = all_events(&engine.store);
     assert_eq!(after.len(), 2);
     assert_eq!(after[0].id, before[0].id);
@@ -236,7 +340,10 @@ async fn a_restart_neither_re_emits_nor_loses_cursors() {
     // New ids after a restart still sort after the old ones.
     let next = engine
         .store
-        .write(livestrom_engine::store::WriteBatch { events: vec![], ..Default::default() })
+        .write(livestrom_engine::store::WriteBatch {
+            events: vec![],
+            ..Default::default()
+        })
         .await
         .map(|v| v.len())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -248,8 +355,14 @@ async fn a_restart_neither_re_emits_nor_loses_cursors() {
 async fn a_broken_source_is_unhealthy_and_the_others_keep_running() {
     let good = rss(&[("x", "Good item", "fine")]);
     let scenario = Scenario::new("mixed")
-        .route("/good.xml", [Step::ok(good).content_type("application/rss+xml")])
-        .route("/bad.xml", [Step::ok("this is not a feed at all").content_type("text/plain")])
+        .route(
+            "/good.xml",
+            [Step::ok(good).content_type("application/rss+xml")],
+        )
+        .route(
+            "/bad.xml",
+            [Step::ok("this is not a feed at all").content_type("text/plain")],
+        )
         .route("/down.xml", [Step::status(503).retry_after("120")]);
     let server = ReplayServer::start(scenario).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -271,13 +384,28 @@ async fn a_broken_source_is_unhealthy_and_the_others_keep_running() {
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].source_id, "good");
     let bad = engine.state("bad").await;
-    assert!(bad.last_error.as_deref().unwrap_or_default().contains("parse"), "{bad:?}");
+    assert!(
+        bad.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("parse"),
+        "{bad:?}"
+    );
     let down = engine.state("down").await;
-    assert!(down.last_error.as_deref().unwrap_or_default().contains("503"), "{down:?}");
+    assert!(
+        down.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("503"),
+        "{down:?}"
+    );
     // Retry-After pushes the next poll out at least that far.
     let next = down.next_poll_at.unwrap_or_default();
     let last = down.last_poll_at.unwrap_or_default();
-    assert!(next - last >= chrono::Duration::seconds(119), "next poll {next} after {last}");
+    assert!(
+        next - last >= chrono::Duration::seconds(119),
+        "next poll {next} after {last}"
+    );
     engine.stop().await;
 }
 
@@ -285,14 +413,23 @@ async fn a_broken_source_is_unhealthy_and_the_others_keep_running() {
 async fn an_unreachable_source_reports_why_and_never_stops() {
     // A port nothing listens on: connection refused.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
     drop(listener);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let db = dir.path().join("t.db");
     let src = format!("[[source]]\nid = \"gone\"\ntype = \"rss\"\nurl = \"http://127.0.0.1:{port}/feed\"\ninterval = \"1h\"\n");
     let engine = Engine::start(&db, &src).await;
     let st = engine.first_poll("gone").await;
-    assert!(st.last_error.as_deref().unwrap_or_default().contains("connect"), "{st:?}");
+    assert!(
+        st.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("connect"),
+        "{st:?}"
+    );
     for n in 2..=4u32 {
         let _ = engine.handle.poll_now("gone").await;
         let st = engine.state("gone").await;
@@ -312,7 +449,8 @@ async fn html_page_emits_once_then_only_on_meaningful_change() {
         [
             Step::ok(page("<p>Release one</p>", "ad 1")).content_type("text/html"),
             Step::ok(page("<p>Release one</p>", "ad 2")).content_type("text/html"),
-            Step::ok(page("<p>Release two</p><p>Release one</p>", "ad 3")).content_type("text/html"),
+            Step::ok(page("<p>Release two</p><p>Release one</p>", "ad 3"))
+                .content_type("text/html"),
         ],
     );
     let server = ReplayServer::start(scenario).unwrap_or_else(|e| panic!("{e}"));
@@ -329,16 +467,39 @@ async fn html_page_emits_once_then_only_on_meaningful_change() {
     assert!(ev[0].content.contains("Release one"));
     assert_eq!(ev[0].diff, None);
 
-    engine.handle.poll_now("kommun.press").await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(all_events(&engine.store).len(), 1, "noise outside the region made an event");
+    engine
+        .handle
+        .poll_now("kommun.press")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        all_events(&engine.store).len(),
+        1,
+        "noise outside the region made an event"
+    );
 
-    engine.handle.poll_now("kommun.press").await.unwrap_or_else(|e| panic!("{e}"));
+    engine
+        .handle
+        .poll_now("kommun.press")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let ev = all_events(&engine.store);
     assert_eq!(ev.len(), 2);
     assert_eq!(ev[1].version, 2);
     assert_eq!(ev[1].supersedes, Some(ev[0].id));
-    assert!(ev[1].diff.as_deref().unwrap_or_default().contains("+Release two"), "{:?}", ev[1].diff);
-    assert_eq!(ev[1].added.as_deref(), Some(&["Release two".to_string()][..]));
+    assert!(
+        ev[1]
+            .diff
+            .as_deref()
+            .unwrap_or_default()
+            .contains("+Release two"),
+        "{:?}",
+        ev[1].diff
+    );
+    assert_eq!(
+        ev[1].added.as_deref(),
+        Some(&["Release two".to_string()][..])
+    );
     assert_schema_valid(&engine.store);
     engine.stop().await;
 }
@@ -360,23 +521,44 @@ async fn firehose_sse_upstream_is_stored_as_it_arrives_and_resumes_after_restart
     let engine = Engine::start(&db, &src).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while all_events(&engine.store).len() < 5 {
-        assert!(tokio::time::Instant::now() < deadline, "upstream items never arrived: {:?}", titles(&all_events(&engine.store)));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream items never arrived: {:?}",
+            titles(&all_events(&engine.store))
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ev = all_events(&engine.store);
-    assert_eq!(ev.iter().map(|e| e.title.as_str()).collect::<Vec<_>>(), vec!["Edit 1", "Edit 2", "Edit 3", "Edit 4", "Edit 5"]);
-    assert_eq!(engine.state("wiki.rc").await.upstream_cursor.as_deref(), Some("5"));
+    assert_eq!(
+        ev.iter().map(|e| e.title.as_str()).collect::<Vec<_>>(),
+        vec!["Edit 1", "Edit 2", "Edit 3", "Edit 4", "Edit 5"]
+    );
+    assert_eq!(
+        engine.state("wiki.rc").await.upstream_cursor.as_deref(),
+        Some("5")
+    );
     engine.stop().await;
 
     // After a restart the reader resumes with Last-Event-ID: 5 and nothing repeats.
     let engine = Engine::start(&db, &src).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let resumed = server.requests("/stream").iter().any(|r| r.header("last-event-id") == Some("5"));
+        let resumed = server
+            .requests("/stream")
+            .iter()
+            .any(|r| r.header("last-event-id") == Some("5"));
         if resumed {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no resume with Last-Event-ID: {:?}", server.requests("/stream").iter().map(|r| r.header("last-event-id").map(str::to_owned)).collect::<Vec<_>>());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no resume with Last-Event-ID: {:?}",
+            server
+                .requests("/stream")
+                .iter()
+                .map(|r| r.header("last-event-id").map(str::to_owned))
+                .collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(all_events(&engine.store).len(), 5);
@@ -388,13 +570,25 @@ fn _assert_send(_: Arc<Store>) {}
 
 /// Runs `polls` polls of a recorded scenario through the engine and returns
 /// the number of new events after each poll (errors count as 0 and are kept).
-async fn replay_polls(scenario: &str, source_type: &str, polls: usize) -> (Vec<usize>, Vec<Result<(), String>>, Vec<StreamEvent>) {
+async fn replay_polls(
+    scenario: &str,
+    source_type: &str,
+    polls: usize,
+) -> (Vec<usize>, Vec<Result<(), String>>, Vec<StreamEvent>) {
     let scenario = livestrom::replay::load_scenario(scenario).unwrap_or_else(|e| panic!("{e}"));
     let server = ReplayServer::start(scenario).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let db = dir.path().join("t.db");
-    let path = server.scenario().paths().next().map(str::to_owned).unwrap_or_default();
-    let src = format!("[[source]]\nid = \"fx\"\ntype = \"{source_type}\"\nurl = \"{}\"\ninterval = \"1h\"\n", server.url(&path));
+    let path = server
+        .scenario()
+        .paths()
+        .next()
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let src = format!(
+        "[[source]]\nid = \"fx\"\ntype = \"{source_type}\"\nurl = \"{}\"\ninterval = \"1h\"\n",
+        server.url(&path)
+    );
     let engine = Engine::start(&db, &src).await;
     let first = engine.first_poll("fx").await;
     let mut counts = vec![all_events(&engine.store).len()];
@@ -413,12 +607,19 @@ async fn replay_polls(scenario: &str, source_type: &str, polls: usize) -> (Vec<u
 
 #[tokio::test]
 async fn recorded_atom_and_json_feed_stories_emit_exactly_what_changed() {
-    for (scenario, ty) in [("atom-polls", "rss"), ("jsonfeed-polls", "json"), ("rss-polls", "rss")] {
+    for (scenario, ty) in [
+        ("atom-polls", "rss"),
+        ("jsonfeed-polls", "json"),
+        ("rss-polls", "rss"),
+    ] {
         let (counts, results, events) = replay_polls(scenario, ty, 7).await;
         // poll 1: 3 new; 2: 2 new; 3: one real edit (v2), one whitespace-only (none);
         // 4: 304; 5: 500; 6: unusable body; 7: 1 new.
         assert_eq!(counts, vec![3, 2, 1, 0, 0, 0, 1], "{scenario}: {results:?}");
-        assert!(results[4].as_ref().err().is_some_and(|e| e.contains("500")), "{scenario}: {results:?}");
+        assert!(
+            results[4].as_ref().err().is_some_and(|e| e.contains("500")),
+            "{scenario}: {results:?}"
+        );
         assert!(results[5].is_err(), "{scenario}: {results:?}");
         assert!(results[6].is_ok(), "{scenario}: {results:?}");
         let v2: Vec<&StreamEvent> = events.iter().filter(|e| e.version == 2).collect();

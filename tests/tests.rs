@@ -3,13 +3,13 @@
 
 mod helpers;
 
+mod auth;
+mod cli;
 mod config;
 mod corpus;
 mod fetch;
 mod firehose;
 mod html;
 mod ingest;
-mod stream;
-mod auth;
-mod cli;
 mod replay;
+mod stream;

@@ -74,12 +74,25 @@ pub enum EdgeError {
 impl AppState {
     /// Builds the state on top of a store: starts the hub (live feed from the
     /// store's bus) and the key cache refresher; both stop on `shutdown`.
-    pub async fn new(store: &Store, settings: Settings, shutdown: CancellationToken) -> Result<Self, EdgeError> {
+    pub async fn new(
+        store: &Store,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Result<Self, EdgeError> {
         let log: Arc<dyn EventLog> = Arc::new(store.clone());
         let hub = hub::Hub::start(store.bus(), log.clone(), shutdown.clone());
-        let keys = keys::KeyStore::open(store, shutdown.clone()).await.map_err(|e| EdgeError::Keys(e.to_string()))?;
+        let keys = keys::KeyStore::open(store, shutdown.clone())
+            .await
+            .map_err(|e| EdgeError::Keys(e.to_string()))?;
         Ok(Self {
-            inner: Arc::new(StateInner { log, hub, keys, limits: limits::Limits::new(), settings, shutdown }),
+            inner: Arc::new(StateInner {
+                log,
+                hub,
+                keys,
+                limits: limits::Limits::new(),
+                settings,
+                shutdown,
+            }),
         })
     }
 }
@@ -103,7 +116,11 @@ pub fn app(state: AppState) -> Router {
 
 /// Serves the edge on `listener` until `shutdown` fires; open streams end and
 /// in-flight requests finish.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -39,14 +39,24 @@ impl Problem {
 
     /// 400 about one query parameter.
     pub fn bad_param(parameter: &str, detail: impl Into<String>) -> Self {
-        let mut p = Self::new(StatusCode::BAD_REQUEST, "invalid-parameter", "Invalid query parameter", detail);
+        let mut p = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-parameter",
+            "Invalid query parameter",
+            detail,
+        );
         p.parameter = Some(parameter.to_owned());
         p
     }
 
     /// 401.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Missing or invalid API key", detail)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Missing or invalid API key",
+            detail,
+        )
     }
 
     /// 403.
@@ -56,24 +66,44 @@ impl Problem {
 
     /// 410: the cursor is older than the retained window.
     pub fn gone(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::GONE, "cursor-expired", "Cursor older than the retention window", detail)
+        Self::new(
+            StatusCode::GONE,
+            "cursor-expired",
+            "Cursor older than the retention window",
+            detail,
+        )
     }
 
     /// 429 with `Retry-After`.
     pub fn too_many(detail: impl Into<String>, retry_after_secs: u64) -> Self {
-        let mut p = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", detail);
+        let mut p = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+            detail,
+        );
         p.retry_after = Some(retry_after_secs.max(1));
         p
     }
 
     /// 500; the detail is generic, the cause is logged by the caller.
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error", "the server failed to handle the request; it was logged")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+            "the server failed to handle the request; it was logged",
+        )
     }
 
     /// 503 while shutting down.
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        )
     }
 }
 
@@ -83,7 +113,10 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut res = (status, body).into_response();
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(s) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
@@ -91,7 +124,10 @@ impl IntoResponse for Problem {
             }
         }
         if status == StatusCode::UNAUTHORIZED {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"livestrom\""));
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"livestrom\""),
+            );
         }
         res
     }
@@ -99,12 +135,25 @@ impl IntoResponse for Problem {
 
 /// Fallback for unknown paths.
 pub async fn not_found(uri: axum::http::Uri) -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no resource at {}; the stream is GET /v1/stream", uri.path()))
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        format!(
+            "no resource at {}; the stream is GET /v1/stream",
+            uri.path()
+        ),
+    )
 }
 
 /// Fallback for a known path with the wrong method.
 pub async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", format!("{method} is not allowed on {}; use GET", uri.path()))
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{method} is not allowed on {}; use GET", uri.path()),
+    )
 }
 
 /// CORS for `edge.cors_origins` (`*` = any origin; no credentials are used).
@@ -112,12 +161,24 @@ pub fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, Any, CorsLayer};
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::HeaderName::from_static("x-api-key"), header::HeaderName::from_static("last-event-id"), header::CACHE_CONTROL, header::ACCEPT])
-        .expose_headers([header::RETRY_AFTER, header::HeaderName::from_static("x-request-id")]);
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("x-api-key"),
+            header::HeaderName::from_static("last-event-id"),
+            header::CACHE_CONTROL,
+            header::ACCEPT,
+        ])
+        .expose_headers([
+            header::RETRY_AFTER,
+            header::HeaderName::from_static("x-request-id"),
+        ]);
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)
     } else {
-        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
         layer.allow_origin(AllowOrigin::list(list))
     }
 }

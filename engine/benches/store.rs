@@ -12,7 +12,10 @@ use livestrom_engine::{Bus, EventLog, Store, StreamEvent};
 use uuid::Uuid;
 
 fn total() -> usize {
-    std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+    std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
 }
 const BATCH: usize = 1_000;
 const SUBMITTERS: usize = 4;
@@ -45,7 +48,9 @@ fn event(i: usize) -> NewEvent {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("bench.db");

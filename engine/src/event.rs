@@ -54,7 +54,9 @@ impl FromStr for SourceType {
         Self::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not a source type; expected one of rss, json, html, firehose"))
+            .ok_or_else(|| {
+                format!("`{s}` is not a source type; expected one of rss, json, html, firehose")
+            })
     }
 }
 
@@ -97,7 +99,11 @@ pub struct StreamEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added: Option<Vec<String>>,
     /// When the upstream says the item was published or last updated, if it says.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_rfc3339_secs")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_rfc3339_secs"
+    )]
     pub published_at: Option<DateTime<Utc>>,
 }
 
@@ -123,10 +129,15 @@ impl CommittedEvent {
 
 mod rfc3339_secs {
     use super::*;
-    pub(super) fn serialize<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(
+        t: &DateTime<Utc>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
     }
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
@@ -136,7 +147,10 @@ mod rfc3339_secs {
 
 mod rfc3339_micros {
     use super::*;
-    pub(super) fn serialize<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(
+        t: &DateTime<Utc>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
     }
     pub(super) use super::rfc3339_secs::deserialize;
@@ -144,13 +158,18 @@ mod rfc3339_micros {
 
 mod opt_rfc3339_secs {
     use super::*;
-    pub(super) fn serialize<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(
+        t: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true)),
             None => s.serialize_none(),
         }
     }
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
         let s = Option::<std::borrow::Cow<'de, str>>::deserialize(d)?;
         s.map(|s| {
             DateTime::parse_from_rfc3339(&s)
@@ -178,7 +197,9 @@ const VAR_MASK: u128 = 0x3 << 62;
 impl IdGenerator {
     /// A generator that will only produce ids greater than `last` (if any).
     pub fn new(last: Option<Uuid>) -> Self {
-        Self { last: last.map(|u| u.as_u128()).unwrap_or(0) }
+        Self {
+            last: last.map(|u| u.as_u128()).unwrap_or(0),
+        }
     }
 
     /// The next id for the current wall-clock time.
@@ -277,7 +298,9 @@ mod tests {
             content: "c".into(),
             tags: vec!["x".into()],
             fetched_at: Utc::now(),
-            emitted_at: DateTime::parse_from_rfc3339("2026-07-01T12:00:01.123456Z").map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
+            emitted_at: DateTime::parse_from_rfc3339("2026-07-01T12:00:01.123456Z")
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_default(),
             item_id: "i".into(),
             version: 1,
             supersedes: None,
@@ -287,7 +310,9 @@ mod tests {
         };
         let c = CommittedEvent::new(e.clone());
         assert!(!c.json.contains('\n'));
-        assert!(c.json.contains("\"emitted_at\":\"2026-07-01T12:00:01.123456Z\""));
+        assert!(c
+            .json
+            .contains("\"emitted_at\":\"2026-07-01T12:00:01.123456Z\""));
         let back: StreamEvent = serde_json::from_str(&c.json).unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(back, e.clone_with_truncated_fetch());
     }
@@ -295,7 +320,8 @@ mod tests {
     impl StreamEvent {
         fn clone_with_truncated_fetch(&self) -> Self {
             let mut e = self.clone();
-            e.fetched_at = DateTime::from_timestamp(e.fetched_at.timestamp(), 0).unwrap_or_default();
+            e.fetched_at =
+                DateTime::from_timestamp(e.fetched_at.timestamp(), 0).unwrap_or_default();
             e
         }
     }

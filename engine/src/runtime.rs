@@ -64,7 +64,8 @@ impl EngineHandle {
             .send(Command::PollNow(source_id.to_owned(), tx))
             .await
             .map_err(|_| "the engine is not running".to_owned())?;
-        rx.await.map_err(|_| "the engine stopped before the poll finished".to_owned())?
+        rx.await
+            .map_err(|_| "the engine stopped before the poll finished".to_owned())?
     }
 }
 
@@ -127,7 +128,15 @@ struct Slot {
 
 impl Slot {
     fn new(src: SourceConfig, reported: bool) -> Self {
-        Self { src: Arc::new(src), epoch: 0, polling: false, upstream: None, reported, waiters: Vec::new(), next_waiters: Vec::new() }
+        Self {
+            src: Arc::new(src),
+            epoch: 0,
+            polling: false,
+            upstream: None,
+            reported,
+            waiters: Vec::new(),
+            next_waiters: Vec::new(),
+        }
     }
 }
 
@@ -141,7 +150,10 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let mut commands = commands.map(|c| c.rx);
-    let mut ctx = Arc::new(Ctx { store: store.clone(), fetcher: Fetcher::new(&config.fetch)? });
+    let mut ctx = Arc::new(Ctx {
+        store: store.clone(),
+        fetcher: Fetcher::new(&config.fetch)?,
+    });
     let mut fetch_cfg = format!("{:?}", config.fetch);
     let mut slots: Vec<Option<Slot>> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
@@ -170,7 +182,15 @@ pub async fn run(
         if !streaming {
             unreported += 1;
         }
-        start_slot(&ctx, &mut slots, slot, first_at, &mut queue, &mut upstreams, &cancel);
+        start_slot(
+            &ctx,
+            &mut slots,
+            slot,
+            first_at,
+            &mut queue,
+            &mut upstreams,
+            &cancel,
+        );
     }
     tracing::info!(sources = slots.len(), "engine started");
 
@@ -194,12 +214,18 @@ pub async fn run(
         // Start every due poll we have room for.
         let now = Instant::now();
         while in_flight < MAX_IN_FLIGHT {
-            let Some(slot) = queue.pop_due(now) else { break };
+            let Some(slot) = queue.pop_due(now) else {
+                break;
+            };
             if start_poll(&ctx, &mut slots, slot, &mut polls, &cancel) {
                 in_flight += 1;
             }
         }
-        let next_due = if in_flight < MAX_IN_FLIGHT { queue.peek() } else { None };
+        let next_due = if in_flight < MAX_IN_FLIGHT {
+            queue.peek()
+        } else {
+            None
+        };
         let sleep_until = next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
 
         tokio::select! {
@@ -280,13 +306,18 @@ pub async fn run(
         }
     }
 
-    tracing::info!(in_flight, "engine stopping: waiting for in-flight polls to store their results");
+    tracing::info!(
+        in_flight,
+        "engine stopping: waiting for in-flight polls to store their results"
+    );
     let drain = async {
         while polls.join_next().await.is_some() {}
         while upstreams.join_next().await.is_some() {}
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        tracing::warn!("some polls did not finish within {SHUTDOWN_GRACE:?}; their results were not stored");
+        tracing::warn!(
+            "some polls did not finish within {SHUTDOWN_GRACE:?}; their results were not stored"
+        );
     }
     let _ = pruner.await;
     if let Err(e) = store.flush().await {
@@ -304,7 +335,9 @@ fn start_poll(
     polls: &mut JoinSet<(usize, u64, Result<(), String>)>,
     cancel: &CancellationToken,
 ) -> bool {
-    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { return false };
+    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
+        return false;
+    };
     if s.polling || s.upstream.is_some() {
         return false;
     }
@@ -333,7 +366,9 @@ async fn recv_command(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Comman
     }
 }
 
-async fn recv_reload(rx: &mut Option<mpsc::Receiver<Result<Config, ConfigError>>>) -> Option<Result<Config, ConfigError>> {
+async fn recv_reload(
+    rx: &mut Option<mpsc::Receiver<Result<Config, ConfigError>>>,
+) -> Option<Result<Config, ConfigError>> {
     match rx {
         Some(r) => match r.recv().await {
             Some(v) => Some(v),
@@ -370,7 +405,9 @@ fn start_slot(
     upstreams: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) {
-    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { return };
+    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
+        return;
+    };
     if is_streaming(&s.src) {
         let token = cancel.child_token();
         s.upstream = Some(token.clone());
@@ -400,7 +437,9 @@ fn apply_reload(
         keep.insert(id.clone(), ());
         match by_id.get(&id).copied() {
             Some(slot) => {
-                let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
+                let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
+                    continue;
+                };
                 if format!("{:?}", s.src) == format!("{src:?}") {
                     continue;
                 }
@@ -411,14 +450,30 @@ fn apply_reload(
                     t.cancel();
                 }
                 s.polling = false;
-                start_slot(ctx, slots, slot, Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD), queue, upstreams, cancel);
+                start_slot(
+                    ctx,
+                    slots,
+                    slot,
+                    Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD),
+                    queue,
+                    upstreams,
+                    cancel,
+                );
             }
             None => {
                 added += 1;
                 let slot = slots.len();
                 slots.push(Some(Slot::new(src, true)));
                 by_id.insert(id, slot);
-                start_slot(ctx, slots, slot, Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD), queue, upstreams, cancel);
+                start_slot(
+                    ctx,
+                    slots,
+                    slot,
+                    Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD),
+                    queue,
+                    upstreams,
+                    cancel,
+                );
             }
         }
     }
@@ -458,7 +513,12 @@ fn first_poll_at(state: Option<&SourceState>) -> Instant {
 
 /// The next poll as stored by the poll that just finished.
 async fn next_poll_instant(store: &Store, src: &SourceConfig) -> Instant {
-    let stored = store.source_state(src.id.as_str()).await.ok().flatten().and_then(|s| s.next_poll_at);
+    let stored = store
+        .source_state(src.id.as_str())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.next_poll_at);
     let wait = match stored {
         Some(at) => (at - Utc::now()).to_std().unwrap_or_default(),
         None => scheduler::base_delay(&src.cadence, Utc::now()),
@@ -471,7 +531,10 @@ async fn next_poll_instant(store: &Store, src: &SourceConfig) -> Instant {
 async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
     let started = Utc::now();
     let mut state = match ctx.store.source_state(src.id.as_str()).await {
-        Ok(s) => s.unwrap_or_else(|| SourceState { source_id: src.id.as_str().to_owned(), ..Default::default() }),
+        Ok(s) => s.unwrap_or_else(|| SourceState {
+            source_id: src.id.as_str().to_owned(),
+            ..Default::default()
+        }),
         Err(e) => return Err(format!("store: {e}")),
     };
     state.last_poll_at = Some(started);
@@ -482,7 +545,13 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
             // The domain asked everyone to wait (429/503 Retry-After): not this
             // source's failure; try again when the domain allows.
             tracing::debug!(source = %src.id, ?wait, "domain deferred by Retry-After; rescheduling");
-            let timing = PollTiming { ok: true, consecutive_failures: state.consecutive_failures, ttl: None, cache: None, retry_after: Some(wait) };
+            let timing = PollTiming {
+                ok: true,
+                consecutive_failures: state.consecutive_failures,
+                ttl: None,
+                cache: None,
+                retry_after: Some(wait),
+            };
             (timing, Vec::new(), Vec::new(), Ok(()))
         }
         Ok(done) => {
@@ -490,7 +559,13 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
             state.last_error = None;
             state.consecutive_failures = 0;
             state.initialized = true;
-            let timing = PollTiming { ok: true, consecutive_failures: 0, ttl: done.ttl, cache: done.cache, retry_after: None };
+            let timing = PollTiming {
+                ok: true,
+                consecutive_failures: 0,
+                ttl: done.ttl,
+                cache: done.cache,
+                retry_after: None,
+            };
             (timing, done.events, done.touch, Ok(()))
         }
         Err(e) => {
@@ -509,14 +584,24 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
                 PollError::Fetch(f) => f.retry_after(),
                 _ => None,
             };
-            let timing = PollTiming { ok: false, consecutive_failures: state.consecutive_failures, ttl: None, cache: None, retry_after };
+            let timing = PollTiming {
+                ok: false,
+                consecutive_failures: state.consecutive_failures,
+                ttl: None,
+                cache: None,
+                retry_after,
+            };
             (timing, Vec::new(), Vec::new(), Err(msg))
         }
     };
     let delay = scheduler::next_delay(&src.cadence, now, &timing, rand::random::<f64>());
     state.next_poll_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
     let n = batch_events.len();
-    let batch = WriteBatch { events: batch_events, source: Some(state), touch_items: touch };
+    let batch = WriteBatch {
+        events: batch_events,
+        source: Some(state),
+        touch_items: touch,
+    };
     match ctx.store.write(batch).await {
         Ok(_) if n > 0 => tracing::info!(source = %src.id, events = n, "stored new events"),
         Ok(_) => {}
@@ -536,8 +621,16 @@ struct PollDone {
     cache: Option<Duration>,
 }
 
-async fn poll_inner(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState) -> Result<PollDone, PollError> {
-    if let Some(wait) = src.url.host_str().and_then(|h| ctx.fetcher.politeness().deferred_for(h)) {
+async fn poll_inner(
+    ctx: &Ctx,
+    src: &SourceConfig,
+    state: &mut SourceState,
+) -> Result<PollDone, PollError> {
+    if let Some(wait) = src
+        .url
+        .host_str()
+        .and_then(|h| ctx.fetcher.politeness().deferred_for(h))
+    {
         if wait > Duration::from_secs(1) {
             return Err(PollError::Deferred(wait));
         }
@@ -550,14 +643,22 @@ async fn poll_inner(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState) -> R
     req.accept = Some(accept_for(src));
     let fetched = match ctx.fetcher.fetch(&req).await? {
         FetchResponse::NotModified { hints } => {
-            return Ok(PollDone { events: Vec::new(), touch: Vec::new(), ttl: None, cache: hints.not_before });
+            return Ok(PollDone {
+                events: Vec::new(),
+                touch: Vec::new(),
+                ttl: None,
+                cache: hints.not_before,
+            });
         }
         FetchResponse::Body(f) => f,
     };
     let cache = fetched.hints.not_before;
     let (items, ttl, snapshot) = parse(src, &fetched, state.snapshot.clone()).await?;
     let known = if matches!(src.kind, SourceKind::Firehose(_)) {
-        let ids = items.iter().filter_map(|i| i.guid.clone().or_else(|| i.url.clone())).collect();
+        let ids = items
+            .iter()
+            .filter_map(|i| i.guid.clone().or_else(|| i.url.clone()))
+            .collect();
         ctx.store.items_by_ids(src.id.as_str(), ids).await?
     } else {
         ctx.store.items(src.id.as_str()).await?
@@ -571,7 +672,12 @@ async fn poll_inner(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState) -> R
     if let Some(s) = snapshot {
         state.snapshot = Some(s);
     }
-    Ok(PollDone { events: plan.events, touch: plan.touch, ttl, cache })
+    Ok(PollDone {
+        events: plan.events,
+        touch: plan.touch,
+        ttl,
+        cache,
+    })
 }
 
 fn accept_for(src: &SourceConfig) -> &'static str {
@@ -623,7 +729,9 @@ async fn parse(
                     None => Ok((vec![item(None)], None, Some(snap.text.clone()))),
                     Some(prev) => match html::diff(&prev, &snap.text, settings.min_change) {
                         None => Ok((Vec::new(), None, None)),
-                        Some(change) => Ok((vec![item(Some(change))], None, Some(snap.text.clone()))),
+                        Some(change) => {
+                            Ok((vec![item(Some(change))], None, Some(snap.text.clone())))
+                        }
                     },
                 }
             }
@@ -637,7 +745,10 @@ async fn parse(
 /// transaction, so a restart resumes exactly after the last stored item.
 async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: CancellationToken) {
     let mut state = match ctx.store.source_state(src.id.as_str()).await {
-        Ok(s) => s.unwrap_or_else(|| SourceState { source_id: src.id.as_str().to_owned(), ..Default::default() }),
+        Ok(s) => s.unwrap_or_else(|| SourceState {
+            source_id: src.id.as_str().to_owned(),
+            ..Default::default()
+        }),
         Err(e) => {
             tracing::error!(source = %src.id, error = %e, "cannot read source state; upstream not started");
             return;
@@ -679,7 +790,11 @@ async fn store_upstream_batch(
     batch: firehose::UpstreamBatch,
 ) -> Result<(), PollError> {
     let now = Utc::now();
-    let ids = batch.items.iter().filter_map(|i| i.guid.clone().or_else(|| i.url.clone())).collect();
+    let ids = batch
+        .items
+        .iter()
+        .filter_map(|i| i.guid.clone().or_else(|| i.url.clone()))
+        .collect();
     let known = ctx.store.items_by_ids(src.id.as_str(), ids).await?;
     // `plan` reads documents as feeds list them (newest first); an upstream
     // stream delivers oldest first, so hand it over reversed to keep arrival order.
@@ -695,12 +810,23 @@ async fn store_upstream_batch(
         state.upstream_cursor = batch.cursor;
     }
     let n = plan.events.len();
-    ctx.store.write(WriteBatch { events: plan.events, source: Some(state.clone()), touch_items: plan.touch }).await?;
+    ctx.store
+        .write(WriteBatch {
+            events: plan.events,
+            source: Some(state.clone()),
+            touch_items: plan.touch,
+        })
+        .await?;
     tracing::debug!(source = %src.id, events = n, "stored upstream items");
     Ok(())
 }
 
-async fn record_health(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState, health: Result<(), String>) {
+async fn record_health(
+    ctx: &Ctx,
+    src: &SourceConfig,
+    state: &mut SourceState,
+    health: Result<(), String>,
+) {
     let now: DateTime<Utc> = Utc::now();
     state.last_poll_at = Some(now);
     match health {
@@ -719,7 +845,11 @@ async fn record_health(ctx: &Ctx, src: &SourceConfig, state: &mut SourceState, h
             state.last_error = Some(msg);
         }
     }
-    let batch = WriteBatch { events: Vec::new(), source: Some(state.clone()), touch_items: Vec::new() };
+    let batch = WriteBatch {
+        events: Vec::new(),
+        source: Some(state.clone()),
+        touch_items: Vec::new(),
+    };
     if let Err(e) = ctx.store.write(batch).await {
         tracing::error!(source = %src.id, error = %e, "cannot store upstream health");
     }

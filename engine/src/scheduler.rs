@@ -66,12 +66,16 @@ pub fn next_delay(cadence: &Cadence, now: DateTime<Utc>, t: &PollTiming, jitter:
             Cadence::Every(_) => d.mul_f64(0.9 + 0.2 * jitter.clamp(0.0, 1.0)),
         }
     };
-    let floor = [t.retry_after, if t.ok { t.ttl } else { None }, if t.ok { t.cache } else { None }]
-        .into_iter()
-        .flatten()
-        .map(|d| d.min(MAX_HINT))
-        .max()
-        .unwrap_or_default();
+    let floor = [
+        t.retry_after,
+        if t.ok { t.ttl } else { None },
+        if t.ok { t.cache } else { None },
+    ]
+    .into_iter()
+    .flatten()
+    .map(|d| d.min(MAX_HINT))
+    .max()
+    .unwrap_or_default();
     let d = if t.ok || t.consecutive_failures == 0 {
         jittered(base)
     } else {
@@ -155,35 +159,85 @@ mod tests {
     #[test]
     fn success_uses_interval_with_bounded_jitter() {
         let now = Utc::now();
-        let ok = PollTiming { ok: true, ..Default::default() };
-        assert_eq!(next_delay(&every(100), now, &ok, 0.0), Duration::from_secs(90));
-        assert_eq!(next_delay(&every(100), now, &ok, 0.5), Duration::from_secs(100));
+        let ok = PollTiming {
+            ok: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            next_delay(&every(100), now, &ok, 0.0),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            next_delay(&every(100), now, &ok, 0.5),
+            Duration::from_secs(100)
+        );
         assert!(next_delay(&every(100), now, &ok, 0.999) <= Duration::from_secs(110));
     }
 
     #[test]
     fn hints_push_the_next_poll_out_but_are_capped() {
         let now = Utc::now();
-        let t = PollTiming { ok: true, ttl: Some(Duration::from_secs(600)), ..Default::default() };
-        assert_eq!(next_delay(&every(60), now, &t, 0.5), Duration::from_secs(600));
-        let t = PollTiming { ok: true, cache: Some(Duration::from_secs(10 * 86400)), ..Default::default() };
+        let t = PollTiming {
+            ok: true,
+            ttl: Some(Duration::from_secs(600)),
+            ..Default::default()
+        };
+        assert_eq!(
+            next_delay(&every(60), now, &t, 0.5),
+            Duration::from_secs(600)
+        );
+        let t = PollTiming {
+            ok: true,
+            cache: Some(Duration::from_secs(10 * 86400)),
+            ..Default::default()
+        };
         assert_eq!(next_delay(&every(60), now, &t, 0.5), MAX_HINT);
-        let t = PollTiming { ok: false, consecutive_failures: 1, retry_after: Some(Duration::from_secs(900)), ..Default::default() };
-        assert_eq!(next_delay(&every(60), now, &t, 0.5), Duration::from_secs(900));
+        let t = PollTiming {
+            ok: false,
+            consecutive_failures: 1,
+            retry_after: Some(Duration::from_secs(900)),
+            ..Default::default()
+        };
+        assert_eq!(
+            next_delay(&every(60), now, &t, 0.5),
+            Duration::from_secs(900)
+        );
     }
 
     #[test]
     fn backoff_doubles_is_capped_and_resets() {
         let now = Utc::now();
-        let fail = |n| PollTiming { ok: false, consecutive_failures: n, ..Default::default() };
-        assert_eq!(next_delay(&every(60), now, &fail(1), 0.5), Duration::from_secs(60));
-        assert_eq!(next_delay(&every(60), now, &fail(2), 0.5), Duration::from_secs(120));
-        assert_eq!(next_delay(&every(60), now, &fail(3), 0.5), Duration::from_secs(240));
+        let fail = |n| PollTiming {
+            ok: false,
+            consecutive_failures: n,
+            ..Default::default()
+        };
+        assert_eq!(
+            next_delay(&every(60), now, &fail(1), 0.5),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            next_delay(&every(60), now, &fail(2), 0.5),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            next_delay(&every(60), now, &fail(3), 0.5),
+            Duration::from_secs(240)
+        );
         assert_eq!(next_delay(&every(60), now, &fail(40), 0.5), MAX_BACKOFF);
         // A source slower than the cap keeps its own interval, never stops.
-        assert_eq!(next_delay(&every(7200), now, &fail(40), 0.5), Duration::from_secs(7200));
-        let ok = PollTiming { ok: true, ..Default::default() };
-        assert_eq!(next_delay(&every(60), now, &ok, 0.5), Duration::from_secs(60));
+        assert_eq!(
+            next_delay(&every(7200), now, &fail(40), 0.5),
+            Duration::from_secs(7200)
+        );
+        let ok = PollTiming {
+            ok: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            next_delay(&every(60), now, &ok, 0.5),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -192,8 +246,18 @@ mod tests {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         };
-        let now = DateTime::parse_from_rfc3339("2026-01-01T00:01:30Z").map(|t| t.with_timezone(&Utc)).unwrap_or_default();
-        let d = next_delay(&Cadence::Cron(Box::new(sched)), now, &PollTiming { ok: true, ..Default::default() }, 0.9);
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:01:30Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        let d = next_delay(
+            &Cadence::Cron(Box::new(sched)),
+            now,
+            &PollTiming {
+                ok: true,
+                ..Default::default()
+            },
+            0.9,
+        );
         assert_eq!(d, Duration::from_secs(210));
     }
 

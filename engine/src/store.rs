@@ -145,7 +145,12 @@ pub struct ReadScope {
 /// from `spawn_blocking` or a dedicated thread.
 pub trait EventLog: Send + Sync + 'static {
     /// Up to `limit` events with id > `after`, ascending.
-    fn read_after(&self, after: Uuid, limit: usize, scope: &ReadScope) -> Result<Vec<LogRow>, StoreError>;
+    fn read_after(
+        &self,
+        after: Uuid,
+        limit: usize,
+        scope: &ReadScope,
+    ) -> Result<Vec<LogRow>, StoreError>;
     /// Events before this id may have been pruned: a cursor below it is gone (410).
     fn retention_floor(&self) -> Uuid;
     /// The newest committed id, if any.
@@ -168,7 +173,9 @@ struct Inner {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.inner.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -233,21 +240,30 @@ CREATE TABLE IF NOT EXISTS meta (
 
 /// Opens a connection with the project's pragmas; errors are phrased for users.
 pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let open_err = |reason: String| StoreError::Open { path: path.to_owned(), reason };
+    let open_err = |reason: String| StoreError::Open {
+        path: path.to_owned(),
+        reason,
+    };
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| open_err(e.to_string()))?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(|e| open_err(e.to_string()))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| open_err(e.to_string()))?;
     // Larger pages suit rows of a few hundred bytes (fewer splits, shallower
     // trees); SQLite only applies this to a database not yet created.
-    conn.execute_batch("PRAGMA page_size=8192;").map_err(|e| open_err(describe_open_error(&e)))?;
+    conn.execute_batch("PRAGMA page_size=8192;")
+        .map_err(|e| open_err(describe_open_error(&e)))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| open_err(describe_open_error(&e)))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(open_err(format!("could not switch to WAL mode (got `{mode}`)")));
+        return Err(open_err(format!(
+            "could not switch to WAL mode (got `{mode}`)"
+        )));
     }
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;")
         .map_err(|e| open_err(describe_open_error(&e)))?;
@@ -263,7 +279,8 @@ fn describe_open_error(e: &rusqlite::Error) -> String {
             "the database is corrupt (restore a backup or move it aside to start fresh)".into()
         }
         Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
-            "the database is locked by another process (is another `livestrom run` using it?)".into()
+            "the database is locked by another process (is another `livestrom run` using it?)"
+                .into()
         }
         Some(rusqlite::ErrorCode::ReadOnly) | Some(rusqlite::ErrorCode::CannotOpen) => {
             format!("cannot open or write the file: {e}")
@@ -277,8 +294,10 @@ fn describe_open_error(e: &rusqlite::Error) -> String {
 /// has it open (WAL allows one writer at a time and any number of readers).
 pub fn open_and_migrate(path: &Path) -> Result<Connection, StoreError> {
     let conn = open_connection(path)?;
-    conn.execute_batch(SCHEMA)
-        .map_err(|e| StoreError::Open { path: path.to_owned(), reason: describe_open_error(&e) })?;
+    conn.execute_batch(SCHEMA).map_err(|e| StoreError::Open {
+        path: path.to_owned(),
+        reason: describe_open_error(&e),
+    })?;
     Ok(conn)
 }
 
@@ -292,30 +311,51 @@ impl Store {
             reason: describe_open_error(&e),
         })?;
         let last: Option<Vec<u8>> = conn
-            .query_row("SELECT id FROM events ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+            .query_row("SELECT id FROM events ORDER BY id DESC LIMIT 1", [], |r| {
+                r.get(0)
+            })
             .optional()
-            .map_err(|e| StoreError::Open { path: path.to_owned(), reason: describe_open_error(&e) })?;
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                reason: describe_open_error(&e),
+            })?;
         let last_meta: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key='last_id'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key='last_id'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
-        let seed = [last.as_deref().and_then(|b| Uuid::from_slice(b).ok()), last_meta.and_then(|s| Uuid::parse_str(&s).ok())]
-            .into_iter()
-            .flatten()
-            .max();
+        let seed = [
+            last.as_deref().and_then(|b| Uuid::from_slice(b).ok()),
+            last_meta.and_then(|s| Uuid::parse_str(&s).ok()),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
         // Take the write lock once now, so a database locked by another
         // process is a clear error at start-up rather than a stall later.
         conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
-            .map_err(|e| StoreError::Open { path: path.to_owned(), reason: describe_open_error(&e) })?;
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                reason: describe_open_error(&e),
+            })?;
         // The writer keeps the hot part of the items index in memory and
         // checkpoints the WAL in larger steps (fewer fsyncs under load).
         conn.execute_batch("PRAGMA cache_size=-131072; PRAGMA wal_autocheckpoint=8192; PRAGMA mmap_size=1073741824;")
             .map_err(|e| StoreError::Open { path: path.to_owned(), reason: describe_open_error(&e) })?;
         let (tx, rx) = mpsc::channel::<Job>(1024);
-        let w = WriterThread { conn, ids: IdGenerator::new(seed), bus: bus.clone(), retention };
+        let w = WriterThread {
+            conn,
+            ids: IdGenerator::new(seed),
+            bus: bus.clone(),
+            retention,
+        };
         std::thread::Builder::new()
             .name("livestrom-store-writer".into())
             .spawn(move || w.run(rx))
-            .map_err(|e| StoreError::Open { path: path.to_owned(), reason: format!("cannot start writer thread: {e}") })?;
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                reason: format!("cannot start writer thread: {e}"),
+            })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -345,22 +385,38 @@ impl Store {
     /// Commits a batch; resolves once COMMIT returned, with the stored events.
     pub async fn write(&self, batch: WriteBatch) -> Result<Vec<Arc<CommittedEvent>>, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.writer.send(Job::Write(Box::new(batch), tx)).await.map_err(|_| StoreError::WriterGone)?;
-        rx.await.map_err(|_| StoreError::WriterGone)?.map_err(StoreError::Task)
+        self.inner
+            .writer
+            .send(Job::Write(Box::new(batch), tx))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(StoreError::Task)
     }
 
     /// Deletes events older than the retention window; returns how many.
     pub async fn prune(&self) -> Result<usize, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.writer.send(Job::Prune(tx)).await.map_err(|_| StoreError::WriterGone)?;
-        rx.await.map_err(|_| StoreError::WriterGone)?.map_err(StoreError::Task)
+        self.inner
+            .writer
+            .send(Job::Prune(tx))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(StoreError::Task)
     }
 
     /// Resolves once every write queued before this call is committed (used
     /// at shutdown after the pollers stopped: nothing acknowledged is lost).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.writer.send(Job::Flush(tx)).await.map_err(|_| StoreError::WriterGone)?;
+        self.inner
+            .writer
+            .send(Job::Flush(tx))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)
     }
 
@@ -377,7 +433,10 @@ impl Store {
     }
 
     /// Runs `f` with a pooled read connection on the current thread.
-    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = match self.inner.readers.lock().ok().and_then(|mut p| p.pop()) {
             Some(c) => c,
             None => open_connection(&self.inner.path)?,
@@ -410,7 +469,12 @@ impl Store {
 }
 
 impl EventLog for Store {
-    fn read_after(&self, after: Uuid, limit: usize, scope: &ReadScope) -> Result<Vec<LogRow>, StoreError> {
+    fn read_after(
+        &self,
+        after: Uuid,
+        limit: usize,
+        scope: &ReadScope,
+    ) -> Result<Vec<LogRow>, StoreError> {
         self.read_blocking(|c| read_after(c, after, limit, scope))
     }
 
@@ -420,8 +484,12 @@ impl EventLog for Store {
         let by_time = uuid_floor_at(floor_ms);
         let pruned = self
             .read_blocking(|c| {
-                Ok(c.query_row("SELECT value FROM meta WHERE key='pruned_below'", [], |r| r.get::<_, String>(0))
-                    .optional()?)
+                Ok(
+                    c.query_row("SELECT value FROM meta WHERE key='pruned_below'", [], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .optional()?,
+                )
             })
             .ok()
             .flatten()
@@ -432,7 +500,9 @@ impl EventLog for Store {
     fn head(&self) -> Result<Option<Uuid>, StoreError> {
         self.read_blocking(|c| {
             let b: Option<Vec<u8>> = c
-                .query_row("SELECT id FROM events ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+                .query_row("SELECT id FROM events ORDER BY id DESC LIMIT 1", [], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             b.map(|b| Uuid::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string())))
                 .transpose()
@@ -440,7 +510,12 @@ impl EventLog for Store {
     }
 }
 
-fn read_after(c: &Connection, after: Uuid, limit: usize, scope: &ReadScope) -> Result<Vec<LogRow>, StoreError> {
+fn read_after(
+    c: &Connection,
+    after: Uuid,
+    limit: usize,
+    scope: &ReadScope,
+) -> Result<Vec<LogRow>, StoreError> {
     let mut sql = String::from("SELECT id, source_id, source_type, json FROM events WHERE id > ?1");
     let mut args: Vec<rusqlite::types::Value> = vec![after.as_bytes().to_vec().into()];
     if !scope.sources.is_empty() || !scope.prefixes.is_empty() {
@@ -454,12 +529,19 @@ fn read_after(c: &Connection, after: Uuid, limit: usize, scope: &ReadScope) -> R
             args.push(p.clone().into());
             let lo = args.len();
             args.push(format!("{p}\u{10FFFF}").into());
-            ors.push(format!("(source_id >= ?{lo} AND source_id < ?{})", args.len()));
+            ors.push(format!(
+                "(source_id >= ?{lo} AND source_id < ?{})",
+                args.len()
+            ));
         }
         sql.push_str(&format!(" AND ({})", ors.join(" OR ")));
     }
     if !scope.types.is_empty() {
-        let list: Vec<String> = scope.types.iter().map(|t| (t.as_index() as i64).to_string()).collect();
+        let list: Vec<String> = scope
+            .types
+            .iter()
+            .map(|t| (t.as_index() as i64).to_string())
+            .collect();
         sql.push_str(&format!(" AND source_type IN ({})", list.join(",")));
     }
     sql.push_str(" ORDER BY id LIMIT ");
@@ -468,7 +550,10 @@ fn read_after(c: &Connection, after: Uuid, limit: usize, scope: &ReadScope) -> R
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     let mut out = Vec::with_capacity(limit.min(4096));
     while let Some(r) = rows.next()? {
-        let id = r.get_ref(0)?.as_blob().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = r
+            .get_ref(0)?
+            .as_blob()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let id = Uuid::from_slice(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let st: i64 = r.get(2)?;
         let source_type = *SourceType::ALL
@@ -478,7 +563,11 @@ fn read_after(c: &Connection, after: Uuid, limit: usize, scope: &ReadScope) -> R
             id,
             source_id: r.get(1)?,
             source_type,
-            json: Arc::from(r.get_ref(3)?.as_str().map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            json: Arc::from(
+                r.get_ref(3)?
+                    .as_str()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            ),
         });
     }
     Ok(out)
@@ -489,7 +578,13 @@ fn load_items(c: &Connection, source_id: &str) -> Result<Vec<ItemState>, StoreEr
         "SELECT item_id, version, last_event_id, fingerprint, aliases FROM items WHERE source_id = ?1",
     )?;
     let rows = stmt.query_map([source_id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+        ))
     })?;
     let mut out = Vec::new();
     for row in rows {
@@ -497,7 +592,8 @@ fn load_items(c: &Connection, source_id: &str) -> Result<Vec<ItemState>, StoreEr
         out.push(ItemState {
             item_id,
             version: version.max(1) as u32,
-            last_event_id: Uuid::from_slice(&last).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            last_event_id: Uuid::from_slice(&last)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             fingerprint,
             aliases: split_aliases(&aliases),
         });
@@ -506,7 +602,10 @@ fn load_items(c: &Connection, source_id: &str) -> Result<Vec<ItemState>, StoreEr
 }
 
 fn split_aliases(s: &str) -> Vec<String> {
-    s.split('\u{1f}').filter(|a| !a.is_empty()).map(str::to_owned).collect()
+    s.split('\u{1f}')
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 const SOURCE_COLS: &str = "s.source_id, etag, last_modified, last_poll_at, last_success_at, last_error, consecutive_failures, next_poll_at, event_count, initialized, snapshot, upstream_cursor, (SELECT COUNT(*) FROM items i WHERE i.source_id = s.source_id)";
@@ -612,12 +711,20 @@ impl WriterThread {
         }
     }
 
-    fn apply(&mut self, group: &[(WriteBatch, Reply)], now: DateTime<Utc>) -> Result<Vec<Vec<Arc<CommittedEvent>>>, StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    fn apply(
+        &mut self,
+        group: &[(WriteBatch, Reply)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Vec<Arc<CommittedEvent>>>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(group.len());
         let mut last = None;
         {
-            let mut ins_event = tx.prepare_cached("INSERT INTO events (id, source_id, source_type, json) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut ins_event = tx.prepare_cached(
+                "INSERT INTO events (id, source_id, source_type, json) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             let mut up_item = tx.prepare_cached(
                 "INSERT INTO items (source_id, item_id, version, last_event_id, fingerprint, aliases, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (source_id, item_id) DO UPDATE SET version=excluded.version, last_event_id=excluded.last_event_id,
@@ -640,7 +747,12 @@ impl WriterThread {
                     ev.schema_version = 1;
                     let committed = CommittedEvent::new(ev);
                     let e = &committed.event;
-                    ins_event.execute(params![e.id.as_bytes().as_slice(), e.source_id, e.source_type.as_index() as i64, &*committed.json])?;
+                    ins_event.execute(params![
+                        e.id.as_bytes().as_slice(),
+                        e.source_id,
+                        e.source_type.as_index() as i64,
+                        &*committed.json
+                    ])?;
                     up_item.execute(params![
                         e.source_id,
                         e.item_id,
@@ -654,7 +766,11 @@ impl WriterThread {
                     evs.push(Arc::new(committed));
                 }
                 for it in &batch.touch_items {
-                    let sid = batch.source.as_ref().map(|s| s.source_id.as_str()).unwrap_or_default();
+                    let sid = batch
+                        .source
+                        .as_ref()
+                        .map(|s| s.source_id.as_str())
+                        .unwrap_or_default();
                     up_item.execute(params![
                         sid,
                         it.item_id,
@@ -715,11 +831,14 @@ impl WriterThread {
     }
 }
 
-
 impl Store {
     /// Item states of a source restricted to the given item ids (firehose
     /// sources, whose item tables grow without bound, look up only these).
-    pub async fn items_by_ids(&self, source_id: &str, ids: Vec<String>) -> Result<Vec<ItemState>, StoreError> {
+    pub async fn items_by_ids(
+        &self,
+        source_id: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<ItemState>, StoreError> {
         let sid = source_id.to_owned();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
@@ -786,32 +905,56 @@ mod tests {
         let store = Store::open(&path, Duration::from_secs(3600), bus)?;
         let batch = WriteBatch {
             events: vec![ev("a.b", "1"), ev("a.c", "2"), ev("b", "3")],
-            source: Some(SourceState { source_id: "a.b".into(), etag: Some("x".into()), initialized: true, ..Default::default() }),
+            source: Some(SourceState {
+                source_id: "a.b".into(),
+                etag: Some("x".into()),
+                initialized: true,
+                ..Default::default()
+            }),
             touch_items: vec![],
         };
         let out = store.write(batch).await?;
         assert_eq!(out.len(), 3);
         assert!(out[0].event.id < out[1].event.id && out[1].event.id < out[2].event.id);
-        let published = live.recv().await.map_err(|e| StoreError::Task(e.to_string()))?;
+        let published = live
+            .recv()
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
         assert_eq!(published.len(), 3);
 
-        let scope = ReadScope { prefixes: vec!["a.".into()], ..Default::default() };
+        let scope = ReadScope {
+            prefixes: vec!["a.".into()],
+            ..Default::default()
+        };
         let rows = store.read_after(Uuid::nil(), 10, &scope)?;
-        assert_eq!(rows.iter().map(|r| r.source_id.as_str()).collect::<Vec<_>>(), vec!["a.b", "a.c"]);
+        assert_eq!(
+            rows.iter()
+                .map(|r| r.source_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["a.b", "a.c"]
+        );
         let rows = store.read_after(out[0].event.id, 10, &ReadScope::default())?;
         assert_eq!(rows.len(), 2);
 
         let items = store.items("a.b").await?;
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].aliases, vec!["a1".to_string()]);
-        let st = store.source_state("a.b").await?.ok_or(StoreError::Corrupt("missing".into()))?;
+        let st = store
+            .source_state("a.b")
+            .await?
+            .ok_or(StoreError::Corrupt("missing".into()))?;
         assert_eq!(st.etag.as_deref(), Some("x"));
         assert_eq!(st.event_count, 3);
         let last = out[2].event.id;
         drop(store);
 
         let store = Store::open(&path, Duration::from_secs(3600), Bus::new())?;
-        let out2 = store.write(WriteBatch { events: vec![ev("b", "4")], ..Default::default() }).await?;
+        let out2 = store
+            .write(WriteBatch {
+                events: vec![ev("b", "4")],
+                ..Default::default()
+            })
+            .await?;
         assert!(out2[0].event.id > last);
         assert_eq!(store.head()?, Some(out2[0].event.id));
         Ok(())
@@ -823,8 +966,12 @@ mod tests {
         let path = dir.path().join("locked.db");
         drop(Store::open(&path, Duration::from_secs(60), Bus::new())?);
         let holder = open_connection(&path)?;
-        holder.execute_batch("BEGIN EXCLUSIVE; INSERT INTO meta (key, value) VALUES ('x', 'y');")?;
-        let err = Store::open(&path, Duration::from_secs(60), Bus::new()).err().map(|e| e.to_string()).unwrap_or_default();
+        holder
+            .execute_batch("BEGIN EXCLUSIVE; INSERT INTO meta (key, value) VALUES ('x', 'y');")?;
+        let err = Store::open(&path, Duration::from_secs(60), Bus::new())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("locked by another process"), "{err}");
         holder.execute_batch("ROLLBACK;")?;
         Ok(())
@@ -835,7 +982,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("bad.db");
         std::fs::write(&path, vec![0x42u8; 8192]).unwrap_or_else(|e| panic!("{e}"));
-        let err = Store::open(&path, Duration::from_secs(60), Bus::new()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Store::open(&path, Duration::from_secs(60), Bus::new())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("not a SQLite database"), "{err}");
     }
 }
@@ -845,7 +995,8 @@ mod retention_tests {
     use super::*;
 
     #[tokio::test]
-    async fn prune_removes_events_outside_retention_and_raises_the_floor() -> Result<(), StoreError> {
+    async fn prune_removes_events_outside_retention_and_raises_the_floor() -> Result<(), StoreError>
+    {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
         let path = dir.path().join("p.db");
         let store = Store::open(&path, Duration::from_millis(200), Bus::new())?;
@@ -871,18 +1022,34 @@ mod retention_tests {
             fingerprint: String::new(),
             aliases: vec![],
         };
-        let old = store.write(WriteBatch { events: vec![ev(1), ev(2)], ..Default::default() }).await?;
+        let old = store
+            .write(WriteBatch {
+                events: vec![ev(1), ev(2)],
+                ..Default::default()
+            })
+            .await?;
         // Let the first two events age past the 200 ms window (wall-clock
         // retention is what is under test, so real time has to pass).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while store.retention_floor() <= old[1].event.id {
-            assert!(std::time::Instant::now() < deadline, "retention floor never passed the old events");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "retention floor never passed the old events"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let fresh = store.write(WriteBatch { events: vec![ev(3)], ..Default::default() }).await?;
+        let fresh = store
+            .write(WriteBatch {
+                events: vec![ev(3)],
+                ..Default::default()
+            })
+            .await?;
         assert_eq!(store.prune().await?, 2);
         let left = store.read_after(Uuid::nil(), 10, &ReadScope::default())?;
-        assert_eq!(left.iter().map(|r| r.id).collect::<Vec<_>>(), vec![fresh[0].event.id]);
+        assert_eq!(
+            left.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![fresh[0].event.id]
+        );
         assert!(store.retention_floor() > old[1].event.id);
         // Item state survives pruning: an old item is still known.
         assert_eq!(store.items("s").await?.len(), 3);
