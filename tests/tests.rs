@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod config;
 mod corpus;
+mod cors;
 mod fetch;
 mod firehose;
 mod html;

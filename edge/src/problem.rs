@@ -161,13 +161,9 @@ pub fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, Any, CorsLayer};
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::HeaderName::from_static("x-api-key"),
-            header::HeaderName::from_static("last-event-id"),
-            header::CACHE_CONTROL,
-            header::ACCEPT,
-        ])
+        // Any request header: no cookies or credentials are used, and SSE
+        // clients add their own (Last-Event-ID, Cache-Control, X-Requested-With…).
+        .allow_headers(Any)
         .expose_headers([
             header::RETRY_AFTER,
             header::HeaderName::from_static("x-request-id"),
