@@ -267,7 +267,7 @@ pub async fn run(
                 let at = next_poll_instant(&ctx.store, &s.src).await;
                 queue.schedule(slot, at);
             }
-            Some(cmd) = recv_command(&mut commands) => match cmd {
+            Some(cmd) = recv_or_pending(&mut commands) => match cmd {
                 Command::PollNow(id, reply) => {
                     let Some(&slot) = by_id.get(&id) else {
                         let _ = reply.send(Err(format!("no source `{id}` in the running config")));
@@ -287,7 +287,7 @@ pub async fn run(
                     }
                 }
             },
-            Some(update) = recv_reload(&mut reload) => match update {
+            Some(update) = recv_or_pending(&mut reload) => match update {
                 Err(e) => tracing::error!("config reload rejected, keeping the running config:\n{e}"),
                 Ok(new) => {
                     let new_fetch = format!("{:?}", new.fetch);
@@ -353,32 +353,16 @@ fn start_poll(
     true
 }
 
-async fn recv_command(rx: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
-    match rx {
-        Some(r) => match r.recv().await {
-            Some(v) => Some(v),
-            None => {
-                *rx = None;
-                std::future::pending().await
-            }
-        },
-        None => std::future::pending().await,
+/// Receives from an optional channel; a missing or closed channel never yields
+/// (so its `select!` branch simply stays quiet).
+async fn recv_or_pending<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    if let Some(r) = rx {
+        if let Some(v) = r.recv().await {
+            return Some(v);
+        }
+        *rx = None;
     }
-}
-
-async fn recv_reload(
-    rx: &mut Option<mpsc::Receiver<Result<Config, ConfigError>>>,
-) -> Option<Result<Config, ConfigError>> {
-    match rx {
-        Some(r) => match r.recv().await {
-            Some(v) => Some(v),
-            None => {
-                *rx = None;
-                std::future::pending().await
-            }
-        },
-        None => std::future::pending().await,
-    }
+    std::future::pending().await
 }
 
 fn first_round_summary(total: usize, failing: &[String]) {
