@@ -18,6 +18,8 @@ const WAIT: Duration = Duration::from_secs(60);
 struct Running {
     child: Child,
     addr: String,
+    /// Every stderr line so far (logs), for assertions.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Running {
@@ -34,9 +36,14 @@ impl Running {
             .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line.clone());
+                }
                 if !sent {
                     if let Some(rest) = line.split("listening on http://").nth(1) {
                         let addr = rest
@@ -54,7 +61,27 @@ impl Running {
         let addr = rx
             .recv_timeout(WAIT)
             .unwrap_or_else(|e| panic!("livestrom run never said where it listens: {e}"));
-        Running { child, addr }
+        Running { child, addr, log }
+    }
+
+    /// Waits until a log line contains `needle`.
+    fn wait_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if self
+                .log
+                .lock()
+                .map(|l| l.iter().any(|x| x.contains(needle)))
+                .unwrap_or(false)
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn signal(&self, sig: &str) {
@@ -295,4 +322,54 @@ fn a_second_run_on_the_same_database_is_refused_clearly() {
         err.contains("already in use by another `livestrom run`"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn an_edited_config_is_reloaded_and_an_invalid_edit_keeps_the_running_one() {
+    let upstream = growing_feed();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, db) = write_config(dir.path(), &upstream.url("/feed.xml"));
+    let run = Running::start(&config);
+    run.wait_log("engine started");
+
+    // Add a second source: it is polled without a restart.
+    let text = std::fs::read_to_string(&config).unwrap_or_else(|e| panic!("{e}"));
+    let added = format!(
+        "{text}[[source]]\nid = \"news.added\"\ntype = \"rss\"\nurl = \"{}\"\ninterval = \"1h\"\n",
+        upstream.url("/feed.xml")
+    );
+    std::fs::write(&config, &added).unwrap_or_else(|e| panic!("{e}"));
+    run.wait_log("config reloaded");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let conn = livestrom_engine::store::open_and_migrate(&db).unwrap_or_else(|e| panic!("{e}"));
+        let polled: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sources WHERE source_id = 'news.added' AND last_poll_at IS NOT NULL", [], |r| r.get(0))
+            .unwrap_or(0);
+        if polled == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the added source was never polled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // An invalid edit is reported with its line and the running config is kept.
+    std::fs::write(&config, format!("{added}[[source]]\nid = \"Bad Id\"\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    run.wait_log("config reload rejected");
+    run.wait_log("source[2].id");
+    // …and keeps polling with it (news.grow polls every second).
+    let before = upstream.hits("/feed.xml");
+    let deadline = std::time::Instant::now() + WAIT;
+    while upstream.hits("/feed.xml") < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "polling stopped after an invalid edit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(run);
 }
