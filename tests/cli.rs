@@ -373,3 +373,24 @@ async fn an_edited_config_is_reloaded_and_an_invalid_edit_keeps_the_running_one(
     }
     drop(run);
 }
+
+#[test]
+fn a_corrupt_database_is_a_clear_error_at_start_up() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, db) = write_config(dir.path(), "http://127.0.0.1:9/feed.xml");
+    std::fs::write(&db, vec![0x5au8; 16384]).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a SQLite database or is corrupt"), "{err}");
+    assert!(err.contains("live.db"), "the message names the file: {err}");
+    // The file is left as it was for the operator to inspect.
+    assert_eq!(
+        std::fs::read(&db).map(|b| b.len()).unwrap_or_default(),
+        16384
+    );
+}
