@@ -575,6 +575,16 @@ async fn replay_polls(
     source_type: &str,
     polls: usize,
 ) -> (Vec<usize>, Vec<Result<(), String>>, Vec<StreamEvent>) {
+    replay_polls_with(scenario, source_type, "", polls).await
+}
+
+/// As [`replay_polls`], with extra source settings (TOML lines).
+async fn replay_polls_with(
+    scenario: &str,
+    source_type: &str,
+    extra: &str,
+    polls: usize,
+) -> (Vec<usize>, Vec<Result<(), String>>, Vec<StreamEvent>) {
     let scenario = livestrom::replay::load_scenario(scenario).unwrap_or_else(|e| panic!("{e}"));
     let server = ReplayServer::start(scenario).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -586,7 +596,7 @@ async fn replay_polls(
         .map(str::to_owned)
         .unwrap_or_default();
     let src = format!(
-        "[[source]]\nid = \"fx\"\ntype = \"{source_type}\"\nurl = \"{}\"\ninterval = \"1h\"\n",
+        "[[source]]\nid = \"fx\"\ntype = \"{source_type}\"\nurl = \"{}\"\ninterval = \"1h\"\n{extra}",
         server.url(&path)
     );
     let engine = Engine::start(&db, &src).await;
@@ -643,4 +653,55 @@ async fn duplicate_guids_churning_guids_and_missing_ids_do_not_flood() {
     // Items with no guid and no link: stable content-hash identity.
     let (counts, _, _) = replay_polls("rss-no-ids", "rss", 3).await;
     assert_eq!(counts, vec![2, 1, 0]);
+}
+
+#[tokio::test]
+async fn firehose_json_document_polls_emit_only_new_items_in_order() {
+    let fields = "items = \"/items\"\nfields = { id = \"/id\", title = \"/title\", url = \"/link\", content = \"/summary\" }\n";
+    let (counts, results, events) = replay_polls_with("firehose-json", "firehose", fields, 3).await;
+    assert_eq!(counts, vec![3, 2, 0], "{results:?}");
+    let ids: Vec<&str> = events.iter().map(|e| e.item_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec!["rc-90001", "rc-90002", "rc-90003", "rc-90004", "rc-90005"]
+    );
+    assert!(events
+        .iter()
+        .all(|e| e.url.starts_with("https://wiki.example/w/") && !e.content.is_empty()));
+}
+
+#[tokio::test]
+async fn firehose_ndjson_upstream_is_stored_in_arrival_order() {
+    let scenario =
+        livestrom::replay::load_scenario("firehose-ndjson").unwrap_or_else(|e| panic!("{e}"));
+    let server = ReplayServer::start(scenario).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = dir.path().join("t.db");
+    let src = format!(
+        "[[source]]\nid = \"fh.nd\"\ntype = \"firehose\"\nformat = \"ndjson\"\nurl = \"{}\"\n",
+        server.url("/stream.ndjson")
+    );
+    let engine = Engine::start(&db, &src).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while all_events(&engine.store).len() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ndjson items never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The stream ends and is reconnected; the same ids seen again are not new.
+    let reconnects = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.hits("/stream.ndjson") < 2 {
+        assert!(
+            tokio::time::Instant::now() < reconnects,
+            "the ended upstream was never reconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ev = all_events(&engine.store);
+    let ids: Vec<&str> = ev.iter().map(|e| e.item_id.as_str()).collect();
+    assert_eq!(ids, vec!["ev-1", "ev-2", "ev-3", "ev-4", "ev-5"]);
+    assert_schema_valid(&engine.store);
+    engine.stop().await;
 }
