@@ -8,7 +8,8 @@
 //! subscribers each matching ~1% of 1,000 events/s, (c) delivery ceiling,
 //! (d) server memory per idle subscriber, (e) replay of a large backlog.
 //! Environment: `FANOUT_N` (default 10000), `FANOUT_BACKLOG` (default 1000000),
-//! `FANOUT_SECS` (default 10).
+//! `FANOUT_SECS` (default 10), `FANOUT_ONLY` (scenario letters to run, e.g.
+//! `de`; default all; (d) always runs with (a)).
 
 use std::io::Write as _;
 use std::process::Stdio;
@@ -480,6 +481,8 @@ async fn client_main() -> BoxResult<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10.0);
+    let only = std::env::var("FANOUT_ONLY").unwrap_or_else(|_| "abcde".into());
+    let run = |c: char| only.contains(c);
     let mut srv = spawn_server().await?;
     let addr = srv.addr.clone();
     let hist = Arc::new(Hist::new());
@@ -488,112 +491,123 @@ async fn client_main() -> BoxResult<()> {
     );
 
     // (d) memory per idle subscriber, then (a) on the same connections.
-    let rss0: u64 = srv.cmd("rss", "RSS").await?.parse()?;
-    let t = Instant::now();
-    let fleet = connect(&addr, &srv.keys[0], n, |_| String::new(), true, &hist).await?;
-    let connect_s = t.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss1: u64 = srv.cmd("rss", "RSS").await?.parse()?;
-    println!(
+    if run('a') || run('d') {
+        let rss0: u64 = srv.cmd("rss", "RSS").await?.parse()?;
+        let t = Instant::now();
+        let fleet = connect(&addr, &srv.keys[0], n, |_| String::new(), true, &hist).await?;
+        let connect_s = t.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss1: u64 = srv.cmd("rss", "RSS").await?.parse()?;
+        println!(
         "(d) idle subscribers: server RSS {rss0} KiB -> {rss1} KiB, {:.2} KiB per subscriber (connected {n} in {connect_s:.1} s)",
         (rss1.saturating_sub(rss0)) as f64 / n as f64
     );
 
-    hist.reset();
-    let written: u64 = srv
-        .cmd(&format!("write 10 {secs} 1 1"), "DONE")
-        .await?
-        .parse()?;
-    let got = wait_frames(&fleet.counters, written * n as u64, Duration::from_secs(30)).await;
-    let (cnt, p50, p99, max) = hist.summary();
-    println!(
+        if run('a') {
+            hist.reset();
+            let written: u64 = srv
+                .cmd(&format!("write 10 {secs} 1 1"), "DONE")
+                .await?
+                .parse()?;
+            let got =
+                wait_frames(&fleet.counters, written * n as u64, Duration::from_secs(30)).await;
+            let (cnt, p50, p99, max) = hist.summary();
+            println!(
         "(a) {n} subs all matching, 10 ev/s: {written} events, {got}/{} deliveries, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({cnt} samples), disconnects {}",
         written * n as u64,
         fleet.counters.ended.load(Ordering::Relaxed)
     );
-    fleet.abort();
+        }
+        fleet.abort();
+    }
 
     // (b) each subscriber matches 1 of 100 sources; 1000 ev/s round-robin.
-    hist.reset();
-    let fleet = connect(
-        &addr,
-        &srv.keys[1],
-        n,
-        |i| format!("source=s{}", i % 100),
-        true,
-        &hist,
-    )
-    .await?;
-    let written: u64 = srv
-        .cmd(&format!("write 1000 {secs} 100 10"), "DONE")
-        .await?
-        .parse()?;
-    let want = written * n as u64 / 100;
-    let got = wait_frames(&fleet.counters, want, Duration::from_secs(30)).await;
-    let (cnt, p50, p99, max) = hist.summary();
-    println!(
+    if run('b') {
+        hist.reset();
+        let fleet = connect(
+            &addr,
+            &srv.keys[1],
+            n,
+            |i| format!("source=s{}", i % 100),
+            true,
+            &hist,
+        )
+        .await?;
+        let written: u64 = srv
+            .cmd(&format!("write 1000 {secs} 100 10"), "DONE")
+            .await?
+            .parse()?;
+        let want = written * n as u64 / 100;
+        let got = wait_frames(&fleet.counters, want, Duration::from_secs(30)).await;
+        let (cnt, p50, p99, max) = hist.summary();
+        println!(
         "(b) {n} subs each ~1%, 1000 ev/s: {written} events, {got}/{want} deliveries, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({cnt} samples), disconnects {}",
         fleet.counters.ended.load(Ordering::Relaxed)
     );
-    fleet.abort();
+        fleet.abort();
+    }
 
     // (c) delivery ceiling: all-matching subscribers at rising event rates.
-    let fleet = connect(&addr, &srv.keys[2], n, |_| String::new(), false, &hist).await?;
-    for rate in [25u64, 50, 100, 200] {
-        let before = fleet.counters.frames.load(Ordering::Relaxed);
-        let ended_before = fleet.counters.ended.load(Ordering::Relaxed);
-        let t = Instant::now();
-        let batch = (rate / 25).max(1);
-        let written: u64 = srv
-            .cmd(&format!("write {rate} {secs} 1 {batch}"), "DONE")
-            .await?
-            .parse()?;
-        let alive = (n - fleet.counters.ended.load(Ordering::Relaxed)) as u64;
-        let got = wait_frames(
-            &fleet.counters,
-            before + written * alive,
-            Duration::from_secs(20),
-        )
-        .await
-            - before;
-        let el = t.elapsed().as_secs_f64();
-        let ended = fleet.counters.ended.load(Ordering::Relaxed) - ended_before;
-        println!(
+    if run('c') {
+        let fleet = connect(&addr, &srv.keys[2], n, |_| String::new(), false, &hist).await?;
+        for rate in [25u64, 50, 100, 200] {
+            let before = fleet.counters.frames.load(Ordering::Relaxed);
+            let ended_before = fleet.counters.ended.load(Ordering::Relaxed);
+            let t = Instant::now();
+            let batch = (rate / 25).max(1);
+            let written: u64 = srv
+                .cmd(&format!("write {rate} {secs} 1 {batch}"), "DONE")
+                .await?
+                .parse()?;
+            let alive = (n - fleet.counters.ended.load(Ordering::Relaxed)) as u64;
+            let got = wait_frames(
+                &fleet.counters,
+                before + written * alive,
+                Duration::from_secs(20),
+            )
+            .await
+                - before;
+            let el = t.elapsed().as_secs_f64();
+            let ended = fleet.counters.ended.load(Ordering::Relaxed) - ended_before;
+            println!(
             "(c) {rate} ev/s x {n} subs: {got} deliveries in {el:.1} s = {:.0} deliveries/s (offered {:.0}/s), disconnected {ended}",
             got as f64 / el,
             (written * n as u64) as f64 / secs
         );
-        if ended > 0 {
-            break;
+            if ended > 0 {
+                break;
+            }
         }
+        fleet.abort();
     }
-    fleet.abort();
 
     // (e) replay of a backlog.
-    let cursor = uuid_floor_at((Utc::now().timestamp_millis() - 1000).max(0) as u64);
-    let t = Instant::now();
-    srv.cmd(&format!("backlog {backlog}"), "DONE").await?;
-    println!(
-        "(e) wrote backlog of {backlog} in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    let c = Arc::new(Counters::default());
-    let t = Instant::now();
-    let task = tokio::spawn(sse_client(
-        addr.clone(),
-        format!("/v1/stream?since={cursor}"),
-        srv.keys[3].clone(),
-        false,
-        hist.clone(),
-        c.clone(),
-    ));
-    let got = wait_frames(&c, backlog as u64, Duration::from_secs(600)).await;
-    let el = t.elapsed().as_secs_f64();
-    println!(
-        "(e) replayed {got} events in {el:.2} s = {:.0} events/s",
-        got as f64 / el
-    );
-    task.abort();
+    if run('e') {
+        let cursor = uuid_floor_at((Utc::now().timestamp_millis() - 1000).max(0) as u64);
+        let t = Instant::now();
+        srv.cmd(&format!("backlog {backlog}"), "DONE").await?;
+        println!(
+            "(e) wrote backlog of {backlog} in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        let c = Arc::new(Counters::default());
+        let t = Instant::now();
+        let task = tokio::spawn(sse_client(
+            addr.clone(),
+            format!("/v1/stream?since={cursor}"),
+            srv.keys[3].clone(),
+            false,
+            hist.clone(),
+            c.clone(),
+        ));
+        let got = wait_frames(&c, backlog as u64, Duration::from_secs(600)).await;
+        let el = t.elapsed().as_secs_f64();
+        println!(
+            "(e) replayed {got} events in {el:.2} s = {:.0} events/s",
+            got as f64 / el
+        );
+        task.abort();
+    }
 
     srv.cmd("quit", "NEVER").await.ok();
     let _ = srv.child.wait().await;

@@ -23,7 +23,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use livestrom_engine::store::{LogRow, ReadScope, StoreError};
+use livestrom_engine::store::{ReadScope, StoreError};
 use livestrom_engine::EventLog;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use uuid::Uuid;
@@ -93,6 +93,7 @@ pub async fn handler(
         skipped_in_replay: 0,
         keepalive,
         spare: Vec::new(),
+        ahead: None,
     };
     let body = futures::stream::unfold(conn, |mut c| async move {
         c.next_chunk()
@@ -195,6 +196,18 @@ struct Conn {
     keepalive: Interval,
     /// Recycled drain buffer (keeps its capacity between wake-ups).
     spare: Vec<Frame>,
+    /// The next replay page, already being read.
+    ahead: Option<tokio::task::JoinHandle<Result<ReplayPage, StoreError>>>,
+}
+
+/// A rendered replay page and the replay state after it.
+struct ReplayPage {
+    buf: BytesMut,
+    pos: Uuid,
+    last_sent: Uuid,
+    skipped: u64,
+    /// Rows read (a short page means the log is exhausted).
+    rows: usize,
 }
 
 enum Wake {
@@ -246,48 +259,34 @@ impl Conn {
 
     /// One replay page. Returns bytes to send, or None when there is nothing
     /// to send yet (phase may have changed).
+    ///
+    /// Pages are rendered on a blocking thread straight from the SQLite rows
+    /// into the outgoing buffer; while hyper writes one page the next is
+    /// already being read (one page of read-ahead).
     async fn replay_step(&mut self) -> Option<Bytes> {
         if self.stopped() {
             self.phase = Phase::Done;
             return None;
         }
-        let log = self.state.log.clone();
-        let (after, scope) = (self.pos, self.scope.clone());
-        let read = tokio::task::spawn_blocking(move || log.read_after(after, REPLAY_PAGE, &scope));
-        let rows: Vec<LogRow> = tokio::select! {
+        let read = match self.ahead.take() {
+            Some(r) => r,
+            None => self.spawn_page(),
+        };
+        let page: ReplayPage = tokio::select! {
             biased;
             _ = self.state.shutdown.cancelled() => { self.phase = Phase::Done; return None; }
             _ = self.key.revoked.cancelled() => { self.phase = Phase::Done; return None; }
             r = read => match r {
-                Ok(Ok(rows)) => rows,
+                Ok(Ok(page)) => page,
                 Ok(Err(e)) => { tracing::error!(error = %e, "replay read failed; ending stream"); self.phase = Phase::Done; return None; }
                 Err(e) => { tracing::error!(error = %e, "replay task failed; ending stream"); self.phase = Phase::Done; return None; }
             },
         };
-        let exhausted = rows.len() < REPLAY_PAGE;
-        let mut buf = BytesMut::new();
-        for row in &rows {
-            self.pos = row.id;
-            if self
-                .filter
-                .matches_json(&row.source_id, row.source_type, &row.json)
-            {
-                if buf.is_empty() {
-                    buf.reserve(rows.len() * (row.json.len() + 80));
-                }
-                write_event(&mut buf, row.id, row.source_type, &row.json);
-                self.last_sent = row.id;
-                self.skipped_in_replay = 0;
-            } else {
-                self.skipped_in_replay += 1;
-            }
-        }
-        if self.skipped_in_replay >= CHECKPOINT_AFTER_SKIPPED && self.pos > self.last_sent {
-            write_checkpoint(&mut buf, self.pos);
-            self.last_sent = self.pos;
-            self.skipped_in_replay = 0;
-        }
-        if exhausted {
+        let mut buf = page.buf;
+        self.pos = page.pos;
+        self.last_sent = page.last_sent;
+        self.skipped_in_replay = page.skipped;
+        if page.rows < REPLAY_PAGE {
             // Hand-over (step 3): the first live drain decides.
             let p = self.state.hub.position();
             let mut frames = std::mem::take(&mut self.spare);
@@ -305,6 +304,8 @@ impl Conn {
                 }
             }
             self.spare = frames;
+        } else {
+            self.ahead = Some(self.spawn_page());
         }
         // A replay never delivers what the key may no longer see.
         if self.stopped() {
@@ -312,6 +313,43 @@ impl Conn {
             return None;
         }
         (!buf.is_empty()).then(|| buf.freeze())
+    }
+
+    /// Starts reading and rendering the page after `pos` on a blocking thread.
+    fn spawn_page(&self) -> tokio::task::JoinHandle<Result<ReplayPage, StoreError>> {
+        let log = self.state.log.clone();
+        let filter = self.filter.clone();
+        let scope = self.scope.clone();
+        let mut page = ReplayPage {
+            buf: BytesMut::new(),
+            pos: self.pos,
+            last_sent: self.last_sent,
+            skipped: self.skipped_in_replay,
+            rows: 0,
+        };
+        tokio::task::spawn_blocking(move || {
+            let after = page.pos;
+            page.rows =
+                log.read_after_with(after, REPLAY_PAGE, &scope, &mut |id, sid, st, json| {
+                    page.pos = id;
+                    if filter.matches_json(sid, st, json) {
+                        if page.buf.capacity() == 0 {
+                            page.buf.reserve(REPLAY_PAGE * (json.len() + 80));
+                        }
+                        write_event(&mut page.buf, id, st, json);
+                        page.last_sent = id;
+                        page.skipped = 0;
+                    } else {
+                        page.skipped += 1;
+                    }
+                })?;
+            if page.skipped >= CHECKPOINT_AFTER_SKIPPED && page.pos > page.last_sent {
+                write_checkpoint(&mut page.buf, page.pos);
+                page.last_sent = page.pos;
+                page.skipped = 0;
+            }
+            Ok(page)
+        })
     }
 
     /// Appends queued frames newer than `pos`, then advances `pos` to the

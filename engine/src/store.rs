@@ -151,6 +151,22 @@ pub trait EventLog: Send + Sync + 'static {
         limit: usize,
         scope: &ReadScope,
     ) -> Result<Vec<LogRow>, StoreError>;
+    /// Like [`EventLog::read_after`], but hands each row to `f` as borrowed
+    /// `(id, source_id, source_type, json)` instead of collecting owned rows
+    /// (no per-row allocation on the replay path). Returns the rows visited.
+    fn read_after_with(
+        &self,
+        after: Uuid,
+        limit: usize,
+        scope: &ReadScope,
+        f: &mut dyn FnMut(Uuid, &str, SourceType, &str),
+    ) -> Result<usize, StoreError> {
+        let rows = self.read_after(after, limit, scope)?;
+        for r in &rows {
+            f(r.id, &r.source_id, r.source_type, &r.json);
+        }
+        Ok(rows.len())
+    }
     /// Events before this id may have been pruned: a cursor below it is gone (410).
     fn retention_floor(&self) -> Uuid;
     /// The newest committed id, if any.
@@ -475,7 +491,28 @@ impl EventLog for Store {
         limit: usize,
         scope: &ReadScope,
     ) -> Result<Vec<LogRow>, StoreError> {
-        self.read_blocking(|c| read_after(c, after, limit, scope))
+        let mut out = Vec::with_capacity(limit.min(4096));
+        self.read_blocking(|c| {
+            read_after_visit(c, after, limit, scope, &mut |id, sid, st, json| {
+                out.push(LogRow {
+                    id,
+                    source_id: sid.to_owned(),
+                    source_type: st,
+                    json: Arc::from(json),
+                });
+            })
+        })?;
+        Ok(out)
+    }
+
+    fn read_after_with(
+        &self,
+        after: Uuid,
+        limit: usize,
+        scope: &ReadScope,
+        f: &mut dyn FnMut(Uuid, &str, SourceType, &str),
+    ) -> Result<usize, StoreError> {
+        self.read_blocking(|c| read_after_visit(c, after, limit, scope, f))
     }
 
     fn retention_floor(&self) -> Uuid {
@@ -510,12 +547,13 @@ impl EventLog for Store {
     }
 }
 
-fn read_after(
+fn read_after_visit(
     c: &Connection,
     after: Uuid,
     limit: usize,
     scope: &ReadScope,
-) -> Result<Vec<LogRow>, StoreError> {
+    f: &mut dyn FnMut(Uuid, &str, SourceType, &str),
+) -> Result<usize, StoreError> {
     let mut sql = String::from("SELECT id, source_id, source_type, json FROM events WHERE id > ?1");
     let mut args: Vec<rusqlite::types::Value> = vec![after.as_bytes().to_vec().into()];
     if !scope.sources.is_empty() || !scope.prefixes.is_empty() {
@@ -548,7 +586,7 @@ fn read_after(
     sql.push_str(&limit.to_string());
     let mut stmt = c.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-    let mut out = Vec::with_capacity(limit.min(4096));
+    let mut n = 0;
     while let Some(r) = rows.next()? {
         let id = r
             .get_ref(0)?
@@ -559,18 +597,18 @@ fn read_after(
         let source_type = *SourceType::ALL
             .get(st as usize)
             .ok_or_else(|| StoreError::Corrupt(format!("source_type {st}")))?;
-        out.push(LogRow {
-            id,
-            source_id: r.get(1)?,
-            source_type,
-            json: Arc::from(
-                r.get_ref(3)?
-                    .as_str()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            ),
-        });
+        let sid = r
+            .get_ref(1)?
+            .as_str()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = r
+            .get_ref(3)?
+            .as_str()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        f(id, sid, source_type, json);
+        n += 1;
     }
-    Ok(out)
+    Ok(n)
 }
 
 fn load_items(c: &Connection, source_id: &str) -> Result<Vec<ItemState>, StoreError> {
