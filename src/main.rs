@@ -13,6 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 mod tail;
 
+/// jemalloc keeps an idle SSE connection's untouched buffer pages out of RSS
+/// (docs/PERFORMANCE.md, "Edge" (d)); the fanout bench's server uses it too.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Livestrom watches feeds, pages and firehoses and streams every change over SSE.
 #[derive(Debug, Parser)]
 #[command(name = "livestrom", version, about, propagate_version = true)]

@@ -28,6 +28,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The same global allocator as the `livestrom` binary, so the server
+/// process measures what production runs.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const KEYS: usize = 8;
@@ -275,7 +280,17 @@ impl Server {
 
 async fn spawn_server() -> BoxResult<Server> {
     let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
+    // `FANOUT_SERVER_WRAP=heaptrack` (or any profiler taking a command line)
+    // runs the server process under it.
+    let mut cmd = match std::env::var("FANOUT_SERVER_WRAP") {
+        Ok(w) if !w.is_empty() => {
+            let mut c = tokio::process::Command::new(w);
+            c.arg(exe);
+            c
+        }
+        _ => tokio::process::Command::new(exe),
+    };
+    let mut child = cmd
         .arg("serve")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -284,7 +299,11 @@ async fn spawn_server() -> BoxResult<Server> {
         .spawn()?;
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    let ready = out.next_line().await?.ok_or("server did not start")?;
+    // A wrapper may print its own lines first.
+    let mut ready = out.next_line().await?.ok_or("server did not start")?;
+    while !ready.starts_with("READY") && std::env::var_os("FANOUT_SERVER_WRAP").is_some() {
+        ready = out.next_line().await?.ok_or("server did not start")?;
+    }
     let mut w = ready.split_whitespace();
     if w.next() != Some("READY") {
         return Err(format!("unexpected: {ready}").into());
