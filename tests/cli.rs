@@ -394,3 +394,40 @@ fn a_corrupt_database_is_a_clear_error_at_start_up() {
         16384
     );
 }
+
+#[tokio::test]
+async fn tail_prints_the_stream_as_json_lines() {
+    let upstream = growing_feed();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, _db) = write_config(dir.path(), &upstream.url("/feed.xml"));
+    let key = create_key(&config);
+    let run = Running::start(&config);
+    let mut tail = Command::new(BIN)
+        .args(["tail", "--json", "--source", "news.*", "--url"])
+        .arg(format!("http://{}", run.addr))
+        .env("LIVESTROM_API_KEY", &key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = tail.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok).take(2) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("tail printed nothing: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["source_id"].as_str(), Some("news.grow"));
+        ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(ids[0] < ids[1], "{ids:?}");
+    let _ = tail.kill();
+    let _ = tail.wait();
+}
