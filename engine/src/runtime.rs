@@ -154,11 +154,11 @@ pub async fn run(
         store: store.clone(),
         fetcher: Fetcher::new(&config.fetch)?,
     });
-    let mut fetch_cfg = format!("{:?}", config.fetch);
+    let mut fetch_cfg = config.fetch.clone();
     let mut slots: Vec<Option<Slot>> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut queue = DueQueue::new();
-    let mut polls: JoinSet<(usize, u64, Result<(), String>)> = JoinSet::new();
+    let mut polls: JoinSet<(usize, u64, PollResult)> = JoinSet::new();
     let mut upstreams: JoinSet<()> = JoinSet::new();
     let mut in_flight = 0usize;
     let mut unreported = 0usize;
@@ -233,7 +233,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(sleep_until) => {}
             Some(joined) = polls.join_next(), if !polls.is_empty() => {
                 in_flight = in_flight.saturating_sub(1);
-                let Ok((slot, epoch, res)) = joined else {
+                let Ok((slot, epoch, PollResult { outcome: res, next_in })) = joined else {
                     tracing::error!("a poll task panicked");
                     continue;
                 };
@@ -264,7 +264,7 @@ pub async fn run(
                         first_round_summary(total, &failing_first_round);
                     }
                 }
-                let at = next_poll_instant(&ctx.store, &s.src).await;
+                let at = Instant::now() + next_in;
                 queue.schedule(slot, at);
             }
             Some(cmd) = recv_or_pending(&mut commands) => match cmd {
@@ -290,12 +290,11 @@ pub async fn run(
             Some(update) = recv_or_pending(&mut reload) => match update {
                 Err(e) => tracing::error!("config reload rejected, keeping the running config:\n{e}"),
                 Ok(new) => {
-                    let new_fetch = format!("{:?}", new.fetch);
-                    if new_fetch != fetch_cfg {
+                    if new.fetch != fetch_cfg {
                         match Fetcher::new(&new.fetch) {
                             Ok(f) => {
                                 ctx = Arc::new(Ctx { store: store.clone(), fetcher: f });
-                                fetch_cfg = new_fetch;
+                                fetch_cfg = new.fetch.clone();
                             }
                             Err(e) => tracing::error!(error = %e, "config reload: cannot rebuild the HTTP client, keeping the old one"),
                         }
@@ -332,7 +331,7 @@ fn start_poll(
     ctx: &Arc<Ctx>,
     slots: &mut [Option<Slot>],
     slot: usize,
-    polls: &mut JoinSet<(usize, u64, Result<(), String>)>,
+    polls: &mut JoinSet<(usize, u64, PollResult)>,
     cancel: &CancellationToken,
 ) -> bool {
     let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
@@ -346,7 +345,7 @@ fn start_poll(
     polls.spawn(async move {
         let res = tokio::select! {
             r = poll_once(&ctx, &src) => r,
-            _ = cancel.cancelled() => Err("cancelled by shutdown".into()),
+            _ = cancel.cancelled() => PollResult { outcome: Err("cancelled by shutdown".into()), next_in: Duration::ZERO },
         };
         (slot, epoch, res)
     });
@@ -424,7 +423,7 @@ fn apply_reload(
                 let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
                     continue;
                 };
-                if format!("{:?}", s.src) == format!("{src:?}") {
+                if *s.src == src {
                     continue;
                 }
                 changed += 1;
@@ -495,31 +494,29 @@ fn first_poll_at(state: Option<&SourceState>) -> Instant {
     }
 }
 
-/// The next poll as stored by the poll that just finished.
-async fn next_poll_instant(store: &Store, src: &SourceConfig) -> Instant {
-    let stored = store
-        .source_state(src.id.as_str())
-        .await
-        .ok()
-        .flatten()
-        .and_then(|s| s.next_poll_at);
-    let wait = match stored {
-        Some(at) => (at - Utc::now()).to_std().unwrap_or_default(),
-        None => scheduler::base_delay(&src.cadence, Utc::now()),
-    };
-    Instant::now() + wait.min(scheduler::MAX_HINT.max(scheduler::MAX_BACKOFF))
+/// How one poll ended and when the source is due next.
+struct PollResult {
+    /// The error text on failure (recorded in the source's state when the store allowed).
+    outcome: Result<(), String>,
+    /// Delay until the next poll (the same value stored as `next_poll_at`).
+    next_in: Duration,
 }
 
-/// One poll of one source, start to commit. Returns the error text on failure
-/// (already recorded in the source's state).
-async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
+/// One poll of one source, start to commit.
+async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
     let started = Utc::now();
     let mut state = match ctx.store.source_state(src.id.as_str()).await {
         Ok(s) => s.unwrap_or_else(|| SourceState {
             source_id: src.id.as_str().to_owned(),
             ..Default::default()
         }),
-        Err(e) => return Err(format!("store: {e}")),
+        Err(e) => {
+            // Not even the state could be read: retry on the source's cadence.
+            return PollResult {
+                outcome: Err(format!("store: {e}")),
+                next_in: scheduler::base_delay(&src.cadence, started),
+            };
+        }
     };
     state.last_poll_at = Some(started);
     let outcome = poll_inner(ctx, src, &mut state).await;
@@ -591,10 +588,16 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> Result<(), String> {
         Ok(_) => {}
         Err(e) => {
             tracing::error!(source = %src.id, error = %e, "cannot store poll result");
-            return Err(format!("store: {e}"));
+            return PollResult {
+                outcome: Err(format!("store: {e}")),
+                next_in: delay,
+            };
         }
     }
-    result
+    PollResult {
+        outcome: result,
+        next_in: delay,
+    }
 }
 
 struct PollDone {
