@@ -614,30 +614,31 @@ fn read_after_visit(
     Ok(n)
 }
 
+/// Columns of an item-state row, in the order [`item_from_row`] reads them.
+const ITEM_COLS: &str = "item_id, version, last_event_id, fingerprint, aliases";
+
+/// Decodes one item-state row. Version 0 is kept: it marks an item held back
+/// by `initial_items` (seen, never emitted).
+fn item_from_row(r: &rusqlite::Row<'_>) -> Result<ItemState, StoreError> {
+    let last: Vec<u8> = r.get(2)?;
+    let aliases: String = r.get(4)?;
+    Ok(ItemState {
+        item_id: r.get(0)?,
+        version: r.get::<_, i64>(1)?.clamp(0, i64::from(u32::MAX)) as u32,
+        last_event_id: Uuid::from_slice(&last).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        fingerprint: r.get(3)?,
+        aliases: split_aliases(&aliases),
+    })
+}
+
 fn load_items(c: &Connection, source_id: &str) -> Result<Vec<ItemState>, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT item_id, version, last_event_id, fingerprint, aliases FROM items WHERE source_id = ?1",
-    )?;
-    let rows = stmt.query_map([source_id], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Vec<u8>>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-        ))
-    })?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {ITEM_COLS} FROM items WHERE source_id = ?1"
+    ))?;
+    let mut rows = stmt.query([source_id])?;
     let mut out = Vec::new();
-    for row in rows {
-        let (item_id, version, last, fingerprint, aliases) = row?;
-        out.push(ItemState {
-            item_id,
-            version: version.max(1) as u32,
-            last_event_id: Uuid::from_slice(&last)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            fingerprint,
-            aliases: split_aliases(&aliases),
-        });
+    while let Some(r) = rows.next()? {
+        out.push(item_from_row(r)?);
     }
     Ok(out)
 }
@@ -886,24 +887,14 @@ impl Store {
     ) -> Result<Vec<ItemState>, StoreError> {
         let sid = source_id.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT item_id, version, last_event_id, fingerprint, aliases FROM items WHERE source_id = ?1 AND item_id = ?2",
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLS} FROM items WHERE source_id = ?1 AND item_id = ?2"
+            ))?;
             let mut out = Vec::new();
             for id in ids {
-                let row = stmt
-                    .query_row(params![sid, id], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
-                    })
-                    .optional()?;
-                if let Some((item_id, version, last, fingerprint, aliases)) = row {
-                    out.push(ItemState {
-                        item_id,
-                        version: version.max(1) as u32,
-                        last_event_id: Uuid::from_slice(&last).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                        fingerprint,
-                        aliases: split_aliases(&aliases),
-                    });
+                let mut rows = stmt.query(params![sid, id])?;
+                if let Some(r) = rows.next()? {
+                    out.push(item_from_row(r)?);
                 }
             }
             Ok(out)
@@ -983,6 +974,30 @@ mod tests {
 
         let items = store.items("a.b").await?;
         assert_eq!(items.len(), 1);
+        // A held-back item (version 0, never emitted) reads back as version 0,
+        // through both lookups.
+        let held = ItemState {
+            item_id: "held".into(),
+            version: 0,
+            last_event_id: Uuid::nil(),
+            fingerprint: "f".into(),
+            aliases: vec![],
+        };
+        store
+            .write(WriteBatch {
+                source: Some(SourceState {
+                    source_id: "h".into(),
+                    ..Default::default()
+                }),
+                touch_items: vec![held.clone()],
+                ..Default::default()
+            })
+            .await?;
+        assert_eq!(store.items("h").await?, vec![held.clone()]);
+        assert_eq!(
+            store.items_by_ids("h", vec!["held".into()]).await?,
+            vec![held]
+        );
         assert_eq!(items[0].aliases, vec!["a1".to_string()]);
         let st = store
             .source_state("a.b")
