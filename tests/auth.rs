@@ -14,7 +14,7 @@ use self::app::poll_until;
 
 /// A small harness: a fresh database, the edge served on 127.0.0.1:0, and a
 /// probe server whose only route needs [`Authenticated`] (`stream:read`).
-mod app {
+pub(crate) mod app {
     use std::future::Future;
     use std::net::SocketAddr;
     use std::path::PathBuf;

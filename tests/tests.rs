@@ -14,3 +14,4 @@ mod html;
 mod ingest;
 mod replay;
 mod stream;
+mod wire;

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use axum::Router;
 use livestrom_engine::{EventLog, Store};
 use tokio::net::TcpListener;
@@ -22,6 +21,7 @@ pub mod hub;
 pub mod keys;
 pub mod limits;
 pub mod problem;
+pub mod server;
 pub mod stream;
 pub mod whoami;
 
@@ -115,67 +115,11 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves the edge on `listener` until `shutdown` fires; open streams end and
-/// in-flight requests finish.
-///
-/// A plain HTTP/1.1 accept loop (hyper's `http1` connection builder): per
-/// connection it keeps only hyper's HTTP/1 state, the router clone and the
-/// peer address (`ConnectInfo<SocketAddr>` for the handlers). Response
-/// bodies are queued to the socket with vectored writes rather than copied
-/// into hyper's write buffer, and `TCP_NODELAY` is set so a frame goes out
-/// as soon as it is written.
+/// in-flight requests finish. See [`server`] for how connections are served.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = app(state);
-    let conns = tokio_util::task::TaskTracker::new();
-    loop {
-        let (sock, peer) = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Per-connection failures (reset before accept) and
-                    // descriptor exhaustion are transient: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        if let Err(e) = sock.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-        let app = app.clone();
-        let svc =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                tower::ServiceExt::oneshot(app.clone(), req)
-            });
-        let stop = shutdown.clone();
-        conns.spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .writev(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    conns.close();
-    conns.wait().await;
-    Ok(())
+    server::serve(listener, app(state), shutdown).await
 }

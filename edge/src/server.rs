@@ -1,0 +1,599 @@
+//! The edge's HTTP/1.1 server: an accept loop that serves `GET /v1/stream`
+//! on a lean hand-written response path and everything else through hyper.
+//!
+//! Why two paths: an SSE subscriber holds its connection for hours and is
+//! idle nearly all of that time. hyper keeps an 8 KiB read buffer and an
+//! 8 KiB header buffer per connection for its whole life (the smallest it
+//! allows), which alone is more than our budget of 10 KiB per idle
+//! subscriber. So the connection task reads the *first* request head itself
+//! (parsed with `httparse`, the parser hyper uses). A clean `GET /v1/stream`
+//! goes through the same axum router — authentication, filters, CORS, access
+//! log, problem bodies are all unchanged — and the response is written
+//! straight to the socket: status line and headers once, then each body
+//! chunk with one vectored write (chunked framing on HTTP/1.1). Once the
+//! head is parsed its buffer is freed; an idle stream keeps the socket, the
+//! body state and this task's small future.
+//!
+//! Anything else (another path or method, a body, `Expect`, `Upgrade`, a head
+//! `httparse` cannot take, too many headers) is handed to hyper together with
+//! the bytes already read, so hyper answers exactly as it would have. After a
+//! finite response on the stream path (a 401, 429, …) a keep-alive
+//! connection is handed to hyper the same way.
+//!
+//! Liveness: while a stream is idle the task watches the socket, so a client
+//! that disconnects is noticed at once (not at the next keep-alive write); a
+//! client that stops reading is dropped when a write makes no progress for
+//! [`WRITE_STALL`].
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::Response;
+use axum::Router;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A client must send a whole request head within this time (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A write that makes no progress for this long drops the connection: the
+/// client stopped reading.
+pub const WRITE_STALL: Duration = Duration::from_secs(60);
+/// After shutdown began, how long a write may still wait for the client.
+pub const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+/// The largest first request head read here; longer heads go to hyper,
+/// which applies its own limits.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Header slots for the first request head; more headers go to hyper.
+const MAX_HEADERS: usize = 64;
+/// The only path served on the lean response path.
+const STREAM_PATH: &str = "/v1/stream";
+
+/// Serves `app` on `listener` until `shutdown` fires; open streams end and
+/// in-flight requests finish (writes to clients that stopped reading are
+/// given [`SHUTDOWN_WRITE_GRACE`]).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let conns = tokio_util::task::TaskTracker::new();
+    loop {
+        let (sock, peer) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Per-connection failures (reset before accept) and
+                    // descriptor exhaustion are transient: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = sock.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        conns.spawn(connection(sock, peer, app.clone(), shutdown.clone()));
+    }
+    drop(listener);
+    conns.close();
+    conns.wait().await;
+    Ok(())
+}
+
+/// One connection: the first request decides the path.
+async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router, stop: CancellationToken) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let head = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return,
+        r = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut sock, &mut buf)) => match r {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "connection closed before a request head");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("no request head within {HEADER_READ_TIMEOUT:?}; closing");
+                return;
+            }
+        },
+    };
+    let head = match head {
+        Some(h) => h,
+        // Closed by the client before sending anything.
+        None if buf.is_empty() => return,
+        None => return hand_to_hyper(sock, buf.freeze(), peer, app, stop).await,
+    };
+    let rest = buf.split_off(head.len).freeze();
+    drop(buf);
+    let keep_alive = head.keep_alive;
+    let http10 = head.version == axum::http::Version::HTTP_10;
+    let mut req = Request::new(axum::body::Body::empty());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = head.uri;
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers;
+    req.extensions_mut().insert(ConnectInfo(peer));
+    // Boxed: the router's future is large and lives only until the response
+    // head is ready; this task's future stays small for the stream's life.
+    let res = match Box::pin(tower::ServiceExt::oneshot(app.clone(), req)).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    match respond(&mut sock, res, keep_alive, http10, &stop).await {
+        Ok(true) => hand_to_hyper(sock, rest, peer, app, stop).await,
+        Ok(false) => {}
+        Err(e) => tracing::debug!(error = %e, "stream connection ended"),
+    }
+}
+
+/// A parsed first request head that qualifies for the lean path.
+struct Head {
+    /// Bytes of the head (including the blank line).
+    len: usize,
+    uri: Uri,
+    version: axum::http::Version,
+    headers: HeaderMap,
+    /// The client allows the connection to stay open after the response.
+    keep_alive: bool,
+}
+
+/// Reads until a whole request head is buffered. `Ok(Some)`: a clean
+/// `GET /v1/stream`; `Ok(None)`: EOF with nothing read, or a request hyper
+/// should handle (everything read so far is in `buf`).
+async fn read_head(sock: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<Head>> {
+    loop {
+        if buf.len() >= MAX_HEAD {
+            return Ok(None);
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().min(MAX_HEAD - buf.len()).max(1024));
+        }
+        let n = sock.read_buf(buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        match parse_head(buf) {
+            Parsed::Partial => continue,
+            Parsed::Other => return Ok(None),
+            Parsed::Stream(h) => return Ok(Some(h)),
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    /// Not for the lean path (or malformed: hyper produces the error).
+    Other,
+    Stream(Head),
+}
+
+fn parse_head(bytes: &[u8]) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    if req.method != Some("GET") {
+        return Parsed::Other;
+    }
+    let version = match req.version {
+        Some(0) => axum::http::Version::HTTP_10,
+        Some(1) => axum::http::Version::HTTP_11,
+        _ => return Parsed::Other,
+    };
+    let Some(uri) = req.path.and_then(|p| p.parse::<Uri>().ok()) else {
+        return Parsed::Other;
+    };
+    if uri.path() != STREAM_PATH {
+        return Parsed::Other;
+    }
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut close = false;
+    let mut keep_alive_token = false;
+    for h in req.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::Other;
+        };
+        let Ok(value) = HeaderValue::from_bytes(h.value) else {
+            return Parsed::Other;
+        };
+        if name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
+            || (name == header::CONTENT_LENGTH && value.as_bytes() != b"0")
+        {
+            return Parsed::Other;
+        }
+        if name == header::CONNECTION {
+            for token in value.as_bytes().split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    let keep_alive = match version {
+        axum::http::Version::HTTP_10 => keep_alive_token && !close,
+        _ => !close,
+    };
+    Parsed::Stream(Head {
+        len,
+        uri,
+        version,
+        headers,
+        keep_alive,
+    })
+}
+
+/// Writes `res` to the socket. Returns whether the connection may carry
+/// another request (only after a complete, length-framed response).
+async fn respond(
+    sock: &mut TcpStream,
+    res: Response,
+    keep_alive: bool,
+    http10: bool,
+    stop: &CancellationToken,
+) -> io::Result<bool> {
+    let (parts, body) = res.into_parts();
+    let no_body = parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+        || parts.status.is_informational();
+    let exact = axum::body::HttpBody::size_hint(&body).exact();
+    // Framing: a known length keeps the connection usable; an open-ended
+    // body is chunked on HTTP/1.1 and delimited by close on HTTP/1.0.
+    let chunked = !no_body && exact.is_none() && !http10;
+    let reuse = keep_alive && (no_body || exact.is_some());
+    let mut head = BytesMut::with_capacity(512);
+    head.put_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    head.put_slice(parts.status.as_str().as_bytes());
+    head.put_u8(b' ');
+    head.put_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    head.put_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        head.put_slice(name.as_str().as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        head.put_slice(b"date: ");
+        head.put_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    if let (false, Some(n)) = (no_body, exact) {
+        head.put_slice(b"content-length: ");
+        head.put_slice(n.to_string().as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    if chunked {
+        head.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !reuse {
+        head.put_slice(b"connection: close\r\n");
+    } else if http10 {
+        head.put_slice(b"connection: keep-alive\r\n");
+    }
+    head.put_slice(b"\r\n");
+    drop(parts);
+    write_all(sock, &mut head.freeze(), stop).await?;
+    if no_body {
+        return Ok(reuse);
+    }
+
+    let mut data = body.into_data_stream();
+    loop {
+        let next = tokio::select! {
+            biased;
+            next = data.next() => next,
+            r = sock.readable() => {
+                r?;
+                if client_closed(sock)? {
+                    return Ok(false);
+                }
+                continue;
+            }
+        };
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                // Ending without the terminating chunk tells the client the
+                // response is incomplete.
+                tracing::warn!(error = %e, "response body failed; closing the connection");
+                return Ok(false);
+            }
+            Some(Ok(bytes)) if bytes.is_empty() => {}
+            Some(Ok(bytes)) if chunked => {
+                let mut size = [0u8; 18];
+                let n = chunk_size_line(&mut size, bytes.len());
+                let mut frame = Buf::chain(Buf::chain(&size[..n], bytes), &b"\r\n"[..]);
+                write_all(sock, &mut frame, stop).await?;
+            }
+            Some(Ok(mut bytes)) => write_all(sock, &mut bytes, stop).await?,
+        }
+    }
+    if chunked {
+        write_all(sock, &mut &b"0\r\n\r\n"[..], stop).await?;
+    }
+    sock.flush().await?;
+    Ok(reuse)
+}
+
+/// Writes `len` as a chunk-size line (`<hex>\r\n`) into `out`; returns its length.
+fn chunk_size_line(out: &mut [u8; 18], len: usize) -> usize {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in out[..digits].iter_mut().enumerate() {
+        let nibble = (len >> ((digits - 1 - i) * 4)) & 0xf;
+        *digit = b"0123456789abcdef"[nibble];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// Reads and discards what the client sent while it streams (it has nothing
+/// to say on this connection). True when the client closed its side.
+fn client_closed(sock: &TcpStream) -> io::Result<bool> {
+    let mut scratch = [0u8; 256];
+    for _ in 0..16 {
+        match sock.try_read(&mut scratch) {
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Writes all of `buf` with vectored writes; fails when one write makes no
+/// progress for [`WRITE_STALL`] (or [`SHUTDOWN_WRITE_GRACE`] once shutdown
+/// began).
+async fn write_all(
+    sock: &mut TcpStream,
+    buf: &mut impl Buf,
+    stop: &CancellationToken,
+) -> io::Result<()> {
+    while buf.has_remaining() {
+        let limit = if stop.is_cancelled() {
+            SHUTDOWN_WRITE_GRACE
+        } else {
+            WRITE_STALL
+        };
+        let n = {
+            let mut slices = [IoSlice::new(&[]); 4];
+            let count = buf.chunks_vectored(&mut slices);
+            let write = tokio::time::timeout(limit, sock.write_vectored(&slices[..count]));
+            tokio::select! {
+                biased;
+                r = write => r.map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, format!("the client read nothing for {limit:?}"))
+                })??,
+                // Shutdown while waiting: retry with the shorter grace.
+                _ = stop.cancelled(), if !stop.is_cancelled() => continue,
+            }
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf.advance(n);
+    }
+    Ok(())
+}
+
+/// Serves the rest of the connection with hyper; `read` holds bytes already
+/// read from the socket (replayed to hyper first).
+async fn hand_to_hyper(
+    sock: TcpStream,
+    read: Bytes,
+    peer: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+) {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        tower::ServiceExt::oneshot(app.clone(), req)
+    });
+    let io = hyper_util::rt::TokioIo::new(Rewind { read, io: sock });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .writev(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, svc);
+    let mut conn = Box::pin(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A socket with bytes already read from it put back in front.
+struct Rewind {
+    read: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(out.remaining());
+            out.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(s: &str) -> Parsed {
+        parse_head(s.as_bytes())
+    }
+
+    #[test]
+    fn stream_requests_take_the_lean_path() {
+        let Parsed::Stream(h) =
+            head("GET /v1/stream?source=a.*&tag=x HTTP/1.1\r\nHost: h\r\nX-API-Key: k\r\n\r\nrest")
+        else {
+            panic!("expected the stream path");
+        };
+        assert_eq!(
+            h.len,
+            "GET /v1/stream?source=a.*&tag=x HTTP/1.1\r\nHost: h\r\nX-API-Key: k\r\n\r\n".len()
+        );
+        assert_eq!(h.uri.query(), Some("source=a.*&tag=x"));
+        assert_eq!(
+            h.headers.get("x-api-key").map(|v| v.as_bytes()),
+            Some(&b"k"[..])
+        );
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn connection_tokens_decide_keep_alive() {
+        let cases = [
+            (
+                "GET /v1/stream HTTP/1.1\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+            (
+                "GET /v1/stream HTTP/1.1\r\nConnection: Keep-Alive, Close\r\n\r\n",
+                false,
+            ),
+            ("GET /v1/stream HTTP/1.0\r\n\r\n", false),
+            (
+                "GET /v1/stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                true,
+            ),
+            ("GET /v1/stream HTTP/1.1\r\n\r\n", true),
+        ];
+        for (req, want) in cases {
+            match head(req) {
+                Parsed::Stream(h) => assert_eq!(h.keep_alive, want, "{req:?}"),
+                _ => panic!("expected the stream path for {req:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for req in [
+            "POST /v1/stream HTTP/1.1\r\n\r\n",
+            "HEAD /v1/stream HTTP/1.1\r\n\r\n",
+            "GET /v1/events HTTP/1.1\r\n\r\n",
+            "GET /v1/stream/x HTTP/1.1\r\n\r\n",
+            "GET /v1/stream HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "GET /v1/stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /v1/stream HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /v1/stream HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET /v1/stream HTTP/2.0\r\n\r\n",
+            "GET /v1/stream HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "\x16\x03\x01\x02\x00",
+        ] {
+            assert!(matches!(head(req), Parsed::Other), "{req:?}");
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert!(matches!(
+            head(&format!("GET /v1/stream HTTP/1.1\r\n{many}\r\n")),
+            Parsed::Other
+        ));
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        assert!(matches!(head("GET /v1/str"), Parsed::Partial));
+        assert!(matches!(
+            head("GET /v1/stream HTTP/1.1\r\nHost: x\r\n"),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for (len, want) in [
+            (0usize, "0\r\n"),
+            (1, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let mut out = [0u8; 18];
+            let n = chunk_size_line(&mut out, len);
+            assert_eq!(&out[..n], want.as_bytes(), "{len}");
+        }
+    }
+}
