@@ -9,7 +9,8 @@
 //! (d) server memory per idle subscriber, (e) replay of a large backlog.
 //! Environment: `FANOUT_N` (default 10000), `FANOUT_BACKLOG` (default 1000000),
 //! `FANOUT_SECS` (default 10), `FANOUT_ONLY` (scenario letters to run, e.g.
-//! `de`; default all; (d) always runs with (a)).
+//! `de`; default all; (d) always runs with (a)), `FANOUT_HTTP10=1` (clients
+//! speak HTTP/1.0, close-delimited, instead of HTTP/1.1 chunked).
 
 use std::io::Write as _;
 use std::process::Stdio;
@@ -319,7 +320,8 @@ async fn spawn_server() -> BoxResult<Server> {
     })
 }
 
-/// One raw SSE client over HTTP/1.0 (close-delimited body, no chunking).
+/// One raw SSE client: HTTP/1.1 with chunked framing (what curl and
+/// browsers get), or HTTP/1.0 (close-delimited) with `FANOUT_HTTP10=1`.
 /// `latency`: parse each event's `emitted_at` into the histogram; otherwise
 /// count frames cheaply by newlines (4 per event frame).
 async fn sse_client(
@@ -330,23 +332,27 @@ async fn sse_client(
     hist: Arc<Hist>,
     c: Arc<Counters>,
 ) -> BoxResult<()> {
+    let http10 = std::env::var_os("FANOUT_HTTP10").is_some_and(|v| v == "1");
     let mut s = TcpStream::connect(&addr).await?;
     s.set_nodelay(true)?;
+    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
     s.write_all(
-        format!("GET {path} HTTP/1.0\r\nHost: bench\r\nX-API-Key: {key}\r\n\r\n").as_bytes(),
+        format!("GET {path} {version}\r\nHost: bench\r\nX-API-Key: {key}\r\n\r\n").as_bytes(),
     )
     .await?;
     let mut buf = vec![0u8; 16 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     let mut header_done = false;
     let mut newlines: u64 = 0;
+    let mut dechunk = (!http10).then(Dechunk::default);
+    let mut body = Vec::with_capacity(16 * 1024);
     loop {
         let n = s.read(&mut buf).await?;
         if n == 0 {
             c.ended.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let data = &buf[..n];
+        let mut data = &buf[..n];
         if !header_done {
             pending.extend_from_slice(data);
             let Some(p) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -360,13 +366,66 @@ async fn sse_client(
             header_done = true;
             pending.drain(..p + 4);
             c.connected.fetch_add(1, Ordering::Relaxed);
-            let rest = std::mem::take(&mut pending);
             // The :connected comment has 2 newlines.
             newlines = 0u64.wrapping_sub(2);
-            handle(&rest, latency, &hist, &c, &mut pending, &mut newlines);
-            continue;
+            body = std::mem::take(&mut pending);
+            data = &[];
         }
-        handle(data, latency, &hist, &c, &mut pending, &mut newlines);
+        if let Some(d) = dechunk.as_mut() {
+            let raw = std::mem::take(&mut body);
+            let mut out = raw;
+            out.extend_from_slice(data);
+            body.clear();
+            d.feed(&out, &mut body);
+        } else {
+            body.extend_from_slice(data);
+        }
+        handle(&body, latency, &hist, &c, &mut pending, &mut newlines);
+        body.clear();
+    }
+}
+
+/// Removes HTTP/1.1 chunked framing from a byte stream, fed in pieces.
+#[derive(Default)]
+struct Dechunk {
+    /// Bytes of chunk data still to pass through.
+    data_left: usize,
+    /// Inside a chunk-size line (hex digits, then up to `\n`).
+    in_size: bool,
+    size: usize,
+    /// Bytes of the CRLF after chunk data still to skip.
+    crlf_left: usize,
+}
+
+impl Dechunk {
+    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            if self.data_left > 0 {
+                let n = self.data_left.min(input.len());
+                out.extend_from_slice(&input[..n]);
+                self.data_left -= n;
+                input = &input[n..];
+                if self.data_left == 0 {
+                    self.crlf_left = 2;
+                }
+            } else if self.crlf_left > 0 {
+                self.crlf_left -= 1;
+                input = &input[1..];
+            } else {
+                if !self.in_size {
+                    self.in_size = true;
+                    self.size = 0;
+                }
+                let b = input[0];
+                input = &input[1..];
+                if b == b'\n' {
+                    self.in_size = false;
+                    self.data_left = self.size;
+                } else if let Some(v) = (b as char).to_digit(16) {
+                    self.size = self.size * 16 + v as usize;
+                }
+            }
+        }
     }
 }
 
