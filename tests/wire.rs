@@ -1,8 +1,8 @@
 //! Integration tests: the edge's HTTP/1 wire behaviour, over raw TCP on
 //! 127.0.0.1 — framing of the stream on HTTP/1.1 (chunked) and HTTP/1.0
-//! (close-delimited), a disconnect noticed while the stream is idle,
-//! keep-alive after a refused stream request, and requests the lean stream
-//! path hands to hyper (long heads, malformed heads).
+//! (close-delimited), a disconnect noticed while the stream is idle (also on
+//! a connection reused after a CORS preflight), keep-alive, HEAD and
+//! pipelining, and requests handed to hyper (bodies, long or malformed heads).
 
 use std::time::Duration;
 
@@ -134,9 +134,24 @@ async fn a_client_that_disconnects_while_idle_frees_its_stream_slot() -> TestRes
     };
     let (app, keys) = app::spawn(&[one]).await;
     let mut sock = TcpStream::connect(app.addr).await?;
+    // A CORS preflight first, as a browser's fetch() with a key header
+    // sends it: the stream then runs on the same (reused) connection.
+    sock.write_all(
+        b"OPTIONS /v1/stream HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n\
+          Access-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: authorization\r\n\r\n",
+    )
+    .await?;
+    let mut buf = Vec::new();
+    read_until(&mut sock, &mut buf, b"\r\n\r\n").await?;
+    let (head, rest) = split_head(&buf);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("access-control-allow-origin: "), "{head}");
+    assert!(head.contains("content-length: 0"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    assert!(rest.is_empty(), "{rest:?}");
     sock.write_all(
         format!(
-            "GET /v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            "GET /v1/stream HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\nAuthorization: Bearer {}\r\n\r\n",
             keys[0]
         )
         .as_bytes(),
@@ -144,6 +159,11 @@ async fn a_client_that_disconnects_while_idle_frees_its_stream_slot() -> TestRes
     .await?;
     let mut buf = Vec::new();
     read_until(&mut sock, &mut buf, b":connected").await?;
+    assert!(
+        text(&buf).starts_with("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        text(&buf)
+    );
     let open = app
         .get_with("/v1/whoami", &keys[0])
         .await
@@ -183,13 +203,7 @@ async fn a_refused_stream_request_keeps_the_connection_for_the_next_request() ->
         head.contains("content-type: application/problem+json"),
         "{head}"
     );
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .ok_or("no content-length")?
-        .trim()
-        .parse()?;
-    let problem: Value = serde_json::from_slice(&rest[..len])?;
+    let problem: Value = serde_json::from_slice(&rest[..content_length(&head)?])?;
     assert_eq!(problem["status"], 401);
     assert!(all.ends_with("ok\n"), "{all}");
     Ok(())
@@ -246,4 +260,73 @@ async fn heads_the_stream_path_does_not_take_are_served_by_hyper() -> TestResult
         text(&buf)
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn keep_alive_requests_head_and_pipelining_are_answered_in_order() -> TestResult {
+    let (app, keys) = app::spawn(&[NewKey::new("wire")]).await;
+    let mut sock = TcpStream::connect(app.addr).await?;
+    let key = &keys[0];
+    sock.write_all(
+        format!(
+            "GET /v1/events?limit=5 HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n\
+             HEAD /v1/events?limit=5 HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n\
+             GET /v1/whoami HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    read_to_end(&mut sock, &mut buf).await?;
+
+    // 1: GET, length-framed JSON.
+    let (head1, rest) = split_head(&buf);
+    assert!(head1.starts_with("http/1.1 200 ok\r\n"), "{head1}");
+    let len = content_length(&head1)?;
+    let page: Value = serde_json::from_slice(&rest[..len])?;
+    assert!(page["events"].is_array(), "{page}");
+    // 2: HEAD, the same length and no body.
+    let (head2, rest) = split_head(&rest[len..]);
+    assert!(head2.starts_with("http/1.1 200 ok\r\n"), "{head2}");
+    assert_eq!(content_length(&head2)?, len, "{head2}");
+    // 3: the last request asked to close.
+    let (head3, rest) = split_head(&rest);
+    assert!(head3.starts_with("http/1.1 200 ok\r\n"), "{head3}");
+    assert!(head3.contains("connection: close"), "{head3}");
+    let who: Value = serde_json::from_slice(&rest[..content_length(&head3)?])?;
+    assert_eq!(who["name"], "wire");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_answered_by_hyper_with_a_problem() -> TestResult {
+    let (app, _keys) = app::spawn(&[NewKey::new("wire")]).await;
+    let mut sock = TcpStream::connect(app.addr).await?;
+    sock.write_all(
+        b"POST /v1/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await?;
+    let mut buf = Vec::new();
+    read_to_end(&mut sock, &mut buf).await?;
+    let (head, rest) = split_head(&buf);
+    assert!(
+        head.starts_with("http/1.1 405 method not allowed\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    let problem: Value = serde_json::from_slice(&rest[..content_length(&head)?])?;
+    assert_eq!(problem["status"], 405);
+    Ok(())
+}
+
+fn content_length(head: &str) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .ok_or_else(|| format!("no content-length in {head}"))?
+        .trim()
+        .parse()?)
 }

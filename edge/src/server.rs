@@ -1,29 +1,32 @@
-//! The edge's HTTP/1.1 server: an accept loop that serves `GET /v1/stream`
-//! on a lean hand-written response path and everything else through hyper.
+//! The edge's HTTP/1.1 server: an accept loop whose connections are served
+//! by a small hand-written HTTP/1 loop, with hyper taking over whatever that
+//! loop does not handle.
 //!
-//! Why two paths: an SSE subscriber holds its connection for hours and is
-//! idle nearly all of that time. hyper keeps an 8 KiB read buffer and an
-//! 8 KiB header buffer per connection for its whole life (the smallest it
-//! allows), which alone is more than our budget of 10 KiB per idle
-//! subscriber. So the connection task reads the *first* request head itself
-//! (parsed with `httparse`, the parser hyper uses). A clean `GET /v1/stream`
-//! goes through the same axum router — authentication, filters, CORS, access
-//! log, problem bodies are all unchanged — and the response is written
-//! straight to the socket: status line and headers once, then each body
-//! chunk with one vectored write (chunked framing on HTTP/1.1). Once the
-//! head is parsed its buffer is freed; an idle stream keeps the socket, the
-//! body state and this task's small future.
+//! Why not hyper for everything: an SSE subscriber holds its connection for
+//! hours and is idle nearly all of that time. hyper keeps an 8 KiB read
+//! buffer and an 8 KiB header buffer per connection for its whole life (the
+//! smallest it allows), which alone is more than our budget of 10 KiB per
+//! idle subscriber. So each connection reads request heads itself (parsed
+//! with `httparse`, the parser hyper uses) and runs every request without a
+//! body through the same axum router — authentication, filters, CORS,
+//! access log, problem bodies are unchanged. The response is written
+//! straight to the socket: a length-framed response with its head in one
+//! vectored write; an open-ended one (the stream) as chunks, one vectored
+//! write per chunk (close-delimited on HTTP/1.0). Between requests and while
+//! a stream is idle, a connection holds no buffer: the socket, the body
+//! state and this task's small future.
 //!
-//! Anything else (another path or method, a body, `Expect`, `Upgrade`, a head
-//! `httparse` cannot take, too many headers) is handed to hyper together with
-//! the bytes already read, so hyper answers exactly as it would have. After a
-//! finite response on the stream path (a 401, 429, …) a keep-alive
-//! connection is handed to hyper the same way.
+//! Anything else — a request with a body, `Expect`, `Upgrade`, `CONNECT`, a
+//! head `httparse` rejects, more than [`MAX_HEADERS`] headers or more than
+//! [`MAX_HEAD`] bytes — is handed to hyper together with the bytes already
+//! read, so hyper answers exactly as it would have (including its 400s), and
+//! serves the rest of that connection.
 //!
-//! Liveness: while a stream is idle the task watches the socket, so a client
-//! that disconnects is noticed at once (not at the next keep-alive write); a
-//! client that stops reading is dropped when a write makes no progress for
-//! [`WRITE_STALL`].
+//! Liveness: a client must send a whole request head within
+//! [`HEADER_READ_TIMEOUT`] (also between keep-alive requests); while a
+//! stream is idle the socket is watched, so a client that disconnects is
+//! noticed at once (not at the next keep-alive write); a client that stops
+//! reading is dropped when a write makes no progress for [`WRITE_STALL`].
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -36,7 +39,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, St
 use axum::response::Response;
 use axum::Router;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -53,8 +56,6 @@ pub const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Header slots for the first request head; more headers go to hyper.
 const MAX_HEADERS: usize = 64;
-/// The only path served on the lean response path.
-const STREAM_PATH: &str = "/v1/stream";
 
 /// Serves `app` on `listener` until `shutdown` fires; open streams end and
 /// in-flight requests finish (writes to clients that stopped reading are
@@ -91,57 +92,86 @@ pub async fn serve(
     Ok(())
 }
 
-/// One connection: the first request decides the path.
+/// One connection: requests are served here until one needs hyper, the
+/// client closes, or a response cannot be followed by another.
 async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router, stop: CancellationToken) {
-    let mut buf = BytesMut::with_capacity(1024);
-    let head = tokio::select! {
-        biased;
-        _ = stop.cancelled() => return,
-        r = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut sock, &mut buf)) => match r {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "connection closed before a request head");
+    // Bytes read past the previous request head (a pipelined request).
+    let mut pending = Bytes::new();
+    loop {
+        let mut buf = BytesMut::with_capacity(pending.len().max(1024));
+        buf.extend_from_slice(&pending);
+        drop(std::mem::take(&mut pending));
+        let head = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut sock, &mut buf)) => match r {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "connection closed before a request head");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("no request head within {HEADER_READ_TIMEOUT:?}; closing");
+                    return;
+                }
+            },
+        };
+        let head = match head {
+            Some(h) => h,
+            // Closed by the client between requests.
+            None if buf.is_empty() => return,
+            None => return hand_to_hyper(sock, buf.freeze(), peer, app, stop).await,
+        };
+        // A copy, so the head buffer is freed now rather than shared with
+        // the remainder for as long as the response lasts.
+        if buf.len() > head.len {
+            pending = Bytes::copy_from_slice(&buf[head.len..]);
+        }
+        drop(buf);
+        let framing = Framing {
+            keep_alive: head.keep_alive,
+            http10: head.version == axum::http::Version::HTTP_10,
+            head_request: head.method == Method::HEAD,
+        };
+        let mut req = Request::new(axum::body::Body::empty());
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers;
+        req.extensions_mut().insert(ConnectInfo(peer));
+        // Boxed: the router's future is large and lives only until the
+        // response head is ready; this task's future stays small for the
+        // stream's life.
+        let res = match Box::pin(tower::ServiceExt::oneshot(app.clone(), req)).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+        match respond(&mut sock, res, framing, &stop).await {
+            Ok(true) if !stop.is_cancelled() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection ended");
                 return;
             }
-            Err(_) => {
-                tracing::debug!("no request head within {HEADER_READ_TIMEOUT:?}; closing");
-                return;
-            }
-        },
-    };
-    let head = match head {
-        Some(h) => h,
-        // Closed by the client before sending anything.
-        None if buf.is_empty() => return,
-        None => return hand_to_hyper(sock, buf.freeze(), peer, app, stop).await,
-    };
-    let rest = buf.split_off(head.len).freeze();
-    drop(buf);
-    let keep_alive = head.keep_alive;
-    let http10 = head.version == axum::http::Version::HTTP_10;
-    let mut req = Request::new(axum::body::Body::empty());
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = head.uri;
-    *req.version_mut() = head.version;
-    *req.headers_mut() = head.headers;
-    req.extensions_mut().insert(ConnectInfo(peer));
-    // Boxed: the router's future is large and lives only until the response
-    // head is ready; this task's future stays small for the stream's life.
-    let res = match Box::pin(tower::ServiceExt::oneshot(app.clone(), req)).await {
-        Ok(res) => res,
-        Err(never) => match never {},
-    };
-    match respond(&mut sock, res, keep_alive, http10, &stop).await {
-        Ok(true) => hand_to_hyper(sock, rest, peer, app, stop).await,
-        Ok(false) => {}
-        Err(e) => tracing::debug!(error = %e, "stream connection ended"),
+        }
     }
 }
 
-/// A parsed first request head that qualifies for the lean path.
+/// How a response is framed for its request.
+#[derive(Debug, Clone, Copy)]
+struct Framing {
+    /// The client allows another request on the connection.
+    keep_alive: bool,
+    http10: bool,
+    /// `HEAD`: headers only.
+    head_request: bool,
+}
+
+/// A parsed request head this loop serves.
 struct Head {
     /// Bytes of the head (including the blank line).
     len: usize,
+    method: Method,
     uri: Uri,
     version: axum::http::Version,
     headers: HeaderMap,
@@ -149,34 +179,35 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Reads until a whole request head is buffered. `Ok(Some)`: a clean
-/// `GET /v1/stream`; `Ok(None)`: EOF with nothing read, or a request hyper
-/// should handle (everything read so far is in `buf`).
-async fn read_head(sock: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<Head>> {
+/// Reads until a whole request head is buffered (`buf` may already hold
+/// one). `Ok(Some)`: a request served here; `Ok(None)`: EOF, or a request
+/// for hyper (everything read so far is in `buf`).
+async fn read_head(sock: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Option<Box<Head>>> {
     loop {
+        if !buf.is_empty() {
+            match parse_head(buf) {
+                Parsed::Partial => {}
+                Parsed::Other => return Ok(None),
+                Parsed::Request(h) => return Ok(Some(h)),
+            }
+        }
         if buf.len() >= MAX_HEAD {
             return Ok(None);
         }
         if buf.capacity() == buf.len() {
             buf.reserve(buf.len().min(MAX_HEAD - buf.len()).max(1024));
         }
-        let n = sock.read_buf(buf).await?;
-        if n == 0 {
+        if sock.read_buf(buf).await? == 0 {
             return Ok(None);
-        }
-        match parse_head(buf) {
-            Parsed::Partial => continue,
-            Parsed::Other => return Ok(None),
-            Parsed::Stream(h) => return Ok(Some(h)),
         }
     }
 }
 
 enum Parsed {
     Partial,
-    /// Not for the lean path (or malformed: hyper produces the error).
+    /// For hyper (including malformed heads: hyper produces the error).
     Other,
-    Stream(Head),
+    Request(Box<Head>),
 }
 
 fn parse_head(bytes: &[u8]) -> Parsed {
@@ -187,9 +218,10 @@ fn parse_head(bytes: &[u8]) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
-    if req.method != Some("GET") {
-        return Parsed::Other;
-    }
+    let method = match req.method.map(|m| Method::from_bytes(m.as_bytes())) {
+        Some(Ok(m)) if m != Method::CONNECT => m,
+        _ => return Parsed::Other,
+    };
     let version = match req.version {
         Some(0) => axum::http::Version::HTTP_10,
         Some(1) => axum::http::Version::HTTP_11,
@@ -198,9 +230,6 @@ fn parse_head(bytes: &[u8]) -> Parsed {
     let Some(uri) = req.path.and_then(|p| p.parse::<Uri>().ok()) else {
         return Parsed::Other;
     };
-    if uri.path() != STREAM_PATH {
-        return Parsed::Other;
-    }
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut close = false;
     let mut keep_alive_token = false;
@@ -231,13 +260,14 @@ fn parse_head(bytes: &[u8]) -> Parsed {
         axum::http::Version::HTTP_10 => keep_alive_token && !close,
         _ => !close,
     };
-    Parsed::Stream(Head {
+    Parsed::Request(Box::new(Head {
         len,
+        method,
         uri,
         version,
         headers,
         keep_alive,
-    })
+    }))
 }
 
 /// Writes `res` to the socket. Returns whether the connection may carry
@@ -245,36 +275,35 @@ fn parse_head(bytes: &[u8]) -> Parsed {
 async fn respond(
     sock: &mut TcpStream,
     res: Response,
-    keep_alive: bool,
-    http10: bool,
+    framing: Framing,
     stop: &CancellationToken,
 ) -> io::Result<bool> {
     let (parts, body) = res.into_parts();
-    let no_body = parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED
-        || parts.status.is_informational();
+    let status = parts.status;
+    let no_body = status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational();
     let exact = axum::body::HttpBody::size_hint(&body).exact();
     // Framing: a known length keeps the connection usable; an open-ended
-    // body is chunked on HTTP/1.1 and delimited by close on HTTP/1.0.
-    let chunked = !no_body && exact.is_none() && !http10;
-    let reuse = keep_alive && (no_body || exact.is_some());
+    // body is chunked on HTTP/1.1 and delimited by close on HTTP/1.0. A HEAD
+    // response keeps the length its GET would have had.
+    let chunked = !no_body && !framing.head_request && exact.is_none() && !framing.http10;
+    let reuse = framing.keep_alive && (no_body || framing.head_request || exact.is_some());
     let mut head = BytesMut::with_capacity(512);
-    head.put_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-    head.put_slice(parts.status.as_str().as_bytes());
+    head.put_slice(if framing.http10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    head.put_slice(status.as_str().as_bytes());
     head.put_u8(b' ');
-    head.put_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
+    head.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     head.put_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
+        let framing_header = name == header::TRANSFER_ENCODING
             || name == header::CONNECTION
-        {
+            || (name == header::CONTENT_LENGTH && !framing.head_request);
+        if framing_header {
             continue;
         }
         head.put_slice(name.as_str().as_bytes());
@@ -287,7 +316,7 @@ async fn respond(
         head.put_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
         head.put_slice(b"\r\n");
     }
-    if let (false, Some(n)) = (no_body, exact) {
+    if let (false, false, Some(n)) = (no_body, framing.head_request, exact) {
         head.put_slice(b"content-length: ");
         head.put_slice(n.to_string().as_bytes());
         head.put_slice(b"\r\n");
@@ -297,30 +326,56 @@ async fn respond(
     }
     if !reuse {
         head.put_slice(b"connection: close\r\n");
-    } else if http10 {
+    } else if framing.http10 {
         head.put_slice(b"connection: keep-alive\r\n");
     }
     head.put_slice(b"\r\n");
     drop(parts);
-    write_all(sock, &mut head.freeze(), stop).await?;
-    if no_body {
+    let head = head.freeze();
+
+    if no_body || framing.head_request {
+        write_all(sock, &mut head.clone(), stop).await?;
+        return Ok(reuse);
+    }
+    if exact.is_some() {
+        // In memory already (a problem, a JSON page): head and body in one write.
+        let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "response body failed; closing the connection");
+                return Ok(false);
+            }
+        };
+        write_all(sock, &mut Buf::chain(head, bytes), stop).await?;
         return Ok(reuse);
     }
 
+    // Open-ended: the head goes out with the first chunk when that is ready
+    // at once (the stream's `:connected` comment is), otherwise alone.
     let mut data = body.into_data_stream();
+    let mut unsent_head = Some(head);
+    let mut next = data.next().now_or_never();
+    if next.is_none() {
+        if let Some(mut h) = unsent_head.take() {
+            write_all(sock, &mut h, stop).await?;
+        }
+    }
     loop {
-        let next = tokio::select! {
-            biased;
-            next = data.next() => next,
-            r = sock.readable() => {
-                r?;
-                if client_closed(sock)? {
-                    return Ok(false);
+        let item = match next.take() {
+            Some(item) => item,
+            None => tokio::select! {
+                biased;
+                item = data.next() => item,
+                r = sock.readable() => {
+                    r?;
+                    if client_closed(sock)? {
+                        return Ok(false);
+                    }
+                    continue;
                 }
-                continue;
-            }
+            },
         };
-        match next {
+        let bytes = match item {
             None => break,
             Some(Err(e)) => {
                 // Ending without the terminating chunk tells the client the
@@ -328,19 +383,29 @@ async fn respond(
                 tracing::warn!(error = %e, "response body failed; closing the connection");
                 return Ok(false);
             }
-            Some(Ok(bytes)) if bytes.is_empty() => {}
-            Some(Ok(bytes)) if chunked => {
-                let mut size = [0u8; 18];
-                let n = chunk_size_line(&mut size, bytes.len());
-                let mut frame = Buf::chain(Buf::chain(&size[..n], bytes), &b"\r\n"[..]);
-                write_all(sock, &mut frame, stop).await?;
-            }
-            Some(Ok(mut bytes)) => write_all(sock, &mut bytes, stop).await?,
+            Some(Ok(bytes)) => bytes,
+        };
+        if bytes.is_empty() {
+            continue;
+        }
+        let head = unsent_head.take().unwrap_or_default();
+        if chunked {
+            let mut size = [0u8; 18];
+            let n = chunk_size_line(&mut size, bytes.len());
+            let mut frame = Buf::chain(
+                Buf::chain(Buf::chain(head, &size[..n]), bytes),
+                &b"\r\n"[..],
+            );
+            write_all(sock, &mut frame, stop).await?;
+        } else {
+            write_all(sock, &mut Buf::chain(head, bytes), stop).await?;
         }
     }
-    if chunked {
-        write_all(sock, &mut &b"0\r\n\r\n"[..], stop).await?;
-    }
+    let mut last = Buf::chain(
+        unsent_head.take().unwrap_or_default(),
+        if chunked { &b"0\r\n\r\n"[..] } else { &b""[..] },
+    );
+    write_all(sock, &mut last, stop).await?;
     sock.flush().await?;
     Ok(reuse)
 }
@@ -387,7 +452,7 @@ async fn write_all(
             WRITE_STALL
         };
         let n = {
-            let mut slices = [IoSlice::new(&[]); 4];
+            let mut slices = [IoSlice::new(&[]); 8];
             let count = buf.chunks_vectored(&mut slices);
             let write = tokio::time::timeout(limit, sock.write_vectored(&slices[..count]));
             tokio::select! {
@@ -502,8 +567,8 @@ mod tests {
     }
 
     #[test]
-    fn stream_requests_take_the_lean_path() {
-        let Parsed::Stream(h) =
+    fn bodiless_requests_are_served_here() {
+        let Parsed::Request(h) =
             head("GET /v1/stream?source=a.*&tag=x HTTP/1.1\r\nHost: h\r\nX-API-Key: k\r\n\r\nrest")
         else {
             panic!("expected the stream path");
@@ -540,19 +605,35 @@ mod tests {
         ];
         for (req, want) in cases {
             match head(req) {
-                Parsed::Stream(h) => assert_eq!(h.keep_alive, want, "{req:?}"),
-                _ => panic!("expected the stream path for {req:?}"),
+                Parsed::Request(h) => assert_eq!(h.keep_alive, want, "{req:?}"),
+                _ => panic!("expected to be served here: {req:?}"),
             }
         }
     }
 
     #[test]
-    fn everything_else_goes_to_hyper() {
+    fn any_method_without_a_body_is_served_here() {
+        for (req, method) in [
+            ("POST /v1/stream HTTP/1.1\r\n\r\n", Method::POST),
+            ("HEAD /v1/stream HTTP/1.1\r\n\r\n", Method::HEAD),
+            ("OPTIONS * HTTP/1.1\r\n\r\n", Method::OPTIONS),
+            (
+                "GET /v1/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                Method::GET,
+            ),
+            ("DELETE /v1/x HTTP/1.0\r\n\r\n", Method::DELETE),
+        ] {
+            match head(req) {
+                Parsed::Request(h) => assert_eq!(h.method, method, "{req:?}"),
+                _ => panic!("expected to be served here: {req:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_upgrades_and_odd_heads_go_to_hyper() {
         for req in [
-            "POST /v1/stream HTTP/1.1\r\n\r\n",
-            "HEAD /v1/stream HTTP/1.1\r\n\r\n",
-            "GET /v1/events HTTP/1.1\r\n\r\n",
-            "GET /v1/stream/x HTTP/1.1\r\n\r\n",
+            "CONNECT example.com:443 HTTP/1.1\r\n\r\n",
             "GET /v1/stream HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
             "GET /v1/stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /v1/stream HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
