@@ -157,19 +157,37 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by ": ", skipping a cause whose text the
+/// message already carries (many errors print their source themselves).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIVESTROM_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or journald gets plain text
+    // (`NO_COLOR` is honoured by tracing-subscriber on top of this).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -205,7 +223,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// (flag > env > sources.toml > default; clap resolves flag vs env).
 fn load_config(args: &ConfigArgs, listen: Option<SocketAddr>) -> Result<Config> {
     let mut config = Config::load(&args.config)
-        .with_context(|| format!("invalid configuration {}", args.config.display()))?;
+        .with_context(|| format!("cannot load configuration {}", args.config.display()))?;
     config.apply_overrides(args.db.clone(), listen);
     Ok(config)
 }
