@@ -22,11 +22,11 @@
 //! read, so hyper answers exactly as it would have (including its 400s), and
 //! serves the rest of that connection.
 //!
-//! Liveness: a client must send a whole request head within
-//! [`HEADER_READ_TIMEOUT`] (also between keep-alive requests); while a
-//! stream is idle the socket is watched, so a client that disconnects is
-//! noticed at once (not at the next keep-alive write); a client that stops
-//! reading is dropped when a write makes no progress for [`WRITE_STALL`].
+//! Liveness ([`Options`]): a client must send a whole request head within
+//! 30 s (also between keep-alive requests); while a stream is idle the
+//! socket is watched, so a client that disconnects is noticed at once (not
+//! at the next keep-alive write); a client that stops reading is dropped
+//! when a write makes no progress for 60 s.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -44,26 +44,58 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// A client must send a whole request head within this time (slowloris).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// A write that makes no progress for this long drops the connection: the
-/// client stopped reading.
-pub const WRITE_STALL: Duration = Duration::from_secs(60);
-/// After shutdown began, how long a write may still wait for the client.
-pub const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+/// Timeouts of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// A client must send a whole request head within this time, also
+    /// between keep-alive requests (slowloris; idle connections). 30 s.
+    pub header_read_timeout: Duration,
+    /// A write that makes no progress for this long drops the connection:
+    /// the client stopped reading. 60 s.
+    pub write_stall: Duration,
+    /// After shutdown began, how long a write may still wait for the client. 5 s.
+    pub shutdown_write_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            write_stall: Duration::from_secs(60),
+            shutdown_write_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every part of a connection consults.
+struct Ctx {
+    stop: CancellationToken,
+    opts: Options,
+}
+
 /// The largest first request head read here; longer heads go to hyper,
 /// which applies its own limits.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Header slots for the first request head; more headers go to hyper.
 const MAX_HEADERS: usize = 64;
 
-/// Serves `app` on `listener` until `shutdown` fires; open streams end and
-/// in-flight requests finish (writes to clients that stopped reading are
-/// given [`SHUTDOWN_WRITE_GRACE`]).
+/// Serves `app` on `listener` with default [`Options`] until `shutdown`
+/// fires; open streams end and in-flight requests finish (writes to clients
+/// that stopped reading get [`Options::shutdown_write_grace`]).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve_with(listener, app, shutdown, Options::default()).await
+}
+
+/// [`serve`] with explicit timeouts.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    opts: Options,
 ) -> io::Result<()> {
     let conns = tokio_util::task::TaskTracker::new();
     loop {
@@ -84,7 +116,11 @@ pub async fn serve(
         if let Err(e) = sock.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        conns.spawn(connection(sock, peer, app.clone(), shutdown.clone()));
+        let ctx = Ctx {
+            stop: shutdown.clone(),
+            opts,
+        };
+        conns.spawn(connection(sock, peer, app.clone(), ctx));
     }
     drop(listener);
     conns.close();
@@ -94,7 +130,8 @@ pub async fn serve(
 
 /// One connection: requests are served here until one needs hyper, the
 /// client closes, or a response cannot be followed by another.
-async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router, stop: CancellationToken) {
+async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router, ctx: Ctx) {
+    let limit = ctx.opts.header_read_timeout;
     // Bytes read past the previous request head (a pipelined request).
     let mut pending = Bytes::new();
     loop {
@@ -103,15 +140,15 @@ async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router, stop: Ca
         drop(std::mem::take(&mut pending));
         let head = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
-            r = tokio::time::timeout(HEADER_READ_TIMEOUT, read_head(&mut sock, &mut buf)) => match r {
+            _ = ctx.stop.cancelled() => return,
+            r = tokio::time::timeout(limit, read_head(&mut sock, &mut buf)) => match r {
                 Ok(Ok(h)) => h,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "connection closed before a request head");
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!("no request head within {HEADER_READ_TIMEOUT:?}; closing");
+                    tracing::debug!("no request head within {limit:?}; closing");
                     return;
                 }
             },
@@ -120,7 +157,7 @@ async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router, stop: Ca
             Some(h) => h,
             // Closed by the client between requests.
             None if buf.is_empty() => return,
-            None => return hand_to_hyper(sock, buf.freeze(), peer, app, stop).await,
+            None => return hand_to_hyper(sock, buf.freeze(), peer, app, ctx).await,
         };
         // A copy, so the head buffer is freed now rather than shared with
         // the remainder for as long as the response lasts.
@@ -146,8 +183,8 @@ async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router, stop: Ca
             Ok(res) => res,
             Err(never) => match never {},
         };
-        match respond(&mut sock, res, framing, &stop).await {
-            Ok(true) if !stop.is_cancelled() => {}
+        match respond(&mut sock, res, framing, &ctx).await {
+            Ok(true) if !ctx.stop.is_cancelled() => {}
             Ok(_) => return,
             Err(e) => {
                 tracing::debug!(error = %e, "connection ended");
@@ -276,7 +313,7 @@ async fn respond(
     sock: &mut TcpStream,
     res: Response,
     framing: Framing,
-    stop: &CancellationToken,
+    ctx: &Ctx,
 ) -> io::Result<bool> {
     let (parts, body) = res.into_parts();
     let status = parts.status;
@@ -334,7 +371,7 @@ async fn respond(
     let head = head.freeze();
 
     if no_body || framing.head_request {
-        write_all(sock, &mut head.clone(), stop).await?;
+        write_all(sock, &mut head.clone(), ctx).await?;
         return Ok(reuse);
     }
     if exact.is_some() {
@@ -346,7 +383,7 @@ async fn respond(
                 return Ok(false);
             }
         };
-        write_all(sock, &mut Buf::chain(head, bytes), stop).await?;
+        write_all(sock, &mut Buf::chain(head, bytes), ctx).await?;
         return Ok(reuse);
     }
 
@@ -357,7 +394,7 @@ async fn respond(
     let mut next = data.next().now_or_never();
     if next.is_none() {
         if let Some(mut h) = unsent_head.take() {
-            write_all(sock, &mut h, stop).await?;
+            write_all(sock, &mut h, ctx).await?;
         }
     }
     loop {
@@ -396,16 +433,16 @@ async fn respond(
                 Buf::chain(Buf::chain(head, &size[..n]), bytes),
                 &b"\r\n"[..],
             );
-            write_all(sock, &mut frame, stop).await?;
+            write_all(sock, &mut frame, ctx).await?;
         } else {
-            write_all(sock, &mut Buf::chain(head, bytes), stop).await?;
+            write_all(sock, &mut Buf::chain(head, bytes), ctx).await?;
         }
     }
     let mut last = Buf::chain(
         unsent_head.take().unwrap_or_default(),
         if chunked { &b"0\r\n\r\n"[..] } else { &b""[..] },
     );
-    write_all(sock, &mut last, stop).await?;
+    write_all(sock, &mut last, ctx).await?;
     sock.flush().await?;
     Ok(reuse)
 }
@@ -438,18 +475,15 @@ fn client_closed(sock: &TcpStream) -> io::Result<bool> {
 }
 
 /// Writes all of `buf` with vectored writes; fails when one write makes no
-/// progress for [`WRITE_STALL`] (or [`SHUTDOWN_WRITE_GRACE`] once shutdown
-/// began).
-async fn write_all(
-    sock: &mut TcpStream,
-    buf: &mut impl Buf,
-    stop: &CancellationToken,
-) -> io::Result<()> {
+/// progress for [`Options::write_stall`] (or [`Options::shutdown_write_grace`]
+/// once shutdown began).
+async fn write_all(sock: &mut TcpStream, buf: &mut impl Buf, ctx: &Ctx) -> io::Result<()> {
+    let stop = &ctx.stop;
     while buf.has_remaining() {
         let limit = if stop.is_cancelled() {
-            SHUTDOWN_WRITE_GRACE
+            ctx.opts.shutdown_write_grace
         } else {
-            WRITE_STALL
+            ctx.opts.write_stall
         };
         let n = {
             let mut slices = [IoSlice::new(&[]); 8];
@@ -474,13 +508,8 @@ async fn write_all(
 
 /// Serves the rest of the connection with hyper; `read` holds bytes already
 /// read from the socket (replayed to hyper first).
-async fn hand_to_hyper(
-    sock: TcpStream,
-    read: Bytes,
-    peer: SocketAddr,
-    app: Router,
-    stop: CancellationToken,
-) {
+async fn hand_to_hyper(sock: TcpStream, read: Bytes, peer: SocketAddr, app: Router, ctx: Ctx) {
+    let stop = ctx.stop;
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         tower::ServiceExt::oneshot(app.clone(), req)
@@ -489,7 +518,7 @@ async fn hand_to_hyper(
     let conn = hyper::server::conn::http1::Builder::new()
         .writev(true)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(ctx.opts.header_read_timeout)
         .serve_connection(io, svc);
     let mut conn = Box::pin(conn);
     tokio::select! {
@@ -676,5 +705,98 @@ mod tests {
             let n = chunk_size_line(&mut out, len);
             assert_eq!(&out[..n], want.as_bytes(), "{len}");
         }
+    }
+
+    /// Serves `app` on 127.0.0.1:0 with `opts`; the token stops it.
+    async fn spawn(app: Router, opts: Options) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_with(listener, app, stop.clone(), opts));
+        (addr, stop)
+    }
+
+    /// Reads until EOF (discarding), failing after a generous bound.
+    async fn until_eof(sock: &mut TcpStream) {
+        let mut scratch = [0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while sock.read(&mut scratch).await.expect("read") > 0 {}
+        })
+        .await
+        .expect("the server closed the connection");
+    }
+
+    #[tokio::test]
+    async fn slow_heads_and_idle_keep_alive_connections_are_closed() {
+        let app = Router::new().route("/x", axum::routing::get(|| async { "x" }));
+        let opts = Options {
+            header_read_timeout: Duration::from_millis(200),
+            ..Options::default()
+        };
+        let (addr, _stop) = spawn(app, opts).await;
+        // Half a head, then nothing (slowloris).
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /x HTT").await.expect("write");
+        until_eof(&mut slow).await;
+        // A served request, then an idle keep-alive connection.
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        idle.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let mut scratch = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\nx") {
+            let n = idle.read(&mut scratch).await.expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&scratch[..n]);
+        }
+        until_eof(&mut idle).await;
+    }
+
+    /// Fires when dropped.
+    struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for DropSignal {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_after_the_write_stall() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let signal = std::sync::Arc::new(std::sync::Mutex::new(Some(DropSignal(Some(tx)))));
+        // An endless body: only the stall can end this response.
+        let app = Router::new().route(
+            "/endless",
+            axum::routing::get(move || {
+                let guard = signal.lock().expect("lock").take();
+                async move {
+                    let chunk = Bytes::from(vec![b'a'; 64 * 1024]);
+                    let body = futures::stream::unfold(guard, move |g| {
+                        let chunk = chunk.clone();
+                        async move { Some((Ok::<_, std::convert::Infallible>(chunk), g)) }
+                    });
+                    axum::body::Body::from_stream(body)
+                }
+            }),
+        );
+        let opts = Options {
+            write_stall: Duration::from_millis(300),
+            ..Options::default()
+        };
+        let (addr, _stop) = spawn(app, opts).await;
+        let mut sock = TcpStream::connect(addr).await.expect("connect");
+        sock.write_all(b"GET /endless HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .expect("write");
+        // Never read: the server's writes stop making progress once the
+        // socket buffers are full, and it must give up and drop the body.
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .expect("the stalled response was dropped")
+            .expect("signal");
+        drop(sock);
     }
 }
