@@ -56,28 +56,40 @@ pub struct Filter {
     pub types: Vec<SourceType>,
     /// Tags (exact, case-sensitive, as written in `sources.toml`).
     pub tags: Vec<String>,
-    /// Keywords, already lowercased.
+    /// Keywords, already case-folded ([`fold`]).
     pub keywords: Vec<String>,
 }
 
-/// The text fields keyword filters look at, lowercased once per event and
+/// The text fields keyword filters look at, case-folded once per event and
 /// shared by every subscriber that has a keyword.
 #[derive(Debug, Clone)]
 pub struct Lowered {
-    /// `title.to_lowercase()`.
+    /// `fold(title)`.
     pub title: String,
-    /// `content.to_lowercase()`.
+    /// `fold(content)`.
     pub content: String,
 }
 
 impl Lowered {
-    /// Lowercases (Unicode-aware) an event's title and content.
+    /// Case-folds an event's title and content ([`fold`]).
     pub fn new(title: &str, content: &str) -> Self {
         Self {
-            title: title.to_lowercase(),
-            content: content.to_lowercase(),
+            title: fold(title),
+            content: fold(content),
         }
     }
+}
+
+/// Text as keyword matching compares it: Unicode full case folding
+/// (`ß` → `ss`, final `ς` → `σ`, `ﬁ` → `fi`) between NFC normalisations, so
+/// case and composed/decomposed accents do not matter. ASCII takes a fast path.
+pub fn fold(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
+    let composed: String = text.nfc().collect();
+    caseless::default_case_fold_str(&composed).nfc().collect()
 }
 
 /// The parts of a stored event's JSON that tag and keyword filters need,
@@ -229,7 +241,7 @@ pub fn parse_query(
                         format!("a keyword is 1-{MAX_KEYWORD_BYTES} bytes of text without control characters"),
                     ));
                 }
-                push_unique(&mut q.filter.keywords, value.to_lowercase());
+                push_unique(&mut q.filter.keywords, fold(&value));
             }
             "since" => {
                 if q.since.is_some() {
@@ -368,6 +380,24 @@ mod tests {
         assert!(!f.matches_tags(["z"].into_iter()));
         assert!(f.matches_keywords(&Lowered::new("sa HEJ", "")));
         assert!(!f.matches_keywords(&Lowered::new("nej", "nope")));
+        Ok(())
+    }
+
+    #[test]
+    fn keywords_match_by_full_case_folding_and_normalisation() -> Result<(), Problem> {
+        let f = parse("keyword=STRASSE&keyword=caf%C3%A9")?.filter;
+        for (title, hit) in [
+            ("Die Straße ist gesperrt", true),
+            ("DIE STRASSE", true),
+            ("Cafe\u{301} du monde", true), // decomposed é
+            ("CAFÉ", true),
+            ("cafe", false),
+            ("Strasbourg", false),
+        ] {
+            assert_eq!(f.matches_keywords(&Lowered::new(title, "")), hit, "{title}");
+        }
+        assert_eq!(fold("ΣΟΦΟΣ"), fold("σοφος"));
+        assert_eq!(fold("Ǆ ﬁ"), "ǆ fi");
         Ok(())
     }
 
