@@ -683,6 +683,40 @@ mod tests {
     }
 
     #[test]
+    fn mutated_and_random_heads_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let seeds: [&[u8]; 3] = [
+            b"GET /v1/stream?source=a.*&keyword=x HTTP/1.1\r\nHost: h\r\nX-API-Key: k\r\nConnection: keep-alive, close\r\n\r\n",
+            b"HEAD /v1/events HTTP/1.0\r\nContent-Length: 0\r\nLast-Event-ID: 01a2\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nOrigin: https://a\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..20_000 {
+            let mut bytes = seeds[i % seeds.len()].to_vec();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..bytes.len());
+                match rng.random_range(0..4) {
+                    0 => bytes[at] = rng.random(),
+                    1 => bytes.insert(at, rng.random()),
+                    2 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.truncate(at),
+                }
+                if bytes.is_empty() {
+                    bytes.push(b'G');
+                }
+            }
+            let _ = parse_head(&bytes);
+        }
+        for _ in 0..2_000 {
+            let len = rng.random_range(0..512);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            let _ = parse_head(&bytes);
+        }
+    }
+
+    #[test]
     fn partial_heads_wait_for_more() {
         assert!(matches!(head("GET /v1/str"), Parsed::Partial));
         assert!(matches!(
