@@ -73,10 +73,10 @@ struct Ctx {
     opts: Options,
 }
 
-/// The largest first request head read here; longer heads go to hyper,
-/// which applies its own limits.
+/// The largest request head read here; longer heads go to hyper, which
+/// applies its own limits.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// Header slots for the first request head; more headers go to hyper.
+/// Header slots for a request head; more headers go to hyper.
 const MAX_HEADERS: usize = 64;
 
 /// Serves `app` on `listener` with default [`Options`] until `shutdown`
