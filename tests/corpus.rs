@@ -256,6 +256,7 @@ fn corpus_every_file_parses_or_fails_cleanly_and_replans_to_nothing() {
                 last_event_id: uuid::Uuid::from_u128(i as u128 + 1),
                 fingerprint: ne.fingerprint.clone(),
                 aliases: ne.aliases.clone(),
+                seen_at: now().timestamp(),
             })
             .collect();
         let ids: BTreeSet<&str> = known.iter().map(|k| k.item_id.as_str()).collect();

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::config::SourceConfig;
 use crate::event::StreamEvent;
 use crate::sources::Item;
-use crate::store::{ItemState, NewEvent};
+use crate::store::{ItemState, NewEvent, SEEN_REFRESH};
 
 pub mod canonical;
 
@@ -68,6 +68,7 @@ pub fn plan(
 
     let mut plan = Plan::default();
     let mut candidates: Vec<Candidate> = Vec::new();
+    let refresh_before = fetched_at.timestamp() - SEEN_REFRESH.as_secs() as i64;
     for (idx, (p, m)) in prepared.iter().zip(&matched).enumerate() {
         let Some(k) = m.map(|ki| &known[ki]) else {
             candidates.push(Candidate {
@@ -87,6 +88,9 @@ pub fn plan(
                     aliases,
                     ..k.clone()
                 });
+            } else if k.seen_at < refresh_before {
+                // Still in the feed: keep its state from being pruned.
+                plan.touch.push(k.clone());
             }
             continue;
         }
@@ -349,6 +353,7 @@ fn hold_back_oldest_new(
             last_event_id: Uuid::nil(),
             fingerprint: prepared[c.idx].fingerprint.clone(),
             aliases: c.aliases.clone(),
+            seen_at: 0,
         });
         false
     });

@@ -26,6 +26,9 @@ const MAX_IN_FLIGHT: usize = 256;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often events older than the retention window are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Item state is swept every this many event prunes (hourly; the sweep
+/// reads every item row, so it runs less often).
+const ITEM_PRUNE_EVERY_N: u64 = 6;
 /// Upstream batches buffered between a streaming firehose reader and the store.
 const UPSTREAM_QUEUE: usize = 16;
 
@@ -198,15 +201,34 @@ pub async fn run(
     let prune_cancel = cancel.clone();
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(PRUNE_EVERY);
+        let mut rounds: u64 = 0;
         loop {
             tokio::select! {
                 _ = prune_cancel.cancelled() => break,
-                _ = tick.tick() => match prune_store.prune().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(pruned = n, "pruned events older than the retention window"),
-                    Err(e) => tracing::warn!(error = %e, "pruning failed"),
-                },
+                _ = tick.tick() => {}
             }
+            match prune_store.prune().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(pruned = n, "pruned events older than the retention window")
+                }
+                Err(e) => tracing::warn!(error = %e, "pruning failed"),
+            }
+            if rounds.is_multiple_of(ITEM_PRUNE_EVERY_N) {
+                let sweep = tokio::select! {
+                    _ = prune_cancel.cancelled() => break,
+                    r = prune_store.prune_items() => r,
+                };
+                match sweep {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        forgotten = n,
+                        "forgot the state of items not seen for longer than the item horizon"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "pruning item state failed"),
+                }
+            }
+            rounds += 1;
         }
     });
 

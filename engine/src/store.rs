@@ -72,6 +72,27 @@ pub struct ItemState {
     pub fingerprint: String,
     /// Secondary identity keys.
     pub aliases: Vec<String>,
+    /// When the item was last written: first seen, changed, or refreshed
+    /// because a poll still saw it (unix seconds; set by the store on write,
+    /// ignored in what is written). Item state not refreshed for
+    /// [`item_horizon`] is pruned ([`Store::prune_items`]).
+    pub seen_at: i64,
+}
+
+/// How often a poll that still sees an unchanged item rewrites its state's
+/// `seen_at` (so items that stay in a feed are never pruned).
+pub const SEEN_REFRESH: Duration = Duration::from_secs(86_400);
+/// The shortest time item state is kept after it was last seen.
+pub const ITEM_HORIZON_MIN: Duration = Duration::from_secs(3 * 86_400);
+/// Item-state rows examined per pruning step (one short writer job each, so
+/// writes interleave with a long sweep).
+pub const ITEM_PRUNE_CHUNK: usize = 20_000;
+
+/// How long item state is kept after it was last seen: the retention window,
+/// and at least [`ITEM_HORIZON_MIN`] (a feed polled daily refreshes its items
+/// at least every [`SEEN_REFRESH`] plus one interval).
+pub fn item_horizon(retention: Duration) -> Duration {
+    retention.max(ITEM_HORIZON_MIN)
 }
 
 /// Persistent per-source state.
@@ -198,8 +219,24 @@ impl std::fmt::Debug for Store {
 enum Job {
     Write(Box<WriteBatch>, Reply),
     Prune(oneshot::Sender<Result<usize, String>>),
+    /// One step of the item-state sweep of one source.
+    PruneItems(
+        Box<PruneStep>,
+        oneshot::Sender<Result<(usize, Option<String>), String>>,
+    ),
     /// Resolves once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
+}
+
+/// One bounded step of [`Store::prune_items`].
+struct PruneStep {
+    source_id: String,
+    /// Start after this item id (None: from the first).
+    after: Option<String>,
+    /// Rows with `seen_at` below this (unix seconds) are deleted.
+    floor: i64,
+    /// Rows examined at most.
+    chunk: usize,
 }
 
 /// Events drained into one transaction at most (group commit bound).
@@ -427,6 +464,66 @@ impl Store {
             .map_err(StoreError::Task)
     }
 
+    /// Forgets the state of items not seen for [`item_horizon`] — but only
+    /// for sources polled successfully since then (a source that was down
+    /// for a week keeps its items, so nothing still in its feed is emitted
+    /// again when it comes back). Without this the item table of a busy
+    /// firehose grows forever. Sweeps each source in steps of
+    /// [`ITEM_PRUNE_CHUNK`] rows, each its own writer job, so ingestion
+    /// interleaves. Returns how many rows were deleted.
+    pub async fn prune_items(&self) -> Result<usize, StoreError> {
+        self.prune_items_chunked(ITEM_PRUNE_CHUNK).await
+    }
+
+    async fn prune_items_chunked(&self, chunk: usize) -> Result<usize, StoreError> {
+        let horizon = chrono::Duration::from_std(item_horizon(self.inner.retention))
+            .map_err(|e| StoreError::Task(format!("item horizon: {e}")))?;
+        let refresh = chrono::Duration::from_std(SEEN_REFRESH)
+            .map_err(|e| StoreError::Task(format!("seen refresh: {e}")))?;
+        let floor = Utc::now() - horizon;
+        let sources: Vec<(String, Option<String>)> = self
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT source_id, last_success_at FROM sources")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await?;
+        let mut total = 0;
+        for (source_id, last_success) in sources {
+            let recent = last_success
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .is_some_and(|t| t.with_timezone(&Utc) > floor + refresh);
+            if !recent {
+                continue;
+            }
+            let mut after = None;
+            loop {
+                let step = PruneStep {
+                    source_id: source_id.clone(),
+                    after,
+                    floor: floor.timestamp(),
+                    chunk: chunk.max(1),
+                };
+                let (tx, rx) = oneshot::channel();
+                self.inner
+                    .writer
+                    .send(Job::PruneItems(Box::new(step), tx))
+                    .await
+                    .map_err(|_| StoreError::WriterGone)?;
+                let (n, next) = rx
+                    .await
+                    .map_err(|_| StoreError::WriterGone)?
+                    .map_err(StoreError::Task)?;
+                total += n;
+                match next {
+                    Some(k) => after = Some(k),
+                    None => break,
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// Resolves once every write queued before this call is committed (used
     /// at shutdown after the pollers stopped: nothing acknowledged is lost).
     pub async fn flush(&self) -> Result<(), StoreError> {
@@ -615,7 +712,7 @@ fn read_after_visit(
 }
 
 /// Columns of an item-state row, in the order [`item_from_row`] reads them.
-const ITEM_COLS: &str = "item_id, version, last_event_id, fingerprint, aliases";
+const ITEM_COLS: &str = "item_id, version, last_event_id, fingerprint, aliases, seen_at";
 
 /// Decodes one item-state row. Version 0 is kept: it marks an item held back
 /// by `initial_items` (seen, never emitted).
@@ -628,6 +725,7 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> Result<ItemState, StoreError> {
         last_event_id: Uuid::from_slice(&last).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         fingerprint: r.get(3)?,
         aliases: split_aliases(&aliases),
+        seen_at: r.get(5)?,
     })
 }
 
@@ -701,6 +799,7 @@ impl WriterThread {
         while let Some(job) = rx.blocking_recv() {
             let mut group: Vec<(WriteBatch, Reply)> = Vec::new();
             let mut prunes = Vec::new();
+            let mut item_steps = Vec::new();
             let mut flushes = Vec::new();
             let mut n = 0;
             let mut next = Some(job);
@@ -711,6 +810,7 @@ impl WriterThread {
                         group.push((*b, r));
                     }
                     Job::Prune(r) => prunes.push(r),
+                    Job::PruneItems(step, r) => item_steps.push((step, r)),
                     Job::Flush(r) => flushes.push(r),
                 }
                 if n < MAX_GROUP_EVENTS {
@@ -722,6 +822,9 @@ impl WriterThread {
             }
             for r in prunes {
                 let _ = r.send(self.prune().map_err(|e| e.to_string()));
+            }
+            for (step, r) in item_steps {
+                let _ = r.send(self.prune_items_step(&step).map_err(|e| e.to_string()));
             }
             for r in flushes {
                 let _ = r.send(());
@@ -854,6 +957,48 @@ impl WriterThread {
         Ok(out)
     }
 
+    /// Deletes stale item state among the next `chunk` items of a source
+    /// (by item id); returns the count and where the next step starts
+    /// (None: the source is done).
+    fn prune_items_step(
+        &mut self,
+        step: &PruneStep,
+    ) -> Result<(usize, Option<String>), StoreError> {
+        let offset = (step.chunk - 1) as i64;
+        let end: Option<String> = match &step.after {
+            Some(after) => self.conn.query_row(
+                "SELECT item_id FROM items WHERE source_id = ?1 AND item_id > ?2 ORDER BY item_id LIMIT 1 OFFSET ?3",
+                params![step.source_id, after, offset],
+                |r| r.get(0),
+            ),
+            None => self.conn.query_row(
+                "SELECT item_id FROM items WHERE source_id = ?1 ORDER BY item_id LIMIT 1 OFFSET ?2",
+                params![step.source_id, offset],
+                |r| r.get(0),
+            ),
+        }
+        .optional()?;
+        let deleted = match (&step.after, &end) {
+            (Some(after), Some(end)) => self.conn.execute(
+                "DELETE FROM items WHERE source_id = ?1 AND item_id > ?2 AND item_id <= ?3 AND seen_at < ?4",
+                params![step.source_id, after, end, step.floor],
+            )?,
+            (Some(after), None) => self.conn.execute(
+                "DELETE FROM items WHERE source_id = ?1 AND item_id > ?2 AND seen_at < ?3",
+                params![step.source_id, after, step.floor],
+            )?,
+            (None, Some(end)) => self.conn.execute(
+                "DELETE FROM items WHERE source_id = ?1 AND item_id <= ?2 AND seen_at < ?3",
+                params![step.source_id, end, step.floor],
+            )?,
+            (None, None) => self.conn.execute(
+                "DELETE FROM items WHERE source_id = ?1 AND seen_at < ?2",
+                params![step.source_id, step.floor],
+            )?,
+        };
+        Ok((deleted, end))
+    }
+
     fn prune(&mut self) -> Result<usize, StoreError> {
         let now_ms = Utc::now().timestamp_millis().max(0) as u64;
         let floor = uuid_floor_at(now_ms.saturating_sub(self.retention.as_millis() as u64));
@@ -907,7 +1052,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn ev(source: &str, item: &str) -> NewEvent {
+    pub(super) fn ev(source: &str, item: &str) -> NewEvent {
         NewEvent {
             event: StreamEvent {
                 id: Uuid::nil(),
@@ -982,6 +1127,13 @@ mod tests {
             last_event_id: Uuid::nil(),
             fingerprint: "f".into(),
             aliases: vec![],
+            seen_at: 0,
+        };
+        // What was written, with the write time the store gave it.
+        let unstamped = |v: Vec<ItemState>| -> Vec<ItemState> {
+            v.into_iter()
+                .map(|i| ItemState { seen_at: 0, ..i })
+                .collect()
         };
         store
             .write(WriteBatch {
@@ -993,9 +1145,9 @@ mod tests {
                 ..Default::default()
             })
             .await?;
-        assert_eq!(store.items("h").await?, vec![held.clone()]);
+        assert_eq!(unstamped(store.items("h").await?), vec![held.clone()]);
         assert_eq!(
-            store.items_by_ids("h", vec!["held".into()]).await?,
+            unstamped(store.items_by_ids("h", vec!["held".into()]).await?),
             vec![held]
         );
         assert_eq!(items[0].aliases, vec!["a1".to_string()]);
@@ -1053,6 +1205,69 @@ mod tests {
 #[cfg(test)]
 mod retention_tests {
     use super::*;
+
+    #[tokio::test]
+    async fn prune_items_forgets_stale_state_of_sources_polled_since() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let path = dir.path().join("items.db");
+        let store = Store::open(&path, Duration::from_secs(3600), Bus::new())?;
+        let polled_now = |id: &str| SourceState {
+            source_id: id.into(),
+            last_success_at: Some(Utc::now()),
+            ..Default::default()
+        };
+        // "live": polled just now; "down": last success long ago.
+        for (sid, source) in [
+            ("live", polled_now("live")),
+            (
+                "down",
+                SourceState {
+                    source_id: "down".into(),
+                    last_success_at: Some(Utc::now() - chrono::Duration::days(30)),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            store
+                .write(WriteBatch {
+                    events: (0..10)
+                        .map(|i| super::tests::ev(sid, &format!("item{i:02}")))
+                        .collect(),
+                    source: Some(source),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        // Age every even item of both sources past the horizon.
+        let old = (Utc::now() - chrono::Duration::days(30)).timestamp();
+        let conn = open_connection(&path)?;
+        conn.execute(
+            "UPDATE items SET seen_at = ?1 WHERE CAST(substr(item_id, 5) AS INTEGER) % 2 = 0",
+            [old],
+        )?;
+        drop(conn);
+
+        // Small steps: the sweep has to carry its position across chunks.
+        let deleted = store.prune_items_chunked(3).await?;
+        assert_eq!(deleted, 5);
+        let ids = |items: Vec<ItemState>| -> Vec<String> {
+            let mut v: Vec<String> = items.into_iter().map(|i| i.item_id).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            ids(store.items("live").await?),
+            ["item01", "item03", "item05", "item07", "item09"]
+        );
+        assert_eq!(
+            store.items("down").await?.len(),
+            10,
+            "a source that was down keeps its items"
+        );
+        // Nothing left to do.
+        assert_eq!(store.prune_items().await?, 0);
+        Ok(())
+    }
 
     #[tokio::test]
     async fn prune_removes_events_outside_retention_and_raises_the_floor() -> Result<(), StoreError>

@@ -76,6 +76,7 @@ impl Store {
                 last_event_id: ev.id,
                 fingerprint: ne.fingerprint,
                 aliases: ne.aliases,
+                seen_at: t0().timestamp(),
             });
             out.push(ev.clone());
             self.log.push(ev);
@@ -452,4 +453,35 @@ fn ten_thousand_items_plan_and_replan() {
     let mut s = Store::new(src(None));
     assert_eq!(s.poll(doc()).len(), 10_000);
     assert!(s.poll(doc()).is_empty());
+}
+
+#[test]
+fn an_unchanged_item_refreshes_its_state_once_a_day_so_it_is_never_pruned() {
+    let s = src(None);
+    let items = vec![item(
+        Some("g1"),
+        Some("https://example.org/1"),
+        "One",
+        "body",
+    )];
+    let first = plan(&s, items.clone(), &[], true, t0());
+    assert_eq!(first.events.len(), 1);
+    let ne = &first.events[0];
+    let known_at = |seen_at: i64| ItemState {
+        item_id: ne.event.item_id.clone(),
+        version: 1,
+        last_event_id: Uuid::from_u128(1),
+        fingerprint: ne.fingerprint.clone(),
+        aliases: ne.aliases.clone(),
+        seen_at,
+    };
+    // Written an hour ago: nothing to write.
+    let fresh = known_at((t0() - TimeDelta::hours(1)).timestamp());
+    let p = plan(&s, items.clone(), &[fresh], false, t0());
+    assert!(p.events.is_empty() && p.touch.is_empty(), "{:?}", p.touch);
+    // Written two days ago: the same state is written again (new seen_at).
+    let stale = known_at((t0() - TimeDelta::days(2)).timestamp());
+    let p = plan(&s, items, std::slice::from_ref(&stale), false, t0());
+    assert!(p.events.is_empty());
+    assert_eq!(p.touch, vec![stale]);
 }
