@@ -570,4 +570,28 @@ mod tests {
         // A huge attribute is not an error, but must not panic either.
         let _ = parse_at(huge_attr.as_bytes(), None, &base(), now());
     }
+
+    #[test]
+    fn entity_bombs_and_external_entities_are_not_expanded() {
+        // Billion laughs: ten levels of ten references each.
+        let mut dtd = String::from("<!ENTITY lol0 \"lol\">");
+        for level in 1..10 {
+            let refs: String = (0..10).map(|_| format!("&lol{};", level - 1)).collect();
+            dtd.push_str(&format!("<!ENTITY lol{level} \"{refs}\">"));
+        }
+        let bomb = format!(
+            "<?xml version=\"1.0\"?><!DOCTYPE rss [{dtd}]><rss version=\"2.0\"><channel><title>t</title>\
+             <item><title>&lol9;</title><guid>g1</guid></item></channel></rss>"
+        );
+        // External entity (XXE): the file must never be read into an item.
+        let xxe = "<?xml version=\"1.0\"?><!DOCTYPE rss [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>\
+             <rss version=\"2.0\"><channel><title>t</title><item><title>a &xxe; b</title><guid>g2</guid></item></channel></rss>";
+        // Custom entities are never expanded: the reference stays as text.
+        for (doc, title) in [(bomb.as_str(), "&lol9;"), (xxe, "a &xxe; b")] {
+            let p =
+                parse_at(doc.as_bytes(), None, &base(), now()).unwrap_or_else(|e| panic!("{e}"));
+            let titles: Vec<&str> = p.items.iter().map(|i| i.title.as_str()).collect();
+            assert_eq!(titles, [title]);
+        }
+    }
 }
