@@ -113,7 +113,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await?;
         }
         let start = Instant::now();
-        let forgotten = store.prune_items().await?;
+        let configured: std::collections::HashSet<String> =
+            (0..1000).map(|i| format!("bench.source-{i}")).collect();
+        let forgotten = store.prune_items(&configured).await?;
         let secs = start.elapsed().as_secs_f64();
         println!("item sweep: {} item rows in {secs:.2} s = {:.0} rows/s ({forgotten} forgotten)", total(), total() as f64 / secs);
         Ok::<_, Box<dyn std::error::Error>>(())

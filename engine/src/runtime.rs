@@ -3,7 +3,7 @@
 //! streaming firehoses, live config reload, retention pruning and a clean
 //! shutdown that loses nothing acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,6 +197,11 @@ pub async fn run(
     }
     tracing::info!(sources = slots.len(), "engine started");
 
+    // The configured source ids, for the item-state sweep (which forgets
+    // sources no longer configured); updated on every reload.
+    let configured: Arc<std::sync::Mutex<HashSet<String>>> =
+        Arc::new(std::sync::Mutex::new(by_id.keys().cloned().collect()));
+    let prune_configured = configured.clone();
     let prune_store = store.clone();
     let prune_cancel = cancel.clone();
     let pruner = tokio::spawn(async move {
@@ -215,9 +220,14 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "pruning failed"),
             }
             if rounds.is_multiple_of(ITEM_PRUNE_EVERY_N) {
+                // A poisoned lock still holds the last complete set.
+                let ids = prune_configured
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
                 let sweep = tokio::select! {
                     _ = prune_cancel.cancelled() => break,
-                    r = prune_store.prune_items() => r,
+                    r = prune_store.prune_items(&ids) => r,
                 };
                 match sweep {
                     Ok(0) => {}
@@ -322,6 +332,8 @@ pub async fn run(
                         }
                     }
                     apply_reload(&ctx, new, &mut slots, &mut by_id, &mut queue, &mut upstreams, &cancel);
+                    *configured.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        by_id.keys().cloned().collect();
                 }
             },
         }

@@ -10,6 +10,7 @@
 //!   (ETag, Last-Modified, health, HTML snapshot, upstream cursor) live beside
 //!   the events so a restart neither re-emits nor loses cursors.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -237,6 +238,8 @@ struct PruneStep {
     floor: i64,
     /// Rows examined at most.
     chunk: usize,
+    /// After the last step, delete the source's state row too.
+    forget: bool,
 }
 
 /// Events drained into one transaction at most (group commit bound).
@@ -467,42 +470,61 @@ impl Store {
     /// Forgets the state of items not seen for [`item_horizon`] — but only
     /// for sources polled successfully since then (a source that was down
     /// for a week keeps its items, so nothing still in its feed is emitted
-    /// again when it comes back). Without this the item table of a busy
-    /// firehose grows forever. Sweeps each source in steps of
-    /// [`ITEM_PRUNE_CHUNK`] rows, each its own writer job, so ingestion
-    /// interleaves. Returns how many rows were deleted.
-    pub async fn prune_items(&self) -> Result<usize, StoreError> {
-        self.prune_items_chunked(ITEM_PRUNE_CHUNK).await
+    /// again when it comes back). A source that is no longer `configured`
+    /// and was not polled within the horizon is forgotten entirely: its
+    /// items and its state (re-adding it later starts it as a new source).
+    /// Without this the item table of a busy firehose grows forever.
+    /// Sweeps each source in steps of [`ITEM_PRUNE_CHUNK`] rows, each its own
+    /// writer job, so ingestion interleaves. Returns how many item rows were
+    /// deleted.
+    pub async fn prune_items(&self, configured: &HashSet<String>) -> Result<usize, StoreError> {
+        self.prune_items_chunked(configured, ITEM_PRUNE_CHUNK).await
     }
 
-    async fn prune_items_chunked(&self, chunk: usize) -> Result<usize, StoreError> {
+    async fn prune_items_chunked(
+        &self,
+        configured: &HashSet<String>,
+        chunk: usize,
+    ) -> Result<usize, StoreError> {
         let horizon = chrono::Duration::from_std(item_horizon(self.inner.retention))
             .map_err(|e| StoreError::Task(format!("item horizon: {e}")))?;
         let refresh = chrono::Duration::from_std(SEEN_REFRESH)
             .map_err(|e| StoreError::Task(format!("seen refresh: {e}")))?;
         let floor = Utc::now() - horizon;
-        let sources: Vec<(String, Option<String>)> = self
+        type Row = (String, Option<String>, Option<String>);
+        let sources: Vec<Row> = self
             .read(|c| {
-                let mut stmt = c.prepare("SELECT source_id, last_success_at FROM sources")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let mut stmt =
+                    c.prepare("SELECT source_id, last_success_at, last_poll_at FROM sources")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 Ok(rows.collect::<Result<_, _>>()?)
             })
             .await?;
+        let at = |t: Option<String>| {
+            t.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
         let mut total = 0;
-        for (source_id, last_success) in sources {
-            let recent = last_success
-                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                .is_some_and(|t| t.with_timezone(&Utc) > floor + refresh);
-            if !recent {
-                continue;
-            }
+        for (source_id, last_success, last_poll) in sources {
+            let (item_floor, forget) = if configured.contains(&source_id) {
+                if at(last_success).is_none_or(|t| t <= floor + refresh) {
+                    continue;
+                }
+                (floor.timestamp(), false)
+            } else {
+                if at(last_poll).is_some_and(|t| t > floor) {
+                    continue;
+                }
+                (i64::MAX, true)
+            };
             let mut after = None;
             loop {
                 let step = PruneStep {
                     source_id: source_id.clone(),
                     after,
-                    floor: floor.timestamp(),
+                    floor: item_floor,
                     chunk: chunk.max(1),
+                    forget,
                 };
                 let (tx, rx) = oneshot::channel();
                 self.inner
@@ -519,6 +541,9 @@ impl Store {
                     Some(k) => after = Some(k),
                     None => break,
                 }
+            }
+            if forget {
+                tracing::info!(source = %source_id, "forgot a source that is no longer configured");
             }
         }
         Ok(total)
@@ -996,6 +1021,12 @@ impl WriterThread {
                 params![step.source_id, step.floor],
             )?,
         };
+        if end.is_none() && step.forget {
+            self.conn.execute(
+                "DELETE FROM sources WHERE source_id = ?1",
+                [&step.source_id],
+            )?;
+        }
         Ok((deleted, end))
     }
 
@@ -1247,9 +1278,40 @@ mod retention_tests {
         )?;
         drop(conn);
 
+        // "gone": no longer configured, last polled long ago; "just-removed":
+        // no longer configured but polled an hour ago.
+        for (sid, polled) in [
+            ("gone", Utc::now() - chrono::Duration::days(30)),
+            ("just-removed", Utc::now() - chrono::Duration::hours(1)),
+        ] {
+            store
+                .write(WriteBatch {
+                    events: (0..4)
+                        .map(|i| super::tests::ev(sid, &format!("item{i:02}")))
+                        .collect(),
+                    source: Some(SourceState {
+                        source_id: sid.into(),
+                        last_poll_at: Some(polled),
+                        last_success_at: Some(polled),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        let configured: HashSet<String> = ["live", "down"].map(String::from).into();
+
         // Small steps: the sweep has to carry its position across chunks.
-        let deleted = store.prune_items_chunked(3).await?;
-        assert_eq!(deleted, 5);
+        let deleted = store.prune_items_chunked(&configured, 3).await?;
+        assert_eq!(deleted, 5 + 4);
+        assert!(store.items("gone").await?.is_empty());
+        assert_eq!(
+            store.source_state("gone").await?,
+            None,
+            "forgotten entirely"
+        );
+        assert_eq!(store.items("just-removed").await?.len(), 4);
+        assert!(store.source_state("just-removed").await?.is_some());
         let ids = |items: Vec<ItemState>| -> Vec<String> {
             let mut v: Vec<String> = items.into_iter().map(|i| i.item_id).collect();
             v.sort();
@@ -1265,7 +1327,7 @@ mod retention_tests {
             "a source that was down keeps its items"
         );
         // Nothing left to do.
-        assert_eq!(store.prune_items().await?, 0);
+        assert_eq!(store.prune_items(&configured).await?, 0);
         Ok(())
     }
 
