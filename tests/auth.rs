@@ -326,6 +326,95 @@ async fn each_of_the_three_forms_authenticates_and_conflicts_are_400() {
 }
 
 #[tokio::test]
+async fn admin_keys_see_source_health_and_stats_other_keys_get_403() {
+    let admin = NewKey {
+        scopes: vec![Scope::Admin],
+        ..key_named("ops")
+    };
+    let (app, keys) = app::spawn(&[admin, key_named("reader")]).await;
+    let (ops, reader) = (&keys[0], &keys[1]);
+    let now = chrono::Utc::now();
+    for (id, error) in [("news.ok", None), ("news.down", Some("fetch: HTTP 503"))] {
+        app.state
+            .store
+            .write(livestrom_engine::store::WriteBatch {
+                source: Some(livestrom_engine::store::SourceState {
+                    source_id: id.into(),
+                    last_poll_at: Some(now),
+                    last_success_at: error.is_none().then_some(now),
+                    last_error: error.map(String::from),
+                    consecutive_failures: u32::from(error.is_some()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("write source state");
+    }
+
+    let body: Value = app
+        .get_with("/v1/admin/sources", ops)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let health: Vec<(String, String)> = body["sources"]
+        .as_array()
+        .expect("sources array")
+        .iter()
+        .map(|s| {
+            (
+                s["source_id"].as_str().unwrap_or_default().to_owned(),
+                s["health"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("news.down".to_owned(), "failing".to_owned()),
+            ("news.ok".to_owned(), "ok".to_owned())
+        ]
+    );
+    assert_eq!(body["sources"][0]["last_error"], "fetch: HTTP 503");
+
+    // A stream open with the reader key shows in the stats.
+    let stream = app.get_with("/v1/stream", reader).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let stats: Value = poll_until("the open stream to be counted", || async {
+        let v: Value = app
+            .get_with("/v1/admin/stats", ops)
+            .await
+            .json()
+            .await
+            .ok()?;
+        (v["subscribers"] == 1).then_some(v)
+    })
+    .await;
+    assert!(stats["retention_floor"].is_string(), "{stats}");
+    drop(stream);
+
+    // Without the admin scope: 403 naming it; without a key: 401.
+    for path in ["/v1/admin/sources", "/v1/admin/stats"] {
+        let body = problem(
+            app.get_with(path, reader).await,
+            StatusCode::FORBIDDEN,
+            "missing-scope",
+        )
+        .await;
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("`admin`"),
+            "{body}"
+        );
+        let res = app.http.get(app.url(path)).send().await.expect("request");
+        problem(res, StatusCode::UNAUTHORIZED, "missing-api-key").await;
+    }
+}
+
+#[tokio::test]
 async fn a_key_without_stream_read_is_403_on_streaming_routes() {
     let admin = NewKey {
         scopes: vec![Scope::Admin],

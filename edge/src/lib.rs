@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod events;
 pub mod filter;
@@ -44,6 +45,8 @@ pub struct AppState {
 pub struct StateInner {
     /// The durable event log (replay, `/v1/events`).
     pub log: Arc<dyn EventLog>,
+    /// The store itself, for operator views of engine state (`admin`).
+    pub store: Store,
     /// Live fan-out of committed events to subscribers.
     pub hub: hub::Hub,
     /// API keys, cached and refreshed from the database.
@@ -87,6 +90,7 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(StateInner {
                 log,
+                store: store.clone(),
                 hub,
                 keys,
                 limits: limits::Limits::new(),
@@ -104,6 +108,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/stream", axum::routing::get(stream::handler))
         .route("/v1/events", axum::routing::get(events::handler))
         .route("/v1/whoami", axum::routing::get(whoami::handler))
+        .route("/v1/admin/sources", axum::routing::get(admin::sources))
+        .route("/v1/admin/stats", axum::routing::get(admin::stats))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
