@@ -163,6 +163,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Below this many open files a warning says how many streams fit.
+const LOW_OPEN_FILE_LIMIT: u64 = 4096;
+
+/// Raises the soft open-file limit to the hard limit: every subscriber is a
+/// socket, and the common default soft limit of 1024 would cap the server at
+/// about a thousand concurrent streams.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < LOW_OPEN_FILE_LIMIT => tracing::warn!(
+            limit = n,
+            "the open-file limit allows fewer than {n} concurrent streams; raise it (ulimit -n, systemd LimitNOFILE=)"
+        ),
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// The error and its causes joined by ": ", skipping a cause whose text the
 /// message already carries (many errors print their source themselves).
 fn error_chain(e: &anyhow::Error) -> String {
@@ -280,6 +297,7 @@ async fn run(
 ) -> Result<()> {
     let cancel = stop.unwrap_or_default();
     spawn_signal_handler(cancel.clone());
+    raise_open_file_limit();
     let _instance = lock_instance(&config.engine.database)?;
     let bus = Bus::new();
     let store = Store::open(&config.engine.database, config.engine.retention, bus)

@@ -39,6 +39,15 @@ type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 const KEYS: usize = 8;
 
 fn main() -> BoxResult<()> {
+    // Each process holds ~N sockets: raise the soft open-file limit to the
+    // hard one (a soft limit of 1024 is common); the server child inherits it.
+    let limit = rlimit::increase_nofile_limit(u64::MAX)?;
+    if limit < 10_100 {
+        eprintln!(
+            "note: open-file limit {limit}; FANOUT_N above ~{} will fail (raise the hard limit)",
+            limit.saturating_sub(100)
+        );
+    }
     let serve = std::env::args().any(|a| a == "serve");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
