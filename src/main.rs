@@ -141,11 +141,19 @@ enum SourcesCommand {
     },
 }
 
+/// Threads for blocking work: SQLite reads (stream connects, replay pages,
+/// `/v1/events`) and feed/page parsing. tokio's default of 512 lets a
+/// reconnect storm after a restart open hundreds of SQLite connections at
+/// once, which only adds memory (docs/PERFORMANCE.md, edge (d)); the work is
+/// short and CPU-bound, so more threads than this gain nothing.
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

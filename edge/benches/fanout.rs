@@ -49,9 +49,15 @@ fn main() -> BoxResult<()> {
         );
     }
     let serve = std::env::args().any(|a| a == "serve");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The same blocking-pool bound as the `livestrom` binary
+    // (`MAX_BLOCKING_THREADS`); `FANOUT_BLOCKING` overrides it.
+    let blocking = std::env::var("FANOUT_BLOCKING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().max_blocking_threads(blocking);
+    let rt = builder.build()?;
     if serve {
         rt.block_on(server())
     } else {
