@@ -460,4 +460,34 @@ mod tests {
         // api_key, since and limit are not filter terms.
         assert!(parse_query(Some("source=a&api_key=lstr_x&limit=3"), Endpoint::Events, 1).is_ok());
     }
+
+    #[test]
+    fn mutated_queries_are_accepted_or_a_400_never_a_panic() {
+        use rand::{Rng, SeedableRng};
+        let seeds = [
+            "source=news.*&source=a.b&source_type=rss&tag=x&keyword=Stra%C3%9Fe+nu&since=01a2071f-aae0-742e-a6f9-3b6f17808d85",
+            "keyword=%F0%9F%98%80&tag=%E2%80%8B&api_key=lstr_x&limit=10",
+            "source=kommun.*&source=.&source=a..b&source=*&keyword=%&since=",
+        ];
+        let alphabet = b"=&%+.*_-aZ09\x00\xff/?#";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for i in 0..20_000 {
+            let mut q = seeds[i % seeds.len()].as_bytes().to_vec();
+            for _ in 0..rng.random_range(1..5) {
+                let at = rng.random_range(0..q.len());
+                match rng.random_range(0..3) {
+                    0 => q[at] = alphabet[rng.random_range(0..alphabet.len())],
+                    1 => q.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                    _ => q.truncate(at.max(1)),
+                }
+            }
+            let q = String::from_utf8_lossy(&q);
+            for endpoint in [Endpoint::Stream, Endpoint::Events] {
+                if let Err(p) = parse_query(Some(&q), endpoint, 20) {
+                    assert_eq!(p.status, 400, "{q}");
+                    assert!(p.parameter.is_some(), "no parameter named for {q}");
+                }
+            }
+        }
+    }
 }
