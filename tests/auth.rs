@@ -415,6 +415,23 @@ async fn admin_keys_see_source_health_and_stats_other_keys_get_403() {
 }
 
 #[tokio::test]
+async fn a_key_created_while_running_works_on_its_very_first_request() {
+    // `KEY=$(livestrom apikey create …) && curl …` must not race the cache.
+    let (app, _keys) = app::spawn(&[key_named("first")]).await;
+    for i in 0..5 {
+        let key = app
+            .cli(move |c| keys::create(c, &key_named(&format!("new-{i}"))).expect("create key"))
+            .await;
+        let res = app.get_with("/v1/whoami", &key).await;
+        assert_eq!(res.status(), StatusCode::OK, "key {i} refused on first use");
+    }
+    // A key that exists nowhere is still refused (after the lookup).
+    let bogus = keys::generate();
+    let res = app.get_with("/v1/whoami", &bogus).await;
+    problem(res, StatusCode::UNAUTHORIZED, "unknown-api-key").await;
+}
+
+#[tokio::test]
 async fn a_key_without_stream_read_is_403_on_streaming_routes() {
     let admin = NewKey {
         scopes: vec![Scope::Admin],

@@ -25,7 +25,7 @@ impl FromRequestParts<AppState> for AdminKey {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let key = authenticate(parts, state)?;
+        let key = authenticate(parts, state).await?;
         require(&key, Scope::Admin)?;
         state.limits.check_rate(&key)?;
         Ok(AdminKey)

@@ -99,7 +99,7 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let key = authenticate(parts, state)?;
+        let key = authenticate(parts, state).await?;
         require(&key, Scope::StreamRead)?;
         state.limits.check_rate(&key)?;
         Ok(Authenticated(key))
@@ -115,7 +115,7 @@ impl FromRequestParts<AppState> for AnyKey {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let key = authenticate(parts, state)?;
+        let key = authenticate(parts, state).await?;
         state.limits.check_rate(&key)?;
         Ok(AnyKey(key))
     }
@@ -136,7 +136,7 @@ pub fn require(key: &KeyInfo, scope: Scope) -> Result<(), Problem> {
 
 /// Finds and verifies the request's key; failures count against the client
 /// address. Does not check scopes or rates.
-pub fn authenticate(parts: &Parts, state: &AppState) -> Result<Arc<KeyInfo>, Problem> {
+pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Arc<KeyInfo>, Problem> {
     let refused = match presented_key(parts) {
         Err(p) => p,
         Ok(None) => {
@@ -152,7 +152,7 @@ pub fn authenticate(parts: &Parts, state: &AppState) -> Result<Arc<KeyInfo>, Pro
                 detail,
             )
         }
-        Ok(Some(presented)) => match state.keys.check(&presented) {
+        Ok(Some(presented)) => match state.keys.check_fresh(&presented).await {
             Verdict::Valid(info) => {
                 crate::access::note_key(parts, &info.name);
                 return Ok(info);

@@ -19,7 +19,10 @@
 //! reads `PRAGMA data_version` (free; changes when any other connection
 //! committed), and only then the generation row, and only when that changed
 //! reloads the table. A full reload also happens every [`FULL_RELOAD_EVERY`]
-//! to pick up hand edits that did not bump the generation.
+//! to pick up hand edits that did not bump the generation. A well-formed key
+//! the cache does not know wakes the refresher and waits for its poll before
+//! it is refused ([`KeyStore::check_fresh`]), so a key works on its first
+//! request right after `apikey create`.
 //!
 //! What a change does to open streams:
 //! - revoked (or deleted) key: removed from the active set and its
@@ -31,6 +34,7 @@
 //!   running under the limits they were opened with.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -59,6 +63,9 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 /// How often the edge looks for key changes (revocations apply within this
 /// plus one reload).
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// How long a request with an unknown key waits for the database check
+/// ([`KeyStore::check_fresh`]) before it is refused.
+pub const FRESH_CHECK_WAIT: Duration = Duration::from_secs(2);
 /// How often the edge reloads every key regardless of the generation row.
 pub const FULL_RELOAD_EVERY: Duration = Duration::from_secs(30);
 /// `last_used_at` is written at most this often per key.
@@ -384,6 +391,9 @@ impl KeyStore {
         let shared = Arc::new(Shared {
             cache: RwLock::new(Arc::new(Cache::default())),
             usage: Mutex::new(Usage::default()),
+            requested: AtomicU64::new(0),
+            covered: tokio::sync::watch::Sender::new(0),
+            wake: tokio::sync::Notify::new(),
         });
         shared.apply(rows);
         let this = Self { shared };
@@ -424,6 +434,28 @@ impl KeyStore {
         }
     }
 
+    /// [`check`](Self::check), but a well-formed key the cache does not know
+    /// is looked for in the database before it is refused: a key created a
+    /// moment ago (`KEY=$(livestrom apikey create …) && curl …`) works at
+    /// once instead of after the next refresh tick. Concurrent lookups share
+    /// one refresh (a cheap `PRAGMA data_version` unless keys changed); the
+    /// wait is bounded by [`FRESH_CHECK_WAIT`].
+    pub async fn check_fresh(&self, presented: &str) -> Verdict {
+        let verdict = self.check(presented);
+        if !matches!(verdict, Verdict::Unknown) {
+            return verdict;
+        }
+        let ticket = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut covered = self.shared.covered.subscribe();
+        self.shared.wake.notify_one();
+        let waited =
+            tokio::time::timeout(FRESH_CHECK_WAIT, covered.wait_for(|c| *c >= ticket)).await;
+        if !matches!(waited, Ok(Ok(_))) {
+            return Verdict::Unknown;
+        }
+        self.check(presented)
+    }
+
     /// Number of usable (unrevoked) keys in the cache.
     pub fn active_count(&self) -> usize {
         self.snapshot().active_count
@@ -443,7 +475,10 @@ impl KeyStore {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+                () = self.shared.wake.notified() => {}
             }
+            // Every request taken before this poll starts is answered by it.
+            let covers = self.shared.requested.load(Ordering::SeqCst);
             let full = refresher.last_full.elapsed() >= FULL_RELOAD_EVERY;
             let res = tokio::task::spawn_blocking(move || {
                 let out = refresher.poll(full);
@@ -466,6 +501,11 @@ impl KeyStore {
                     tracing::warn!(error = %e, "cannot refresh api keys; keeping the cached ones")
                 }
             }
+            self.shared.covered.send_if_modified(|c| {
+                let newer = covers > *c;
+                *c = (*c).max(covers);
+                newer
+            });
         }
     }
 
@@ -534,6 +574,12 @@ struct Shared {
     cache: RwLock<Arc<Cache>>,
     /// `last_used_at` bookkeeping (bounded by the number of keys).
     usage: Mutex<Usage>,
+    /// Refresh requests taken so far (see [`KeyStore::check_fresh`]).
+    requested: AtomicU64,
+    /// The newest request number a completed refresh covered.
+    covered: tokio::sync::watch::Sender<u64>,
+    /// Wakes the refresher before its next tick.
+    wake: tokio::sync::Notify,
 }
 
 #[derive(Default)]
