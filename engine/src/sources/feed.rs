@@ -111,7 +111,7 @@ pub fn parse_at(
         {
             return Ok(Parsed::default());
         }
-        Ok(Err(e)) => return Err(describe(e, &doc)),
+        Ok(Err(e)) => return Err(describe(e, &doc, base)),
     };
 
     let about = if feed.feed_type == FeedType::RSS1 {
@@ -365,13 +365,24 @@ fn lenient_json(doc: &str) -> Option<String> {
 }
 
 /// A specific message for each way feed-rs fails.
-fn describe(e: ParseFeedError, doc: &str) -> FeedError {
+fn describe(e: ParseFeedError, doc: &str, base: &Url) -> FeedError {
     let msg = match e {
         ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot) => {
             let root = root_name(doc);
             match root.as_deref() {
                 Some("html") => {
-                    "the document is an HTML page, not a feed (root element <html>)".to_owned()
+                    let feeds = advertised_feeds(doc, base);
+                    let hint = match feeds.as_slice() {
+                        [] => "; to watch the page itself use type = \"html\"".to_owned(),
+                        [one] => format!(
+                            "; the page links to a feed: {one} — use it as the source's url"
+                        ),
+                        many => format!(
+                            "; the page links to feeds: {} — use one as the source's url",
+                            many.join(", ")
+                        ),
+                    };
+                    format!("the document is an HTML page, not a feed (root element <html>){hint}")
                 }
                 Some(r) => format!("root element <{r}> is not rss, RDF, feed or entry"),
                 None => "no root element found (empty or truncated document)".to_owned(),
@@ -384,6 +395,52 @@ fn describe(e: ParseFeedError, doc: &str) -> FeedError {
         ParseFeedError::XmlReader(e) => format!("malformed XML: {e}"),
     };
     FeedError::Invalid(msg)
+}
+
+/// Feeds an HTML page advertises in its head (`<link rel="alternate"
+/// type="application/rss+xml" href="…">`), resolved against `base`, at most
+/// three: what to suggest when a source's url serves a web page. Only a
+/// bounded prefix of the (untrusted) page is parsed.
+fn advertised_feeds(doc: &str, base: &Url) -> Vec<String> {
+    const HEAD_BYTES: usize = 64 * 1024;
+    let mut end = doc.len().min(HEAD_BYTES);
+    while !doc.is_char_boundary(end) {
+        end -= 1;
+    }
+    let Ok(links) = scraper::Selector::parse("link[href]") else {
+        return Vec::new();
+    };
+    let page = scraper::Html::parse_document(&doc[..end]);
+    let mut out: Vec<String> = Vec::new();
+    for link in page.select(&links) {
+        let alternate = link.attr("rel").is_some_and(|r| {
+            r.split_ascii_whitespace()
+                .any(|t| t.eq_ignore_ascii_case("alternate"))
+        });
+        let feed_type = link.attr("type").is_some_and(|t| {
+            matches!(
+                t.trim().to_ascii_lowercase().as_str(),
+                "application/rss+xml"
+                    | "application/atom+xml"
+                    | "application/rdf+xml"
+                    | "application/feed+json"
+                    | "application/json"
+            )
+        });
+        let Some(href) = link.attr("href").filter(|_| alternate && feed_type) else {
+            continue;
+        };
+        if let Ok(url) = base.join(href.trim()) {
+            let url = url.to_string();
+            if !out.contains(&url) {
+                out.push(url);
+            }
+        }
+        if out.len() == 3 {
+            break;
+        }
+    }
+    out
 }
 
 fn root_name(doc: &str) -> Option<String> {
@@ -593,5 +650,29 @@ mod tests {
             let titles: Vec<&str> = p.items.iter().map(|i| i.title.as_str()).collect();
             assert_eq!(titles, [title]);
         }
+    }
+
+    #[test]
+    fn an_html_page_instead_of_a_feed_names_the_feeds_it_links() {
+        let page = r#"<!DOCTYPE html><html><head><title>Blog</title>
+            <link rel="stylesheet" href="/style.css">
+            <link rel="alternate" type="application/rss+xml" title="RSS" href="/feed.xml">
+            <link rel="Alternate" type="application/atom+xml" href="https://example.org/atom">
+            </head><body>posts</body></html>"#;
+        let err = parse_at(page.as_bytes(), None, &base(), now())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("HTML page"), "{err}");
+        assert!(
+            err.contains("https://example.org/feed.xml, https://example.org/atom"),
+            "{err}"
+        );
+        let plain = "<!DOCTYPE html><html><head></head><body>hi</body></html>";
+        let err = parse_at(plain.as_bytes(), None, &base(), now())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("type = \"html\""), "{err}");
     }
 }
