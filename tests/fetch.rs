@@ -35,6 +35,7 @@ fn config() -> FetchConfig {
         per_host_concurrency: 8,
         allow_private_networks: true,
         max_redirects: 5,
+        proxy: None,
     }
 }
 
@@ -618,6 +619,48 @@ async fn open_stream_returns_after_headers_and_checks_status() -> TestResult {
     let busy = f.open_stream(&request(addr, "/busy")?).await;
     assert!(
         matches!(busy, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(30))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_configured_proxy_carries_every_request() -> TestResult {
+    // A forward proxy on 127.0.0.1: it receives the absolute-form request
+    // for a host that resolves nowhere, and answers for it.
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let proxy = serve(Router::new().fallback(move |uri: axum::http::Uri| {
+        let log = log.clone();
+        async move {
+            if let Ok(mut l) = log.lock() {
+                l.push(uri.to_string());
+            }
+            ([(header::CONTENT_TYPE, "application/rss+xml")], FEED)
+        }
+    }))
+    .await?;
+    let f = Fetcher::new(&FetchConfig {
+        // The guard stays on: the proxy's own loopback address is not a target.
+        allow_private_networks: false,
+        proxy: Some(Url::parse(&format!("http://{proxy}"))?),
+        ..config()
+    })?;
+    let got = body(
+        f.fetch(&FetchRequest::get(Url::parse(
+            "http://feeds.example.invalid/feed.xml",
+        )?))
+        .await,
+    )?;
+    assert_eq!(&got.body[..], FEED.as_bytes());
+    let seen = seen.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(seen, ["http://feeds.example.invalid/feed.xml"]);
+    // IP-literal targets are still refused before any request is made.
+    let refused = f
+        .fetch(&FetchRequest::get(Url::parse("http://10.0.0.1/feed.xml")?))
+        .await;
+    assert!(
+        matches!(refused, Err(FetchError::Blocked { .. })),
+        "{refused:?}"
     );
     Ok(())
 }

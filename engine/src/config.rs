@@ -198,6 +198,10 @@ pub struct FetchConfig {
     pub allow_private_networks: bool,
     /// Maximum redirects followed.
     pub max_redirects: usize,
+    /// Forward proxy for every upstream request (`http://` or `https://`);
+    /// `None`: connect directly. Environment variables (`HTTPS_PROXY` …) are
+    /// not used: the proxy is part of the config.
+    pub proxy: Option<url::Url>,
 }
 
 /// `[tiers]`: default interval per source type.

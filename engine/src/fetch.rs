@@ -209,12 +209,28 @@ impl Fetcher {
         lookup: Arc<dyn Lookup>,
         guard: Guard,
     ) -> Result<Self, FetchError> {
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .connect_timeout(cfg.connect_timeout)
-            .redirect(redirect_policy(cfg.max_redirects, guard))
-            .dns_resolver(Arc::new(GuardedResolver::new(lookup, guard)))
-            // A proxy would resolve and connect for us, bypassing the guard.
-            .no_proxy()
+            .redirect(redirect_policy(cfg.max_redirects, guard));
+        builder = match &cfg.proxy {
+            // Environment proxies are ignored: one would resolve and connect
+            // for us, silently bypassing the guard.
+            None => builder
+                .dns_resolver(Arc::new(GuardedResolver::new(lookup, guard)))
+                .no_proxy(),
+            // An explicit proxy resolves upstream names itself; the guard
+            // still refuses IP-literal targets and bad schemes (also on
+            // redirects), but which hosts the proxy reaches is its policy.
+            // Our resolver is not installed: it would only see the proxy's
+            // own (often private) address.
+            Some(proxy) => {
+                let p = reqwest::Proxy::all(proxy.as_str()).map_err(|e| {
+                    FetchError::BadUrl(format!("fetch.proxy {proxy}: {}", error_chain(&e)))
+                })?;
+                builder.proxy(p)
+            }
+        };
+        let client = builder
             .gzip(true)
             .brotli(true)
             .deflate(true)
@@ -588,6 +604,7 @@ mod tests {
             per_host_concurrency: 2,
             allow_private_networks: allow_private,
             max_redirects: 5,
+            proxy: None,
         }
     }
 

@@ -83,6 +83,8 @@ pub(super) struct RawFetch {
     pub(super) allow_private_networks: Option<S<bool>>,
     /// Default 5.
     pub(super) max_redirects: Option<S<i64>>,
+    /// Default none.
+    pub(super) proxy: Option<S<String>>,
 }
 
 /// `[tiers]`.
@@ -217,6 +219,11 @@ pub(super) fn read(issues: &mut Issues<'_>, text: &str) -> Option<RawConfig> {
             per_host_concurrency: t.integer(issues, "per_host_concurrency"),
             allow_private_networks: t.boolean(issues, "allow_private_networks"),
             max_redirects: t.integer(issues, "max_redirects"),
+            proxy: t.string(
+                issues,
+                "proxy",
+                "a proxy URL such as \"http://proxy.internal:3128\"",
+            ),
         };
         t.finish(issues);
     }
@@ -668,6 +675,7 @@ fn belongs_elsewhere(path: &str, key: &str) -> Option<&'static str> {
                 "per_host_concurrency",
                 "allow_private_networks",
                 "max_redirects",
+                "proxy",
             ],
         ),
         ("[tiers]", &["firehose", "rss", "json", "html"]),

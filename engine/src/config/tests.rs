@@ -1299,3 +1299,25 @@ fn deeply_nested_values_do_not_overflow_the_stack() {
         assert!(load(&tables).is_err(), "depth {depth}");
     }
 }
+
+#[test]
+fn fetch_proxy_is_an_http_url_with_a_host_and_nothing_after() -> Result<(), ConfigError> {
+    let c = load("[fetch]\nproxy = \"http://user:pw@proxy.internal:3128\"\n")?;
+    assert_eq!(
+        c.fetch.proxy.as_ref().map(url::Url::as_str),
+        Some("http://user:pw@proxy.internal:3128/")
+    );
+    assert_eq!(load("")?.fetch.proxy, None);
+    for (value, message) in [
+        ("socks5://proxy:1080", "scheme `socks5` is not supported"),
+        ("proxy.internal:3128", "not supported"),
+        ("http://proxy.internal:3128/path", "nothing after"),
+        ("not a url", "is not a URL"),
+    ] {
+        let text = format!("[fetch]\nproxy = \"{value}\"\n");
+        let all = issues(&text);
+        assert_issue(&all, &text, "fetch.proxy", value, message);
+        assert_eq!(all.len(), 1, "{all:?}");
+    }
+    Ok(())
+}

@@ -445,7 +445,50 @@ impl Validator<'_, '_> {
                 .is_some_and(|b| *b.get_ref()),
             max_redirects: self.ranged(&f.max_redirects, "fetch.max_redirects", 5, REDIRECTS)
                 as usize,
+            proxy: f.proxy.as_ref().and_then(|p| self.proxy(p)),
         }
+    }
+
+    /// `fetch.proxy`: an absolute http(s) URL with a host and nothing after it.
+    fn proxy(&mut self, raw: &S<String>) -> Option<url::Url> {
+        let field = "fetch.proxy";
+        let text = raw.get_ref().trim();
+        let url = match url::Url::parse(text) {
+            Ok(u) => u,
+            Err(e) => {
+                self.push(
+                    raw,
+                    field,
+                    format!(
+                        "`{text}` is not a URL ({e}); write it like \"http://proxy.internal:3128\""
+                    ),
+                );
+                return None;
+            }
+        };
+        if !matches!(url.scheme(), "http" | "https") {
+            self.push(
+                raw,
+                field,
+                format!(
+                    "scheme `{}` is not supported: use an http:// or https:// proxy",
+                    url.scheme()
+                ),
+            );
+            return None;
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            self.push(raw, field, format!("`{text}` has no host"));
+            return None;
+        }
+        if (url.path() != "/" && !url.path().is_empty())
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            self.push(raw, field, format!("`{text}`: a proxy URL is a scheme, an optional user:password@, a host and a port, nothing after"));
+            return None;
+        }
+        Some(url)
     }
 
     /// One source; `None` when it has any problem (already recorded).

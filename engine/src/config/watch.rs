@@ -175,6 +175,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             "fetch.max_redirects",
             a.fetch.max_redirects != b.fetch.max_redirects,
         ),
+        ("fetch.proxy", a.fetch.proxy != b.fetch.proxy),
         ("tiers.firehose", a.tiers.firehose != b.tiers.firehose),
         ("tiers.rss", a.tiers.rss != b.tiers.rss),
         ("tiers.json", a.tiers.json != b.tiers.json),
