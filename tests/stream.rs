@@ -458,6 +458,29 @@ async fn bad_requests_are_problems_naming_the_parameter() -> TestResult {
     }
     let (status, _) = app.problem("/v1/stream", Some(&old.to_string())).await?;
     assert_eq!(status, 410);
+    // A cursor a day ahead of the clock and the log cannot be a position of
+    // this stream (resuming from it would skip everything until then): 400
+    // naming whichever parameter carried it. A minute ahead (clock skew) is fine.
+    let ahead = uuid_floor_at((Utc::now().timestamp_millis() + 86_400_000) as u64);
+    for (pq, header, param) in [
+        (format!("/v1/stream?since={ahead}"), None, "since"),
+        (format!("/v1/events?since={ahead}"), None, "since"),
+        (
+            "/v1/stream".to_owned(),
+            Some(ahead.to_string()),
+            "Last-Event-ID",
+        ),
+    ] {
+        let (status, body) = app.problem(&pq, header.as_deref()).await?;
+        assert_eq!(
+            (status, body["parameter"].as_str()),
+            (400, Some(param)),
+            "{pq}: {body}"
+        );
+    }
+    let skewed = uuid_floor_at((Utc::now().timestamp_millis() + 60_000) as u64);
+    let res = app.get(&format!("/v1/events?since={skewed}"), None).await?;
+    assert_eq!(res.status(), 200);
     // A well-formed id of a source that does not exist is fine.
     let res = app
         .get(

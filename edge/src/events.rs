@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::auth::Authenticated;
 use crate::filter::{parse_query, Endpoint, Filter, DEFAULT_LIMIT};
 use crate::problem::Problem;
-use crate::stream::{check_cursor, cursor_from, internal, Start};
+use crate::stream::{check_cursor, cursor_from, cursor_param, internal, Start};
 use crate::AppState;
 
 /// Most log rows one request scans (bounds the cost of a very selective
@@ -50,7 +50,7 @@ pub async fn handler(
     let q = parse_query(query.as_deref(), Endpoint::Events, key.max_filters)?;
     let cursor = cursor_from(&headers, q.since)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    let page = match check_cursor(&state.log, cursor).await? {
+    let page = match check_cursor(&state.log, cursor, cursor_param(&headers)).await? {
         Start::Now(head) => {
             let next = if head.is_nil() {
                 uuid_floor_at(Utc::now().timestamp_millis().max(0) as u64)

@@ -23,6 +23,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
+use livestrom_engine::event::uuid_floor_at;
 use livestrom_engine::store::{ReadScope, StoreError};
 use livestrom_engine::EventLog;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -61,7 +62,7 @@ pub async fn handler(
         .hub
         .subscribe(filter.clone())
         .map_err(|e| Problem::unavailable(e.to_string()))?;
-    let start = check_cursor(&state.log, cursor).await?;
+    let start = check_cursor(&state.log, cursor, cursor_param(&headers)).await?;
 
     // The id is sanitised by `access` (no CR/LF): safe inside a comment line.
     let mut hello = BytesMut::with_capacity(64);
@@ -136,19 +137,50 @@ pub enum Start {
     Now(Uuid),
 }
 
+/// Which parameter carried the cursor (for error messages): the header wins.
+pub fn cursor_param(headers: &HeaderMap) -> &'static str {
+    if headers.contains_key("last-event-id") {
+        "Last-Event-ID"
+    } else {
+        "since"
+    }
+}
+
+/// How far ahead of this server's clock a cursor may be (clock skew between
+/// nodes) before it is refused as a position that cannot exist.
+pub const CURSOR_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
 /// Checks a cursor against the retention window (410 when older) or, without
-/// one, reads the head. Runs the blocking reads off the runtime.
-pub async fn check_cursor(log: &Arc<dyn EventLog>, cursor: Option<Uuid>) -> Result<Start, Problem> {
+/// one, reads the head. A cursor ahead of both the log's newest event and
+/// the clock (beyond [`CURSOR_CLOCK_SKEW`]) is a 400: resuming from it would
+/// silently skip every event until the clock caught up. Runs the blocking
+/// reads off the runtime.
+pub async fn check_cursor(
+    log: &Arc<dyn EventLog>,
+    cursor: Option<Uuid>,
+    param: &'static str,
+) -> Result<Start, Problem> {
+    enum Refusal {
+        Old(Uuid),
+        Ahead(Option<Uuid>),
+    }
     let log = log.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Result<Start, Uuid>, StoreError> {
+    let r = tokio::task::spawn_blocking(move || -> Result<Result<Start, Refusal>, StoreError> {
         match cursor {
             Some(c) => {
                 let floor = log.retention_floor();
-                Ok(if c < floor {
-                    Err(floor)
-                } else {
-                    Ok(Start::After(c))
-                })
+                if c < floor {
+                    return Ok(Err(Refusal::Old(floor)));
+                }
+                let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+                let latest_plausible = uuid_floor_at(now_ms + CURSOR_CLOCK_SKEW.as_millis() as u64);
+                if c >= latest_plausible {
+                    let head = log.head()?;
+                    if head.is_none_or(|h| c > h) {
+                        return Ok(Err(Refusal::Ahead(head)));
+                    }
+                }
+                Ok(Ok(Start::After(c)))
             }
             None => Ok(Ok(Start::Now(log.head()?.unwrap_or(Uuid::nil())))),
         }
@@ -156,9 +188,16 @@ pub async fn check_cursor(log: &Arc<dyn EventLog>, cursor: Option<Uuid>) -> Resu
     .await;
     match r {
         Ok(Ok(Ok(s))) => Ok(s),
-        Ok(Ok(Err(floor))) => Err(Problem::gone(format!(
+        Ok(Ok(Err(Refusal::Old(floor)))) => Err(Problem::gone(format!(
             "the cursor is older than the retained window (oldest resumable position {floor}); reconnect without a cursor to resync from now"
         ))),
+        Ok(Ok(Err(Refusal::Ahead(head)))) => Err(Problem::bad_param(
+            param,
+            format!(
+                "`{param}` is ahead of this server's clock and newest event ({}): it is not a position of this stream; reconnect without a cursor",
+                head.map_or_else(|| "none yet".to_owned(), |h| h.to_string())
+            ),
+        )),
         Ok(Err(e)) => Err(internal(e)),
         Err(e) => Err(internal(e)),
     }
