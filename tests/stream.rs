@@ -478,6 +478,9 @@ async fn bad_requests_are_problems_naming_the_parameter() -> TestResult {
             "{pq}: {body}"
         );
     }
+    // An empty Last-Event-ID is no cursor (a client without an id yet).
+    let res = app.get("/v1/events", Some("")).await?;
+    assert_eq!(res.status(), 200);
     let skewed = uuid_floor_at((Utc::now().timestamp_millis() + 60_000) as u64);
     let res = app.get(&format!("/v1/events?since={skewed}"), None).await?;
     assert_eq!(res.status(), 200);

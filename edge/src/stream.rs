@@ -117,7 +117,7 @@ pub async fn handler(
 
 /// The cursor of a request: `Last-Event-ID` wins over `since=`.
 pub fn cursor_from(headers: &HeaderMap, since: Option<Uuid>) -> Result<Option<Uuid>, Problem> {
-    match headers.get("last-event-id") {
+    match last_event_id(headers) {
         Some(v) => {
             let s = v.to_str().map_err(|_| {
                 Problem::bad_param("Last-Event-ID", "`Last-Event-ID` must be a UUIDv7 event id")
@@ -137,9 +137,17 @@ pub enum Start {
     Now(Uuid),
 }
 
+/// The `Last-Event-ID` header, unless it is empty (a client with no id yet;
+/// compliant ones leave it out): then `since=` or "now" applies.
+fn last_event_id(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers
+        .get("last-event-id")
+        .filter(|v| !v.as_bytes().trim_ascii().is_empty())
+}
+
 /// Which parameter carried the cursor (for error messages): the header wins.
 pub fn cursor_param(headers: &HeaderMap) -> &'static str {
-    if headers.contains_key("last-event-id") {
+    if last_event_id(headers).is_some() {
         "Last-Event-ID"
     } else {
         "since"
