@@ -762,6 +762,35 @@ async fn slow_consumer_is_disconnected_while_others_keep_receiving() -> TestResu
 }
 
 #[tokio::test]
+async fn an_event_larger_than_the_queue_bound_is_delivered_not_a_disconnect() -> TestResult {
+    // A page snapshot can be bigger than a subscriber's queue bound: alone in
+    // an idle queue it must go out, and the stream must stay up.
+    let app = spawn_app(Duration::from_secs(30), 20).await?;
+    app.state.hub.set_queue_limit(8 * 1024);
+    let mut s = app.sse("", None).await?;
+    let huge = "y".repeat(64 * 1024);
+    let written = write(
+        &app.store,
+        vec![event("page", SourceType::Html, &[], "huge", &huge)],
+    )
+    .await?;
+    let got = next_event(&mut s).await?.ok_or("stream ended")?;
+    assert_eq!(got.id, written[0].event.id.to_string());
+    assert!(got.data.len() > huge.len());
+    let after = write(
+        &app.store,
+        vec![event("page", SourceType::Html, &[], "small", "z")],
+    )
+    .await?;
+    let got = next_event(&mut s)
+        .await?
+        .ok_or("stream ended after the big event")?;
+    assert_eq!(got.id, after[0].event.id.to_string());
+    assert_eq!(app.state.hub.subscribers(), 1);
+    Ok(())
+}
+
+#[tokio::test]
 async fn filtered_out_events_advance_the_cursor_with_id_only_frames() -> TestResult {
     let app = spawn_app(Duration::from_millis(100), 20).await?;
     let since = cursor_now();

@@ -270,7 +270,9 @@ impl Subscriber {
             return false;
         }
         let len = frame.bytes.len();
-        if q.bytes + len > q.limit {
+        // An empty queue takes any one frame, however large (an html page
+        // can be bigger than the bound): the bound is on what piles up.
+        if q.bytes > 0 && q.bytes + len > q.limit {
             q.overflowed = true;
             q.frames = Vec::new();
             q.bytes = 0;
@@ -757,6 +759,32 @@ mod tests {
     }
 
     #[test]
+    fn one_frame_larger_than_the_bound_fits_an_empty_queue() {
+        let s = Subscriber {
+            filter: Arc::new(Filter::default()),
+            queue: Mutex::new(Queue {
+                frames: Vec::new(),
+                bytes: 0,
+                limit: 100,
+                overflowed: false,
+                ended: false,
+                live: true,
+            }),
+            notify: Notify::new(),
+        };
+        let big = Frame {
+            id: Uuid::nil(),
+            seq: 1,
+            bytes: Bytes::from(vec![b'x'; 500]),
+        };
+        assert!(!s.push(&big), "a big frame alone is not an overflow");
+        assert_eq!(lock(&s.queue).frames.len(), 1);
+        // Anything on top of it is.
+        assert!(s.push(&big));
+        assert!(lock(&s.queue).overflowed);
+    }
+
+    #[test]
     fn live_overflow_deregisters_but_replay_overflow_does_not() {
         let mut reg = Registry::default();
         let (_, replaying) = sub(&mut reg, "");
@@ -765,8 +793,12 @@ mod tests {
             lock(&s.queue).limit = 1;
         }
         lock(&live.queue).live = true;
+        // The first frame fits the empty queues; the second overflows them.
         let e = committed(1, "a", SourceType::Rss, &[], "t");
         reg.fan_out(&e, 1);
+        assert_eq!(reg.count, 2);
+        let e = committed(2, "a", SourceType::Rss, &[], "t");
+        reg.fan_out(&e, 2);
         assert_eq!(reg.count, 1);
         assert_eq!(reg.all.len(), 1);
         assert!(lock(&replaying.queue).overflowed && lock(&live.queue).overflowed);
