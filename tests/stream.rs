@@ -791,6 +791,56 @@ async fn an_event_larger_than_the_queue_bound_is_delivered_not_a_disconnect() ->
 }
 
 #[tokio::test]
+async fn huge_events_replay_and_page_completely_within_byte_budgets() -> TestResult {
+    // Three 7 MiB snapshots: more than a replay page's 8 MiB budget and a
+    // /v1/events page's 16 MiB. Every one arrives once, in order.
+    let app = spawn_app(Duration::from_secs(30), 20).await?;
+    let start = cursor_now();
+    let huge = "h".repeat(7 << 20);
+    let mut written = Vec::new();
+    for i in 0..3 {
+        let evs = vec![event(
+            "page",
+            SourceType::Html,
+            &[],
+            &format!("snap{i}"),
+            &huge,
+        )];
+        written.extend(write(&app.store, evs).await?);
+    }
+    let want: Vec<String> = written.iter().map(|e| e.event.id.to_string()).collect();
+
+    let mut s = app.sse(&format!("since={start}"), None).await?;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let e = next_event(&mut s).await?.ok_or("stream ended")?;
+        assert!(e.data.len() > huge.len());
+        got.push(e.id);
+    }
+    assert_eq!(got, want);
+
+    let mut cursor = start.to_string();
+    let mut paged = Vec::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        let v = app.events(&format!("since={cursor}&limit=1000")).await?;
+        paged.extend(json_ids(&v));
+        cursor = v["next_cursor"]
+            .as_str()
+            .ok_or("no next_cursor")?
+            .to_owned();
+        if v["has_more"] != true {
+            break;
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(paged, want);
+    assert!(pages >= 2, "a 21 MiB result must span pages");
+    Ok(())
+}
+
+#[tokio::test]
 async fn filtered_out_events_advance_the_cursor_with_id_only_frames() -> TestResult {
     let app = spawn_app(Duration::from_millis(100), 20).await?;
     let since = cursor_now();

@@ -28,6 +28,9 @@ use crate::AppState;
 /// Most log rows one request scans (bounds the cost of a very selective
 /// filter; `has_more` tells the client to continue).
 pub const MAX_SCAN: usize = 20_000;
+/// A page stops taking events once their JSON reaches this size (it always
+/// holds at least one); `has_more` says there is more.
+pub const MAX_PAGE_BYTES: usize = 16 << 20;
 
 /// A page of events, as raw stored JSON plus paging state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +106,7 @@ pub fn read_page(
     let mut events = Vec::with_capacity(limit.min(1000));
     let mut pos = cursor;
     let mut scanned = 0;
+    let mut bytes = 0usize;
     loop {
         let rows = log.read_after(pos, chunk, &scope)?;
         let short = rows.len() < chunk;
@@ -117,7 +121,16 @@ pub fn read_page(
             pos = row.id;
             scanned += 1;
             if filter.matches_json(&row.source_id, row.source_type, &row.json) {
+                bytes += row.json.len();
                 events.push(row.json);
+                if bytes >= MAX_PAGE_BYTES {
+                    // Big events (page snapshots): a shorter page, more to come.
+                    return Ok(Page {
+                        events,
+                        next_cursor: pos,
+                        has_more: true,
+                    });
+                }
             }
         }
         if short {

@@ -40,6 +40,19 @@ use crate::AppState;
 /// Log rows per replay read (one statement each).
 pub const REPLAY_PAGE: usize = 2048;
 
+/// A replay page stops taking events once its rendered frames reach this
+/// size (big page snapshots); the rest of the rows are read by the next page.
+pub const REPLAY_PAGE_BYTES: usize = 8 << 20;
+
+/// What to reserve for a page whose first event renders from `first_json`
+/// bytes: room for a full page of similar events, but never more than 1 MiB
+/// up front (one huge event must not reserve a page of huge events).
+fn page_reserve(first_json: usize) -> usize {
+    REPLAY_PAGE
+        .saturating_mul(first_json.saturating_add(80))
+        .min(1 << 20)
+}
+
 /// After this many events passed over by the filter since the last frame
 /// carrying an id, an id-only checkpoint frame is sent (also on every
 /// keep-alive tick when anything was passed over).
@@ -376,20 +389,29 @@ impl Conn {
         };
         tokio::task::spawn_blocking(move || {
             let after = page.pos;
-            page.rows =
+            // Rows after the page is full are left for the next page (`pos`
+            // does not move past them).
+            let mut full = false;
+            let read =
                 log.read_after_with(after, REPLAY_PAGE, &scope, &mut |id, sid, st, json| {
+                    if full {
+                        return;
+                    }
                     page.pos = id;
                     if filter.matches_json(sid, st, json) {
                         if page.buf.capacity() == 0 {
-                            page.buf.reserve(REPLAY_PAGE * (json.len() + 80));
+                            page.buf.reserve(page_reserve(json.len()));
                         }
                         write_event(&mut page.buf, id, st, json);
                         page.last_sent = id;
                         page.skipped = 0;
+                        full = page.buf.len() >= REPLAY_PAGE_BYTES;
                     } else {
                         page.skipped += 1;
                     }
                 })?;
+            // A page cut short by its byte budget is not the end of the log.
+            page.rows = if full { REPLAY_PAGE } else { read };
             if page.skipped >= CHECKPOINT_AFTER_SKIPPED && page.pos > page.last_sent {
                 write_checkpoint(&mut page.buf, page.pos);
                 page.last_sent = page.pos;
@@ -466,4 +488,16 @@ impl Conn {
 pub(crate) fn internal(e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "event log failure");
     Problem::internal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_first_event_does_not_reserve_a_page_of_huge_events() {
+        assert_eq!(page_reserve(100), REPLAY_PAGE * 180);
+        assert_eq!(page_reserve(10 << 20), 1 << 20);
+        assert_eq!(page_reserve(usize::MAX), 1 << 20);
+    }
 }
