@@ -84,12 +84,25 @@ impl Lowered {
 /// (`ß` → `ss`, final `ς` → `σ`, `ﬁ` → `fi`) between NFC normalisations, so
 /// case and composed/decomposed accents do not matter. ASCII takes a fast path.
 pub fn fold(text: &str) -> String {
-    use unicode_normalization::UnicodeNormalization;
     if text.is_ascii() {
         return text.to_ascii_lowercase();
     }
-    let composed: String = text.nfc().collect();
-    caseless::default_case_fold_str(&composed).nfc().collect()
+    let folded = caseless::default_case_fold_str(&nfc(text));
+    match nfc(&folded) {
+        std::borrow::Cow::Borrowed(_) => folded,
+        std::borrow::Cow::Owned(recomposed) => recomposed,
+    }
+}
+
+/// NFC, skipping the rewrite when a quick check proves the text already is
+/// (most real text): folding runs once per event on the hub task.
+fn nfc(text: &str) -> std::borrow::Cow<'_, str> {
+    use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+    if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(text.nfc().collect())
+    }
 }
 
 /// The parts of a stored event's JSON that tag and keyword filters need,
