@@ -224,13 +224,29 @@ async fn feed_over_seven_polls_emits_exactly_the_new_and_changed_items() {
     assert_eq!(ev[3].supersedes, Some(ev[0].id));
     assert_eq!(ev[3].item_id, ev[0].item_id);
 
-    // Poll 4: 304 via If-None-Match — nothing downstream.
+    // Poll 4: 304 via If-None-Match — nothing downstream. As if the feed
+    // had answered 304 for ten days: its item state is refreshed by the 304
+    // (so the hourly sweep never forgets items an unchanged feed still has).
+    let ten_days_ago = (chrono::Utc::now() - chrono::Duration::days(10)).timestamp();
+    livestrom_engine::store::open_connection(&db)
+        .and_then(|c| Ok(c.execute("UPDATE items SET seen_at = ?1", [ten_days_ago])?))
+        .unwrap_or_else(|e| panic!("{e}"));
     engine
         .handle
         .poll_now("news.test")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(all_events(&engine.store).len(), 4);
+    let items = engine
+        .store
+        .items("news.test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(items.len(), 3);
+    assert!(
+        items.iter().all(|i| i.seen_at > ten_days_ago),
+        "a 304 must refresh the items: {items:?}"
+    );
     let reqs = server.requests("/feed.xml");
     assert_eq!(
         reqs.last()
@@ -467,6 +483,12 @@ async fn html_page_emits_once_then_only_on_meaningful_change() {
     assert!(ev[0].content.contains("Release one"));
     assert_eq!(ev[0].diff, None);
 
+    // The page's item state is as old as the item horizon; an unchanged page
+    // still refreshes it, so the next real change is version 2, not a new v1.
+    let old = (chrono::Utc::now() - chrono::Duration::days(10)).timestamp();
+    livestrom_engine::store::open_connection(&db)
+        .and_then(|c| Ok(c.execute("UPDATE items SET seen_at = ?1", [old])?))
+        .unwrap_or_else(|e| panic!("{e}"));
     engine
         .handle
         .poll_now("kommun.press")
@@ -477,6 +499,12 @@ async fn html_page_emits_once_then_only_on_meaningful_change() {
         1,
         "noise outside the region made an event"
     );
+    let items = engine
+        .store
+        .items("kommun.press")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(items.iter().all(|i| i.seen_at > old), "{items:?}");
 
     engine
         .handle

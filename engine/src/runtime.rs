@@ -404,7 +404,7 @@ fn first_round_summary(total: usize, failing: &[String]) {
     } else {
         tracing::warn!(
             "first round: {} of {total} polled sources reachable; cannot reach {}: {}",
-            total - failing.len(),
+            total.saturating_sub(failing.len()),
             failing.len(),
             failing.join("; ")
         );
@@ -555,7 +555,7 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
     state.last_poll_at = Some(started);
     let outcome = poll_inner(ctx, src, &mut state).await;
     let now = Utc::now();
-    let (timing, batch_events, touch, result) = match outcome {
+    let (timing, batch_events, touch, unchanged, result) = match outcome {
         Err(PollError::Deferred(wait)) => {
             // The domain asked everyone to wait (429/503 Retry-After): not this
             // source's failure; try again when the domain allows.
@@ -567,7 +567,7 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
                 cache: None,
                 retry_after: Some(wait),
             };
-            (timing, Vec::new(), Vec::new(), Ok(()))
+            (timing, Vec::new(), Vec::new(), false, Ok(()))
         }
         Ok(done) => {
             state.last_success_at = Some(now);
@@ -581,7 +581,7 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
                 cache: done.cache,
                 retry_after: None,
             };
-            (timing, done.events, done.touch, Ok(()))
+            (timing, done.events, done.touch, done.unchanged, Ok(()))
         }
         Err(e) => {
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
@@ -606,7 +606,7 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
                 cache: None,
                 retry_after,
             };
-            (timing, Vec::new(), Vec::new(), Err(msg))
+            (timing, Vec::new(), Vec::new(), false, Err(msg))
         }
     };
     let delay = scheduler::next_delay(&src.cadence, now, &timing, rand::random::<f64>());
@@ -616,6 +616,7 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
         events: batch_events,
         source: Some(state),
         touch_items: touch,
+        refresh_items: unchanged,
     };
     match ctx.store.write(batch).await {
         Ok(_) if n > 0 => tracing::info!(source = %src.id, events = n, "stored new events"),
@@ -638,6 +639,9 @@ struct PollDone {
     events: Vec<crate::store::NewEvent>,
     /// Items stored without an event (held back by `initial_items`, new aliases).
     touch: Vec<crate::store::ItemState>,
+    /// The content is what the last 200 had (304, or a page without a
+    /// significant change): its items are still there.
+    unchanged: bool,
     ttl: Option<Duration>,
     cache: Option<Duration>,
 }
@@ -667,6 +671,7 @@ async fn poll_inner(
             return Ok(PollDone {
                 events: Vec::new(),
                 touch: Vec::new(),
+                unchanged: true,
                 ttl: None,
                 cache: hints.not_before,
             });
@@ -675,6 +680,8 @@ async fn poll_inner(
     };
     let cache = fetched.hints.not_before;
     let (items, ttl, snapshot) = parse(src, &fetched, state.snapshot.clone()).await?;
+    // A page below the change threshold yields no item, but it is still there.
+    let unchanged = matches!(src.kind, SourceKind::Html(_)) && items.is_empty();
     let known = if matches!(src.kind, SourceKind::Firehose(_)) {
         let ids = items
             .iter()
@@ -696,6 +703,7 @@ async fn poll_inner(
     Ok(PollDone {
         events: plan.events,
         touch: plan.touch,
+        unchanged,
         ttl,
         cache,
     })
@@ -836,6 +844,7 @@ async fn store_upstream_batch(
             events: plan.events,
             source: Some(state.clone()),
             touch_items: plan.touch,
+            refresh_items: false,
         })
         .await?;
     tracing::debug!(source = %src.id, events = n, "stored upstream items");
@@ -870,6 +879,7 @@ async fn record_health(
         events: Vec::new(),
         source: Some(state.clone()),
         touch_items: Vec::new(),
+        refresh_items: false,
     };
     if let Err(e) = ctx.store.write(batch).await {
         tracing::error!(source = %src.id, error = %e, "cannot store upstream health");

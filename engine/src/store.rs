@@ -136,6 +136,11 @@ pub struct WriteBatch {
     pub source: Option<SourceState>,
     /// Items seen again unchanged whose aliases changed (rare), upserted without an event.
     pub touch_items: Vec<ItemState>,
+    /// The source's content is what its last 200 had (a 304, or a page
+    /// without a significant change): every item of the source whose
+    /// `seen_at` is older than [`SEEN_REFRESH`] is refreshed, so item state
+    /// of an unchanged feed is never pruned.
+    pub refresh_items: bool,
 }
 
 /// A row of the event log as readers get it: enough to filter without parsing,
@@ -902,6 +907,9 @@ impl WriterThread {
                  ON CONFLICT (source_id, item_id) DO UPDATE SET version=excluded.version, last_event_id=excluded.last_event_id,
                  fingerprint=excluded.fingerprint, aliases=excluded.aliases, seen_at=excluded.seen_at",
             )?;
+            let mut refresh_stmt = tx.prepare_cached(
+                "UPDATE items SET seen_at = ?1 WHERE source_id = ?2 AND seen_at < ?3",
+            )?;
             let mut up_source = tx.prepare_cached(
                 "INSERT INTO sources (source_id, etag, last_modified, last_poll_at, last_success_at, last_error, consecutive_failures, next_poll_at, event_count, initialized, snapshot, upstream_cursor)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
@@ -954,6 +962,16 @@ impl WriterThread {
                         it.aliases.join("\u{1f}"),
                         now.timestamp()
                     ])?;
+                }
+                if batch.refresh_items {
+                    if let Some(s) = &batch.source {
+                        let refresh = SEEN_REFRESH.as_secs() as i64;
+                        refresh_stmt.execute(params![
+                            now.timestamp(),
+                            s.source_id,
+                            now.timestamp() - refresh
+                        ])?;
+                    }
                 }
                 if let Some(s) = &batch.source {
                     let ts = |t: &Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339());
@@ -1124,6 +1142,7 @@ mod tests {
                 ..Default::default()
             }),
             touch_items: vec![],
+            refresh_items: false,
         };
         let out = store.write(batch).await?;
         assert_eq!(out.len(), 3);
@@ -1328,6 +1347,43 @@ mod retention_tests {
         );
         // Nothing left to do.
         assert_eq!(store.prune_items(&configured).await?, 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_source_refreshes_its_items_so_they_are_not_pruned(
+    ) -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let path = dir.path().join("refresh.db");
+        let store = Store::open(&path, Duration::from_secs(3600), Bus::new())?;
+        let polled = || SourceState {
+            source_id: "quiet".into(),
+            last_success_at: Some(Utc::now()),
+            ..Default::default()
+        };
+        store
+            .write(WriteBatch {
+                events: (0..3)
+                    .map(|i| super::tests::ev("quiet", &format!("i{i}")))
+                    .collect(),
+                source: Some(polled()),
+                ..Default::default()
+            })
+            .await?;
+        // A week of 304s: the items were last written long ago.
+        let old = (Utc::now() - chrono::Duration::days(7)).timestamp();
+        open_connection(&path)?.execute("UPDATE items SET seen_at = ?1", [old])?;
+        // Another 304.
+        store
+            .write(WriteBatch {
+                source: Some(polled()),
+                refresh_items: true,
+                ..Default::default()
+            })
+            .await?;
+        let configured: HashSet<String> = ["quiet".to_owned()].into();
+        assert_eq!(store.prune_items(&configured).await?, 0);
+        assert_eq!(store.items("quiet").await?.len(), 3);
         Ok(())
     }
 
