@@ -684,6 +684,19 @@ async fn duplicate_guids_churning_guids_and_missing_ids_do_not_flood() {
 }
 
 #[tokio::test]
+async fn firehose_items_without_ids_are_not_re_emitted_on_every_poll() {
+    // No id mapped: items are identified by their link, or with no link by
+    // a hash of their content; a re-poll must find them stored.
+    for fields in [
+        "items = \"/items\"\nfields = { id = \"/no-id\", title = \"/title\", url = \"/link\", content = \"/summary\" }\n",
+        "items = \"/items\"\nfields = { id = \"/no-id\", url = \"/no-url\", title = \"/title\", content = \"/summary\" }\n",
+    ] {
+        let (counts, results, _) = replay_polls_with("firehose-json", "firehose", fields, 3).await;
+        assert_eq!(counts, vec![3, 2, 0], "{fields}: {results:?}");
+    }
+}
+
+#[tokio::test]
 async fn firehose_json_document_polls_emit_only_new_items_in_order() {
     let fields = "items = \"/items\"\nfields = { id = \"/id\", title = \"/title\", url = \"/link\", content = \"/summary\" }\n";
     let (counts, results, events) = replay_polls_with("firehose-json", "firehose", fields, 3).await;

@@ -127,6 +127,37 @@ pub fn plan(
     plan
 }
 
+/// Every key [`plan`] can match these items to stored item state by: their
+/// item ids (after de-duplication), guids, canonical links and content-hash
+/// ids. A caller that loads known items selectively (firehoses, whose item
+/// tables are large) must look up exactly these, or it would treat items it
+/// already stored as new.
+pub fn identity_keys(items: &[Item]) -> Vec<String> {
+    let mut prepared: Vec<Prepared> = items
+        .iter()
+        .cloned()
+        .enumerate()
+        .filter_map(|(i, it)| prepare(i, it))
+        .collect();
+    let mut keys: Vec<String> = Vec::with_capacity(prepared.len() * 4);
+    for p in &prepared {
+        keys.push(p.item_id.clone());
+    }
+    disambiguate(&mut prepared);
+    for p in prepared {
+        keys.push(p.item_id);
+        for a in p.aliases {
+            if let Some(link) = a.strip_prefix(ALIAS_LINK) {
+                keys.push(link.to_owned());
+            }
+            keys.push(a);
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 /// The significance fingerprint of a title and content (hex, 128 bits):
 /// equal for texts that differ only in whitespace, typographic quotes or
 /// tracking parameters of URLs inside them.
@@ -221,18 +252,20 @@ fn disambiguate(prepared: &mut [Prepared]) {
         .map(|(k, _)| k.to_owned())
         .collect();
     let mut taken: HashSet<String> = HashSet::with_capacity(prepared.len());
+    // Next suffix to try per id: k identical twins cost O(k), not O(k²).
+    let mut next_suffix: HashMap<String, u32> = HashMap::new();
     for p in prepared.iter_mut() {
         if shared.contains(&p.item_id) {
             p.item_id = format!("{}#{}", p.item_id, p.twin_key);
         }
         if !taken.insert(p.item_id.clone()) {
-            let mut n = 2u32;
+            let n = next_suffix.entry(p.item_id.clone()).or_insert(2);
             let id = loop {
                 let candidate = format!("{}-{n}", p.item_id);
+                *n += 1;
                 if taken.insert(candidate.clone()) {
                     break candidate;
                 }
-                n += 1;
             };
             p.item_id = id;
         }

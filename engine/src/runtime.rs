@@ -683,10 +683,7 @@ async fn poll_inner(
     // A page below the change threshold yields no item, but it is still there.
     let unchanged = matches!(src.kind, SourceKind::Html(_)) && items.is_empty();
     let known = if matches!(src.kind, SourceKind::Firehose(_)) {
-        let ids = items
-            .iter()
-            .filter_map(|i| i.guid.clone().or_else(|| i.url.clone()))
-            .collect();
+        let ids = normalize::identity_keys(&items);
         ctx.store.items_by_ids(src.id.as_str(), ids).await?
     } else {
         ctx.store.items(src.id.as_str()).await?
@@ -819,11 +816,7 @@ async fn store_upstream_batch(
     batch: firehose::UpstreamBatch,
 ) -> Result<(), PollError> {
     let now = Utc::now();
-    let ids = batch
-        .items
-        .iter()
-        .filter_map(|i| i.guid.clone().or_else(|| i.url.clone()))
-        .collect();
+    let ids = normalize::identity_keys(&batch.items);
     let known = ctx.store.items_by_ids(src.id.as_str(), ids).await?;
     // `plan` reads documents as feeds list them (newest first); an upstream
     // stream delivers oldest first, so hand it over reversed to keep arrival order.

@@ -485,3 +485,43 @@ fn an_unchanged_item_refreshes_its_state_once_a_day_so_it_is_never_pruned() {
     assert!(p.events.is_empty());
     assert_eq!(p.touch, vec![stale]);
 }
+
+#[test]
+fn many_identical_twins_get_consecutive_suffixes() {
+    // 2,000 copies of one item: ids `<id>#<twin>`, then -2 … -2000, in order
+    // (a per-id counter, not a rescan from -2 for each copy).
+    let items: Vec<Item> = (0..2000)
+        .map(|_| item(Some("x"), None, "Same", "same"))
+        .collect();
+    let p = plan(&src(None), items, &[], false, t0());
+    assert_eq!(p.events.len(), 2000);
+    let mut ids: Vec<String> = p.events.iter().map(|e| e.event.item_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2000, "ids must stay unique");
+    assert!(p.events.iter().any(|e| e.event.item_id.ends_with("-2000")));
+}
+
+#[test]
+fn identity_keys_cover_ids_links_and_content_hashes() {
+    let items = vec![
+        item(
+            Some(" g1 "),
+            Some("https://example.org/a?utm_source=x#top"),
+            "A",
+            "a",
+        ),
+        item(None, Some("https://example.org/b?utm_medium=y"), "B", "b"),
+        item(None, None, "C", "c"),
+    ];
+    let keys = identity_keys(&items);
+    let p = plan(&src(None), items, &[], false, t0());
+    for ne in &p.events {
+        assert!(
+            keys.contains(&ne.event.item_id),
+            "{} not in {keys:?}",
+            ne.event.item_id
+        );
+    }
+    assert!(keys.contains(&"g1".to_owned()));
+}
