@@ -796,8 +796,18 @@ async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: CancellationT
             biased;
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                if let Err(e) = store_upstream_batch(&ctx, &src, &mut state, batch).await {
-                    tracing::error!(source = %src.id, error = %e, "cannot store upstream items");
+                // Retried until stored (the reader waits meanwhile: the
+                // channel is bounded). Only on shutdown is a batch given up,
+                // and then the stored cursor still points before it, so the
+                // next run fetches it again.
+                let mut backoff = Duration::from_millis(500);
+                while let Err(e) = store_upstream_batch(&ctx, &src, &mut state, &batch).await {
+                    tracing::error!(source = %src.id, error = %e, "cannot store upstream items; retrying in {backoff:?}");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
             health = hrx.recv() => {
@@ -809,37 +819,42 @@ async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: CancellationT
     let _ = reader.await;
 }
 
+/// Normalises and commits one upstream batch with the cursor after it.
+/// `state` (what the next write stores) only moves when the commit succeeded,
+/// so a failed batch never lets a later write record a cursor past it.
 async fn store_upstream_batch(
     ctx: &Ctx,
     src: &SourceConfig,
     state: &mut SourceState,
-    batch: firehose::UpstreamBatch,
+    batch: &firehose::UpstreamBatch,
 ) -> Result<(), PollError> {
     let now = Utc::now();
     let ids = normalize::identity_keys(&batch.items);
     let known = ctx.store.items_by_ids(src.id.as_str(), ids).await?;
     // `plan` reads documents as feeds list them (newest first); an upstream
     // stream delivers oldest first, so hand it over reversed to keep arrival order.
-    let mut items = batch.items;
+    let mut items = batch.items.clone();
     items.reverse();
     let plan = normalize::plan(src, items, &known, false, now);
-    state.last_poll_at = Some(now);
-    state.last_success_at = Some(now);
-    state.last_error = None;
-    state.consecutive_failures = 0;
-    state.initialized = true;
+    let mut next = state.clone();
+    next.last_poll_at = Some(now);
+    next.last_success_at = Some(now);
+    next.last_error = None;
+    next.consecutive_failures = 0;
+    next.initialized = true;
     if batch.cursor.is_some() {
-        state.upstream_cursor = batch.cursor;
+        next.upstream_cursor.clone_from(&batch.cursor);
     }
     let n = plan.events.len();
     ctx.store
         .write(WriteBatch {
             events: plan.events,
-            source: Some(state.clone()),
+            source: Some(next.clone()),
             touch_items: plan.touch,
             refresh_items: false,
         })
         .await?;
+    *state = next;
     tracing::debug!(source = %src.id, events = n, "stored upstream items");
     Ok(())
 }
