@@ -746,3 +746,121 @@ async fn firehose_ndjson_upstream_is_stored_in_arrival_order() {
     assert_schema_valid(&engine.store);
     engine.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_while_a_source_is_polling_never_polls_it_twice_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // The feed's handler counts requests in flight and holds each until
+    // released, so overlapping polls of the source would be seen.
+    #[derive(Clone)]
+    struct Gate {
+        now: Arc<AtomicUsize>,
+        max: Arc<AtomicUsize>,
+        arrived: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Semaphore>,
+    }
+    let gate = Gate {
+        now: Arc::default(),
+        max: Arc::default(),
+        arrived: Arc::default(),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let g = gate.clone();
+    let app = axum::Router::new()
+        .route(
+            "/slow.xml",
+            axum::routing::get(move || {
+                let g = g.clone();
+                async move {
+                    let n = g.now.fetch_add(1, Ordering::SeqCst) + 1;
+                    g.max.fetch_max(n, Ordering::SeqCst);
+                    g.arrived.notify_one();
+                    if let Ok(p) = g.release.acquire().await {
+                        p.forget();
+                    }
+                    g.now.fetch_sub(1, Ordering::SeqCst);
+                    rss(&[("a", "A", "a")])
+                }
+            }),
+        )
+        .route(
+            "/quick.xml",
+            axum::routing::get(|| async { rss(&[("q", "Q", "q")]) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = dir.path().join("t.db");
+    let toml = |extra: &str| {
+        format!(
+            "[engine]\ndatabase = {db:?}\n[fetch]\nallow_private_networks = true\nper_host_rps = 1000\nper_host_concurrency = 16\ntimeout = \"60s\"\n\
+             [[source]]\nid = \"slow\"\ntype = \"rss\"\nurl = \"http://{addr}/slow.xml\"\ninterval = \"1h\"\n{extra}"
+        )
+    };
+    let config = |text: String| {
+        Config::from_toml(Path::new("test-sources.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let first = config(toml(""));
+    let store = Store::open(&first.engine.database, first.engine.retention, Bus::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (handle, commands) = runtime::handle();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(runtime::run(
+        first,
+        store.clone(),
+        Some(reload_rx),
+        Some(commands),
+        cancel.clone(),
+    ));
+
+    // The first poll is in flight and held.
+    tokio::time::timeout(Duration::from_secs(30), gate.arrived.notified())
+        .await
+        .unwrap_or_else(|_| panic!("the first poll never arrived"));
+    // Change the polling source and add another; the new source answering
+    // poll_now proves the reload was applied.
+    let changed = toml(&format!(
+        "tags = [\"changed\"]\n[[source]]\nid = \"quick\"\ntype = \"rss\"\nurl = \"http://{addr}/quick.xml\"\ninterval = \"1h\"\n"
+    ));
+    reload_tx
+        .send(Ok(config(changed)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while handle.poll_now("quick").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reload was never applied"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Ask for a poll of the busy source, then let every request finish.
+    let h = handle.clone();
+    let asked = tokio::spawn(async move { h.poll_now("slow").await });
+    // Give an overlapping request the chance to show up (correct code never
+    // sends one, so this wait cannot make the test fail spuriously).
+    let _ = tokio::time::timeout(Duration::from_secs(2), gate.arrived.notified()).await;
+    assert_eq!(
+        gate.max.load(Ordering::SeqCst),
+        1,
+        "a second poll of the source started while the first was running"
+    );
+    gate.release.add_permits(1000);
+    tokio::time::timeout(Duration::from_secs(30), asked)
+        .await
+        .unwrap_or_else(|_| panic!("poll_now never answered"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        gate.max.load(Ordering::SeqCst),
+        1,
+        "two polls of one source overlapped across the reload"
+    );
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+}

@@ -283,7 +283,10 @@ pub async fn run(
                     continue;
                 }
                 if s.epoch != epoch {
-                    // Replaced by a reload while polling; the new config was scheduled already.
+                    // The config changed while this poll ran: poll the new one now.
+                    if !is_streaming(&s.src) {
+                        queue.schedule(slot, Instant::now());
+                    }
                     continue;
                 }
                 if !s.reported {
@@ -466,7 +469,12 @@ fn apply_reload(
                 if let Some(t) = s.upstream.take() {
                     t.cancel();
                 }
-                s.polling = false;
+                // A poll of the old config still running keeps the slot busy
+                // (no second poll of the same source alongside it); when it
+                // finishes it schedules the new config at once.
+                if s.polling && !is_streaming(&s.src) {
+                    continue;
+                }
                 start_slot(
                     ctx,
                     slots,
