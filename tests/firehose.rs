@@ -390,6 +390,54 @@ async fn a_burst_of_ten_thousand_items_arrives_batched() {
         .expect("no panic");
 }
 
+#[tokio::test]
+async fn large_items_are_batched_by_size_not_only_by_count() {
+    // 40 items of ~700 KiB: a count-only batch would hold all 40 (28 MiB);
+    // batches close at 4 MiB of text.
+    const N: usize = 40;
+    let handler = || async {
+        let body = "b".repeat(700 * 1024);
+        let chunks: Vec<Result<Bytes, Infallible>> = (0..N)
+            .map(|i| {
+                Ok(Bytes::from(format!(
+                    "{{\"id\":{i},\"content\":\"{body}\"}}\n"
+                )))
+            })
+            .collect();
+        Body::from_stream(stream::iter(chunks).chain(stream::pending())).into_response()
+    };
+    let server = listen(axum::Router::new().route("/big", axum::routing::get(handler))).await;
+    let (tx, mut rx) = mpsc::channel(64);
+    let (htx, _hrx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run_upstream_with(
+        settings("format = \"ndjson\""),
+        base(),
+        None,
+        connector(format!("{server}/big")),
+        tx,
+        htx,
+        cancel.clone(),
+        fast(),
+    ));
+    let batches = collect(&mut rx, N).await;
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(guids(&batches), want, "every item once, in order");
+    for b in &batches {
+        let bytes: usize = b.items.iter().map(|i| i.content.len()).sum();
+        assert!(
+            bytes < (4 << 20) + 700 * 1024 + 1024,
+            "a batch of {bytes} bytes"
+        );
+    }
+    assert!(batches.len() >= 7, "{} batches", batches.len());
+    cancel.cancel();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("stops when cancelled")
+        .expect("no panic");
+}
+
 // ---------------------------------------------------------------- sse
 
 /// An SSE upstream of events 1..=50 that drops the first connection in the

@@ -404,6 +404,7 @@ where
     let mut stream = std::pin::pin!(stream);
     let mut batch = Batcher {
         pending: Vec::new(),
+        pending_bytes: 0,
         cursor: None,
         flush_at: None,
         sent: 0,
@@ -470,8 +471,22 @@ where
 }
 
 /// The batch being assembled.
+/// A batch is sent once its items' text reaches this size (so the bounded
+/// channel between reader and store holds at most ~16 of these).
+pub(super) const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// An item's text size, for [`MAX_BATCH_BYTES`].
+fn item_bytes(item: &Item) -> usize {
+    item.title.len()
+        + item.content.len()
+        + item.url.as_deref().map_or(0, str::len)
+        + item.guid.as_deref().map_or(0, str::len)
+}
+
 struct Batcher {
     pending: Vec<Item>,
+    /// Text bytes of the pending items (title, content, url, guid).
+    pending_bytes: usize,
     /// Resume cursor after the last pending item.
     cursor: Option<String>,
     /// When the pending batch must go out.
@@ -490,9 +505,12 @@ impl Batcher {
         cancel: &CancellationToken,
     ) -> Result<(), StreamEnd> {
         for (item, cursor) in decoded.drain(..) {
+            self.pending_bytes += item_bytes(&item);
             self.pending.push(item);
             self.cursor = cursor;
-            if self.pending.len() >= max_batch.max(1) {
+            // Bounded by count and by size: with lines of up to 1 MiB, the
+            // channel's 16 batches would otherwise hold gigabytes.
+            if self.pending.len() >= max_batch.max(1) || self.pending_bytes >= MAX_BATCH_BYTES {
                 self.flush(out, cancel).await?;
             }
         }
@@ -509,6 +527,7 @@ impl Batcher {
             return Ok(());
         }
         let items = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         let n = items.len() as u64;
         let batch = UpstreamBatch {
             items,
