@@ -698,7 +698,7 @@ async fn poll_inner(
     };
     let first_poll = !state.initialized;
     let fetched_at = fetched.fetched_at;
-    let plan = normalize::plan(src, items, &known, first_poll, fetched_at);
+    let plan = plan_off_runtime(src, items, known, first_poll, fetched_at).await?;
     // Only a successfully parsed 200 moves the validators and the snapshot.
     state.etag = fetched.etag;
     state.last_modified = fetched.last_modified;
@@ -827,6 +827,21 @@ async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: CancellationT
     let _ = reader.await;
 }
 
+/// [`normalize::plan`] on a blocking thread: hashing and text work grow
+/// with the feed, and the async workers also serve the SSE edge.
+async fn plan_off_runtime(
+    src: &SourceConfig,
+    items: Vec<Item>,
+    known: Vec<crate::store::ItemState>,
+    first_poll: bool,
+    at: DateTime<Utc>,
+) -> Result<normalize::Plan, PollError> {
+    let src = src.clone();
+    tokio::task::spawn_blocking(move || normalize::plan(&src, items, &known, first_poll, at))
+        .await
+        .map_err(|e| PollError::Task(e.to_string()))
+}
+
 /// Normalises and commits one upstream batch with the cursor after it.
 /// `state` (what the next write stores) only moves when the commit succeeded,
 /// so a failed batch never lets a later write record a cursor past it.
@@ -843,7 +858,7 @@ async fn store_upstream_batch(
     // stream delivers oldest first, so hand it over reversed to keep arrival order.
     let mut items = batch.items.clone();
     items.reverse();
-    let plan = normalize::plan(src, items, &known, false, now);
+    let plan = plan_off_runtime(src, items, known, false, now).await?;
     let mut next = state.clone();
     next.last_poll_at = Some(now);
     next.last_success_at = Some(now);
