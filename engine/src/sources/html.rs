@@ -160,11 +160,15 @@ pub fn diff(old: &str, new: &str, min_change: usize) -> Option<Change> {
     }
     let old_nl = with_newline(old);
     let new_nl = with_newline(new);
+    // One deadline for the whole comparison, line diff and per-block
+    // character counts together (a page with many changed blocks would
+    // otherwise get the budget once per block).
+    let deadline = Instant::now() + DIFF_DEADLINE;
     let td = TextDiff::configure()
         .algorithm(Algorithm::Patience)
-        .timeout(DIFF_DEADLINE)
+        .deadline(deadline)
         .diff_lines(old_nl.as_str(), new_nl.as_str());
-    if changed_chars(&td) < min_change.max(1) {
+    if changed_chars(&td, deadline) < min_change.max(1) {
         return None;
     }
     let diff = td
@@ -183,7 +187,7 @@ pub fn diff(old: &str, new: &str, min_change: usize) -> Option<Change> {
 }
 
 /// Characters inserted plus characters deleted, counted within changed lines.
-fn changed_chars(td: &TextDiff<'_, '_, '_, str>) -> usize {
+fn changed_chars(td: &TextDiff<'_, '_, '_, str>, deadline: Instant) -> usize {
     let old = td.old_slices();
     let new = td.new_slices();
     let join = |lines: &[&str]| lines.concat();
@@ -205,14 +209,16 @@ fn changed_chars(td: &TextDiff<'_, '_, '_, str>) -> usize {
             } => char_distance(
                 &join(&old[old_index..old_index + old_len]),
                 &join(&new[new_index..new_index + new_len]),
+                deadline,
             ),
         })
         .sum()
 }
 
-/// Inserted + deleted characters between two blocks of text.
-fn char_distance(a: &str, b: &str) -> usize {
-    if a.len() + b.len() > CHAR_DIFF_MAX {
+/// Inserted + deleted characters between two blocks of text (exact while
+/// the deadline allows, else counted outside the common prefix and suffix).
+fn char_distance(a: &str, b: &str, deadline: Instant) -> usize {
+    if a.len() + b.len() > CHAR_DIFF_MAX || Instant::now() >= deadline {
         let prefix = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
         let suffix = a
             .chars()
@@ -223,9 +229,7 @@ fn char_distance(a: &str, b: &str) -> usize {
         let common = (prefix + suffix).min(chars(a)).min(chars(b));
         return chars(a) + chars(b) - 2 * common;
     }
-    let cd = TextDiff::configure()
-        .timeout(DIFF_DEADLINE)
-        .diff_chars(a, b);
+    let cd = TextDiff::configure().deadline(deadline).diff_chars(a, b);
     cd.iter_all_changes()
         .filter(|c| c.tag() != ChangeTag::Equal)
         .count()
@@ -311,4 +315,24 @@ fn first_text(doc: &Html, css: &str) -> Option<String> {
     let el = doc.select(&sel).next()?;
     let t = text::collapse(&el.text().collect::<String>());
     (!t.is_empty()).then_some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn character_counts_fall_back_to_prefix_and_suffix_once_the_deadline_passed() {
+        let (a, b) = ("axbxc", "aybyc");
+        let later = Instant::now() + Duration::from_secs(60);
+        assert_eq!(char_distance(a, b, later), 4, "exact while there is time");
+        let passed = Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        assert_eq!(
+            char_distance(a, b, passed),
+            6,
+            "outside prefix/suffix after it"
+        );
+    }
 }
