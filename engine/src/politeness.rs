@@ -128,6 +128,33 @@ impl Politeness {
         }
     }
 
+    /// When `host`'s registrable domain already has as many requests in
+    /// flight or waiting as its concurrency limit plus [`WAITING_SLACK`], a
+    /// rough wait before another is worth trying; `None` when one may queue
+    /// now. The runtime then reschedules the poll instead of letting it hold
+    /// one of its in-flight slots while it waits its turn here, so a domain
+    /// with hundreds of sources cannot starve every other domain.
+    pub fn crowded(&self, host: &str) -> Option<Duration> {
+        let key = registrable_domain(host);
+        let domain = lock(&self.inner.table).domains.get(&key).cloned()?;
+        // The table and this lookup hold one reference each; every other one
+        // is an `acquire` in progress or a held permit.
+        let occupancy = Arc::strong_count(&domain).saturating_sub(2);
+        if occupancy < self.inner.concurrency + WAITING_SLACK {
+            return None;
+        }
+        let per_request = self
+            .inner
+            .quota
+            .map_or(Duration::from_secs(1), |q| q.replenish_interval());
+        let turns = u32::try_from(occupancy).unwrap_or(u32::MAX);
+        Some(
+            per_request
+                .saturating_mul(turns)
+                .clamp(Duration::from_secs(1), Duration::from_secs(600)),
+        )
+    }
+
     /// How long requests to `host`'s registrable domain are still deferred
     /// by a Retry-After, if at all.
     pub fn deferred_for(&self, host: &str) -> Option<Duration> {
@@ -166,6 +193,10 @@ impl fmt::Debug for Permit {
         f.debug_struct("Permit").finish_non_exhaustive()
     }
 }
+
+/// Requests allowed to wait for a domain beyond its concurrency limit before
+/// [`Politeness::crowded`] turns newcomers away.
+pub const WAITING_SLACK: usize = 2;
 
 /// Longest rate period honoured (a rate below one per day is treated as one per day).
 const MAX_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
@@ -332,6 +363,32 @@ mod tests {
         drop(first);
         let got = tokio::time::timeout(Duration::from_secs(5), third).await;
         assert!(got.is_ok(), "released slot is handed to the waiter");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_domain_is_crowded_once_its_slots_and_queue_are_taken() {
+        // 2 in flight + WAITING_SLACK waiting, at 1 request/s.
+        let p = Politeness::new(1.0, 2);
+        assert_eq!(p.crowded("a.tumblr.com"), None, "unknown domain");
+        let a = p.acquire("a.tumblr.com").await;
+        let b = p.acquire("b.tumblr.com").await; // waits out its rate turn
+        let mut waiting: Vec<_> = (0..WAITING_SLACK)
+            .map(|_| Box::pin(p.acquire("c.tumblr.com")))
+            .collect();
+        for w in &mut waiting {
+            assert!(futures::poll!(w.as_mut()).is_pending());
+        }
+        let wait = p.crowded("d.tumblr.com").expect("crowded");
+        assert_eq!(
+            wait,
+            Duration::from_secs(4),
+            "one rate period per request ahead"
+        );
+        assert_eq!(p.crowded("tumblr.org"), None, "other domains unaffected");
+        // A cancelled waiter and a finished request make room again.
+        waiting.pop();
+        assert_eq!(p.crowded("a.tumblr.com"), None);
+        drop((a, b));
     }
 
     #[tokio::test(start_paused = true)]

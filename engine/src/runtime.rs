@@ -265,7 +265,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(sleep_until) => {}
             Some(joined) = polls.join_next(), if !polls.is_empty() => {
                 in_flight = in_flight.saturating_sub(1);
-                let Ok((slot, epoch, PollResult { outcome: res, next_in })) = joined else {
+                let Ok((slot, epoch, PollResult { outcome: res, next_in, skipped })) = joined else {
                     tracing::error!("a poll task panicked");
                     continue;
                 };
@@ -287,6 +287,11 @@ pub async fn run(
                     if !is_streaming(&s.src) {
                         queue.schedule(slot, Instant::now());
                     }
+                    continue;
+                }
+                if skipped {
+                    // Not polled yet: no first-round report, just come back.
+                    queue.schedule(slot, Instant::now() + next_in);
                     continue;
                 }
                 if !s.reported {
@@ -382,7 +387,7 @@ fn start_poll(
     polls.spawn(async move {
         let res = tokio::select! {
             r = poll_once(&ctx, &src) => r,
-            _ = cancel.cancelled() => PollResult { outcome: Err("cancelled by shutdown".into()), next_in: Duration::ZERO },
+            _ = cancel.cancelled() => PollResult { outcome: Err("cancelled by shutdown".into()), next_in: Duration::ZERO, skipped: false },
         };
         (slot, epoch, res)
     });
@@ -542,10 +547,26 @@ struct PollResult {
     outcome: Result<(), String>,
     /// Delay until the next poll (the same value stored as `next_poll_at`).
     next_in: Duration,
+    /// Nothing was fetched or stored: the domain already had enough polls in
+    /// flight or waiting (see `Politeness::crowded`); try again after `next_in`.
+    skipped: bool,
 }
 
 /// One poll of one source, start to commit.
 async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
+    // Enough polls of this domain are already fetching or waiting for their
+    // turn: come back shortly rather than wait in an in-flight slot (nothing
+    // is read or written, so skipping is cheap).
+    let host = src.url.host_str().unwrap_or_default();
+    if let Some(wait) = ctx.fetcher.politeness().crowded(host) {
+        return PollResult {
+            outcome: Err(format!(
+                "skipped: enough polls of {host}'s domain are already in flight or waiting"
+            )),
+            next_in: wait.mul_f64(1.0 + rand::random::<f64>()),
+            skipped: true,
+        };
+    }
     let started = Utc::now();
     let mut state = match ctx.store.source_state(src.id.as_str()).await {
         Ok(s) => s.unwrap_or_else(|| SourceState {
@@ -557,6 +578,7 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
             return PollResult {
                 outcome: Err(format!("store: {e}")),
                 next_in: scheduler::base_delay(&src.cadence, started),
+                skipped: false,
             };
         }
     };
@@ -634,12 +656,14 @@ async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
             return PollResult {
                 outcome: Err(format!("store: {e}")),
                 next_in: delay,
+                skipped: false,
             };
         }
     }
     PollResult {
         outcome: result,
         next_in: delay,
+        skipped: false,
     }
 }
 
@@ -659,13 +683,12 @@ async fn poll_inner(
     src: &SourceConfig,
     state: &mut SourceState,
 ) -> Result<PollDone, PollError> {
-    if let Some(wait) = src
-        .url
-        .host_str()
-        .and_then(|h| ctx.fetcher.politeness().deferred_for(h))
-    {
-        if wait > Duration::from_secs(1) {
-            return Err(PollError::Deferred(wait));
+    if let Some(host) = src.url.host_str() {
+        let politeness = ctx.fetcher.politeness();
+        if let Some(wait) = politeness.deferred_for(host) {
+            if wait > Duration::from_secs(1) {
+                return Err(PollError::Deferred(wait));
+            }
         }
     }
     let mut req = FetchRequest::get(src.url.clone());
