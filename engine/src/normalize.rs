@@ -133,9 +133,9 @@ pub fn plan(
 /// tables are large) must look up exactly these, or it would treat items it
 /// already stored as new.
 pub fn identity_keys(items: &[Item]) -> Vec<String> {
-    let mut prepared: Vec<Prepared> = items
+    // Borrowed: only the identities are needed, not copies of the items.
+    let mut prepared: Vec<Prepared<&Item>> = items
         .iter()
-        .cloned()
         .enumerate()
         .filter_map(|(i, it)| prepare(i, it))
         .collect();
@@ -165,9 +165,10 @@ pub fn fingerprint(title: &str, content: &str) -> String {
     fingerprint_sig(&significant_text(title), &significant_text(content))
 }
 
-/// An item with its identity keys computed.
-struct Prepared {
-    item: Item,
+/// An item (owned, or borrowed when only its identity is wanted) with its
+/// identity keys computed.
+struct Prepared<I = Item> {
+    item: I,
     /// Position in the document (0 = first, usually newest).
     doc_idx: usize,
     /// Identity before matching against known items.
@@ -189,16 +190,17 @@ struct Candidate {
     new: bool,
 }
 
-fn prepare(doc_idx: usize, item: Item) -> Option<Prepared> {
-    let guid = item
+fn prepare<I: std::borrow::Borrow<Item>>(doc_idx: usize, item: I) -> Option<Prepared<I>> {
+    let it = item.borrow();
+    let guid = it
         .guid
         .as_deref()
         .map(str::trim)
         .filter(|g| !g.is_empty())
         .map(str::to_owned);
-    let canon = item.url.as_deref().and_then(canonical_link);
-    let title = significant_text(&item.title);
-    let content = significant_text(&item.content);
+    let canon = it.url.as_deref().and_then(canonical_link);
+    let title = significant_text(&it.title);
+    let content = significant_text(&it.content);
     if guid.is_none() && canon.is_none() && title.is_empty() && content.is_empty() {
         return None; // nothing to identify or show
     }
@@ -241,7 +243,7 @@ fn short_hash(parts: &[&str]) -> String {
 /// Makes item ids unique within the document: ids shared by several items
 /// become `<id>#<twin_key>`; identical twins then get `-2`, `-3`… in
 /// document order. Deterministic, so a re-poll maps each to the same id.
-fn disambiguate(prepared: &mut [Prepared]) {
+fn disambiguate<I>(prepared: &mut [Prepared<I>]) {
     let mut counts: HashMap<&str, usize> = HashMap::with_capacity(prepared.len());
     for p in prepared.iter() {
         *counts.entry(p.item_id.as_str()).or_default() += 1;
