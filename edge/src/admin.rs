@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::auth::{authenticate, require, Scope};
+use crate::auth::{authorize, Scope};
 use crate::problem::Problem;
 use crate::stream::internal;
 use crate::AppState;
@@ -25,10 +25,9 @@ impl FromRequestParts<AppState> for AdminKey {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let key = authenticate(parts, state).await?;
-        require(&key, Scope::Admin)?;
-        state.limits.check_rate(&key)?;
-        Ok(AdminKey)
+        authorize(parts, state, Some(Scope::Admin))
+            .await
+            .map(|_| AdminKey)
     }
 }
 

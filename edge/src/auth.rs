@@ -99,10 +99,9 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let key = authenticate(parts, state).await?;
-        require(&key, Scope::StreamRead)?;
-        state.limits.check_rate(&key)?;
-        Ok(Authenticated(key))
+        authorize(parts, state, Some(Scope::StreamRead))
+            .await
+            .map(Authenticated)
     }
 }
 
@@ -115,10 +114,23 @@ impl FromRequestParts<AppState> for AnyKey {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let key = authenticate(parts, state).await?;
-        state.limits.check_rate(&key)?;
-        Ok(AnyKey(key))
+        authorize(parts, state, None).await.map(AnyKey)
     }
+}
+
+/// What every key extractor does: a valid key ([`authenticate`]), with
+/// `scope` if one is required (403), within its request rate (429).
+pub async fn authorize(
+    parts: &Parts,
+    state: &AppState,
+    scope: Option<Scope>,
+) -> Result<Arc<KeyInfo>, Problem> {
+    let key = authenticate(parts, state).await?;
+    if let Some(scope) = scope {
+        require(&key, scope)?;
+    }
+    state.limits.check_rate(&key)?;
+    Ok(key)
 }
 
 /// 403 unless the key has `scope`.
