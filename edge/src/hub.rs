@@ -689,15 +689,7 @@ mod tests {
             .unwrap_or_else(|p| panic!("{q}: {}", p.detail));
         let s = Arc::new(Subscriber {
             filter: Arc::new(f),
-            queue: Mutex::new(Queue {
-                frames: Vec::new(),
-                bytes: 0,
-                limit: 1 << 20,
-                overflowed: false,
-                ended: false,
-                live: false,
-            }),
-            notify: Notify::new(),
+            ..lone_subscriber(1 << 20, false)
         });
         (reg.insert(s.clone()), s)
     }
@@ -733,20 +725,25 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    #[test]
-    fn overflow_drops_the_queue_and_rearm_restarts_it() {
-        let s = Subscriber {
+    /// A subscriber outside any registry, with a queue bound of `limit` bytes.
+    fn lone_subscriber(limit: usize, live: bool) -> Subscriber {
+        Subscriber {
             filter: Arc::new(Filter::default()),
             queue: Mutex::new(Queue {
                 frames: Vec::new(),
                 bytes: 0,
-                limit: 100,
+                limit,
                 overflowed: false,
                 ended: false,
-                live: false,
+                live,
             }),
             notify: Notify::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn overflow_drops_the_queue_and_rearm_restarts_it() {
+        let s = lone_subscriber(100, false);
         let f = Frame {
             id: Uuid::nil(),
             seq: 1,
@@ -760,18 +757,7 @@ mod tests {
 
     #[test]
     fn one_frame_larger_than_the_bound_fits_an_empty_queue() {
-        let s = Subscriber {
-            filter: Arc::new(Filter::default()),
-            queue: Mutex::new(Queue {
-                frames: Vec::new(),
-                bytes: 0,
-                limit: 100,
-                overflowed: false,
-                ended: false,
-                live: true,
-            }),
-            notify: Notify::new(),
-        };
+        let s = lone_subscriber(100, true);
         let big = Frame {
             id: Uuid::nil(),
             seq: 1,
