@@ -553,7 +553,7 @@ struct PollResult {
 }
 
 /// One poll of one source, start to commit.
-async fn poll_once(ctx: &Ctx, src: &SourceConfig) -> PollResult {
+async fn poll_once(ctx: &Ctx, src: &Arc<SourceConfig>) -> PollResult {
     // Enough polls of this domain are already fetching or waiting for their
     // turn: come back shortly rather than wait in an in-flight slot (nothing
     // is read or written, so skipping is cheap).
@@ -680,7 +680,7 @@ struct PollDone {
 
 async fn poll_inner(
     ctx: &Ctx,
-    src: &SourceConfig,
+    src: &Arc<SourceConfig>,
     state: &mut SourceState,
 ) -> Result<PollDone, PollError> {
     if let Some(host) = src.url.host_str() {
@@ -853,13 +853,13 @@ async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: CancellationT
 /// [`normalize::plan`] on a blocking thread: hashing and text work grow
 /// with the feed, and the async workers also serve the SSE edge.
 async fn plan_off_runtime(
-    src: &SourceConfig,
+    src: &Arc<SourceConfig>,
     items: Vec<Item>,
     known: Vec<crate::store::ItemState>,
     first_poll: bool,
     at: DateTime<Utc>,
 ) -> Result<normalize::Plan, PollError> {
-    let src = src.clone();
+    let src = Arc::clone(src);
     tokio::task::spawn_blocking(move || normalize::plan(&src, items, &known, first_poll, at))
         .await
         .map_err(|e| PollError::Task(e.to_string()))
@@ -870,7 +870,7 @@ async fn plan_off_runtime(
 /// so a failed batch never lets a later write record a cursor past it.
 async fn store_upstream_batch(
     ctx: &Ctx,
-    src: &SourceConfig,
+    src: &Arc<SourceConfig>,
     state: &mut SourceState,
     batch: &firehose::UpstreamBatch,
 ) -> Result<(), PollError> {
