@@ -21,12 +21,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use chrono::Utc;
 use livestrom_engine::bus::Batch;
-use livestrom_engine::event::uuid_floor_at;
-use livestrom_engine::store::ReadScope;
+use livestrom_engine::store::{ReadScope, StoreError};
 use livestrom_engine::{Bus, CommittedEvent, EventLog, SourceType, StreamEvent};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +38,9 @@ pub const DEFAULT_QUEUE_BYTES: usize = 4 << 20;
 
 /// Rows per log read when the hub catches up after `Lagged`.
 const CATCH_UP_PAGE: usize = 2048;
+
+/// First and longest wait between attempts of a catch-up read that failed.
+const CATCH_UP_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 /// Handle to the fan-out. Cheap to clone.
 #[derive(Clone)]
@@ -147,27 +149,37 @@ struct Registry {
 
 impl Hub {
     /// Starts the hub task on `bus`; it re-reads from `log` if it ever lags.
-    pub fn start(bus: &Bus, log: Arc<dyn EventLog>, cancel: CancellationToken) -> Self {
+    ///
+    /// The hub starts after the log's head: every event committed from now
+    /// on is fanned out, whatever its id's timestamp (ids follow commit
+    /// order, not the wall clock, so a clock stepped back cannot hide them).
+    pub async fn start(
+        bus: &Bus,
+        log: Arc<dyn EventLog>,
+        cancel: CancellationToken,
+    ) -> Result<Self, StoreError> {
+        // Receiver first, head second: an event committed in between is at
+        // or below the head and skipped, which is harmless — nobody can have
+        // subscribed before this returns.
         let rx = bus.subscribe();
+        let head_log = log.clone();
+        let head = tokio::task::spawn_blocking(move || head_log.head())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         let inner = Arc::new(HubInner {
             registry: Mutex::new(Registry::default()),
             position: Mutex::new(None),
             queue_limit: AtomicUsize::new(DEFAULT_QUEUE_BYTES),
             closed: AtomicBool::new(false),
         });
-        // Every event committed after `rx` exists has an id above this floor
-        // (ids never go below the wall clock's millisecond, and the clock is
-        // given a minute of slack): a lag before the first batch re-reads from here.
-        let now_ms = Utc::now().timestamp_millis().max(0) as u64;
-        let floor = uuid_floor_at(now_ms.saturating_sub(60_000));
         let task = HubTask {
             inner: inner.clone(),
             log,
-            last: floor,
+            last: head.unwrap_or(Uuid::nil()),
             seq: 0,
         };
         tokio::spawn(task.run(rx, cancel));
-        Self { inner }
+        Ok(Self { inner })
     }
 
     /// Registers a subscriber. Its queue collects every matching event the
@@ -572,28 +584,70 @@ impl HubTask {
                     tokio::select! {
                         biased;
                         _ = cancel.cancelled() => break,
-                        r = self.catch_up() => if let Err(e) = r {
-                            // The log is unreadable: subscribers cannot be
-                            // served without a gap, so end their streams; they resume.
-                            tracing::error!(error = %e, "hub catch-up failed; ending live streams");
-                            break;
-                        },
+                        () = self.catch_up_until_done() => {}
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
         self.inner.closed.store(true, Ordering::Release);
-        let subs: Vec<Arc<Subscriber>> = lock(&self.inner.registry)
+        for s in self.registered() {
+            s.end();
+        }
+        tracing::debug!("hub stopped");
+    }
+
+    /// Every subscriber registered right now.
+    fn registered(&self) -> Vec<Arc<Subscriber>> {
+        lock(&self.inner.registry)
             .slots
             .iter()
             .flatten()
             .map(|s| s.sub.clone())
-            .collect();
-        for s in subs {
-            s.end();
+            .collect()
+    }
+
+    /// Catches up with the log, retrying a failed read with backoff until it
+    /// succeeds (or the task is cancelled by the caller's `select!`). The
+    /// hub never gives up: a log that fails once must not end live delivery
+    /// for the life of the process. On the first failure of an episode the
+    /// streams registered at that moment are ended — they cannot be served
+    /// without a gap until the read succeeds, and their clients resume from
+    /// the last id they saw; streams that register meanwhile wait.
+    async fn catch_up_until_done(&mut self) {
+        let mut wait = CATCH_UP_RETRY.0;
+        let mut failures = 0u32;
+        loop {
+            match self.catch_up().await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            failures,
+                            "hub caught up with the log; live delivery resumed"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        let subs = self.registered();
+                        tracing::error!(
+                            error = %e,
+                            streams = subs.len(),
+                            "hub catch-up read failed; ending live streams (clients resume) and retrying"
+                        );
+                        for s in subs {
+                            s.end();
+                        }
+                    } else {
+                        tracing::warn!(error = %e, failures, retry_in = ?wait, "hub catch-up read failed again");
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(CATCH_UP_RETRY.1);
+                }
+            }
         }
-        tracing::debug!("hub stopped");
     }
 
     fn process<'a>(&mut self, events: impl Iterator<Item = &'a CommittedEvent>) {
@@ -617,7 +671,9 @@ impl HubTask {
     }
 
     /// Re-reads everything after `last` from the log until it is exhausted.
-    async fn catch_up(&mut self) -> Result<(), livestrom_engine::store::StoreError> {
+    /// A row that does not decode is reported and skipped (it cannot be
+    /// offered to filters; replays still send its stored text).
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
         loop {
             let log = self.log.clone();
             let after = self.last;
@@ -625,8 +681,9 @@ impl HubTask {
                 log.read_after(after, CATCH_UP_PAGE, &ReadScope::default())
             })
             .await
-            .map_err(|e| livestrom_engine::store::StoreError::Task(e.to_string()))??;
+            .map_err(|e| StoreError::Task(e.to_string()))??;
             let n = rows.len();
+            let newest = rows.last().map(|r| r.id);
             let mut events = Vec::with_capacity(n);
             for row in rows {
                 match serde_json::from_str::<StreamEvent>(&row.json) {
@@ -635,14 +692,15 @@ impl HubTask {
                         json: row.json,
                     }),
                     Err(e) => {
-                        return Err(livestrom_engine::store::StoreError::Corrupt(format!(
-                            "event {}: {e}",
-                            row.id
-                        )));
+                        tracing::error!(event = %row.id, source = %row.source_id, error = %e, "stored event does not decode; skipped by live delivery");
                     }
                 }
             }
             self.process(events.iter());
+            // Past a trailing undecodable row too, so the next page starts after it.
+            if let Some(id) = newest {
+                self.last = self.last.max(id);
+            }
             if n < CATCH_UP_PAGE {
                 return Ok(());
             }
@@ -653,6 +711,7 @@ impl HubTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     fn committed(
         id: u128,
@@ -788,6 +847,190 @@ mod tests {
         assert_eq!(reg.count, 1);
         assert_eq!(reg.all.len(), 1);
         assert!(lock(&replaying.queue).overflowed && lock(&live.queue).overflowed);
+    }
+
+    /// An in-memory event log whose next reads can be made to fail.
+    #[derive(Default)]
+    struct MemLog {
+        rows: Mutex<Vec<livestrom_engine::store::LogRow>>,
+        fail_reads: AtomicUsize,
+    }
+
+    impl MemLog {
+        /// Appends `ev` as committed and returns it as the bus would carry it.
+        fn commit(&self, ev: CommittedEvent) -> Arc<CommittedEvent> {
+            self.append_raw(ev.event.id, &ev.event.source_id, ev.json.clone());
+            Arc::new(ev)
+        }
+
+        fn append_raw(&self, id: Uuid, source: &str, json: Arc<str>) {
+            lock(&self.rows).push(livestrom_engine::store::LogRow {
+                id,
+                source_id: source.into(),
+                source_type: SourceType::Rss,
+                json,
+            });
+        }
+    }
+
+    impl EventLog for MemLog {
+        fn read_after(
+            &self,
+            after: Uuid,
+            limit: usize,
+            _scope: &ReadScope,
+        ) -> Result<Vec<livestrom_engine::store::LogRow>, StoreError> {
+            if self
+                .fail_reads
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StoreError::Corrupt("injected read failure".into()));
+            }
+            Ok(lock(&self.rows)
+                .iter()
+                .filter(|r| r.id > after)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        fn retention_floor(&self) -> Uuid {
+            Uuid::nil()
+        }
+        fn head(&self) -> Result<Option<Uuid>, StoreError> {
+            Ok(lock(&self.rows).last().map(|r| r.id))
+        }
+    }
+
+    /// Events `1..=n` of source `s`, with increasing ids minted at `ms`.
+    fn events_at(
+        g: &mut livestrom_engine::event::IdGenerator,
+        ms: u64,
+        n: usize,
+    ) -> Vec<CommittedEvent> {
+        (0..n)
+            .map(|i| {
+                let mut e = committed(1, "s", SourceType::Rss, &[], &format!("e{i}"));
+                e.event.id = g.next_at(ms);
+                CommittedEvent::new(e.event)
+            })
+            .collect()
+    }
+
+    /// Waits (generously bounded) until `sub` has received `want` or ended;
+    /// returns the ids received and whether the queue ended.
+    async fn receive_until(sub: &Subscription, want: Uuid) -> (Vec<Uuid>, bool) {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut frames = Vec::new();
+            match sub.drain(&mut frames) {
+                Drained::Ended => return (got, true),
+                Drained::Overflowed => panic!("queue overflowed"),
+                Drained::Frames => got.extend(frames.iter().map(|f| f.id)),
+            }
+            if got.contains(&want) {
+                return (got, false);
+            }
+            if tokio::time::timeout_at(deadline, sub.notified())
+                .await
+                .is_err()
+            {
+                panic!("nothing more arrived; got {got:?}");
+            }
+        }
+    }
+
+    fn publish(bus: &Bus, evs: Vec<Arc<CommittedEvent>>) {
+        bus.publish(Batch::from(evs));
+    }
+
+    #[tokio::test]
+    async fn a_failed_catch_up_read_is_retried_and_live_delivery_goes_on() {
+        let bus = Bus::with_capacity(4);
+        let log = Arc::new(MemLog::default());
+        log.fail_reads.store(1, Ordering::SeqCst);
+        let cancel = CancellationToken::new();
+        let hub = Hub::start(&bus, log.clone(), cancel.clone())
+            .await
+            .expect("start");
+        let before = hub
+            .subscribe(Arc::new(Filter::default()))
+            .expect("subscribe");
+        // Ten batches while the hub task cannot run (one thread): it lags.
+        let mut g = livestrom_engine::event::IdGenerator::new(None);
+        let now_ms = Utc::now().timestamp_millis() as u64;
+        for e in events_at(&mut g, now_ms, 10) {
+            publish(&bus, vec![log.commit(e)]);
+        }
+        // The catch-up read fails once: the streams open then are ended (they
+        // resume from their last id) ...
+        let (_, ended) = receive_until(&before, Uuid::max()).await;
+        assert!(ended, "the stream registered during the failure is ended");
+        // ... but the hub lives on: a new stream gets what follows, live.
+        let after = hub
+            .subscribe(Arc::new(Filter::default()))
+            .expect("the hub must accept streams after a failed catch-up");
+        let live = log.commit(events_at(&mut g, now_ms + 1, 1).remove(0));
+        let live_id = live.event.id;
+        publish(&bus, vec![live]);
+        let (got, ended) = receive_until(&after, live_id).await;
+        assert!(!ended);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+        assert_eq!(got.last(), Some(&live_id));
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_stored_row_that_does_not_decode_is_skipped_not_fatal() {
+        let bus = Bus::with_capacity(2);
+        let log = Arc::new(MemLog::default());
+        let cancel = CancellationToken::new();
+        let hub = Hub::start(&bus, log.clone(), cancel.clone())
+            .await
+            .expect("start");
+        let sub = hub
+            .subscribe(Arc::new(Filter::default()))
+            .expect("subscribe");
+        let mut g = livestrom_engine::event::IdGenerator::new(None);
+        let now_ms = Utc::now().timestamp_millis() as u64;
+        let mut want = Vec::new();
+        for (i, e) in events_at(&mut g, now_ms, 8).into_iter().enumerate() {
+            if i == 3 {
+                // Stored but unreadable (and never announced: the catch-up must read it).
+                log.append_raw(g.next_at(now_ms), "s", Arc::from("{not json"));
+            }
+            want.push(e.event.id);
+            publish(&bus, vec![log.commit(e)]);
+        }
+        let last = *want.last().expect("events");
+        let (got, ended) = receive_until(&sub, last).await;
+        assert!(!ended, "one bad row must not end the streams");
+        assert_eq!(got, want);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_hub_starts_after_the_log_head_not_the_clock() {
+        // An idle, empty log and a clock that stepped back: the next commit's
+        // id is two minutes older than "now".
+        let bus = Bus::new();
+        let log = Arc::new(MemLog::default());
+        let cancel = CancellationToken::new();
+        let hub = Hub::start(&bus, log.clone(), cancel.clone())
+            .await
+            .expect("start");
+        let sub = hub
+            .subscribe(Arc::new(Filter::default()))
+            .expect("subscribe");
+        let mut g = livestrom_engine::event::IdGenerator::new(None);
+        let past = Utc::now().timestamp_millis() as u64 - 120_000;
+        let ev = log.commit(events_at(&mut g, past, 1).remove(0));
+        let id = ev.event.id;
+        publish(&bus, vec![ev]);
+        let (got, _) = receive_until(&sub, id).await;
+        assert_eq!(got, vec![id]);
+        cancel.cancel();
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub enum EdgeError {
     /// The key store could not be read.
     #[error("api keys: {0}")]
     Keys(String),
+    /// The event log could not be read (the hub starts after its head).
+    #[error("event log: {0}")]
+    Log(#[from] livestrom_engine::store::StoreError),
 }
 
 impl AppState {
@@ -83,7 +86,7 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> Result<Self, EdgeError> {
         let log: Arc<dyn EventLog> = Arc::new(store.clone());
-        let hub = hub::Hub::start(store.bus(), log.clone(), shutdown.clone());
+        let hub = hub::Hub::start(store.bus(), log.clone(), shutdown.clone()).await?;
         let keys = keys::KeyStore::open(store, shutdown.clone())
             .await
             .map_err(|e| EdgeError::Keys(e.to_string()))?;

@@ -34,7 +34,13 @@ impl Default for Bus {
 impl Bus {
     /// A bus with the default capacity.
     pub fn new() -> Self {
-        let (tx, _) = broadcast::channel(CAPACITY);
+        Self::with_capacity(CAPACITY)
+    }
+
+    /// A bus holding `batches` batches for a slow receiver (at least 1);
+    /// small ones let tests force `Lagged`.
+    pub fn with_capacity(batches: usize) -> Self {
+        let (tx, _) = broadcast::channel(batches.max(1));
         Self { tx }
     }
 
