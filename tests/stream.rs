@@ -12,8 +12,8 @@ use futures::{Stream, StreamExt};
 use livestrom_edge::keys::{self, NewKey};
 use livestrom_edge::{AppState, Settings};
 use livestrom_engine::event::uuid_floor_at;
-use livestrom_engine::store::{NewEvent, WriteBatch};
-use livestrom_engine::{Bus, CommittedEvent, SourceType, Store, StreamEvent};
+use livestrom_engine::store::{LogRow, NewEvent, ReadScope, StoreError, WriteBatch};
+use livestrom_engine::{Bus, CommittedEvent, EventLog, SourceType, Store, StreamEvent};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -44,6 +44,20 @@ async fn spawn_app(
     keepalive: Duration,
     max_filters: usize,
 ) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
+    spawn_app_with(keepalive, max_filters, Duration::from_secs(3600), |store| {
+        Arc::new(store.clone())
+    })
+    .await
+}
+
+/// [`spawn_app`] with a retention window and the edge's reads going through
+/// `log(store)` (a wrapper can inject faults between the edge's steps).
+async fn spawn_app_with(
+    keepalive: Duration,
+    max_filters: usize,
+    retention: Duration,
+    log: impl FnOnce(&Store) -> Arc<dyn EventLog>,
+) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("stream.db");
     let key_name = "stream-test".to_string();
@@ -55,13 +69,13 @@ async fn spawn_app(
         nk.rate = 10_000.0;
         keys::create(&conn, &nk)?
     };
-    let store = Store::open(&db, Duration::from_secs(3600), Bus::new())?;
+    let store = Store::open(&db, retention, Bus::new())?;
     let shutdown = CancellationToken::new();
     let settings = Settings {
         keepalive,
         cors_origins: vec!["*".into()],
     };
-    let state = AppState::new(&store, settings, shutdown.clone()).await?;
+    let state = AppState::with_log(&store, log(&store), settings, shutdown.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(livestrom_edge::serve(
@@ -986,5 +1000,140 @@ async fn events_pages_with_next_cursor() -> TestResult {
     let v = app.events(&format!("since={start}&limit=1")).await?;
     let one: StreamEvent = serde_json::from_value(v["events"][0].clone())?;
     assert_eq!(one.id.to_string(), ids[0]);
+    Ok(())
+}
+
+/// The store's log, with one prune injected before the first replay read:
+/// the prune runs once the clock has passed `prune_after_ms` (so it deletes
+/// what the test wrote), after the edge accepted the cursor.
+struct PruneBeforeReplay {
+    store: Store,
+    prune_after_ms: std::sync::atomic::AtomicI64,
+}
+
+impl EventLog for PruneBeforeReplay {
+    fn read_after(
+        &self,
+        after: Uuid,
+        limit: usize,
+        scope: &ReadScope,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        self.store.read_after(after, limit, scope)
+    }
+    fn read_after_with(
+        &self,
+        after: Uuid,
+        limit: usize,
+        scope: &ReadScope,
+        f: &mut dyn FnMut(Uuid, &str, SourceType, &str),
+    ) -> Result<usize, StoreError> {
+        let at = self
+            .prune_after_ms
+            .swap(i64::MAX, std::sync::atomic::Ordering::SeqCst);
+        if at != i64::MAX {
+            // Waits for the clock (not for another task): the prune can only
+            // delete the events once they are older than the retention window.
+            while Utc::now().timestamp_millis() <= at {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let pruned = tokio::runtime::Handle::current().block_on(self.store.prune())?;
+            assert!(pruned > 0, "the injected prune deleted nothing");
+        }
+        self.store.read_after_with(after, limit, scope, f)
+    }
+    fn retention_floor(&self) -> Uuid {
+        self.store.retention_floor()
+    }
+    fn head(&self) -> Result<Option<Uuid>, StoreError> {
+        self.store.head()
+    }
+    fn pruned_below(&self) -> Result<Uuid, StoreError> {
+        self.store.pruned_below()
+    }
+    fn watermark(&self) -> Result<Uuid, StoreError> {
+        self.store.watermark()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_between_the_cursor_check_and_the_replay_is_a_410_not_a_gap() -> TestResult {
+    let retention = Duration::from_secs(5);
+    let prune_at = Arc::new(std::sync::OnceLock::<Arc<PruneBeforeReplay>>::new());
+    let slot = prune_at.clone();
+    let app = spawn_app_with(Duration::from_millis(200), 20, retention, move |store| {
+        let log = Arc::new(PruneBeforeReplay {
+            store: store.clone(),
+            prune_after_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
+        });
+        let _ = slot.set(log.clone());
+        log
+    })
+    .await?;
+    let written = write(
+        &app.store,
+        (0..5)
+            .map(|i| event("a", SourceType::Rss, &[], &format!("t{i}"), ""))
+            .collect(),
+    )
+    .await?;
+    // The cursor is just inside the window: above the floor by the time the
+    // request needs to reach the check (the floor follows the clock), below
+    // every event written.
+    let floor = app.store.retention_floor();
+    let floor_ms = (floor.as_u128() >> 80) as u64;
+    let cursor = uuid_floor_at(floor_ms + 2000);
+    assert!(
+        cursor < written[0].event.id,
+        "the box was too slow to write and connect within the window"
+    );
+    let newest_ms = (written[4].event.id.as_u128() >> 80) as i64;
+    let log = prune_at.get().ok_or("log wrapper")?;
+    log.prune_after_ms.store(
+        newest_ms + retention.as_millis() as i64 + 20,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+
+    let res = app.get(&format!("/v1/stream?since={cursor}"), None).await?;
+    assert_eq!(res.status(), 200);
+    let mut res = res;
+    let mut text = String::new();
+    // With the events pruned the stream must say so; a keep-alive without
+    // it means the gap was silent.
+    while !text.contains("event: error") && !text.contains(": keepalive") {
+        match tokio::time::timeout(WAIT, res.chunk()).await?? {
+            Some(c) => text.push_str(&String::from_utf8_lossy(&c)),
+            None => break,
+        }
+    }
+    assert!(
+        text.contains("event: error"),
+        "no 410 in the stream: {text}"
+    );
+    assert!(text.contains("\"status\":410"), "{text}");
+    assert!(
+        !text.contains("id: "),
+        "nothing after the gap may be sent: {text}"
+    );
+    // The stream ended; the client's reconnect gets the HTTP 410.
+    assert!(tokio::time::timeout(WAIT, res.chunk()).await??.is_none());
+    let again = app.get(&format!("/v1/stream?since={cursor}"), None).await?;
+    assert_eq!(again.status(), 410);
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_without_a_cursor_on_an_empty_log_returns_a_cursor_that_misses_nothing() -> TestResult
+{
+    let app = spawn_app(Duration::from_secs(15), 20).await?;
+    let v: serde_json::Value = app.get("/v1/events", None).await?.json().await?;
+    let next = v["next_cursor"].as_str().ok_or("next_cursor")?.to_owned();
+    // Whatever is committed after the answer comes after its cursor, and
+    // the cursor is a valid position (not refused as ahead or gone).
+    let written = write(&app.store, vec![event("a", SourceType::Rss, &[], "t", "")]).await?;
+    assert!(Uuid::parse_str(&next)? < written[0].event.id);
+    let res = app.get(&format!("/v1/events?since={next}"), None).await?;
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await?;
+    assert_eq!(json_ids(&v), vec![written[0].event.id.to_string()]);
     Ok(())
 }

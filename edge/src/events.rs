@@ -6,15 +6,13 @@
 //! pass `next_cursor` as `since` on the next call. `next_cursor` is always an
 //! id: the last event returned, or the last event the filter passed over (so
 //! the next call does not rescan it), or — with no cursor given — the log's
-//! current head ("from now on").
+//! watermark ("from now on": no event committed later is at or below it).
 
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use livestrom_engine::event::uuid_floor_at;
 use livestrom_engine::store::{ReadScope, StoreError};
 use livestrom_engine::EventLog;
 use uuid::Uuid;
@@ -54,12 +52,15 @@ pub async fn handler(
     let cursor = cursor_from(&headers, q.since)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     let page = match check_cursor(&state.log, cursor, cursor_param(&headers)).await? {
-        Start::Now(head) => {
-            let next = if head.is_nil() {
-                uuid_floor_at(Utc::now().timestamp_millis().max(0) as u64)
-            } else {
-                head
-            };
+        Start::Now(_) => {
+            // Not the clock (an event minted just before and committed just
+            // after would be passed) and not the head (on an idle log it
+            // falls out of the retention window): the log's watermark.
+            let log = state.log.clone();
+            let next = tokio::task::spawn_blocking(move || log.watermark())
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
             Page {
                 events: Vec::new(),
                 next_cursor: next,

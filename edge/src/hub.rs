@@ -900,6 +900,12 @@ mod tests {
         fn head(&self) -> Result<Option<Uuid>, StoreError> {
             Ok(lock(&self.rows).last().map(|r| r.id))
         }
+        fn pruned_below(&self) -> Result<Uuid, StoreError> {
+            Ok(Uuid::nil())
+        }
+        fn watermark(&self) -> Result<Uuid, StoreError> {
+            Ok(self.head()?.unwrap_or(Uuid::nil()))
+        }
     }
 
     /// Events `1..=n` of source `s`, with increasing ids minted at `ms`.

@@ -85,7 +85,17 @@ impl AppState {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Result<Self, EdgeError> {
-        let log: Arc<dyn EventLog> = Arc::new(store.clone());
+        Self::with_log(store, Arc::new(store.clone()), settings, shutdown).await
+    }
+
+    /// Like [`AppState::new`], but replays and pages are read through `log`
+    /// (a view of the same store's events: tests wrap it to inject faults).
+    pub async fn with_log(
+        store: &Store,
+        log: Arc<dyn EventLog>,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Result<Self, EdgeError> {
         let hub = hub::Hub::start(store.bus(), log.clone(), shutdown.clone()).await?;
         let keys = keys::KeyStore::open(store, shutdown.clone())
             .await

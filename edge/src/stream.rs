@@ -268,6 +268,10 @@ struct ReplayPage {
     skipped: u64,
     /// Rows read (a short page means the log is exhausted).
     rows: usize,
+    /// Events after the page's start may have been pruned while the stream
+    /// replayed (the log's prune mark passed it): the page is not sent and
+    /// the stream ends with the 410 problem instead of a silent gap.
+    gone: Option<Uuid>,
 }
 
 enum Wake {
@@ -342,6 +346,10 @@ impl Conn {
                 Err(e) => { tracing::error!(error = %e, "replay task failed; ending stream"); self.phase = Phase::Done; return None; }
             },
         };
+        if let Some(floor) = page.gone {
+            self.phase = Phase::Done;
+            return Some(gone_frame(floor));
+        }
         let mut buf = page.buf;
         self.pos = page.pos;
         self.last_sent = page.last_sent;
@@ -386,6 +394,7 @@ impl Conn {
             last_sent: self.last_sent,
             skipped: self.skipped_in_replay,
             rows: 0,
+            gone: None,
         };
         tokio::task::spawn_blocking(move || {
             let after = page.pos;
@@ -410,6 +419,13 @@ impl Conn {
                         page.skipped += 1;
                     }
                 })?;
+            // The prune mark is raised before anything is deleted, so reading
+            // it after the page tells whether the page may lack rows.
+            let pruned = log.pruned_below()?;
+            if pruned > after {
+                page.gone = Some(pruned);
+                return Ok(page);
+            }
             // A page cut short by its byte budget is not the end of the log.
             page.rows = if full { REPLAY_PAGE } else { read };
             if page.skipped >= CHECKPOINT_AFTER_SKIPPED && page.pos > page.last_sent {
@@ -482,6 +498,22 @@ impl Conn {
         }
         Some(buf.freeze())
     }
+}
+
+/// The 410 problem as an `error` event (no `id:`, so the client's
+/// Last-Event-ID stays where it was): sent when retention pruned events
+/// after the stream's position while it replayed. The client's reconnect
+/// then gets the HTTP 410 itself.
+fn gone_frame(floor: Uuid) -> Bytes {
+    let p = Problem::gone(format!(
+        "events after this stream's position were pruned by retention while it replayed (oldest resumable position {floor}); reconnect without a cursor to resync from now"
+    ));
+    let json = serde_json::to_string(&p).unwrap_or_else(|_| String::from("{\"status\":410}"));
+    let mut b = BytesMut::with_capacity(json.len() + 24);
+    b.put_slice(b"event: error\ndata: ");
+    b.put_slice(json.as_bytes());
+    b.put_slice(b"\n\n");
+    b.freeze()
 }
 
 /// Maps a store failure on the request path to a logged 500.

@@ -202,6 +202,13 @@ impl IdGenerator {
         }
     }
 
+    /// Moves the generator to at least `floor` and returns where it is:
+    /// every id generated afterwards is greater than the returned one.
+    pub fn advance_to(&mut self, floor: Uuid) -> Uuid {
+        self.last = self.last.max(floor.as_u128());
+        Uuid::from_u128(self.last)
+    }
+
     /// The next id for the current wall-clock time.
     pub fn next_id(&mut self) -> Uuid {
         let now_ms = Utc::now().timestamp_millis().max(0) as u64;

@@ -198,6 +198,16 @@ pub trait EventLog: Send + Sync + 'static {
     fn retention_floor(&self) -> Uuid;
     /// The newest committed id, if any.
     fn head(&self) -> Result<Option<Uuid>, StoreError>;
+    /// Events below this id may have been deleted (nil: nothing ever was).
+    /// Raised before a prune deletes anything, so a reader that checks it
+    /// *after* a read knows whether that read may have missed rows.
+    fn pruned_below(&self) -> Result<Uuid, StoreError>;
+    /// A position that is "now" for readers: every event at or below it is
+    /// committed and every later commit gets a greater id. Unlike the wall
+    /// clock it cannot pass an id minted but not yet committed; unlike the
+    /// head it keeps up with the clock on an idle log (a cursor taken from
+    /// it stays inside the retention window as long as a fresh one would).
+    fn watermark(&self) -> Result<Uuid, StoreError>;
 }
 
 /// Handle to the database: cheap to clone.
@@ -212,6 +222,10 @@ struct Inner {
     retention: Duration,
     writer: mpsc::Sender<Job>,
     bus: Bus,
+    /// The writer's id generator. The writer holds it from the first id it
+    /// mints for a transaction until that transaction ended, so whoever
+    /// holds it sees no event minted but uncommitted (see [`EventLog::watermark`]).
+    ids: Arc<Mutex<IdGenerator>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -407,9 +421,10 @@ impl Store {
         conn.execute_batch("PRAGMA cache_size=-262144; PRAGMA wal_autocheckpoint=32768; PRAGMA mmap_size=1073741824;")
             .map_err(|e| StoreError::Open { path: path.to_owned(), reason: describe_open_error(&e) })?;
         let (tx, rx) = mpsc::channel::<Job>(1024);
+        let ids = Arc::new(Mutex::new(IdGenerator::new(seed)));
         let w = WriterThread {
             conn,
-            ids: IdGenerator::new(seed),
+            ids: ids.clone(),
             bus: bus.clone(),
             retention,
         };
@@ -427,6 +442,7 @@ impl Store {
                 retention,
                 writer: tx,
                 bus,
+                ids,
             }),
         })
     }
@@ -649,19 +665,32 @@ impl EventLog for Store {
         let now_ms = Utc::now().timestamp_millis().max(0) as u64;
         let floor_ms = now_ms.saturating_sub(self.inner.retention.as_millis() as u64);
         let by_time = uuid_floor_at(floor_ms);
-        let pruned = self
-            .read_blocking(|c| {
-                Ok(
-                    c.query_row("SELECT value FROM meta WHERE key='pruned_below'", [], |r| {
-                        r.get::<_, String>(0)
-                    })
-                    .optional()?,
-                )
-            })
-            .ok()
-            .flatten()
-            .and_then(|s| Uuid::parse_str(&s).ok());
-        pruned.map_or(by_time, |p| p.max(by_time))
+        self.pruned_below().unwrap_or(by_time).max(by_time)
+    }
+
+    fn pruned_below(&self) -> Result<Uuid, StoreError> {
+        let v: Option<String> = self.read_blocking(|c| {
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key='pruned_below'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })?;
+        v.map_or(Ok(Uuid::nil()), |s| {
+            Uuid::parse_str(&s)
+                .map_err(|e| StoreError::Corrupt(format!("meta pruned_below {s:?}: {e}")))
+        })
+    }
+
+    fn watermark(&self) -> Result<Uuid, StoreError> {
+        let mut ids = self
+            .inner
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+        Ok(ids.advance_to(uuid_floor_at(now_ms)))
     }
 
     fn head(&self) -> Result<Option<Uuid>, StoreError> {
@@ -817,7 +846,8 @@ fn load_all_sources(c: &Connection) -> Result<Vec<SourceState>, StoreError> {
 
 struct WriterThread {
     conn: Connection,
-    ids: IdGenerator,
+    /// Shared with readers for [`EventLog::watermark`]; locked per transaction.
+    ids: Arc<Mutex<IdGenerator>>,
     bus: Bus,
     retention: Duration,
 }
@@ -893,6 +923,11 @@ impl WriterThread {
         group: &mut [(WriteBatch, Reply)],
         now: DateTime<Utc>,
     ) -> Result<Vec<Vec<Arc<CommittedEvent>>>, StoreError> {
+        // Held until the transaction ends (commit or rollback): see `Inner::ids`.
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -924,7 +959,7 @@ impl WriterThread {
                 let mut evs = Vec::with_capacity(n_events);
                 for ne in new_events {
                     let mut ev = ne.event;
-                    ev.id = self.ids.next_id();
+                    ev.id = ids.next_id();
                     ev.emitted_at = now;
                     ev.schema_version = 1;
                     let committed = CommittedEvent::new(ev);
@@ -1051,6 +1086,13 @@ impl WriterThread {
     fn prune(&mut self) -> Result<usize, StoreError> {
         let now_ms = Utc::now().timestamp_millis().max(0) as u64;
         let floor = uuid_floor_at(now_ms.saturating_sub(self.retention.as_millis() as u64));
+        // The mark is committed before the first delete: a replay that
+        // checks it after reading a page knows whether rows after its
+        // cursor may be gone (a 410, never a silent gap). It only rises.
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('pruned_below', ?1) ON CONFLICT(key) DO UPDATE SET value=excluded.value WHERE excluded.value > meta.value",
+            [floor.to_string()],
+        )?;
         let mut total = 0;
         loop {
             // Chunked so the writer never holds the lock for long.
@@ -1063,10 +1105,6 @@ impl WriterThread {
                 break;
             }
         }
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('pruned_below', ?1) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            [floor.to_string()],
-        )?;
         Ok(total)
     }
 }
@@ -1124,6 +1162,85 @@ mod tests {
             fingerprint: "fp".into(),
             aliases: vec!["a1".into()],
         }
+    }
+
+    /// Events with id at or below `w` visible right now.
+    fn visible_upto(store: &Store, w: Uuid) -> Result<usize, StoreError> {
+        store.read_blocking(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM events WHERE id <= ?1",
+                [w.as_bytes().as_slice()],
+                |r| r.get::<_, i64>(0),
+            )? as usize)
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watermark_never_passes_an_event_minted_but_not_committed() -> Result<(), StoreError>
+    {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = Store::open(
+            &dir.path().join("t.db"),
+            Duration::from_secs(3600),
+            Bus::new(),
+        )?;
+        // Empty log: the watermark is "now", and later commits are above it.
+        let w0 = store.watermark()?;
+        let first = store
+            .write(WriteBatch {
+                events: vec![ev("s", "0")],
+                ..Default::default()
+            })
+            .await?;
+        assert!(first[0].event.id > w0);
+        // Big transactions in flight while readers take watermarks: every
+        // event at or below a watermark must already be visible when it is
+        // handed out (nothing below it may appear later).
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..4 {
+                    let events = (0..5000)
+                        .map(|i| ev("s", &format!("{round}-{i}")))
+                        .collect();
+                    store
+                        .write(WriteBatch {
+                            events,
+                            ..Default::default()
+                        })
+                        .await?;
+                }
+                Ok::<_, StoreError>(())
+            })
+        };
+        let reader = {
+            let store = store.clone();
+            let done = done.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut seen = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let w = store.watermark()?;
+                    seen.push((w, visible_upto(&store, w)?));
+                }
+                Ok::<_, StoreError>(seen)
+            })
+        };
+        writer
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = reader
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        for (w, then) in seen {
+            assert_eq!(
+                visible_upto(&store, w)?,
+                then,
+                "an event at or below watermark {w} was committed after it was handed out"
+            );
+        }
+        Ok(())
     }
 
     #[tokio::test]
