@@ -354,8 +354,19 @@ async fn run(
         }
     };
     let edge_cancel = cancel.clone();
-    let edge =
-        tokio::spawn(async move { livestrom_edge::serve(listener, state, edge_cancel).await });
+    let server_opts = livestrom_edge::server::Options {
+        max_connections: config.edge.max_connections,
+        ..Default::default()
+    };
+    let edge = tokio::spawn(async move {
+        livestrom_edge::server::serve_with(
+            listener,
+            livestrom_edge::app(state),
+            edge_cancel,
+            server_opts,
+        )
+        .await
+    });
     let engine =
         livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
     cancel.cancel();

@@ -213,12 +213,28 @@ async fn a_refused_stream_request_keeps_the_connection_for_the_next_request() ->
 async fn heads_the_stream_path_does_not_take_are_served_by_hyper() -> TestResult {
     let (app, keys) = app::spawn(&[NewKey::new("wire")]).await;
 
-    // A head longer than the stream path reads (16 KiB) still streams.
+    // A head longer than the stream path reads (16 KiB) is refused by
+    // hyper with the same limit: 431, whichever path reads it.
     let mut sock = TcpStream::connect(app.addr).await?;
     let pad = "a".repeat(20 * 1024);
+    let _ = sock
+        .write_all(
+            format!(
+                "GET /v1/stream HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\nX-API-Key: {}\r\n\r\n",
+                keys[0]
+            )
+            .as_bytes(),
+        )
+        .await;
+    let mut buf = Vec::new();
+    read_to_end(&mut sock, &mut buf).await?;
+    assert!(text(&buf).starts_with("HTTP/1.1 431 "), "{}", text(&buf));
+
+    // A stream request with a body is served by hyper and still streams.
+    let mut sock = TcpStream::connect(app.addr).await?;
     sock.write_all(
         format!(
-            "GET /v1/stream HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\nX-API-Key: {}\r\n\r\n",
+            "GET /v1/stream HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nContent-Length: 1\r\n\r\nx",
             keys[0]
         )
         .as_bytes(),

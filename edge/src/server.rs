@@ -19,14 +19,18 @@
 //! Anything else — a request with a body, `Expect`, `Upgrade`, `CONNECT`, a
 //! head `httparse` rejects, more than [`MAX_HEADERS`] headers or more than
 //! [`MAX_HEAD`] bytes — is handed to hyper together with the bytes already
-//! read, so hyper answers exactly as it would have (including its 400s), and
-//! serves the rest of that connection.
+//! read, so hyper answers exactly as it would have (including its 400s and
+//! 431s), and serves the rest of that connection.
 //!
-//! Liveness ([`Options`]): a client must send a whole request head within
-//! 30 s (also between keep-alive requests); while a stream is idle the
-//! socket is watched, so a client that disconnects is noticed at once (not
-//! at the next keep-alive write); a client that stops reading is dropped
-//! when a write makes no progress for 60 s.
+//! Liveness ([`Options`]), the same on both paths: a client must send a
+//! whole request head within 30 s (also between keep-alive requests) and
+//! in at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers; a client that
+//! stops reading is dropped when a write makes no progress for 60 s (5 s
+//! once shutdown began). While a stream served here is idle the socket is
+//! watched, so a client that disconnects is noticed at once (not at the
+//! next keep-alive write). At most [`Options::max_connections`] connections
+//! are open at once; past it a new connection gets a 503 and is closed, so
+//! sockets that never authenticate cannot pile up without bound.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -55,6 +59,9 @@ pub struct Options {
     pub write_stall: Duration,
     /// After shutdown began, how long a write may still wait for the client. 5 s.
     pub shutdown_write_grace: Duration,
+    /// Connections open at once, whatever their state (`edge.max_connections`,
+    /// default 50,000). One more is answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for Options {
@@ -63,9 +70,15 @@ impl Default for Options {
             header_read_timeout: Duration::from_secs(30),
             write_stall: Duration::from_secs(60),
             shutdown_write_grace: Duration::from_secs(5),
+            max_connections: 50_000,
         }
     }
 }
+
+/// What a connection over [`Options::max_connections`] gets before it is
+/// closed (written without waiting: a client that cannot take 300 bytes at
+/// once gets nothing).
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: 162\r\n\r\n{\"type\":\"https://livestrom.dev/problems/unavailable\",\"title\":\"Service unavailable\",\"status\":503,\"detail\":\"the server has its maximum number of open connections\"}\n";
 
 /// What every part of a connection consults.
 struct Ctx {
@@ -98,6 +111,12 @@ pub async fn serve_with(
     opts: Options,
 ) -> io::Result<()> {
     let conns = tokio_util::task::TaskTracker::new();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        opts.max_connections
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+    ));
+    // Logged once per stretch at the cap, not once per refused socket.
+    let mut at_cap = false;
     loop {
         let (sock, peer) = tokio::select! {
             biased;
@@ -113,6 +132,19 @@ pub async fn serve_with(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !at_cap {
+                at_cap = true;
+                tracing::warn!(
+                    max_connections = opts.max_connections,
+                    "connection limit reached; new connections get 503 (edge.max_connections)"
+                );
+            }
+            // Best effort, never waits: the socket is closed right after.
+            let _ = sock.try_write(OVER_CAPACITY);
+            continue;
+        };
+        at_cap = false;
         if let Err(e) = sock.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
@@ -120,7 +152,11 @@ pub async fn serve_with(
             stop: shutdown.clone(),
             opts,
         };
-        conns.spawn(connection(sock, peer, app.clone(), ctx));
+        let app = app.clone();
+        conns.spawn(async move {
+            connection(sock, peer, app, ctx).await;
+            drop(slot);
+        });
     }
     drop(listener);
     conns.close();
@@ -397,7 +433,17 @@ async fn respond(
             write_all(sock, &mut h, ctx).await?;
         }
     }
+    // Once shutdown began, a body that does not end by itself (the stream
+    // ends on the same signal) gets the grace, then the connection closes.
+    let mut closing_at: Option<tokio::time::Instant> = None;
     loop {
+        if closing_at.is_none() && ctx.stop.is_cancelled() {
+            closing_at = Some(tokio::time::Instant::now() + ctx.opts.shutdown_write_grace);
+        }
+        if closing_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+            tracing::debug!("response still running after the shutdown grace; closed");
+            return Ok(false);
+        }
         let item = match next.take() {
             Some(item) => item,
             None => tokio::select! {
@@ -410,6 +456,8 @@ async fn respond(
                     }
                     continue;
                 }
+                _ = ctx.stop.cancelled(), if closing_at.is_none() => continue,
+                _ = tokio::time::sleep_until(closing_at.unwrap_or_else(tokio::time::Instant::now)), if closing_at.is_some() => continue,
             },
         };
         let bytes = match item {
@@ -508,17 +556,26 @@ async fn write_all(sock: &mut TcpStream, buf: &mut impl Buf, ctx: &Ctx) -> io::R
 
 /// Serves the rest of the connection with hyper; `read` holds bytes already
 /// read from the socket (replayed to hyper first).
+///
+/// The connection keeps this loop's limits: the same head size and header
+/// count (hyper answers 431 past them), the same header-read timeout, a
+/// write that makes no progress for [`Options::write_stall`] ends it, and
+/// after shutdown began it gets [`Options::shutdown_write_grace`] to finish.
 async fn hand_to_hyper(sock: TcpStream, read: Bytes, peer: SocketAddr, app: Router, ctx: Ctx) {
     let stop = ctx.stop;
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         tower::ServiceExt::oneshot(app.clone(), req)
     });
-    let io = hyper_util::rt::TokioIo::new(Rewind { read, io: sock });
+    let mut io = tokio_io_timeout::TimeoutStream::new(Rewind { read, io: sock });
+    io.set_write_timeout(Some(ctx.opts.write_stall));
+    let io = hyper_util::rt::TokioIo::new(Box::pin(io));
     let conn = hyper::server::conn::http1::Builder::new()
         .writev(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(ctx.opts.header_read_timeout)
+        .max_headers(MAX_HEADERS)
+        .max_header_size(MAX_HEAD)
         .serve_connection(io, svc);
     let mut conn = Box::pin(conn);
     tokio::select! {
@@ -530,8 +587,10 @@ async fn hand_to_hyper(sock: TcpStream, read: Bytes, peer: SocketAddr, app: Rout
         }
         _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
     }
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    match tokio::time::timeout(ctx.opts.shutdown_write_grace, conn).await {
+        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Ok(Ok(())) => {}
+        Err(_) => tracing::debug!("connection still busy after the shutdown grace; closed"),
     }
 }
 
@@ -797,11 +856,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_client_that_stops_reading_is_dropped_after_the_write_stall() {
+    /// A route whose body never ends, and a receiver that fires once the
+    /// body was dropped (the server gave up on the response).
+    fn endless_app() -> (Router, tokio::sync::oneshot::Receiver<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let signal = std::sync::Arc::new(std::sync::Mutex::new(Some(DropSignal(Some(tx)))));
-        // An endless body: only the stall can end this response.
         let app = Router::new().route(
             "/endless",
             axum::routing::get(move || {
@@ -810,27 +869,180 @@ mod tests {
                     let chunk = Bytes::from(vec![b'a'; 64 * 1024]);
                     let body = futures::stream::unfold(guard, move |g| {
                         let chunk = chunk.clone();
-                        async move { Some((Ok::<_, std::convert::Infallible>(chunk), g)) }
+                        async move {
+                            tokio::task::yield_now().await;
+                            Some((Ok::<_, std::convert::Infallible>(chunk), g))
+                        }
                     });
                     axum::body::Body::from_stream(body)
                 }
             }),
         );
+        (app, rx)
+    }
+
+    /// The same request in every form the two serving paths take: without a
+    /// body (served here) and with one (served by hyper).
+    const ENDLESS_REQUESTS: [&str; 4] = [
+        "GET /endless HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET /endless HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
+        "GET /endless HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        "GET /endless HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
+    ];
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped_after_the_write_stall() {
+        for req in ENDLESS_REQUESTS {
+            let (app, rx) = endless_app();
+            let opts = Options {
+                write_stall: Duration::from_millis(300),
+                ..Options::default()
+            };
+            let (addr, _stop) = spawn(app, opts).await;
+            let mut sock = TcpStream::connect(addr).await.expect("connect");
+            sock.write_all(req.as_bytes()).await.expect("write");
+            // Never read: the server's writes stop making progress once the
+            // socket buffers are full, and it must give up and drop the body.
+            tokio::time::timeout(Duration::from_secs(60), rx)
+                .await
+                .unwrap_or_else(|_| panic!("the stalled response was never dropped: {req:?}"))
+                .expect("signal");
+            drop(sock);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_that_never_ends_is_closed_after_the_shutdown_grace() {
+        for req in ENDLESS_REQUESTS {
+            let (app, rx) = endless_app();
+            let opts = Options {
+                shutdown_write_grace: Duration::from_millis(200),
+                ..Options::default()
+            };
+            let (addr, stop) = spawn(app, opts).await;
+            let mut sock = TcpStream::connect(addr).await.expect("connect");
+            sock.write_all(req.as_bytes()).await.expect("write");
+            let mut scratch = [0u8; 4096];
+            let n = sock.read(&mut scratch).await.expect("read");
+            assert!(n > 0);
+            // A reading client, a body that does not stop by itself: the
+            // connection still ends once shutdown's grace is over.
+            stop.cancel();
+            until_eof(&mut sock).await;
+            tokio::time::timeout(Duration::from_secs(60), rx)
+                .await
+                .unwrap_or_else(|_| panic!("the response outlived shutdown: {req:?}"))
+                .expect("signal");
+        }
+    }
+
+    /// Sends `req` and reads the whole answer (the server closes after it).
+    async fn exchange(addr: SocketAddr, req: &[u8]) -> String {
+        let mut sock = TcpStream::connect(addr).await.expect("connect");
+        // The server may answer and close before it read everything.
+        let _ = sock.write_all(req).await;
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let mut scratch = [0u8; 4096];
+            loop {
+                match sock.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&scratch[..n]),
+                }
+            }
+        })
+        .await
+        .expect("the server closed the connection");
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn head_limits_are_the_same_whichever_path_serves_the_request() {
+        let app = Router::new().route("/x", axum::routing::get(|| async { "x" }));
+        let (addr, _stop) = spawn(app, Options::default()).await;
+        let many: String = (0..MAX_HEADERS).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let pad = "a".repeat(MAX_HEAD);
+        for body in ["", "Content-Length: 1\r\n"] {
+            let tail = if body.is_empty() { "" } else { "x" };
+            let over_count = format!("GET /x HTTP/1.1\r\nHost: h\r\n{body}{many}\r\n{tail}");
+            let over_size =
+                format!("GET /x HTTP/1.1\r\nHost: h\r\n{body}X-Pad: {pad}\r\n\r\n{tail}");
+            for req in [over_count, over_size] {
+                let got = exchange(addr, req.as_bytes()).await;
+                assert!(
+                    got.starts_with("HTTP/1.1 431 "),
+                    "{:?} -> {:?}",
+                    &req[..60],
+                    got.lines().next()
+                );
+            }
+        }
+        // Within the limits both paths serve it.
+        let fits: String = (0..MAX_HEADERS - 4)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect();
+        for body in ["", "Content-Length: 1\r\n"] {
+            let tail = if body.is_empty() { "" } else { "x" };
+            let req = format!(
+                "GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n{body}{fits}\r\n{tail}"
+            );
+            let got = exchange(addr, req.as_bytes()).await;
+            assert!(got.starts_with("HTTP/1.1 200 "), "{:?}", got.lines().next());
+        }
+    }
+
+    #[test]
+    fn the_over_capacity_answer_is_well_framed() {
+        let text = std::str::from_utf8(OVER_CAPACITY).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.parse().ok())
+            .expect("content-length");
+        assert_eq!(len, body.len());
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(v["status"], 503);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_get_503_and_a_freed_slot_is_reused() {
+        let app = Router::new().route("/x", axum::routing::get(|| async { "x" }));
         let opts = Options {
-            write_stall: Duration::from_millis(300),
+            max_connections: 2,
             ..Options::default()
         };
         let (addr, _stop) = spawn(app, opts).await;
-        let mut sock = TcpStream::connect(addr).await.expect("connect");
-        sock.write_all(b"GET /endless HTTP/1.1\r\nHost: h\r\n\r\n")
-            .await
-            .expect("write");
-        // Never read: the server's writes stop making progress once the
-        // socket buffers are full, and it must give up and drop the body.
-        tokio::time::timeout(Duration::from_secs(60), rx)
-            .await
-            .expect("the stalled response was dropped")
-            .expect("signal");
-        drop(sock);
+        // Two sockets that never send a head hold both slots.
+        let a = TcpStream::connect(addr).await.expect("connect");
+        let b = TcpStream::connect(addr).await.expect("connect");
+        // The third is refused with a problem, whatever it sends.
+        let got = exchange(addr, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 503 "), "{got:?}");
+        assert!(
+            got.contains("maximum number of open connections"),
+            "{got:?}"
+        );
+        // A slot freed by a client that leaves is taken by the next one.
+        drop(a);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = exchange(
+                addr,
+                b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            if got.starts_with("HTTP/1.1 200 ") {
+                break;
+            }
+            // The server notices the close when it next reads that socket.
+            assert!(got.starts_with("HTTP/1.1 503 "), "{got:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the freed slot was never reused"
+            );
+            tokio::task::yield_now().await;
+        }
+        drop(b);
     }
 }

@@ -177,6 +177,9 @@ pub struct EdgeConfig {
     pub keepalive: Duration,
     /// Allowed CORS origins (`*` = any).
     pub cors_origins: Vec<String>,
+    /// Open client connections at most (any state: reading a head,
+    /// streaming, idle keep-alive); past it new connections get a 503.
+    pub max_connections: usize,
 }
 
 /// `[fetch]`.

@@ -53,6 +53,8 @@ pub(super) struct RawEdge {
     pub(super) keepalive: Option<S<String>>,
     /// Default `["*"]`.
     pub(super) cors_origins: Option<Vec<S<String>>>,
+    /// Default 50,000.
+    pub(super) max_connections: Option<S<i64>>,
 }
 
 /// `max_body` may be a size string (`"10MB"`) or a number of bytes.
@@ -206,6 +208,7 @@ pub(super) fn read(issues: &mut Issues<'_>, text: &str) -> Option<RawConfig> {
             listen: t.string(issues, "listen", "an address like \"127.0.0.1:8080\""),
             keepalive: t.string(issues, "keepalive", DURATION),
             cors_origins: t.strings(issues, "cors_origins").map(Spanned::into_inner),
+            max_connections: t.integer(issues, "max_connections"),
         };
         t.finish(issues);
     }
@@ -664,7 +667,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 fn belongs_elsewhere(path: &str, key: &str) -> Option<&'static str> {
     const HOMES: &[(&str, &[&str])] = &[
         ("[engine]", &["database", "retention"]),
-        ("[edge]", &["listen", "keepalive", "cors_origins"]),
+        (
+            "[edge]",
+            &["listen", "keepalive", "cors_origins", "max_connections"],
+        ),
         (
             "[fetch]",
             &[

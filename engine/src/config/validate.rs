@@ -33,6 +33,10 @@ const MAX_BODY: (u64, u64) = (1024, 1 << 30);
 const RPS: (f64, f64) = (0.001, 1000.0);
 /// Bounds of `fetch.per_host_concurrency`.
 const CONCURRENCY: (i64, i64) = (1, 100);
+/// Bounds of `edge.max_connections`.
+const MAX_CONNECTIONS: (i64, i64) = (1, 10_000_000);
+/// Default of `edge.max_connections`.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 /// Bounds of `fetch.max_redirects`.
 const REDIRECTS: (i64, i64) = (0, 20);
 /// Upper bound of `initial_items`.
@@ -128,6 +132,12 @@ pub(super) fn build(issues: &mut Issues<'_>, path: &Path, raw: RawConfig) -> Con
             KEEPALIVE,
         ),
         cors_origins,
+        max_connections: v.ranged(
+            &raw.edge.max_connections,
+            "edge.max_connections",
+            DEFAULT_MAX_CONNECTIONS as i64,
+            MAX_CONNECTIONS,
+        ) as usize,
     };
 
     let fetch = v.fetch(&raw);

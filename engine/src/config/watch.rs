@@ -149,6 +149,10 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         ("edge.listen", a.edge.listen != b.edge.listen),
         ("edge.keepalive", a.edge.keepalive != b.edge.keepalive),
         (
+            "edge.max_connections",
+            a.edge.max_connections != b.edge.max_connections,
+        ),
+        (
             "edge.cors_origins",
             a.edge.cors_origins != b.edge.cors_origins,
         ),
