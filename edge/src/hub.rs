@@ -947,96 +947,103 @@ mod tests {
         }
     }
 
-    fn publish(bus: &Bus, evs: Vec<Arc<CommittedEvent>>) {
-        bus.publish(Batch::from(evs));
+    /// A hub started on an in-memory log and a bus of `capacity` batches.
+    struct Rig {
+        bus: Bus,
+        log: Arc<MemLog>,
+        hub: Hub,
+        cancel: CancellationToken,
+        ids: livestrom_engine::event::IdGenerator,
+        now_ms: u64,
+    }
+
+    impl Rig {
+        async fn start(capacity: usize, failing_reads: usize) -> Self {
+            let bus = Bus::with_capacity(capacity);
+            let log = Arc::new(MemLog::default());
+            log.fail_reads.store(failing_reads, Ordering::SeqCst);
+            let cancel = CancellationToken::new();
+            let hub = Hub::start(&bus, log.clone(), cancel.clone())
+                .await
+                .expect("start");
+            Self {
+                bus,
+                log,
+                hub,
+                cancel,
+                ids: livestrom_engine::event::IdGenerator::new(None),
+                now_ms: Utc::now().timestamp_millis() as u64,
+            }
+        }
+
+        fn subscribe(&self) -> Subscription {
+            self.hub
+                .subscribe(Arc::new(Filter::default()))
+                .expect("the hub accepts streams")
+        }
+
+        /// Commits `n` events minted at `ms` to the log and announces each
+        /// in its own batch; returns their ids.
+        fn commit_and_publish(&mut self, ms: u64, n: usize) -> Vec<Uuid> {
+            let mut ids = Vec::new();
+            for e in events_at(&mut self.ids, ms, n) {
+                let e = self.log.commit(e);
+                ids.push(e.event.id);
+                self.bus.publish(Batch::from(vec![e]));
+            }
+            ids
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            self.cancel.cancel();
+        }
     }
 
     #[tokio::test]
     async fn a_failed_catch_up_read_is_retried_and_live_delivery_goes_on() {
-        let bus = Bus::with_capacity(4);
-        let log = Arc::new(MemLog::default());
-        log.fail_reads.store(1, Ordering::SeqCst);
-        let cancel = CancellationToken::new();
-        let hub = Hub::start(&bus, log.clone(), cancel.clone())
-            .await
-            .expect("start");
-        let before = hub
-            .subscribe(Arc::new(Filter::default()))
-            .expect("subscribe");
+        let mut rig = Rig::start(4, 1).await;
+        let before = rig.subscribe();
         // Ten batches while the hub task cannot run (one thread): it lags.
-        let mut g = livestrom_engine::event::IdGenerator::new(None);
-        let now_ms = Utc::now().timestamp_millis() as u64;
-        for e in events_at(&mut g, now_ms, 10) {
-            publish(&bus, vec![log.commit(e)]);
-        }
+        rig.commit_and_publish(rig.now_ms, 10);
         // The catch-up read fails once: the streams open then are ended (they
         // resume from their last id) ...
         let (_, ended) = receive_until(&before, Uuid::max()).await;
         assert!(ended, "the stream registered during the failure is ended");
         // ... but the hub lives on: a new stream gets what follows, live.
-        let after = hub
-            .subscribe(Arc::new(Filter::default()))
-            .expect("the hub must accept streams after a failed catch-up");
-        let live = log.commit(events_at(&mut g, now_ms + 1, 1).remove(0));
-        let live_id = live.event.id;
-        publish(&bus, vec![live]);
+        let after = rig.subscribe();
+        let live_id = rig.commit_and_publish(rig.now_ms + 1, 1)[0];
         let (got, ended) = receive_until(&after, live_id).await;
         assert!(!ended);
         assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
         assert_eq!(got.last(), Some(&live_id));
-        cancel.cancel();
     }
 
     #[tokio::test]
     async fn a_stored_row_that_does_not_decode_is_skipped_not_fatal() {
-        let bus = Bus::with_capacity(2);
-        let log = Arc::new(MemLog::default());
-        let cancel = CancellationToken::new();
-        let hub = Hub::start(&bus, log.clone(), cancel.clone())
-            .await
-            .expect("start");
-        let sub = hub
-            .subscribe(Arc::new(Filter::default()))
-            .expect("subscribe");
-        let mut g = livestrom_engine::event::IdGenerator::new(None);
-        let now_ms = Utc::now().timestamp_millis() as u64;
-        let mut want = Vec::new();
-        for (i, e) in events_at(&mut g, now_ms, 8).into_iter().enumerate() {
-            if i == 3 {
-                // Stored but unreadable (and never announced: the catch-up must read it).
-                log.append_raw(g.next_at(now_ms), "s", Arc::from("{not json"));
-            }
-            want.push(e.event.id);
-            publish(&bus, vec![log.commit(e)]);
-        }
+        let mut rig = Rig::start(2, 0).await;
+        let sub = rig.subscribe();
+        let mut want = rig.commit_and_publish(rig.now_ms, 3);
+        // Stored but unreadable (and never announced: the catch-up must read it).
+        let bad = rig.ids.next_at(rig.now_ms);
+        rig.log.append_raw(bad, "s", Arc::from("{not json"));
+        want.extend(rig.commit_and_publish(rig.now_ms, 5));
         let last = *want.last().expect("events");
         let (got, ended) = receive_until(&sub, last).await;
         assert!(!ended, "one bad row must not end the streams");
         assert_eq!(got, want);
-        cancel.cancel();
     }
 
     #[tokio::test]
     async fn the_hub_starts_after_the_log_head_not_the_clock() {
         // An idle, empty log and a clock that stepped back: the next commit's
         // id is two minutes older than "now".
-        let bus = Bus::new();
-        let log = Arc::new(MemLog::default());
-        let cancel = CancellationToken::new();
-        let hub = Hub::start(&bus, log.clone(), cancel.clone())
-            .await
-            .expect("start");
-        let sub = hub
-            .subscribe(Arc::new(Filter::default()))
-            .expect("subscribe");
-        let mut g = livestrom_engine::event::IdGenerator::new(None);
-        let past = Utc::now().timestamp_millis() as u64 - 120_000;
-        let ev = log.commit(events_at(&mut g, past, 1).remove(0));
-        let id = ev.event.id;
-        publish(&bus, vec![ev]);
+        let mut rig = Rig::start(4096, 0).await;
+        let sub = rig.subscribe();
+        let id = rig.commit_and_publish(rig.now_ms - 120_000, 1)[0];
         let (got, _) = receive_until(&sub, id).await;
         assert_eq!(got, vec![id]);
-        cancel.cancel();
     }
 
     #[test]
