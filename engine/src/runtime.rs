@@ -161,7 +161,7 @@ pub async fn run(
     let mut slots: Vec<Option<Slot>> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut queue = DueQueue::new();
-    let mut polls: JoinSet<(usize, u64, PollResult)> = JoinSet::new();
+    let mut polls = Polls::default();
     let mut upstreams: JoinSet<()> = JoinSet::new();
     let mut in_flight = 0usize;
     let mut unreported = 0usize;
@@ -263,11 +263,31 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep_until(sleep_until) => {}
-            Some(joined) = polls.join_next(), if !polls.is_empty() => {
+            Some((task, joined)) = polls.join_next(), if !polls.is_empty() => {
                 in_flight = in_flight.saturating_sub(1);
-                let Ok((slot, epoch, PollResult { outcome: res, next_in, skipped })) = joined else {
-                    tracing::error!("a poll task panicked");
-                    continue;
+                let Running { slot, epoch, recovery } = task;
+                let PollResult { outcome: res, next_in, skipped } = match joined {
+                    Ok(result) => result,
+                    Err(died) => {
+                        let why = task_failure(died);
+                        let Some(s) = slots.get(slot).and_then(Option::as_ref) else { continue };
+                        tracing::error!(source = %s.src.id, "a poll {why}");
+                        if !recovery {
+                            // The slot stays busy until the failure is
+                            // recorded, so no other poll of the source
+                            // overwrites its state meanwhile.
+                            polls.spawn(Running { slot, epoch, recovery: true }, record_poll_failure(ctx.clone(), s.src.clone(), why));
+                            in_flight += 1;
+                            continue;
+                        }
+                        // Even recording the failure failed: free the slot
+                        // and try again after the longest backoff.
+                        PollResult {
+                            outcome: Err(format!("internal: the poll {why}")),
+                            next_in: scheduler::MAX_BACKOFF,
+                            skipped: false,
+                        }
+                    }
                 };
                 let total = slots.iter().flatten().filter(|s| !is_streaming(&s.src)).count();
                 let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
@@ -373,7 +393,7 @@ fn start_poll(
     ctx: &Arc<Ctx>,
     slots: &mut [Option<Slot>],
     slot: usize,
-    polls: &mut JoinSet<(usize, u64, PollResult)>,
+    polls: &mut Polls,
     cancel: &CancellationToken,
 ) -> bool {
     let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
@@ -384,14 +404,125 @@ fn start_poll(
     }
     s.polling = true;
     let (src, epoch, ctx, cancel) = (s.src.clone(), s.epoch, ctx.clone(), cancel.clone());
-    polls.spawn(async move {
-        let res = tokio::select! {
+    let task = Running {
+        slot,
+        epoch,
+        recovery: false,
+    };
+    polls.spawn(task, async move {
+        tokio::select! {
             r = poll_once(&ctx, &src) => r,
             _ = cancel.cancelled() => PollResult { outcome: Err("cancelled by shutdown".into()), next_in: Duration::ZERO, skipped: false },
-        };
-        (slot, epoch, res)
+        }
     });
     true
+}
+
+/// The polls in flight. A task that panics returns no result, so which
+/// slot it polled is kept by task id: the slot is freed and its source
+/// rescheduled instead of staying "polling" forever.
+#[derive(Default)]
+struct Polls {
+    tasks: JoinSet<PollResult>,
+    running: HashMap<tokio::task::Id, Running>,
+}
+
+/// What a poll task is for.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    slot: usize,
+    /// The slot's epoch when the poll started.
+    epoch: u64,
+    /// Records the failure of a poll that panicked (not a poll itself).
+    recovery: bool,
+}
+
+impl Polls {
+    fn spawn(
+        &mut self,
+        task: Running,
+        fut: impl std::future::Future<Output = PollResult> + Send + 'static,
+    ) {
+        let id = self.tasks.spawn(fut).id();
+        self.running.insert(id, task);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next finished task and its result (`Err` if it panicked).
+    async fn join_next(&mut self) -> Option<(Running, Result<PollResult, tokio::task::JoinError>)> {
+        loop {
+            let (id, result) = match self.tasks.join_next_with_id().await? {
+                Ok((id, result)) => (id, Ok(result)),
+                Err(e) => (e.id(), Err(e)),
+            };
+            // Every task is registered when spawned; an unknown id cannot
+            // name a slot, so it is skipped.
+            if let Some(task) = self.running.remove(&id) {
+                return Some((task, result));
+            }
+        }
+    }
+}
+
+/// "panicked: <message>" for a poll task that died.
+fn task_failure(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "was cancelled".to_owned();
+    }
+    let payload = e.into_panic();
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    format!("panicked: {msg}")
+}
+
+/// Records a poll that died as a failed poll of its source (shown as its
+/// `last_error`, counted in its failures) and schedules it with the failure
+/// backoff.
+async fn record_poll_failure(ctx: Arc<Ctx>, src: Arc<SourceConfig>, why: String) -> PollResult {
+    let now = Utc::now();
+    let msg = format!("internal: the poll {why}");
+    let mut state = match ctx.store.source_state(src.id.as_str()).await {
+        Ok(s) => s.unwrap_or_else(|| SourceState {
+            source_id: src.id.as_str().to_owned(),
+            ..Default::default()
+        }),
+        Err(e) => {
+            tracing::error!(source = %src.id, error = %e, "cannot record the failed poll");
+            return PollResult {
+                outcome: Err(msg),
+                next_in: scheduler::base_delay(&src.cadence, now),
+                skipped: false,
+            };
+        }
+    };
+    state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+    state.last_poll_at = Some(now);
+    state.last_error = Some(msg.clone());
+    let timing = PollTiming {
+        ok: false,
+        consecutive_failures: state.consecutive_failures,
+        ..PollTiming::default()
+    };
+    let delay = scheduler::next_delay(&src.cadence, now, &timing, rand::random::<f64>());
+    state.next_poll_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+    let batch = WriteBatch {
+        source: Some(state),
+        ..WriteBatch::default()
+    };
+    if let Err(e) = ctx.store.write(batch).await {
+        tracing::error!(source = %src.id, error = %e, "cannot record the failed poll");
+    }
+    PollResult {
+        outcome: Err(msg),
+        next_in: delay,
+        skipped: false,
+    }
 }
 
 /// Receives from an optional channel; a missing or closed channel never yields
@@ -827,18 +958,10 @@ async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: CancellationT
             biased;
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                // Retried until stored (the reader waits meanwhile: the
-                // channel is bounded). Only on shutdown is a batch given up,
-                // and then the stored cursor still points before it, so the
-                // next run fetches it again.
-                let mut backoff = Duration::from_millis(500);
-                while let Err(e) = store_upstream_batch(&ctx, &src, &mut state, &batch).await {
-                    tracing::error!(source = %src.id, error = %e, "cannot store upstream items; retrying in {backoff:?}");
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                if !store_or_give_up(&ctx, &src, &mut state, &batch, &cancel).await {
+                    // Shutdown gave this batch up: storing any later one
+                    // would move the cursor past it and lose it for good.
+                    break;
                 }
             }
             health = hrx.recv() => {
@@ -848,6 +971,50 @@ async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: CancellationT
         }
     }
     let _ = reader.await;
+}
+
+/// Stores one upstream batch, retrying with capped backoff until it is
+/// stored (the reader waits meanwhile: the channel is bounded). Each failure
+/// is recorded as the source's error, so a batch that keeps failing shows
+/// as a failing source rather than a silent stall. Returns false when
+/// `cancel` fired first: the batch is given up, and since the stored cursor
+/// still points before it, the next run fetches it again.
+async fn store_or_give_up(
+    ctx: &Ctx,
+    src: &Arc<SourceConfig>,
+    state: &mut SourceState,
+    batch: &firehose::UpstreamBatch,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let e = match store_upstream_batch(ctx, src, state, batch).await {
+            Ok(()) => return true,
+            Err(e) => e,
+        };
+        tracing::error!(source = %src.id, error = %e, "cannot store upstream items; retrying in {backoff:?}");
+        // `state` still holds the cursor before this batch: recording the
+        // error never moves it.
+        record_health(
+            ctx,
+            src,
+            state,
+            Err(format!("cannot store upstream items: {e}")),
+        )
+        .await;
+        tokio::select! {
+            () = cancel.cancelled() => {
+                tracing::warn!(
+                    source = %src.id,
+                    items = batch.items.len(),
+                    "shutdown: gave up upstream items that could not be stored; the next run reads them again"
+                );
+                return false;
+            }
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// [`normalize::plan`] on a blocking thread: hashing and text work grow
@@ -939,3 +1106,6 @@ async fn record_health(
         tracing::error!(source = %src.id, error = %e, "cannot store upstream health");
     }
 }
+
+#[cfg(test)]
+mod tests;

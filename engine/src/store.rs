@@ -226,7 +226,17 @@ struct Inner {
     /// mints for a transaction until that transaction ended, so whoever
     /// holds it sees no event minted but uncommitted (see [`EventLog::watermark`]).
     ids: Arc<Mutex<IdGenerator>>,
+    /// Unit tests only: consulted by [`Store::write`] before a batch is
+    /// queued, so a test can make one batch fail (or panic in the writing
+    /// task) the way a failed commit would, through the real runtime.
+    #[cfg(test)]
+    write_fault: Mutex<Option<WriteFault>>,
 }
+
+/// A test's verdict on a batch about to be written: `Err` fails the write
+/// as a failed commit does (`StoreError::Task`).
+#[cfg(test)]
+pub(crate) type WriteFault = Arc<dyn Fn(&WriteBatch) -> Result<(), String> + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -443,6 +453,8 @@ impl Store {
                 writer: tx,
                 bus,
                 ids,
+                #[cfg(test)]
+                write_fault: Mutex::new(None),
             }),
         })
     }
@@ -464,6 +476,8 @@ impl Store {
 
     /// Commits a batch; resolves once COMMIT returned, with the stored events.
     pub async fn write(&self, batch: WriteBatch) -> Result<Vec<Arc<CommittedEvent>>, StoreError> {
+        #[cfg(test)]
+        self.check_write_fault(&batch)?;
         let (tx, rx) = oneshot::channel();
         self.inner
             .writer
@@ -473,6 +487,27 @@ impl Store {
         rx.await
             .map_err(|_| StoreError::WriterGone)?
             .map_err(StoreError::Task)
+    }
+
+    /// Unit tests: every later [`Store::write`] first asks `fault` about its batch.
+    #[cfg(test)]
+    pub(crate) fn set_write_fault(
+        &self,
+        fault: impl Fn(&WriteBatch) -> Result<(), String> + Send + Sync + 'static,
+    ) {
+        if let Ok(mut f) = self.inner.write_fault.lock() {
+            *f = Some(Arc::new(fault));
+        }
+    }
+
+    #[cfg(test)]
+    fn check_write_fault(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        // Cloned out so the hook (which may panic) runs without the lock held.
+        let fault = self.inner.write_fault.lock().ok().and_then(|f| f.clone());
+        match fault {
+            Some(fault) => fault(batch).map_err(StoreError::Task),
+            None => Ok(()),
+        }
     }
 
     /// Deletes events older than the retention window; returns how many.
