@@ -18,7 +18,9 @@
 //! rather than 401). A background task polls every [`REFRESH_EVERY`]: it
 //! reads `PRAGMA data_version` (free; changes when any other connection
 //! committed), and only then the generation row, and only when that changed
-//! reloads the table. A full reload also happens every [`FULL_RELOAD_EVERY`]
+//! reloads the table; what it saw is recorded only after the reload
+//! succeeded, so a failed read is retried on the next tick (a revocation
+//! never waits for the full reload). A full reload also happens every [`FULL_RELOAD_EVERY`]
 //! to pick up hand edits that did not bump the generation. A well-formed key
 //! the cache does not know wakes the refresher and waits for its poll before
 //! it is refused ([`KeyStore::check_fresh`]), so a key works on its first
@@ -382,6 +384,8 @@ impl KeyStore {
                 data_version: -1,
                 generation: None,
                 last_full: Instant::now(),
+                #[cfg(test)]
+                fail_loads: Arc::default(),
             };
             let rows = r.poll(true)?.unwrap_or_default();
             Ok((r, rows))
@@ -394,6 +398,8 @@ impl KeyStore {
             requested: AtomicU64::new(0),
             covered: tokio::sync::watch::Sender::new(0),
             wake: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            fail_loads: refresher.fail_loads.clone(),
         });
         shared.apply(rows);
         let this = Self { shared };
@@ -580,6 +586,9 @@ struct Shared {
     covered: tokio::sync::watch::Sender<u64>,
     /// Wakes the refresher before its next tick.
     wake: tokio::sync::Notify,
+    /// Unit tests: the refresher's [`Refresher::fail_loads`].
+    #[cfg(test)]
+    fail_loads: Arc<std::sync::atomic::AtomicU32>,
 }
 
 #[derive(Default)]
@@ -746,10 +755,19 @@ struct Refresher {
     data_version: i64,
     generation: Option<String>,
     last_full: Instant,
+    /// Unit tests: this many key-table loads fail, as a transient database
+    /// error would.
+    #[cfg(test)]
+    fail_loads: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Refresher {
     /// Returns the rows when something changed (or `full`), else `None`.
+    ///
+    /// What was seen (data version, generation, the full-reload time) is
+    /// recorded only once the rows are loaded: after a failed read the next
+    /// tick still sees the change and tries again, instead of the change
+    /// waiting for the next full reload.
     fn poll(&mut self, full: bool) -> Result<Option<Vec<KeyRow>>, KeyError> {
         let dv: i64 = self
             .conn
@@ -757,7 +775,6 @@ impl Refresher {
         if dv == self.data_version && !full {
             return Ok(None);
         }
-        self.data_version = dv;
         let generation: Option<String> = self
             .conn
             .query_row(
@@ -767,13 +784,25 @@ impl Refresher {
             )
             .optional()?;
         if generation == self.generation && !full {
+            // Another table changed; the keys did not.
+            self.data_version = dv;
             return Ok(None);
         }
+        #[cfg(test)]
+        if self
+            .fail_loads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(KeyError::Db("injected transient failure".into()));
+        }
+        let rows = load_rows(&self.conn)?;
+        self.data_version = dv;
         self.generation = generation;
         if full {
             self.last_full = Instant::now();
         }
-        load_rows(&self.conn).map(Some)
+        Ok(Some(rows))
     }
 }
 
@@ -1135,6 +1164,57 @@ mod tests {
                 "{bad} accepted"
             );
         }
+    }
+
+    /// Wakes the refresher and waits (generously) until a refresh that
+    /// started after this call has finished: what `check_fresh` does, without
+    /// its short deadline, as a clock-free way to step the refresher.
+    async fn refresh_once(keys: &KeyStore) {
+        let ticket = keys.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut covered = keys.shared.covered.subscribe();
+        keys.shared.wake.notify_one();
+        let done =
+            tokio::time::timeout(Duration::from_secs(30), covered.wait_for(|c| *c >= ticket)).await;
+        assert!(matches!(done, Ok(Ok(_))), "the refresher never ran");
+    }
+
+    /// A reload that fails (a transient database error) is retried on the
+    /// next tick: a key revoked just before it is refused one refresh later,
+    /// not after the next full reload.
+    #[tokio::test]
+    async fn a_revocation_seen_by_a_failed_reload_applies_on_the_next_refresh() {
+        let (dir, conn) = db();
+        let path = dir.path().join("k.db");
+        let store = Store::open(
+            &path,
+            Duration::from_secs(3600),
+            livestrom_engine::Bus::new(),
+        )
+        .expect("store");
+        let key = create(&conn, &NewKey::new("app")).expect("create");
+        let cancel = CancellationToken::new();
+        let keys = KeyStore::open(&store, cancel.clone()).await.expect("open");
+        assert!(matches!(keys.check(&key), Verdict::Valid(_)));
+
+        keys.shared.fail_loads.store(1, Ordering::SeqCst);
+        revoke(&conn, "app").expect("revoke");
+        for _ in 0..100 {
+            if keys.shared.fail_loads.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            refresh_once(&keys).await;
+        }
+        assert_eq!(
+            keys.shared.fail_loads.load(Ordering::SeqCst),
+            0,
+            "the refresher never reloaded after the revocation"
+        );
+        refresh_once(&keys).await;
+        assert!(
+            matches!(keys.check(&key), Verdict::Revoked { .. }),
+            "a revoked key still works one refresh after a failed reload"
+        );
+        cancel.cancel();
     }
 
     #[test]
