@@ -664,3 +664,107 @@ async fn a_configured_proxy_carries_every_request() -> TestResult {
     );
     Ok(())
 }
+
+/// Every request header a server saw, one map per request.
+type SeenHeaders = Arc<std::sync::Mutex<Vec<HeaderMap>>>;
+
+async fn serve_on(ip: &str, app: Router) -> Result<SocketAddr, std::io::Error> {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// A server that records the headers of every request and answers 200.
+async fn recording_server(ip: &str) -> Result<(SocketAddr, SeenHeaders), std::io::Error> {
+    let seen: SeenHeaders = Arc::default();
+    let log = seen.clone();
+    let addr = serve_on(
+        ip,
+        Router::new().fallback(move |headers: HeaderMap| {
+            let log = log.clone();
+            async move {
+                if let Ok(mut l) = log.lock() {
+                    l.push(headers);
+                }
+                "landed"
+            }
+        }),
+    )
+    .await?;
+    Ok((addr, seen))
+}
+
+fn seen(headers: &SeenHeaders) -> Vec<HeaderMap> {
+    headers.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+/// Configured headers (often credentials) go to the configured origin only:
+/// a redirect to another host (127.0.0.1 → 127.0.0.2) drops them, nor does
+/// the other host learn the configured URL (with its `?token=`) from a
+/// Referer. A same-origin redirect keeps them.
+#[tokio::test]
+async fn configured_headers_do_not_follow_a_redirect_to_another_origin() -> TestResult {
+    let (other, other_seen) = recording_server("127.0.0.2").await?;
+    let home_seen: SeenHeaders = Arc::default();
+    let log = home_seen.clone();
+    let away = format!("http://{other}/landing");
+    let start = serve(
+        Router::new()
+            .route(
+                "/away",
+                get(move || async move { Redirect::temporary(&away) }),
+            )
+            .route("/home", get(|| async { Redirect::permanent("/landing") }))
+            .route(
+                "/landing",
+                get(move |headers: HeaderMap| async move {
+                    if let Ok(mut l) = log.lock() {
+                        l.push(headers);
+                    }
+                    "home"
+                }),
+            ),
+    )
+    .await?;
+    let f = Fetcher::new(&config())?;
+    let with_key = |path: &str| -> Result<FetchRequest, Box<dyn std::error::Error>> {
+        let mut req = FetchRequest::get(Url::parse(&format!("http://{start}{path}?token=s3cret"))?);
+        req.headers = BTreeMap::from([("X-Api-Key".to_owned(), "k-s3cret".to_owned())]);
+        Ok(req)
+    };
+
+    let landed = body(f.fetch(&with_key("/away")?).await)?;
+    assert_eq!(&landed.body[..], b"landed");
+    assert_eq!(landed.final_url.as_str(), format!("http://{other}/landing"));
+    let other_saw = seen(&other_seen);
+    assert_eq!(other_saw.len(), 1);
+    for (name, value) in other_saw.iter().flat_map(|h| h.iter()) {
+        let value = value.to_str().unwrap_or_default();
+        assert!(
+            name != "x-api-key" && !value.contains("s3cret"),
+            "the other origin saw {name}: {value}"
+        );
+    }
+    // The long-lived upstream streams follow redirects the same way.
+    let stream = f.open_stream(&with_key("/away")?).await?;
+    assert_eq!(stream.url().as_str(), format!("http://{other}/landing"));
+    drop(stream);
+    let other_saw = seen(&other_seen);
+    assert_eq!(other_saw.len(), 2);
+    assert!(
+        other_saw.iter().all(|h| !h.contains_key("x-api-key")),
+        "{other_saw:?}"
+    );
+
+    // Same scheme, host and port: the headers stay.
+    let homed = body(f.fetch(&with_key("/home")?).await)?;
+    assert_eq!(&homed.body[..], b"home");
+    let home_saw = seen(&home_seen);
+    assert_eq!(home_saw.len(), 1);
+    assert_eq!(
+        home_saw[0].get("x-api-key").and_then(|v| v.to_str().ok()),
+        Some("k-s3cret")
+    );
+    Ok(())
+}

@@ -1,12 +1,14 @@
 //! HTTP fetching in one place: conditional GET, decompression, a body cap
-//! counted after decompression, redirect limit, connect + total timeouts,
-//! 429/503 Retry-After, per-domain politeness and the SSRF guard.
+//! counted after decompression, redirects (followed here, hop by hop),
+//! connect + total timeouts, 429/503 Retry-After, per-domain politeness and
+//! the SSRF guard.
 //!
 //! Everything HTTP-specific that a source kind should never have to know
 //! lives here (STYLE practice 4); `politeness` holds the per-domain waits and
 //! `fetch::ssrf` the address guard.
 
 mod headers;
+mod redact;
 mod ssrf;
 
 use std::collections::BTreeMap;
@@ -25,6 +27,7 @@ use reqwest::{redirect, Client, Response, StatusCode};
 use url::Url;
 
 pub use self::headers::{parse_http_date, MAX_HEADER_WAIT};
+pub use self::redact::{redact_url, redact_url_text, REDACTED};
 pub use self::ssrf::classify_ip;
 use self::ssrf::{Guard, GuardedResolver, Lookup, LookupFailed, Refused, SystemLookup, UrlRefused};
 use crate::config::FetchConfig;
@@ -46,7 +49,9 @@ pub struct FetchRequest {
     pub last_modified: Option<String>,
     /// Per-source User-Agent override.
     pub user_agent: Option<String>,
-    /// Extra headers from the source config.
+    /// Extra headers from the source config. Sent to the configured URL's
+    /// origin only: a redirect to another scheme, host or port drops them
+    /// for the rest of the chain.
     pub headers: BTreeMap<String, String>,
     /// `Accept` header to send.
     pub accept: Option<&'static str>,
@@ -211,7 +216,10 @@ impl Fetcher {
     ) -> Result<Self, FetchError> {
         let mut builder = Client::builder()
             .connect_timeout(cfg.connect_timeout)
-            .redirect(redirect_policy(cfg.max_redirects, guard));
+            // Redirects are followed by `send`, which decides per hop which
+            // headers go along (reqwest would forward custom headers to any
+            // host, and a Referer carrying the configured URL).
+            .redirect(redirect::Policy::none());
         builder = match &cfg.proxy {
             // Environment proxies are ignored: one would resolve and connect
             // for us, silently bypassing the guard.
@@ -339,61 +347,56 @@ impl Fetcher {
         }))
     }
 
-    /// Builds the headers and sends; returns once response headers arrive.
+    /// Builds the headers and sends, following redirects; returns once the
+    /// final response's headers arrive.
+    ///
+    /// Each hop is checked by the SSRF guard (IP literals here, host names by
+    /// the resolver when it connects) and counted against
+    /// `fetch.max_redirects`. The source's configured headers are sent while
+    /// the chain stays at the configured URL's origin (scheme, host and
+    /// port); after a hop elsewhere, including an https → http downgrade on
+    /// the same host, they are dropped for the rest of the chain.
     async fn send(&self, req: &FetchRequest) -> Result<Response, FetchError> {
-        let mut headers = HeaderMap::new();
-        let ua = req
-            .user_agent
-            .as_deref()
-            .unwrap_or(&self.inner.cfg.user_agent);
-        headers.insert(USER_AGENT, header_value("User-Agent", ua)?);
-        headers.insert(
-            ACCEPT,
-            header_value("Accept", req.accept.unwrap_or(DEFAULT_ACCEPT))?,
-        );
-        for (name, value) in &req.headers {
-            let parsed = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| FetchError::Other(format!("invalid header name {name:?}: {e}")))?;
-            headers.insert(parsed, header_value(name, value)?);
+        let configured = configured_headers(req)?;
+        let mut url = req.url.clone();
+        let mut forward = true;
+        let mut hops = 0;
+        loop {
+            let headers = request_headers(req, &self.inner.cfg, forward.then_some(&configured))?;
+            let resp = self
+                .inner
+                .client
+                .get(url.clone())
+                .headers(headers)
+                .send()
+                .await
+                .map_err(|e| self.map_error(&e, &url))?;
+            let Some(next) = redirect_target(&resp, &url)? else {
+                return Ok(resp);
+            };
+            if hops >= self.inner.cfg.max_redirects {
+                return Err(FetchError::TooManyRedirects(self.inner.cfg.max_redirects));
+            }
+            hops += 1;
+            ssrf::check_url(&next, &self.inner.guard)?;
+            if forward && !same_origin(&req.url, &next) {
+                forward = false;
+                if !configured.is_empty() {
+                    tracing::debug!(
+                        from = %redact_url(&req.url),
+                        to = %redact_url(&next),
+                        "redirect to another origin: configured headers are not sent there"
+                    );
+                }
+            }
+            url = next;
         }
-        if let Some(etag) = &req.etag {
-            headers.insert(IF_NONE_MATCH, header_value("If-None-Match", etag)?);
-        }
-        if let Some(last_modified) = &req.last_modified {
-            headers.insert(
-                IF_MODIFIED_SINCE,
-                header_value("If-Modified-Since", last_modified)?,
-            );
-        }
-        if let Some(id) = &req.last_event_id {
-            headers.insert(
-                HeaderName::from_static("last-event-id"),
-                header_value("Last-Event-ID", id)?,
-            );
-        }
-        self.inner
-            .client
-            .get(req.url.clone())
-            .headers(headers)
-            .send()
-            .await
-            .map_err(|e| self.map_error(&e, &req.url))
     }
 
     /// A non-success status as an error; a 429/503 `Retry-After` is also
     /// recorded on the politeness state of the requested and the final domain.
     fn status_error(&self, requested: &Url, resp: &Response) -> FetchError {
         let status = resp.status();
-        // A redirect that came back unfollowed points somewhere the client
-        // will not go (e.g. `file:`): say where, not just "HTTP 307".
-        if status.is_redirection() {
-            if let Some(location) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
-                return FetchError::BadUrl(format!(
-                    "{location} (redirect from {}; only http and https are followed)",
-                    resp.url()
-                ));
-            }
-        }
         let retry_after = matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -431,12 +434,6 @@ impl Fetcher {
                     reason: l.reason.clone(),
                 };
             }
-            if let Some(u) = err.downcast_ref::<UrlRefused>() {
-                return FetchError::from(u.clone());
-            }
-            if let Some(TooManyHops(max)) = err.downcast_ref::<TooManyHops>() {
-                return FetchError::TooManyRedirects(*max);
-            }
             source = err.source();
         }
         let target = match (url.host_str(), url.port_or_known_default()) {
@@ -465,27 +462,94 @@ impl Fetcher {
     }
 }
 
-/// Follows at most `max` redirects, each to an http/https URL whose IP
-/// literal (if any) passes the guard; host names are checked by the resolver
-/// when the hop connects.
-fn redirect_policy(max: usize, guard: Guard) -> redirect::Policy {
-    redirect::Policy::custom(move |attempt| {
-        // `previous` holds every URL requested so far: its length is the
-        // number of this hop.
-        if attempt.previous().len() > max {
-            return attempt.error(TooManyHops(max));
-        }
-        match ssrf::check_url(attempt.url(), &guard) {
-            Ok(()) => attempt.follow(),
-            Err(refused) => attempt.error(refused),
-        }
-    })
+/// The source's configured headers, parsed (bad names and values are errors).
+fn configured_headers(req: &FetchRequest) -> Result<HeaderMap, FetchError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &req.headers {
+        let parsed = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| FetchError::Other(format!("invalid header name {name:?}: {e}")))?;
+        headers.insert(parsed, header_value(name, value)?);
+    }
+    Ok(headers)
 }
 
-/// Carried through reqwest's error chain to become `TooManyRedirects`.
-#[derive(Debug, thiserror::Error)]
-#[error("too many redirects (more than {0})")]
-struct TooManyHops(usize);
+/// The headers of one hop: User-Agent and Accept, then the configured
+/// headers (they may override those two) when `configured` is given, then
+/// the validators and the SSE resume id.
+fn request_headers(
+    req: &FetchRequest,
+    cfg: &FetchConfig,
+    configured: Option<&HeaderMap>,
+) -> Result<HeaderMap, FetchError> {
+    let mut headers = HeaderMap::new();
+    let ua = req.user_agent.as_deref().unwrap_or(&cfg.user_agent);
+    headers.insert(USER_AGENT, header_value("User-Agent", ua)?);
+    headers.insert(
+        ACCEPT,
+        header_value("Accept", req.accept.unwrap_or(DEFAULT_ACCEPT))?,
+    );
+    for (name, value) in configured.into_iter().flatten() {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some(etag) = &req.etag {
+        headers.insert(IF_NONE_MATCH, header_value("If-None-Match", etag)?);
+    }
+    if let Some(last_modified) = &req.last_modified {
+        headers.insert(
+            IF_MODIFIED_SINCE,
+            header_value("If-Modified-Since", last_modified)?,
+        );
+    }
+    if let Some(id) = &req.last_event_id {
+        headers.insert(
+            HeaderName::from_static("last-event-id"),
+            header_value("Last-Event-ID", id)?,
+        );
+    }
+    Ok(headers)
+}
+
+/// Where a redirect response points, if it is one to follow (301, 302, 303,
+/// 307, 308 with a `Location`; a fetch is always a GET, so all five are
+/// followed alike). Anything else, a 304 included, is the answer itself.
+fn redirect_target(resp: &Response, from: &Url) -> Result<Option<Url>, FetchError> {
+    if !matches!(
+        resp.status(),
+        StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT
+    ) {
+        return Ok(None);
+    }
+    let Some(location) = resp.headers().get(LOCATION) else {
+        return Ok(None);
+    };
+    let unusable =
+        |why: String| FetchError::BadUrl(format!("{why} (redirect from {})", redact_url(from)));
+    let location = location
+        .to_str()
+        .map_err(|_| unusable("a Location header that is not text".to_owned()))?;
+    let next = from
+        .join(location)
+        .map_err(|e| unusable(format!("`{}` is not a URL: {e}", redact_url_text(location))))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(unusable(format!(
+            "{}: only http and https are followed",
+            redact_url(&next)
+        )));
+    }
+    Ok(Some(next))
+}
+
+/// Same scheme, host and port: where configured headers may go. An
+/// https → http downgrade on the same host is another origin.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host() == b.host()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
 
 impl From<UrlRefused> for FetchError {
     fn from(e: UrlRefused) -> Self {
@@ -645,6 +709,21 @@ mod tests {
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn configured_headers_stay_within_the_configured_origin() {
+        let from = url("https://feeds.example.org/a?token=x");
+        for (to, same) in [
+            ("https://feeds.example.org/b", true),
+            ("https://FEEDS.example.org:443/c", true),
+            ("http://feeds.example.org/a", false), // downgrade
+            ("https://feeds.example.org:8443/a", false),
+            ("https://other.example.org/a", false),
+            ("https://example.org/a", false),
+        ] {
+            assert_eq!(same_origin(&from, &url(to)), same, "{to}");
+        }
     }
 
     #[tokio::test]
