@@ -475,9 +475,15 @@ async fn sources_list(args: &ConfigArgs) -> Result<()> {
         };
         let err = st
             .and_then(|s| {
-                s.last_error
-                    .clone()
-                    .map(|e| format!("{e} ({} in a row)", s.consecutive_failures))
+                // Redacted again: a message stored by an older version may
+                // quote a source URL with its credentials.
+                s.last_error.as_deref().map(|e| {
+                    format!(
+                        "{} ({} in a row)",
+                        livestrom_engine::fetch::redact_urls_in(e),
+                        s.consecutive_failures
+                    )
+                })
             })
             .unwrap_or_default();
         println!(

@@ -23,8 +23,13 @@ struct Engine {
 
 impl Engine {
     async fn start(db: &Path, sources: &str) -> Engine {
+        Self::start_with_timeout(db, "10s", sources).await
+    }
+
+    /// [`Engine::start`] with another `fetch.timeout`.
+    async fn start_with_timeout(db: &Path, timeout: &str, sources: &str) -> Engine {
         let toml = format!(
-            "[engine]\ndatabase = {db:?}\nretention = \"7d\"\n[fetch]\nallow_private_networks = true\nper_host_rps = 1000\nper_host_concurrency = 16\ntimeout = \"10s\"\n{sources}"
+            "[engine]\ndatabase = {db:?}\nretention = \"7d\"\n[fetch]\nallow_private_networks = true\nper_host_rps = 1000\nper_host_concurrency = 16\ntimeout = \"{timeout}\"\n{sources}"
         );
         let config = match Config::from_toml(Path::new("test-sources.toml"), &toml) {
             Ok(c) => c,
@@ -863,4 +868,171 @@ async fn a_reload_while_a_source_is_polling_never_polls_it_twice_at_once() {
     );
     cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+}
+
+/// Everything logged while it is the default subscriber, as text.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Source URLs carry credentials (`?token=…`, `user:password@`): however a
+/// source fails, neither its `last_error` (what `sources list` and the admin
+/// API show) nor the log repeats them.
+#[tokio::test]
+async fn secrets_in_source_urls_never_reach_errors_or_logs() {
+    const TOKEN: &str = "s3cret-token";
+    const PASSWORD: &str = "s3cret-pass";
+    let logs = CapturedLogs::default();
+    // The test runtime runs every engine task on this thread, so a
+    // thread-local default subscriber sees all of their logs.
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,livestrom_engine=debug",
+            ))
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+
+    let app = axum::Router::new()
+        .route(
+            "/500",
+            axum::routing::get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "no") }),
+        )
+        .route(
+            "/garbage",
+            axum::routing::get(|| async { "this is not a feed at all" }),
+        )
+        .route(
+            "/stall",
+            axum::routing::get(|| futures::future::pending::<&'static str>()),
+        )
+        .route(
+            "/to-file",
+            axum::routing::get(|| async {
+                axum::response::Redirect::temporary("file:///etc/passwd")
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let web = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // Accepts and hangs up at once: the request fails after connecting.
+    let hangup = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let hangup_addr = hangup.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = hangup.accept().await {
+            drop(socket);
+        }
+    });
+    // Nothing listens here: connection refused.
+    let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let q = format!("?token={TOKEN}&page=2");
+    let polled = [
+        (
+            "refused",
+            format!("http://127.0.0.1:{refused_port}/feed{q}"),
+        ),
+        ("status", format!("http://{web}/500{q}")),
+        ("garbage", format!("http://{web}/garbage{q}")),
+        ("timeout", format!("http://{web}/stall{q}")),
+        ("tls", format!("https://reader:{PASSWORD}@{web}/feed{q}")),
+        ("hangup", format!("http://{hangup_addr}/feed{q}")),
+        ("redirect", format!("http://{web}/to-file{q}")),
+    ];
+    let mut sources: String = polled
+        .iter()
+        .map(|(id, url)| {
+            format!(
+                "[[source]]\nid = \"{id}\"\ntype = \"rss\"\nurl = \"{url}\"\ninterval = \"1h\"\n"
+            )
+        })
+        .collect();
+    sources.push_str(&format!(
+        "[[source]]\nid = \"stream\"\ntype = \"firehose\"\nformat = \"sse\"\nurl = \"http://reader:{PASSWORD}@{hangup_addr}/events{q}\"\n"
+    ));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = dir.path().join("t.db");
+    let engine = Engine::start_with_timeout(&db, "2s", &sources).await;
+
+    let leaks = |text: &str| text.contains(TOKEN) || text.contains(PASSWORD);
+    for (id, _) in &polled {
+        let outcome = tokio::time::timeout(Duration::from_secs(60), engine.handle.poll_now(id))
+            .await
+            .unwrap_or_else(|_| panic!("poll of {id} never finished"));
+        let Err(shown) = outcome else {
+            panic!("{id} should fail")
+        };
+        assert!(
+            !leaks(&shown),
+            "{id} answered poll_now with a secret: {shown}"
+        );
+        let error = engine.state(id).await.last_error.unwrap_or_default();
+        assert!(
+            !error.is_empty() && !leaks(&error),
+            "{id}: last_error {error:?}"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let stream_error = loop {
+        if let Ok(Some(s)) = engine.store.source_state("stream").await {
+            if let Some(e) = s.last_error {
+                break e;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream source never reported its failure"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!leaks(&stream_error), "stream: last_error {stream_error:?}");
+    engine.stop().await;
+
+    let logged = logs.text();
+    assert!(
+        logged.contains("poll failed"),
+        "the failures were not captured:\n{logged}"
+    );
+    let leaked: Vec<&str> = logged.lines().filter(|l| leaks(l)).collect();
+    assert!(
+        leaked.is_empty(),
+        "secrets in the log:\n{}",
+        leaked.join("\n")
+    );
 }

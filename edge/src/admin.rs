@@ -76,7 +76,11 @@ pub async fn sources(_: AdminKey, State(state): State<AppState>) -> Result<Respo
             last_poll_at: s.last_poll_at,
             last_success_at: s.last_success_at,
             next_poll_at: s.next_poll_at,
-            last_error: s.last_error,
+            // Redacted again: a message stored by an older version may quote
+            // a source URL with its credentials.
+            last_error: s
+                .last_error
+                .map(|e| livestrom_engine::fetch::redact_urls_in(&e).into_owned()),
             consecutive_failures: s.consecutive_failures,
             events: s.event_count,
             items: s.item_count,

@@ -27,7 +27,7 @@ use reqwest::{redirect, Client, Response, StatusCode};
 use url::Url;
 
 pub use self::headers::{parse_http_date, MAX_HEADER_WAIT};
-pub use self::redact::{redact_url, redact_url_text, REDACTED};
+pub use self::redact::{redact_url, redact_url_text, redact_urls_in, REDACTED};
 pub use self::ssrf::classify_ip;
 use self::ssrf::{Guard, GuardedResolver, Lookup, LookupFailed, Refused, SystemLookup, UrlRefused};
 use crate::config::FetchConfig;
@@ -233,7 +233,11 @@ impl Fetcher {
             // own (often private) address.
             Some(proxy) => {
                 let p = reqwest::Proxy::all(proxy.as_str()).map_err(|e| {
-                    FetchError::BadUrl(format!("fetch.proxy {proxy}: {}", error_chain(&e)))
+                    FetchError::BadUrl(format!(
+                        "fetch.proxy {}: {}",
+                        redact_url(proxy),
+                        error_chain(&e.without_url())
+                    ))
                 })?;
                 builder.proxy(p)
             }
@@ -246,7 +250,10 @@ impl Fetcher {
             .tcp_keepalive(Duration::from_secs(60))
             .build()
             .map_err(|e| {
-                FetchError::Other(format!("cannot build the http client: {}", error_chain(&e)))
+                FetchError::Other(format!(
+                    "cannot build the http client: {}",
+                    error_chain(&e.without_url())
+                ))
             })?;
         let politeness = Politeness::new(cfg.per_host_rps, cfg.per_host_concurrency);
         Ok(Self {
@@ -309,7 +316,7 @@ impl Fetcher {
     fn checked_host<'u>(&self, url: &'u Url) -> Result<&'u str, FetchError> {
         ssrf::check_url(url, &self.inner.guard).map_err(FetchError::from)?;
         url.host_str()
-            .ok_or_else(|| FetchError::BadUrl(format!("{url} (no host)")))
+            .ok_or_else(|| FetchError::BadUrl(format!("{} (no host)", redact_url(url))))
     }
 
     /// Request, status handling and capped body read: everything the total
@@ -370,7 +377,7 @@ impl Fetcher {
                 .headers(headers)
                 .send()
                 .await
-                .map_err(|e| self.map_error(&e, &url))?;
+                .map_err(|e| self.map_error(e, &url))?;
             let Some(next) = redirect_target(&resp, &url)? else {
                 return Ok(resp);
             };
@@ -417,8 +424,12 @@ impl Fetcher {
         }
     }
 
-    /// Turns a reqwest error into the most specific `FetchError`.
-    fn map_error(&self, e: &reqwest::Error, url: &Url) -> FetchError {
+    /// Turns a reqwest error into the most specific `FetchError`. The URL is
+    /// shown redacted (source URLs carry credentials), and reqwest's own copy
+    /// of it is dropped from the error before its text is used.
+    fn map_error(&self, e: reqwest::Error, url: &Url) -> FetchError {
+        let e = e.without_url();
+        let e = &e;
         // Our own refusals travel inside reqwest's error chain.
         let mut source: Option<&(dyn StdError + 'static)> = Some(e);
         while let Some(err) = source {
@@ -438,7 +449,7 @@ impl Fetcher {
         }
         let target = match (url.host_str(), url.port_or_known_default()) {
             (Some(host), Some(port)) => format!("{host}:{port}"),
-            _ => url.to_string(),
+            _ => redact_url(url),
         };
         let detail = error_chain(e);
         if e.is_connect() {
@@ -456,9 +467,9 @@ impl Fetcher {
             });
         }
         if e.is_builder() {
-            return FetchError::BadUrl(format!("{url} ({detail})"));
+            return FetchError::BadUrl(format!("{} ({detail})", redact_url(url)));
         }
-        FetchError::Other(format!("request to {url} failed: {detail}"))
+        FetchError::Other(format!("request to {} failed: {detail}", redact_url(url)))
     }
 }
 
@@ -582,13 +593,13 @@ async fn read_capped(resp: &mut Response, limit: u64) -> Result<Bytes, FetchErro
             Err(e) if e.is_decode() => {
                 return Err(FetchError::Other(format!(
                     "cannot decode the response body: {}",
-                    error_chain(&e)
+                    error_chain(&e.without_url())
                 )))
             }
             Err(e) => {
                 return Err(FetchError::Other(format!(
                     "error reading the response body: {}",
-                    error_chain(&e)
+                    error_chain(&e.without_url())
                 )))
             }
         };
@@ -599,9 +610,14 @@ async fn read_capped(resp: &mut Response, limit: u64) -> Result<Bytes, FetchErro
     }
 }
 
+/// The value is not repeated in the error: configured headers often hold
+/// credentials.
 fn header_value(name: &str, value: &str) -> Result<HeaderValue, FetchError> {
-    HeaderValue::from_str(value)
-        .map_err(|_| FetchError::Other(format!("invalid value for header {name}: {value:?}")))
+    HeaderValue::from_str(value).map_err(|_| {
+        FetchError::Other(format!(
+            "invalid value for header {name} (not a valid HTTP header value)"
+        ))
+    })
 }
 
 /// "outer: inner: innermost", skipping links that repeat their predecessor.

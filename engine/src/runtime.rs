@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, FirehoseFormat, SourceConfig, SourceKind};
-use crate::fetch::{FetchError, FetchRequest, FetchResponse, Fetched, Fetcher};
+use crate::fetch::{redact_urls_in, FetchError, FetchRequest, FetchResponse, Fetched, Fetcher};
 use crate::normalize;
 use crate::scheduler::{self, DueQueue, PollTiming};
 use crate::sources::{feed, firehose, html, Item, Parsed};
@@ -269,7 +269,7 @@ pub async fn run(
                 let PollResult { outcome: res, next_in, skipped } = match joined {
                     Ok(result) => result,
                     Err(died) => {
-                        let why = task_failure(died);
+                        let why = redact_urls_in(&task_failure(died)).into_owned();
                         let Some(s) = slots.get(slot).and_then(Option::as_ref) else { continue };
                         tracing::error!(source = %s.src.id, "a poll {why}");
                         if !recovery {
@@ -746,7 +746,9 @@ async fn poll_once(ctx: &Ctx, src: &Arc<SourceConfig>) -> PollResult {
         }
         Err(e) => {
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-            let msg = e.to_string();
+            // Shown in logs, `last_error`, `sources list` and the admin API:
+            // no URL in it may carry the source's credentials.
+            let msg = redact_urls_in(&e.to_string()).into_owned();
             if state.consecutive_failures == 1 || state.consecutive_failures.is_power_of_two() {
                 tracing::warn!(source = %src.id, failures = state.consecutive_failures, "poll failed: {msg}");
             } else {
@@ -1089,6 +1091,7 @@ async fn record_health(
             state.last_success_at = Some(now);
         }
         Err(msg) => {
+            let msg = redact_urls_in(&msg).into_owned();
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
             if state.consecutive_failures == 1 || state.consecutive_failures.is_power_of_two() {
                 tracing::warn!(source = %src.id, failures = state.consecutive_failures, "upstream: {msg}");

@@ -463,6 +463,8 @@ impl Validator<'_, '_> {
     fn proxy(&mut self, raw: &S<String>) -> Option<url::Url> {
         let field = "fetch.proxy";
         let text = raw.get_ref().trim();
+        // A proxy URL may carry user:password@; messages show it redacted.
+        let shown = crate::fetch::redact_url_text(text);
         let url = match url::Url::parse(text) {
             Ok(u) => u,
             Err(e) => {
@@ -470,7 +472,7 @@ impl Validator<'_, '_> {
                     raw,
                     field,
                     format!(
-                        "`{text}` is not a URL ({e}); write it like \"http://proxy.internal:3128\""
+                        "`{shown}` is not a URL ({e}); write it like \"http://proxy.internal:3128\""
                     ),
                 );
                 return None;
@@ -488,14 +490,14 @@ impl Validator<'_, '_> {
             return None;
         }
         if url.host_str().is_none_or(str::is_empty) {
-            self.push(raw, field, format!("`{text}` has no host"));
+            self.push(raw, field, format!("`{shown}` has no host"));
             return None;
         }
         if (url.path() != "/" && !url.path().is_empty())
             || url.query().is_some()
             || url.fragment().is_some()
         {
-            self.push(raw, field, format!("`{text}`: a proxy URL is a scheme, an optional user:password@, a host and a port, nothing after"));
+            self.push(raw, field, format!("`{shown}`: a proxy URL is a scheme, an optional user:password@, a host and a port, nothing after"));
             return None;
         }
         Some(url)
@@ -868,7 +870,9 @@ fn checked_duration(text: &str, (min, max): (Duration, Duration)) -> Result<Dura
 
 /// An absolute http(s) URL with a host.
 fn check_url(text: &str) -> Result<url::Url, String> {
-    let shown = truncate(text);
+    // Source URLs may carry credentials; the message shows them redacted.
+    let redacted = crate::fetch::redact_url_text(text);
+    let shown = truncate(&redacted);
     match url::Url::parse(text.trim()) {
         Ok(u) if !matches!(u.scheme(), "http" | "https") => Err(format!(
             "`{shown}` has scheme `{}`; only http and https URLs can be polled",
@@ -878,7 +882,7 @@ fn check_url(text: &str) -> Result<url::Url, String> {
         Ok(u) => Ok(u),
         Err(url::ParseError::RelativeUrlWithoutBase) => Err(format!(
             "`{shown}` is not an absolute URL; did you mean \"https://{}\"?",
-            truncate(text.trim().trim_start_matches('/'))
+            truncate(redacted.trim().trim_start_matches('/'))
         )),
         Err(e) => Err(format!("`{shown}` is not a URL: {e}")),
     }

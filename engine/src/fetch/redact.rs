@@ -4,6 +4,8 @@
 //! must not repeat them. Query keys stay (they say what the parameter is
 //! for); values and userinfo passwords become `REDACTED`.
 
+use std::borrow::Cow;
+
 use url::Url;
 
 /// What replaces a hidden value.
@@ -73,6 +75,42 @@ pub fn redact_url_text(text: &str) -> String {
     out
 }
 
+/// `text` with every `http://` / `https://` URL in it redacted: for
+/// messages that may quote a URL the caller did not format itself (another
+/// library's error, a message stored by an older version).
+pub fn redact_urls_in(text: &str) -> Cow<'_, str> {
+    let find = |from: &str| {
+        [from.find("http://"), from.find("https://")]
+            .into_iter()
+            .flatten()
+            .min()
+    };
+    let Some(mut at) = find(text) else {
+        return Cow::Borrowed(text);
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let (before, url_on) = rest.split_at(at);
+        out.push_str(before);
+        // A URL in prose ends at whitespace or the punctuation that quotes it.
+        let len = url_on
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, ')' | '(' | '"' | '\'' | '`' | '<' | '>')
+            })
+            .unwrap_or(url_on.len());
+        let (url, after) = url_on.split_at(len);
+        out.push_str(&redact_url_text(url));
+        rest = after;
+        match find(rest) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +144,20 @@ mod tests {
             redact_url(&parsed),
             "https://u:REDACTED@example.org/a?b=REDACTED"
         );
+    }
+
+    #[test]
+    fn urls_quoted_in_messages_are_redacted_and_the_rest_kept() {
+        let msg = "error sending request for url (https://h.example/f?token=abc&x=1): boom; \
+                   see `http://u:pw@other.example/?k=v` and https://plain.example/";
+        assert_eq!(
+            redact_urls_in(msg),
+            "error sending request for url (https://h.example/f?token=REDACTED&x=REDACTED): boom; \
+             see `http://u:REDACTED@other.example/?k=REDACTED` and https://plain.example/"
+        );
+        assert!(matches!(
+            redact_urls_in("HTTP 500, no url here"),
+            Cow::Borrowed(_)
+        ));
     }
 }

@@ -189,11 +189,17 @@ pub(crate) enum UrlRefused {
 pub(crate) fn check_url(url: &Url, guard: &Guard) -> Result<(), UrlRefused> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(UrlRefused::BadUrl(format!(
-            "{url} (only http and https are fetched)"
+            "{} (only http and https are fetched)",
+            super::redact_url(url)
         )));
     }
     let ip = match url.host() {
-        None => return Err(UrlRefused::BadUrl(format!("{url} (no host)"))),
+        None => {
+            return Err(UrlRefused::BadUrl(format!(
+                "{} (no host)",
+                super::redact_url(url)
+            )))
+        }
         Some(Host::Domain(_)) => return Ok(()),
         Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
