@@ -933,7 +933,7 @@ async fn secrets_in_source_urls_never_reach_errors_or_logs() {
         )
         .route(
             "/stall",
-            axum::routing::get(|| futures::future::pending::<&'static str>()),
+            axum::routing::get(futures::future::pending::<&'static str>),
         )
         .route(
             "/to-file",
