@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -120,19 +120,10 @@ fn stored_events(store: &Store) -> usize {
 struct Upstream {
     first: Arc<Mutex<Option<mpsc::UnboundedReceiver<Bytes>>>>,
     connections: Arc<AtomicUsize>,
-    last_event_ids: Arc<Mutex<Vec<Option<String>>>>,
 }
 
-async fn upstream(State(up): State<Upstream>, headers: HeaderMap) -> impl IntoResponse {
+async fn upstream(State(up): State<Upstream>) -> impl IntoResponse {
     up.connections.fetch_add(1, Ordering::SeqCst);
-    if let Ok(mut ids) = up.last_event_ids.lock() {
-        ids.push(
-            headers
-                .get("last-event-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        );
-    }
     let first = up.first.lock().ok().and_then(|mut f| f.take());
     let body = match first {
         Some(mut rx) => Body::from_stream(futures::stream::poll_fn(move |cx| {
@@ -158,7 +149,6 @@ async fn an_upstream_batch_that_cannot_be_stored_shows_its_error_and_nothing_aft
     let up = Upstream {
         first: Arc::new(Mutex::new(Some(rx))),
         connections: Arc::default(),
-        last_event_ids: Arc::default(),
     };
     let addr = serve(
         Router::new()
