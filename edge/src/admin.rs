@@ -9,6 +9,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use livestrom_engine::health::{shown_error, Health};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -67,20 +68,12 @@ pub async fn sources(_: AdminKey, State(state): State<AppState>) -> Result<Respo
     let sources = states
         .into_iter()
         .map(|s| SourceHealth {
-            health: match (&s.last_error, &s.last_success_at) {
-                (Some(_), _) => "failing",
-                (None, Some(_)) => "ok",
-                (None, None) => "new",
-            },
+            health: Health::of(Some(&s)).as_str(),
+            last_error: shown_error(&s),
             source_id: s.source_id,
             last_poll_at: s.last_poll_at,
             last_success_at: s.last_success_at,
             next_poll_at: s.next_poll_at,
-            // Redacted again: a message stored by an older version may quote
-            // a source URL with its credentials.
-            last_error: s
-                .last_error
-                .map(|e| livestrom_engine::fetch::redact_urls_in(&e).into_owned()),
             consecutive_failures: s.consecutive_failures,
             events: s.event_count,
             items: s.item_count,

@@ -10,6 +10,7 @@ pub mod bus;
 pub mod config;
 pub mod event;
 pub mod fetch;
+pub mod health;
 pub mod normalize;
 pub mod politeness;
 pub mod runtime;

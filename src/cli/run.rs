@@ -1,0 +1,187 @@
+//! `livestrom run`: the engine and the edge in one process until SIGINT or
+//! SIGTERM, then a clean, lossless shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use livestrom_engine::{Bus, Config, Store};
+use tokio_util::sync::CancellationToken;
+
+use super::{load_config, ConfigArgs};
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) cfg: ConfigArgs,
+    /// Listen address of the edge (overrides [edge] listen).
+    #[arg(long, env = "LIVESTROM_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
+}
+
+/// `livestrom run`.
+pub(crate) async fn main(args: RunArgs) -> Result<ExitCode> {
+    let config = load_config(&args.cfg, args.listen)?;
+    run(config, (args.cfg.db.clone(), args.listen), None).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for SIGINT or SIGTERM, then fires `cancel`.
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+            _ = term => tracing::info!("SIGTERM: shutting down"),
+        }
+        cancel.cancel();
+    });
+}
+
+/// Engine + edge until a signal (or `stop`) fires; a clean, lossless shutdown.
+pub(crate) async fn run(
+    config: Config,
+    overrides: (Option<PathBuf>, Option<SocketAddr>),
+    stop: Option<CancellationToken>,
+) -> Result<()> {
+    let cancel = stop.unwrap_or_default();
+    spawn_signal_handler(cancel.clone());
+    raise_open_file_limit();
+    let _instance = lock_instance(&config.engine.database)?;
+    let bus = Bus::new();
+    let store = Store::open(&config.engine.database, config.engine.retention, bus)
+        .with_context(|| "cannot start: the database is unusable")?;
+    let listener = tokio::net::TcpListener::bind(config.edge.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (in use? set --listen or LIVESTROM_LISTEN)",
+                config.edge.listen
+            )
+        })?;
+    let local = listener.local_addr().unwrap_or(config.edge.listen);
+    let settings = livestrom_edge::Settings {
+        keepalive: config.edge.keepalive,
+        cors_origins: config.edge.cors_origins.clone(),
+    };
+    let state = livestrom_edge::AppState::new(&store, settings, cancel.clone())
+        .await
+        .context("cannot start the edge")?;
+    tracing::info!(
+        "livestrom {} listening on http://{local} — {} sources, database {}",
+        env!("CARGO_PKG_VERSION"),
+        config.sources.len(),
+        config.engine.database.display()
+    );
+    let reload = match livestrom_engine::config::watch::watch(config.path.clone(), cancel.clone()) {
+        Ok(mut rx) => {
+            // Reloaded configs get the same flag/env overrides as the first one.
+            let (tx, out) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                while let Some(mut update) = rx.recv().await {
+                    if let Ok(c) = &mut update {
+                        c.apply_overrides(overrides.0.clone(), overrides.1);
+                    }
+                    if tx.send(update).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Some(out)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "config reload disabled");
+            None
+        }
+    };
+    let edge_cancel = cancel.clone();
+    let server_opts = livestrom_edge::server::Options {
+        max_connections: config.edge.max_connections,
+        ..Default::default()
+    };
+    let edge = tokio::spawn(async move {
+        livestrom_edge::server::serve_with(
+            listener,
+            livestrom_edge::app(state),
+            edge_cancel,
+            server_opts,
+        )
+        .await
+    });
+    let engine =
+        livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
+    cancel.cancel();
+    match tokio::time::timeout(Duration::from_secs(10), edge).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "edge stopped with an error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "edge task failed"),
+        Err(_) => tracing::warn!("edge did not stop within 10 s"),
+    }
+    store
+        .flush()
+        .await
+        .context("flushing the store at shutdown")?;
+    engine.context("engine failed")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// One `livestrom run` per database: a second one would double-poll every
+/// source. The OS releases the lock when the process dies, even on kill -9.
+fn lock_instance(db: &std::path::Path) -> Result<std::fs::File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "database {} is already in use by another `livestrom run` (lock file {}); stop it first or use another --db",
+            db.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+/// Below this many open files a warning says how many streams fit.
+const LOW_OPEN_FILE_LIMIT: u64 = 4096;
+
+/// Raises the soft open-file limit to the hard limit: every subscriber is a
+/// socket, and the common default soft limit of 1024 would cap the server at
+/// about a thousand concurrent streams.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < LOW_OPEN_FILE_LIMIT => tracing::warn!(
+            limit = n,
+            "the open-file limit allows fewer than {n} concurrent streams; raise it (ulimit -n, systemd LimitNOFILE=)"
+        ),
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
