@@ -24,10 +24,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use livestrom_engine::bus::Batch;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use livestrom_engine::bus::{Live, LiveFeed};
 use livestrom_engine::store::{ReadScope, StoreError};
-use livestrom_engine::{Bus, CommittedEvent, EventLog, SourceType, StreamEvent};
-use tokio::sync::{broadcast, Notify};
+use livestrom_engine::{CommittedEvent, EventLog, SourceType, StreamEvent};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -154,14 +156,14 @@ impl Hub {
     /// on is fanned out, whatever its id's timestamp (ids follow commit
     /// order, not the wall clock, so a clock stepped back cannot hide them).
     pub async fn start(
-        bus: &Bus,
+        feed: &dyn LiveFeed,
         log: Arc<dyn EventLog>,
         cancel: CancellationToken,
     ) -> Result<Self, StoreError> {
         // Receiver first, head second: an event committed in between is at
         // or below the head and skipped, which is harmless — nobody can have
         // subscribed before this returns.
-        let rx = bus.subscribe();
+        let rx = feed.follow();
         let head_log = log.clone();
         let head = tokio::task::spawn_blocking(move || head_log.head())
             .await
@@ -567,16 +569,16 @@ struct HubTask {
 }
 
 impl HubTask {
-    async fn run(mut self, mut rx: broadcast::Receiver<Batch>, cancel: CancellationToken) {
+    async fn run(mut self, mut rx: BoxStream<'static, Live>, cancel: CancellationToken) {
         loop {
             let r = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                r = rx.recv() => r,
+                r = rx.next() => r,
             };
             match r {
-                Ok(batch) => self.process(batch.iter().map(|e| &**e)),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
+                Some(Live::Batch(batch)) => self.process(batch.iter().map(|e| &**e)),
+                Some(Live::Lagged(n)) => {
                     tracing::warn!(
                         missed_batches = n,
                         "hub lagged behind the bus; re-reading from the log"
@@ -587,7 +589,7 @@ impl HubTask {
                         () = self.catch_up_until_done() => {}
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => break,
+                None => break,
             }
         }
         self.inner.closed.store(true, Ordering::Release);
@@ -712,6 +714,8 @@ impl HubTask {
 mod tests {
     use super::*;
     use chrono::Utc;
+    use livestrom_engine::bus::Batch;
+    use livestrom_engine::Bus;
 
     fn committed(
         id: u128,

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 
 use crate::event::CommittedEvent;
@@ -53,5 +54,40 @@ impl Bus {
     /// Subscribes to batches committed from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
         self.tx.subscribe()
+    }
+}
+
+/// What a reader of the live feed gets next.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// The next committed batch, in commit order.
+    Batch(Batch),
+    /// The reader fell this many batches behind and they are gone from the
+    /// feed: it must re-read them from the event log (never skip).
+    Lagged(u64),
+}
+
+/// The live side of the seam the edge reads through (SPEC §7): committed
+/// batches in commit order, with a lag signal. The in-process [`Bus`]
+/// implements it for one node; a distributed log's push subscription would
+/// for many. The stream ends when the feed closes (shutdown).
+pub trait LiveFeed: Send + Sync + 'static {
+    /// Batches committed from now on.
+    fn follow(&self) -> BoxStream<'static, Live>;
+}
+
+impl LiveFeed for Bus {
+    fn follow(&self) -> BoxStream<'static, Live> {
+        Box::pin(futures::stream::unfold(
+            self.subscribe(),
+            |mut rx| async move {
+                let next = match rx.recv().await {
+                    Ok(batch) => Live::Batch(batch),
+                    Err(broadcast::error::RecvError::Lagged(n)) => Live::Lagged(n),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
+                Some((next, rx))
+            },
+        ))
     }
 }
