@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use livestrom_edge::auth::Scope;
-use livestrom_edge::keys::{self, KeyUpdate, NewKey};
+use livestrom_engine::keys::{self, KeyUpdate, NewKey, Scope};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -21,8 +20,8 @@ pub(crate) mod app {
     use std::time::{Duration, Instant};
 
     use livestrom_edge::auth::Authenticated;
-    use livestrom_edge::keys::{self, NewKey};
     use livestrom_edge::{AppState, Settings};
+    use livestrom_engine::keys::{self, NewKey};
     use livestrom_engine::{Bus, Store};
     use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;

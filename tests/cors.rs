@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use livestrom_edge::keys::{self, NewKey};
 use livestrom_edge::{AppState, Settings};
+use livestrom_engine::keys::{self, NewKey};
 use livestrom_engine::{Bus, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

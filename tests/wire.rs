@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use livestrom_edge::keys::NewKey;
+use livestrom_engine::keys::NewKey;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

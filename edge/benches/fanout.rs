@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use livestrom_edge::keys::{self, NewKey};
 use livestrom_edge::{AppState, Settings};
 use livestrom_engine::event::uuid_floor_at;
+use livestrom_engine::keys::{self, NewKey};
 use livestrom_engine::store::{NewEvent, WriteBatch};
 use livestrom_engine::{Bus, SourceType, Store, StreamEvent};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
@@ -17,6 +17,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
+use livestrom_engine::keys::KEY_PREFIX;
+
+use crate::auth::{KeyNote, QUERY_PARAM};
 
 /// The request id header (request and response).
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -45,17 +48,6 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
-/// Where authentication leaves the key's name for the access log.
-#[derive(Debug, Clone, Default)]
-struct KeyNote(Arc<OnceLock<String>>);
-
-/// Records the authenticated (or revoked) key's name for the access log.
-pub(crate) fn note_key(parts: &Parts, name: &str) {
-    if let Some(note) = parts.extensions.get::<KeyNote>() {
-        let _ = note.0.set(name.to_owned());
-    }
-}
-
 /// Middleware: assigns the request id, logs one access line per response.
 pub async fn middleware(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -81,7 +73,7 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
         res.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     let status = res.status().as_u16();
-    let key = note.0.get().map_or("-", String::as_str);
+    let key = note.name().unwrap_or("-");
     let peer = peer.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if res.status().is_server_error() {
@@ -123,7 +115,7 @@ pub fn redact_query(query: &str) -> String {
             Some((n, v)) => (n, Some(v)),
             None => (pair, None),
         };
-        let secret = decode(name).trim() == crate::auth::QUERY_PARAM
+        let secret = decode(name).trim() == QUERY_PARAM
             || looks_like_key(name)
             || value.is_some_and(looks_like_key);
         match value {
@@ -150,9 +142,7 @@ pub fn redact_query(query: &str) -> String {
 
 /// Whether a raw (possibly percent-encoded) URI component contains a key prefix.
 fn looks_like_key(raw: &str) -> bool {
-    decode(raw)
-        .to_ascii_lowercase()
-        .contains(crate::keys::KEY_PREFIX)
+    decode(raw).to_ascii_lowercase().contains(KEY_PREFIX)
 }
 
 /// Form-decodes one component (`+` is a space, `%xx` bytes, lossy UTF-8).
@@ -183,7 +173,7 @@ mod tests {
 
     #[test]
     fn api_key_parameter_is_redacted_everywhere_it_can_hide() {
-        let key = crate::keys::generate();
+        let key = livestrom_engine::keys::generate();
         assert_eq!(
             r(&format!("/v1/stream?api_key={key}")),
             "/v1/stream?api_key=REDACTED"

@@ -10,10 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use livestrom_engine::health::{shown_error, Health};
+use livestrom_engine::keys::Scope;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::auth::{authorize, Scope};
+use crate::auth::authorize;
 use crate::problem::Problem;
 use crate::stream::internal;
 use crate::AppState;

@@ -14,14 +14,13 @@
 //! - The presented key is never logged; the access log shows the key's name.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use tokio_util::sync::CancellationToken;
+use livestrom_engine::keys::{KeyInfo, Scope, Verdict};
 
-use crate::keys::Verdict;
 use crate::problem::Problem;
 use crate::AppState;
 
@@ -30,64 +29,25 @@ pub const QUERY_PARAM: &str = "api_key";
 /// The header that may carry the key.
 pub const HEADER: &str = "x-api-key";
 
-/// A permission of a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// `stream:read`: /v1/stream and /v1/events.
-    StreamRead,
-    /// `admin`: operator pages.
-    Admin,
-}
+/// Where authentication leaves the key's name for the access log: the
+/// access middleware puts an empty note in the request's extensions before
+/// the handler runs and reads it when the response is ready. Defined here,
+/// beside the code that fills it, so the access log depends on `auth` and
+/// not the other way round.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyNote(Arc<OnceLock<String>>);
 
-impl Scope {
-    /// Every scope.
-    pub const ALL: [Scope; 2] = [Scope::StreamRead, Scope::Admin];
-
-    /// The scope's name as written in `--scopes` and stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::StreamRead => "stream:read",
-            Scope::Admin => "admin",
-        }
-    }
-
-    /// Parses a scope name (exact, lowercase).
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|sc| sc.as_str() == s)
+impl KeyNote {
+    /// The authenticated (or revoked) key's name, if the request had one.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
     }
 }
 
-impl std::fmt::Display for Scope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A verified, unrevoked key and its limits.
-#[derive(Debug)]
-pub struct KeyInfo {
-    /// Database id (the limiter key).
-    pub id: i64,
-    /// Unique name.
-    pub name: String,
-    /// Scopes.
-    pub scopes: Vec<Scope>,
-    /// Cap on filter terms per request.
-    pub max_filters: usize,
-    /// Cap on concurrent streams.
-    pub max_streams: usize,
-    /// Requests per second (burst twice that).
-    pub rate: f64,
-    /// Fires when the key is revoked or loses `stream:read`: open streams
-    /// close. A change of limits does not fire it (open streams keep the
-    /// limits they were opened with; see `keys`).
-    pub revoked: CancellationToken,
-}
-
-impl KeyInfo {
-    /// Whether the key has a scope.
-    pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope)
+/// Records the authenticated (or revoked) key's name for the access log.
+fn note_key(parts: &Parts, name: &str) {
+    if let Some(note) = parts.extensions.get::<KeyNote>() {
+        let _ = note.0.set(name.to_owned());
     }
 }
 
@@ -166,7 +126,7 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Arc<KeyInfo
         }
         Ok(Some(presented)) => match state.keys.check_fresh(&presented).await {
             Verdict::Valid(info) => {
-                crate::access::note_key(parts, &info.name);
+                note_key(parts, &info.name);
                 return Ok(info);
             }
             Verdict::Malformed(e) => Problem::new(
@@ -182,7 +142,7 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Arc<KeyInfo
                 "unknown key: it is well-formed but not a key of this server",
             ),
             Verdict::Revoked { name } => {
-                crate::access::note_key(parts, &name);
+                note_key(parts, &name);
                 Problem::new(
                     StatusCode::FORBIDDEN,
                     "revoked-api-key",
@@ -327,13 +287,5 @@ mod tests {
             presented_key(&two_queries).expect_err("conflict").status,
             400
         );
-    }
-
-    #[test]
-    fn scopes_round_trip() {
-        for s in Scope::ALL {
-            assert_eq!(Scope::parse(s.as_str()), Some(s));
-        }
-        assert_eq!(Scope::parse("STREAM:READ"), None);
     }
 }

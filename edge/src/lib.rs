@@ -1,14 +1,15 @@
 //! Livestrom edge: `GET /v1/stream` (SSE) and `GET /v1/events`, authenticated
 //! with API keys, filtered server-side, resumable without gaps.
 //!
-//! Request flow: `auth` (key → [`auth::KeyInfo`], rate limit) → `filter`
-//! (query → [`filter::Filter`]) → `stream` (replay from the event log, then
-//! live from the `hub`) → frames. Every error is a `problem` (RFC 9457).
+//! Request flow: `auth` (key → [`livestrom_engine::keys::KeyInfo`] through
+//! the engine's key cache, rate limit) → `filter` (query → [`filter::Filter`])
+//! → `stream` (replay from the event log, then live from the `hub`) → frames. Every error is a `problem` (RFC 9457).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use livestrom_engine::keys::{KeyCache, KeyError, SqliteKeys};
 use livestrom_engine::{EventLog, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +20,6 @@ pub mod auth;
 pub mod events;
 pub mod filter;
 pub mod hub;
-pub mod keys;
 pub mod limits;
 pub mod problem;
 pub mod server;
@@ -49,8 +49,8 @@ pub struct StateInner {
     pub store: Store,
     /// Live fan-out of committed events to subscribers.
     pub hub: hub::Hub,
-    /// API keys, cached and refreshed from the database.
-    pub keys: keys::KeyStore,
+    /// API keys, cached and refreshed from the key backend.
+    pub keys: KeyCache,
     /// Per-key and per-IP limiters, stream counters.
     pub limits: limits::Limits,
     /// Settings.
@@ -69,9 +69,9 @@ impl std::ops::Deref for AppState {
 /// Errors starting the edge.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
-    /// The key store could not be read.
+    /// The keys could not be loaded. Not a `#[source]`: the message shows it.
     #[error("api keys: {0}")]
-    Keys(String),
+    Keys(KeyError),
     /// The event log could not be read (the hub starts after its head).
     #[error("event log: {0}")]
     Log(#[from] livestrom_engine::store::StoreError),
@@ -97,9 +97,12 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> Result<Self, EdgeError> {
         let hub = hub::Hub::start(store.bus(), log.clone(), shutdown.clone()).await?;
-        let keys = keys::KeyStore::open(store, shutdown.clone())
+        // Keys live in the same SQLite file for now; the cache only sees the
+        // `KeyBackend` seam.
+        let backend = Arc::new(SqliteKeys::new(store.path()));
+        let keys = KeyCache::open(backend, shutdown.clone())
             .await
-            .map_err(|e| EdgeError::Keys(e.to_string()))?;
+            .map_err(EdgeError::Keys)?;
         Ok(Self {
             inner: Arc::new(StateInner {
                 log,

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use livestrom_engine::keys::{KeyInfo, DEFAULT_RATE, MAX_RATE, MIN_RATE};
 
-use crate::auth::KeyInfo;
 use crate::problem::Problem;
 
 /// Failed authentications an address may make in a burst…
@@ -223,9 +223,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// fall back to the default instead of panicking on a nonsensical value.
 fn sane_rate(rate: f64) -> f64 {
     if rate.is_finite() && rate > 0.0 {
-        rate.clamp(crate::keys::MIN_RATE, crate::keys::MAX_RATE)
+        rate.clamp(MIN_RATE, MAX_RATE)
     } else {
-        crate::keys::DEFAULT_RATE
+        DEFAULT_RATE
     }
 }
 
@@ -277,7 +277,7 @@ mod tests {
         Arc::new(KeyInfo {
             id,
             name: format!("k{id}"),
-            scopes: vec![crate::auth::Scope::StreamRead],
+            scopes: vec![livestrom_engine::keys::Scope::StreamRead],
             max_filters: 20,
             max_streams,
             rate,

@@ -24,13 +24,14 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use livestrom_engine::event::uuid_floor_at;
+use livestrom_engine::keys::KeyInfo;
 use livestrom_engine::store::{ReadScope, StoreError};
 use livestrom_engine::EventLog;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use uuid::Uuid;
 
 use crate::access::RequestId;
-use crate::auth::{Authenticated, KeyInfo};
+use crate::auth::Authenticated;
 use crate::filter::{parse_cursor, parse_query, Endpoint, Filter};
 use crate::hub::{write_checkpoint, write_event, Drained, Frame, Subscription};
 use crate::limits::StreamGuard;

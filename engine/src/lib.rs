@@ -5,12 +5,15 @@
 //! `config` → `scheduler` (when) → `fetch` (HTTP, politeness, SSRF) →
 //! `sources::{feed,html,firehose}` (bytes → items, pure) → `normalize`
 //! (identity, versions) → `store` (commit, ids) → `bus` (live feed).
+//! `keys` holds everything about API keys (format, model, the SQLite side,
+//! the cache the edge verifies against).
 
 pub mod bus;
 pub mod config;
 pub mod event;
 pub mod fetch;
 pub mod health;
+pub mod keys;
 pub mod normalize;
 pub mod politeness;
 pub mod runtime;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use livestrom_edge::keys::{self, KeyUpdate, NewKey};
+use livestrom_engine::keys::{self, KeyUpdate, NewKey};
 
 use super::{database_path, ConfigArgs};
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use livestrom_edge::keys::{self, NewKey};
+use livestrom_engine::keys::{self, NewKey};
 use livestrom_engine::Config;
 
 #[derive(Debug, Args)]
