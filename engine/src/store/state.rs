@@ -1,0 +1,128 @@
+//! Item and source state reads: what the normaliser compares a poll
+//! against (item fingerprints, versions, aliases) and what `sources list`
+//! and the runtime show (ETag, health, cursors, counts).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::error::StoreError;
+use super::types::{ItemState, SourceState};
+use super::Store;
+
+impl Store {
+    /// All item states of a source.
+    pub async fn items(&self, source_id: &str) -> Result<Vec<ItemState>, StoreError> {
+        let sid = source_id.to_owned();
+        self.read(move |c| load_items(c, &sid)).await
+    }
+
+    /// The stored state of a source, if it was ever polled.
+    pub async fn source_state(&self, source_id: &str) -> Result<Option<SourceState>, StoreError> {
+        let sid = source_id.to_owned();
+        self.read(move |c| load_source(c, &sid)).await
+    }
+
+    /// State of every source ever polled.
+    pub async fn source_states(&self) -> Result<Vec<SourceState>, StoreError> {
+        self.read(load_all_sources).await
+    }
+
+    /// Item states of a source restricted to the given item ids (firehose
+    /// sources, whose item tables grow without bound, look up only these).
+    pub async fn items_by_ids(
+        &self,
+        source_id: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<ItemState>, StoreError> {
+        let sid = source_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLS} FROM items WHERE source_id = ?1 AND item_id = ?2"
+            ))?;
+            let mut out = Vec::new();
+            for id in ids {
+                let mut rows = stmt.query(params![sid, id])?;
+                if let Some(r) = rows.next()? {
+                    out.push(item_from_row(r)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Columns of an item-state row, in the order [`item_from_row`] reads them.
+const ITEM_COLS: &str = "item_id, version, last_event_id, fingerprint, aliases, seen_at";
+
+/// Decodes one item-state row. Version 0 is kept: it marks an item held back
+/// by `initial_items` (seen, never emitted).
+fn item_from_row(r: &rusqlite::Row<'_>) -> Result<ItemState, StoreError> {
+    let last: Vec<u8> = r.get(2)?;
+    let aliases: String = r.get(4)?;
+    Ok(ItemState {
+        item_id: r.get(0)?,
+        version: r.get::<_, i64>(1)?.clamp(0, i64::from(u32::MAX)) as u32,
+        last_event_id: Uuid::from_slice(&last).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        fingerprint: r.get(3)?,
+        aliases: split_aliases(&aliases),
+        seen_at: r.get(5)?,
+    })
+}
+
+fn load_items(c: &Connection, source_id: &str) -> Result<Vec<ItemState>, StoreError> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {ITEM_COLS} FROM items WHERE source_id = ?1"
+    ))?;
+    let mut rows = stmt.query([source_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(item_from_row(r)?);
+    }
+    Ok(out)
+}
+
+fn split_aliases(s: &str) -> Vec<String> {
+    s.split('\u{1f}')
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+const SOURCE_COLS: &str = "s.source_id, etag, last_modified, last_poll_at, last_success_at, last_error, consecutive_failures, next_poll_at, event_count, initialized, snapshot, upstream_cursor, (SELECT COUNT(*) FROM items i WHERE i.source_id = s.source_id)";
+
+fn source_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SourceState> {
+    let ts = |i: usize| -> rusqlite::Result<Option<DateTime<Utc>>> {
+        Ok(r.get::<_, Option<String>>(i)?
+            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|t| t.with_timezone(&Utc)))
+    };
+    Ok(SourceState {
+        source_id: r.get(0)?,
+        etag: r.get(1)?,
+        last_modified: r.get(2)?,
+        last_poll_at: ts(3)?,
+        last_success_at: ts(4)?,
+        last_error: r.get(5)?,
+        consecutive_failures: r.get::<_, i64>(6)?.max(0) as u32,
+        next_poll_at: ts(7)?,
+        event_count: r.get::<_, i64>(8)?.max(0) as u64,
+        initialized: r.get::<_, i64>(9)? != 0,
+        snapshot: r.get(10)?,
+        upstream_cursor: r.get(11)?,
+        item_count: r.get::<_, i64>(12)?.max(0) as u64,
+    })
+}
+
+fn load_source(c: &Connection, source_id: &str) -> Result<Option<SourceState>, StoreError> {
+    let sql = format!("SELECT {SOURCE_COLS} FROM sources s WHERE s.source_id = ?1");
+    Ok(c.query_row(&sql, [source_id], source_from_row).optional()?)
+}
+
+fn load_all_sources(c: &Connection) -> Result<Vec<SourceState>, StoreError> {
+    let sql = format!("SELECT {SOURCE_COLS} FROM sources s ORDER BY s.source_id");
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map([], source_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,315 @@
+//! The writer thread: the only connection that writes. It drains whatever
+//! jobs are queued, commits all queued batches in one transaction (group
+//! commit), mints ids in commit order while holding the `ids` mutex that
+//! [`EventLog::watermark`](super::EventLog::watermark) shares, publishes to
+//! the bus after COMMIT, and runs the prune jobs between groups.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::StoreError;
+use super::types::{WriteBatch, SEEN_REFRESH};
+use crate::bus::{Batch, Bus};
+use crate::event::{uuid_floor_at, CommittedEvent, IdGenerator};
+
+/// Work for the writer thread, each with where to send the outcome.
+pub(super) enum Job {
+    Write(Box<WriteBatch>, Reply),
+    Prune(oneshot::Sender<Result<usize, String>>),
+    /// One step of the item-state sweep of one source.
+    PruneItems(
+        Box<PruneStep>,
+        oneshot::Sender<Result<(usize, Option<String>), String>>,
+    ),
+    /// Resolves once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// One bounded step of [`Store::prune_items`](super::Store::prune_items).
+pub(super) struct PruneStep {
+    pub(super) source_id: String,
+    /// Start after this item id (None: from the first).
+    pub(super) after: Option<String>,
+    /// Rows with `seen_at` below this (unix seconds) are deleted.
+    pub(super) floor: i64,
+    /// Rows examined at most.
+    pub(super) chunk: usize,
+    /// After the last step, delete the source's state row too.
+    pub(super) forget: bool,
+}
+
+/// Events drained into one transaction at most (group commit bound).
+const MAX_GROUP_EVENTS: usize = 8192;
+
+/// The writer's state, moved onto its thread by [`WriterThread::run`].
+pub(super) struct WriterThread {
+    pub(super) conn: Connection,
+    /// Shared with readers for
+    /// [`EventLog::watermark`](super::EventLog::watermark); locked per
+    /// transaction.
+    pub(super) ids: Arc<Mutex<IdGenerator>>,
+    pub(super) bus: Bus,
+    pub(super) retention: Duration,
+}
+
+/// Where a submitter of a batch waits for its committed events.
+pub(super) type Reply = oneshot::Sender<Result<Vec<Arc<CommittedEvent>>, String>>;
+
+impl WriterThread {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(job) = rx.blocking_recv() {
+            let mut group: Vec<(WriteBatch, Reply)> = Vec::new();
+            let mut prunes = Vec::new();
+            let mut item_steps = Vec::new();
+            let mut flushes = Vec::new();
+            let mut n = 0;
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Write(b, r) => {
+                        n += b.events.len().max(1);
+                        group.push((*b, r));
+                    }
+                    Job::Prune(r) => prunes.push(r),
+                    Job::PruneItems(step, r) => item_steps.push((step, r)),
+                    Job::Flush(r) => flushes.push(r),
+                }
+                if n < MAX_GROUP_EVENTS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(group);
+            }
+            for r in prunes {
+                let _ = r.send(self.prune().map_err(|e| e.to_string()));
+            }
+            for (step, r) in item_steps {
+                let _ = r.send(self.prune_items_step(&step).map_err(|e| e.to_string()));
+            }
+            for r in flushes {
+                let _ = r.send(());
+            }
+        }
+        tracing::debug!("store writer stopped: all handles dropped");
+    }
+
+    fn commit_group(&mut self, mut group: Vec<(WriteBatch, Reply)>) {
+        let now = Utc::now();
+        // The events are moved into the transaction (no copy); on failure
+        // every submitter gets the error and nothing was committed.
+        let result = self.apply(&mut group, now);
+        match result {
+            Ok(per_batch) => {
+                let all: Vec<Arc<CommittedEvent>> = per_batch.iter().flatten().cloned().collect();
+                if !all.is_empty() {
+                    self.bus.publish(Batch::from(all));
+                }
+                for ((_, reply), evs) in group.into_iter().zip(per_batch) {
+                    let _ = reply.send(Ok(evs));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed");
+                let msg = e.to_string();
+                for (_, reply) in group {
+                    let _ = reply.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        group: &mut [(WriteBatch, Reply)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Vec<Arc<CommittedEvent>>>, StoreError> {
+        // Held until the transaction ends (commit or rollback): see `Inner::ids`.
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(group.len());
+        let mut last = None;
+        {
+            let mut ins_event = tx.prepare_cached(
+                "INSERT INTO events (id, source_id, source_type, json) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut up_item = tx.prepare_cached(
+                "INSERT INTO items (source_id, item_id, version, last_event_id, fingerprint, aliases, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (source_id, item_id) DO UPDATE SET version=excluded.version, last_event_id=excluded.last_event_id,
+                 fingerprint=excluded.fingerprint, aliases=excluded.aliases, seen_at=excluded.seen_at",
+            )?;
+            let mut refresh_stmt = tx.prepare_cached(
+                "UPDATE items SET seen_at = ?1 WHERE source_id = ?2 AND seen_at < ?3",
+            )?;
+            let mut up_source = tx.prepare_cached(
+                "INSERT INTO sources (source_id, etag, last_modified, last_poll_at, last_success_at, last_error, consecutive_failures, next_poll_at, event_count, initialized, snapshot, upstream_cursor)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (source_id) DO UPDATE SET etag=excluded.etag, last_modified=excluded.last_modified, last_poll_at=excluded.last_poll_at,
+                 last_success_at=excluded.last_success_at, last_error=excluded.last_error, consecutive_failures=excluded.consecutive_failures,
+                 next_poll_at=excluded.next_poll_at, event_count=sources.event_count + ?9, initialized=excluded.initialized,
+                 snapshot=excluded.snapshot, upstream_cursor=excluded.upstream_cursor",
+            )?;
+            for (batch, _) in group.iter_mut() {
+                let new_events = std::mem::take(&mut batch.events);
+                let n_events = new_events.len();
+                let mut evs = Vec::with_capacity(n_events);
+                for ne in new_events {
+                    let mut ev = ne.event;
+                    ev.id = ids.next_id();
+                    ev.emitted_at = now;
+                    ev.schema_version = 1;
+                    let committed = CommittedEvent::new(ev);
+                    let e = &committed.event;
+                    ins_event.execute(params![
+                        e.id.as_bytes().as_slice(),
+                        e.source_id,
+                        e.source_type.as_index() as i64,
+                        &*committed.json
+                    ])?;
+                    up_item.execute(params![
+                        e.source_id,
+                        e.item_id,
+                        e.version as i64,
+                        e.id.as_bytes().as_slice(),
+                        ne.fingerprint,
+                        ne.aliases.join("\u{1f}"),
+                        now.timestamp()
+                    ])?;
+                    last = Some(e.id);
+                    evs.push(Arc::new(committed));
+                }
+                for it in &batch.touch_items {
+                    let sid = batch
+                        .source
+                        .as_ref()
+                        .map(|s| s.source_id.as_str())
+                        .unwrap_or_default();
+                    up_item.execute(params![
+                        sid,
+                        it.item_id,
+                        it.version as i64,
+                        it.last_event_id.as_bytes().as_slice(),
+                        it.fingerprint,
+                        it.aliases.join("\u{1f}"),
+                        now.timestamp()
+                    ])?;
+                }
+                if batch.refresh_items {
+                    if let Some(s) = &batch.source {
+                        let refresh = SEEN_REFRESH.as_secs() as i64;
+                        refresh_stmt.execute(params![
+                            now.timestamp(),
+                            s.source_id,
+                            now.timestamp() - refresh
+                        ])?;
+                    }
+                }
+                if let Some(s) = &batch.source {
+                    let ts = |t: &Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339());
+                    up_source.execute(params![
+                        s.source_id,
+                        s.etag,
+                        s.last_modified,
+                        ts(&s.last_poll_at),
+                        ts(&s.last_success_at),
+                        s.last_error,
+                        s.consecutive_failures as i64,
+                        ts(&s.next_poll_at),
+                        n_events as i64,
+                        s.initialized as i64,
+                        s.snapshot,
+                        s.upstream_cursor,
+                    ])?;
+                }
+                out.push(evs);
+            }
+            if let Some(last) = last {
+                tx.execute("INSERT INTO meta (key, value) VALUES ('last_id', ?1) ON CONFLICT(key) DO UPDATE SET value=excluded.value", [last.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Deletes stale item state among the next `chunk` items of a source
+    /// (by item id); returns the count and where the next step starts
+    /// (None: the source is done).
+    fn prune_items_step(
+        &mut self,
+        step: &PruneStep,
+    ) -> Result<(usize, Option<String>), StoreError> {
+        let offset = (step.chunk - 1) as i64;
+        let end: Option<String> = match &step.after {
+            Some(after) => self.conn.query_row(
+                "SELECT item_id FROM items WHERE source_id = ?1 AND item_id > ?2 ORDER BY item_id LIMIT 1 OFFSET ?3",
+                params![step.source_id, after, offset],
+                |r| r.get(0),
+            ),
+            None => self.conn.query_row(
+                "SELECT item_id FROM items WHERE source_id = ?1 ORDER BY item_id LIMIT 1 OFFSET ?2",
+                params![step.source_id, offset],
+                |r| r.get(0),
+            ),
+        }
+        .optional()?;
+        let deleted = match (&step.after, &end) {
+            (Some(after), Some(end)) => self.conn.execute(
+                "DELETE FROM items WHERE source_id = ?1 AND item_id > ?2 AND item_id <= ?3 AND seen_at < ?4",
+                params![step.source_id, after, end, step.floor],
+            )?,
+            (Some(after), None) => self.conn.execute(
+                "DELETE FROM items WHERE source_id = ?1 AND item_id > ?2 AND seen_at < ?3",
+                params![step.source_id, after, step.floor],
+            )?,
+            (None, Some(end)) => self.conn.execute(
+                "DELETE FROM items WHERE source_id = ?1 AND item_id <= ?2 AND seen_at < ?3",
+                params![step.source_id, end, step.floor],
+            )?,
+            (None, None) => self.conn.execute(
+                "DELETE FROM items WHERE source_id = ?1 AND seen_at < ?2",
+                params![step.source_id, step.floor],
+            )?,
+        };
+        if end.is_none() && step.forget {
+            self.conn.execute(
+                "DELETE FROM sources WHERE source_id = ?1",
+                [&step.source_id],
+            )?;
+        }
+        Ok((deleted, end))
+    }
+
+    fn prune(&mut self) -> Result<usize, StoreError> {
+        let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+        let floor = uuid_floor_at(now_ms.saturating_sub(self.retention.as_millis() as u64));
+        // The mark is committed before the first delete: a replay that
+        // checks it after reading a page knows whether rows after its
+        // cursor may be gone (a 410, never a silent gap). It only rises.
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('pruned_below', ?1) ON CONFLICT(key) DO UPDATE SET value=excluded.value WHERE excluded.value > meta.value",
+            [floor.to_string()],
+        )?;
+        let mut total = 0;
+        loop {
+            // Chunked so the writer never holds the lock for long.
+            let n = self.conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < ?1 ORDER BY id LIMIT 10000)",
+                [floor.as_bytes().as_slice()],
+            )?;
+            total += n;
+            if n < 10000 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+}
