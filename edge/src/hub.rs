@@ -165,9 +165,7 @@ impl Hub {
         // subscribed before this returns.
         let rx = feed.follow();
         let head_log = log.clone();
-        let head = tokio::task::spawn_blocking(move || head_log.head())
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let head = tokio::task::spawn_blocking(move || head_log.head()).await??;
         let inner = Arc::new(HubInner {
             registry: Mutex::new(Registry::default()),
             position: Mutex::new(None),
@@ -682,8 +680,7 @@ impl HubTask {
             let rows = tokio::task::spawn_blocking(move || {
                 log.read_after(after, CATCH_UP_PAGE, &ReadScope::default())
             })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
+            .await??;
             let n = rows.len();
             let newest = rows.last().map(|r| r.id);
             let mut events = Vec::with_capacity(n);

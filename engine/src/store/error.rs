@@ -2,6 +2,7 @@
 //! the database, worded for the logs and `last_error` users read.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -17,13 +18,27 @@ pub enum StoreError {
     /// A query failed.
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A group commit failed and was rolled back: nothing of the batch was
+    /// stored. Shared, because every batch of the group gets the same error.
+    #[error("database commit failed: {0}")]
+    Commit(#[source] Arc<rusqlite::Error>),
     /// A stored row could not be decoded.
     #[error("corrupt stored row: {0}")]
     Corrupt(String),
     /// The writer thread has stopped (shutdown or a fatal error).
     #[error("the store writer has stopped")]
     WriterGone,
-    /// A blocking task panicked or was cancelled.
+    /// A blocking task (a read on a pooled connection) panicked or was
+    /// cancelled.
     #[error("store task failed: {0}")]
-    Task(String),
+    Join(#[from] tokio::task::JoinError),
+    /// A duration the store computes with does not fit a timestamp (a
+    /// retention window of hundreds of millions of years).
+    #[error("{what} out of range: {source}")]
+    OutOfRange {
+        /// Which duration.
+        what: &'static str,
+        /// The conversion's error.
+        source: chrono::OutOfRangeError,
+    },
 }

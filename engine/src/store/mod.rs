@@ -79,8 +79,9 @@ struct Inner {
     write_fault: Mutex<Option<WriteFault>>,
 }
 
-/// A test's verdict on a batch about to be written: `Err` fails the write
-/// as a failed commit does (`StoreError::Task`).
+/// A test's verdict on a batch about to be written: `Err(message)` fails
+/// the write as a failed commit does ([`StoreError::Commit`], a SQLite error
+/// with that message). A plain string, so runtime tests need no SQLite types.
 #[cfg(test)]
 pub(crate) type WriteFault = Arc<dyn Fn(&WriteBatch) -> Result<(), String> + Send + Sync>;
 
@@ -190,9 +191,7 @@ impl Store {
             .send(Job::Write(Box::new(batch), tx))
             .await
             .map_err(|_| StoreError::WriterGone)?;
-        rx.await
-            .map_err(|_| StoreError::WriterGone)?
-            .map_err(StoreError::Task)
+        rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Unit tests: every later [`Store::write`] first asks `fault` about its batch.
@@ -211,7 +210,12 @@ impl Store {
         // Cloned out so the hook (which may panic) runs without the lock held.
         let fault = self.inner.write_fault.lock().ok().and_then(|f| f.clone());
         match fault {
-            Some(fault) => fault(batch).map_err(StoreError::Task),
+            Some(fault) => fault(batch).map_err(|msg| {
+                StoreError::Commit(Arc::new(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                    Some(msg),
+                )))
+            }),
             None => Ok(()),
         }
     }
@@ -235,9 +239,7 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_blocking(f))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || this.read_blocking(f)).await?
     }
 
     /// Runs `f` with a pooled read connection on the current thread.

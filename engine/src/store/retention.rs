@@ -35,9 +35,7 @@ impl Store {
             .send(Job::Prune(tx))
             .await
             .map_err(|_| StoreError::WriterGone)?;
-        rx.await
-            .map_err(|_| StoreError::WriterGone)?
-            .map_err(StoreError::Task)
+        rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Forgets the state of items not seen for [`item_horizon`] — but only
@@ -59,10 +57,18 @@ impl Store {
         configured: &HashSet<String>,
         chunk: usize,
     ) -> Result<usize, StoreError> {
-        let horizon = chrono::Duration::from_std(item_horizon(self.inner.retention))
-            .map_err(|e| StoreError::Task(format!("item horizon: {e}")))?;
-        let refresh = chrono::Duration::from_std(SEEN_REFRESH)
-            .map_err(|e| StoreError::Task(format!("seen refresh: {e}")))?;
+        let horizon =
+            chrono::Duration::from_std(item_horizon(self.inner.retention)).map_err(|source| {
+                StoreError::OutOfRange {
+                    what: "item horizon",
+                    source,
+                }
+            })?;
+        let refresh =
+            chrono::Duration::from_std(SEEN_REFRESH).map_err(|source| StoreError::OutOfRange {
+                what: "seen refresh",
+                source,
+            })?;
         let floor = Utc::now() - horizon;
         type Row = (String, Option<String>, Option<String>);
         let sources: Vec<Row> = self
@@ -105,10 +111,7 @@ impl Store {
                     .send(Job::PruneItems(Box::new(step), tx))
                     .await
                     .map_err(|_| StoreError::WriterGone)?;
-                let (n, next) = rx
-                    .await
-                    .map_err(|_| StoreError::WriterGone)?
-                    .map_err(StoreError::Task)?;
+                let (n, next) = rx.await.map_err(|_| StoreError::WriterGone)??;
                 total += n;
                 match next {
                     Some(k) => after = Some(k),

@@ -14,6 +14,10 @@ use super::{
 use crate::bus::Bus;
 use crate::event::{SourceType, StreamEvent};
 
+/// What a test returns: setup failures (temp dirs, channels) are not store
+/// errors, so any error ends the test.
+pub(super) type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 pub(super) fn ev(source: &str, item: &str) -> NewEvent {
     NewEvent {
         event: StreamEvent {
@@ -51,8 +55,8 @@ fn visible_upto(store: &Store, w: Uuid) -> Result<usize, StoreError> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_watermark_never_passes_an_event_minted_but_not_committed() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+async fn the_watermark_never_passes_an_event_minted_but_not_committed() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let store = Store::open(
         &dir.path().join("t.db"),
         Duration::from_secs(3600),
@@ -100,13 +104,9 @@ async fn the_watermark_never_passes_an_event_minted_but_not_committed() -> Resul
             Ok::<_, StoreError>(seen)
         })
     };
-    writer
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+    writer.await??;
     done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let seen = reader
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+    let seen = reader.await??;
     for (w, then) in seen {
         assert_eq!(
             visible_upto(&store, w)?,
@@ -118,8 +118,8 @@ async fn the_watermark_never_passes_an_event_minted_but_not_committed() -> Resul
 }
 
 #[tokio::test]
-async fn write_read_and_restart_keeps_ids_increasing() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+async fn write_read_and_restart_keeps_ids_increasing() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let path = dir.path().join("t.db");
     let bus = Bus::new();
     let mut live = bus.subscribe();
@@ -138,10 +138,7 @@ async fn write_read_and_restart_keeps_ids_increasing() -> Result<(), StoreError>
     let out = store.write(batch).await?;
     assert_eq!(out.len(), 3);
     assert!(out[0].event.id < out[1].event.id && out[1].event.id < out[2].event.id);
-    let published = live
-        .recv()
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
+    let published = live.recv().await?;
     assert_eq!(published.len(), 3);
 
     let scope = ReadScope {
@@ -213,9 +210,40 @@ async fn write_read_and_restart_keeps_ids_increasing() -> Result<(), StoreError>
     Ok(())
 }
 
+/// One failed group commit reaches every submitter as the same typed error
+/// (the writer shares it), and nothing of the group is stored or published.
+#[tokio::test]
+async fn a_failed_commit_is_reported_to_every_submitter() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("c.db");
+    let bus = Bus::new();
+    let mut live = bus.subscribe();
+    let store = Store::open(&path, Duration::from_secs(3600), bus)?;
+    // Every event insert aborts the transaction, as a full disk would.
+    open_connection(&path)?.execute_batch(
+        "CREATE TRIGGER fail BEFORE INSERT ON events \
+         BEGIN SELECT RAISE(ABORT, 'injected commit failure'); END;",
+    )?;
+    let batch = |item: &str| WriteBatch {
+        events: vec![ev("s", item)],
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(store.write(batch("1")), store.write(batch("2")));
+    for r in [a, b] {
+        let e = r.err().ok_or("a write into a failing commit succeeded")?;
+        assert!(matches!(e, StoreError::Commit(_)), "{e:?}");
+        assert!(e.to_string().contains("injected commit failure"), "{e}");
+    }
+    assert_eq!(store.head()?, None);
+    assert!(live.try_recv().is_err(), "a failed commit was published");
+    open_connection(&path)?.execute_batch("DROP TRIGGER fail;")?;
+    assert_eq!(store.write(batch("3")).await?.len(), 1);
+    Ok(())
+}
+
 #[test]
-fn locked_database_is_a_clear_open_error() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+fn locked_database_is_a_clear_open_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let path = dir.path().join("locked.db");
     drop(Store::open(&path, Duration::from_secs(60), Bus::new())?);
     let holder = open_connection(&path)?;

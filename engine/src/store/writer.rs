@@ -19,11 +19,11 @@ use crate::event::{uuid_floor_at, CommittedEvent, IdGenerator};
 /// Work for the writer thread, each with where to send the outcome.
 pub(super) enum Job {
     Write(Box<WriteBatch>, Reply),
-    Prune(oneshot::Sender<Result<usize, String>>),
+    Prune(oneshot::Sender<Result<usize, StoreError>>),
     /// One step of the item-state sweep of one source.
     PruneItems(
         Box<PruneStep>,
-        oneshot::Sender<Result<(usize, Option<String>), String>>,
+        oneshot::Sender<Result<(usize, Option<String>), StoreError>>,
     ),
     /// Resolves once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
@@ -57,7 +57,7 @@ pub(super) struct WriterThread {
 }
 
 /// Where a submitter of a batch waits for its committed events.
-pub(super) type Reply = oneshot::Sender<Result<Vec<Arc<CommittedEvent>>, String>>;
+pub(super) type Reply = oneshot::Sender<Result<Vec<Arc<CommittedEvent>>, StoreError>>;
 
 impl WriterThread {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
@@ -86,10 +86,10 @@ impl WriterThread {
                 self.commit_group(group);
             }
             for r in prunes {
-                let _ = r.send(self.prune().map_err(|e| e.to_string()));
+                let _ = r.send(self.prune());
             }
             for (step, r) in item_steps {
-                let _ = r.send(self.prune_items_step(&step).map_err(|e| e.to_string()));
+                let _ = r.send(self.prune_items_step(&step));
             }
             for r in flushes {
                 let _ = r.send(());
@@ -115,9 +115,9 @@ impl WriterThread {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed");
-                let msg = e.to_string();
+                let e = Arc::new(e);
                 for (_, reply) in group {
-                    let _ = reply.send(Err(msg.clone()));
+                    let _ = reply.send(Err(StoreError::Commit(e.clone())));
                 }
             }
         }
@@ -127,7 +127,7 @@ impl WriterThread {
         &mut self,
         group: &mut [(WriteBatch, Reply)],
         now: DateTime<Utc>,
-    ) -> Result<Vec<Vec<Arc<CommittedEvent>>>, StoreError> {
+    ) -> rusqlite::Result<Vec<Vec<Arc<CommittedEvent>>>> {
         // Held until the transaction ends (commit or rollback): see `Inner::ids`.
         let mut ids = self
             .ids

@@ -10,15 +10,14 @@ use uuid::Uuid;
 
 use crate::bus::Bus;
 use crate::event::{SourceType, StreamEvent};
-use crate::store::tests::ev;
+use crate::store::tests::{ev, TestResult};
 use crate::store::{
-    open_connection, EventLog, ItemState, NewEvent, ReadScope, SourceState, Store, StoreError,
-    WriteBatch,
+    open_connection, EventLog, ItemState, NewEvent, ReadScope, SourceState, Store, WriteBatch,
 };
 
 #[tokio::test]
-async fn prune_items_forgets_stale_state_of_sources_polled_since() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+async fn prune_items_forgets_stale_state_of_sources_polled_since() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let path = dir.path().join("items.db");
     let store = Store::open(&path, Duration::from_secs(3600), Bus::new())?;
     let polled_now = |id: &str| SourceState {
@@ -107,9 +106,8 @@ async fn prune_items_forgets_stale_state_of_sources_polled_since() -> Result<(),
 }
 
 #[tokio::test]
-async fn an_unchanged_source_refreshes_its_items_so_they_are_not_pruned() -> Result<(), StoreError>
-{
-    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+async fn an_unchanged_source_refreshes_its_items_so_they_are_not_pruned() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let path = dir.path().join("refresh.db");
     let store = Store::open(&path, Duration::from_secs(3600), Bus::new())?;
     let polled = || SourceState {
@@ -142,8 +140,8 @@ async fn an_unchanged_source_refreshes_its_items_so_they_are_not_pruned() -> Res
 }
 
 #[tokio::test]
-async fn prune_removes_events_outside_retention_and_raises_the_floor() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+async fn prune_removes_events_outside_retention_and_raises_the_floor() -> TestResult {
+    let dir = tempfile::tempdir()?;
     let path = dir.path().join("p.db");
     let store = Store::open(&path, Duration::from_millis(200), Bus::new())?;
     let ev = |n: u32| NewEvent {
