@@ -33,6 +33,8 @@ pub(crate) mod app {
         pub(crate) probe: SocketAddr,
         pub(crate) db: PathBuf,
         pub(crate) state: AppState,
+        /// The store behind the edge (the engine's side, for writing state).
+        pub(crate) store: Store,
         pub(crate) http: reqwest::Client,
         cancel: CancellationToken,
         _dir: tempfile::TempDir,
@@ -62,9 +64,13 @@ pub(crate) mod app {
             keepalive: Duration::from_secs(25),
             cors_origins: vec!["*".into()],
         };
-        let state = AppState::new(&store, settings, cancel.clone())
-            .await
-            .expect("state");
+        let state = AppState::new(
+            livestrom_engine::Backend::sqlite(&store),
+            settings,
+            cancel.clone(),
+        )
+        .await
+        .expect("state");
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -100,6 +106,7 @@ pub(crate) mod app {
                 probe,
                 db,
                 state,
+                store,
                 http,
                 cancel,
                 _dir: dir,
@@ -334,8 +341,7 @@ async fn admin_keys_see_source_health_and_stats_other_keys_get_403() {
     let (ops, reader) = (&keys[0], &keys[1]);
     let now = chrono::Utc::now();
     for (id, error) in [("news.ok", None), ("news.down", Some("fetch: HTTP 503"))] {
-        app.state
-            .store
+        app.store
             .write(livestrom_engine::store::WriteBatch {
                 source: Some(livestrom_engine::store::SourceState {
                     source_id: id.into(),

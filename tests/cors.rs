@@ -35,9 +35,13 @@ async fn edge(origins: &[&str]) -> Edge {
         keepalive: Duration::from_secs(25),
         cors_origins: origins.iter().map(|s| s.to_string()).collect(),
     };
-    let state = AppState::new(&store, settings, cancel.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let state = AppState::new(
+        livestrom_engine::Backend::sqlite(&store),
+        settings,
+        cancel.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("{e}"));

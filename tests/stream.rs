@@ -12,7 +12,8 @@ use futures::{Stream, StreamExt};
 use livestrom_edge::{AppState, Settings};
 use livestrom_engine::event::uuid_floor_at;
 use livestrom_engine::keys::{self, NewKey};
-use livestrom_engine::store::{LogRow, NewEvent, ReadScope, StoreError, WriteBatch};
+use livestrom_engine::log::{LogError, LogRow, ReadScope};
+use livestrom_engine::store::{NewEvent, WriteBatch};
 use livestrom_engine::{Bus, CommittedEvent, EventLog, SourceType, Store, StreamEvent};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -75,7 +76,15 @@ async fn spawn_app_with(
         keepalive,
         cors_origins: vec!["*".into()],
     };
-    let state = AppState::with_log(&store, log(&store), settings, shutdown.clone()).await?;
+    let state = AppState::new(
+        livestrom_engine::Backend {
+            log: log(&store),
+            ..livestrom_engine::Backend::sqlite(&store)
+        },
+        settings,
+        shutdown.clone(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(livestrom_edge::serve(
@@ -1017,7 +1026,7 @@ impl EventLog for PruneBeforeReplay {
         after: Uuid,
         limit: usize,
         scope: &ReadScope,
-    ) -> Result<Vec<LogRow>, StoreError> {
+    ) -> Result<Vec<LogRow>, LogError> {
         self.store.read_after(after, limit, scope)
     }
     fn read_after_with(
@@ -1026,7 +1035,7 @@ impl EventLog for PruneBeforeReplay {
         limit: usize,
         scope: &ReadScope,
         f: &mut dyn FnMut(Uuid, &str, SourceType, &str),
-    ) -> Result<usize, StoreError> {
+    ) -> Result<usize, LogError> {
         let at = self
             .prune_after_ms
             .swap(i64::MAX, std::sync::atomic::Ordering::SeqCst);
@@ -1036,7 +1045,9 @@ impl EventLog for PruneBeforeReplay {
             while Utc::now().timestamp_millis() <= at {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let pruned = tokio::runtime::Handle::current().block_on(self.store.prune())?;
+            let pruned = tokio::runtime::Handle::current()
+                .block_on(self.store.prune())
+                .map_err(LogError::from)?;
             assert!(pruned > 0, "the injected prune deleted nothing");
         }
         self.store.read_after_with(after, limit, scope, f)
@@ -1044,13 +1055,13 @@ impl EventLog for PruneBeforeReplay {
     fn retention_floor(&self) -> Uuid {
         self.store.retention_floor()
     }
-    fn head(&self) -> Result<Option<Uuid>, StoreError> {
+    fn head(&self) -> Result<Option<Uuid>, LogError> {
         self.store.head()
     }
-    fn pruned_below(&self) -> Result<Uuid, StoreError> {
+    fn pruned_below(&self) -> Result<Uuid, LogError> {
         self.store.pruned_below()
     }
-    fn watermark(&self) -> Result<Uuid, StoreError> {
+    fn watermark(&self) -> Result<Uuid, LogError> {
         self.store.watermark()
     }
 }

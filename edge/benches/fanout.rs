@@ -83,7 +83,7 @@ async fn server() -> BoxResult<()> {
     let store = Store::open(&db, Duration::from_secs(86_400), Bus::new())?;
     let shutdown = CancellationToken::new();
     let state = AppState::new(
-        &store,
+        livestrom_engine::Backend::sqlite(&store),
         Settings {
             keepalive: Duration::from_secs(25),
             cors_origins: vec!["*".into()],

@@ -65,7 +65,11 @@ pub struct Sources {
 
 /// `GET /v1/admin/sources`.
 pub async fn sources(_: AdminKey, State(state): State<AppState>) -> Result<Response, Problem> {
-    let states = state.store.source_states().await.map_err(internal)?;
+    let view = state.sources.clone();
+    let states = tokio::task::spawn_blocking(move || view.source_states())
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
     let sources = states
         .into_iter()
         .map(|s| SourceHealth {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use livestrom_engine::store::{ReadScope, StoreError};
+use livestrom_engine::log::{LogError, ReadScope};
 use livestrom_engine::EventLog;
 use uuid::Uuid;
 
@@ -96,7 +96,7 @@ pub fn read_page(
     filter: &Filter,
     cursor: Uuid,
     limit: usize,
-) -> Result<Page, StoreError> {
+) -> Result<Page, LogError> {
     let scope: ReadScope = filter.read_scope();
     // Without in-Rust filtering every row read is returned: read just enough.
     let chunk = if filter.needs_body() {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use livestrom_engine::config::is_valid_id;
 use livestrom_engine::event::is_uuid_v7;
-use livestrom_engine::store::ReadScope;
+use livestrom_engine::log::ReadScope;
 use livestrom_engine::SourceType;
 use serde::Deserialize;
 use uuid::Uuid;

@@ -27,7 +27,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use livestrom_engine::bus::{Live, LiveFeed};
-use livestrom_engine::store::{ReadScope, StoreError};
+use livestrom_engine::log::{LogError, ReadScope};
 use livestrom_engine::{CommittedEvent, EventLog, SourceType, StreamEvent};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -159,7 +159,7 @@ impl Hub {
         feed: &dyn LiveFeed,
         log: Arc<dyn EventLog>,
         cancel: CancellationToken,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, LogError> {
         // Receiver first, head second: an event committed in between is at
         // or below the head and skipped, which is harmless — nobody can have
         // subscribed before this returns.
@@ -673,7 +673,7 @@ impl HubTask {
     /// Re-reads everything after `last` from the log until it is exhausted.
     /// A row that does not decode is reported and skipped (it cannot be
     /// offered to filters; replays still send its stored text).
-    async fn catch_up(&mut self) -> Result<(), StoreError> {
+    async fn catch_up(&mut self) -> Result<(), LogError> {
         loop {
             let log = self.log.clone();
             let after = self.last;
@@ -712,6 +712,7 @@ mod tests {
     use super::*;
     use chrono::Utc;
     use livestrom_engine::bus::Batch;
+    use livestrom_engine::log::LogRow;
     use livestrom_engine::Bus;
 
     fn committed(
@@ -853,7 +854,7 @@ mod tests {
     /// An in-memory event log whose next reads can be made to fail.
     #[derive(Default)]
     struct MemLog {
-        rows: Mutex<Vec<livestrom_engine::store::LogRow>>,
+        rows: Mutex<Vec<LogRow>>,
         fail_reads: AtomicUsize,
     }
 
@@ -865,7 +866,7 @@ mod tests {
         }
 
         fn append_raw(&self, id: Uuid, source: &str, json: Arc<str>) {
-            lock(&self.rows).push(livestrom_engine::store::LogRow {
+            lock(&self.rows).push(LogRow {
                 id,
                 source_id: source.into(),
                 source_type: SourceType::Rss,
@@ -880,13 +881,13 @@ mod tests {
             after: Uuid,
             limit: usize,
             _scope: &ReadScope,
-        ) -> Result<Vec<livestrom_engine::store::LogRow>, StoreError> {
+        ) -> Result<Vec<LogRow>, LogError> {
             if self
                 .fail_reads
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
             {
-                return Err(StoreError::Corrupt("injected read failure".into()));
+                return Err(LogError::Corrupt("injected read failure".into()));
             }
             Ok(lock(&self.rows)
                 .iter()
@@ -898,13 +899,13 @@ mod tests {
         fn retention_floor(&self) -> Uuid {
             Uuid::nil()
         }
-        fn head(&self) -> Result<Option<Uuid>, StoreError> {
+        fn head(&self) -> Result<Option<Uuid>, LogError> {
             Ok(lock(&self.rows).last().map(|r| r.id))
         }
-        fn pruned_below(&self) -> Result<Uuid, StoreError> {
+        fn pruned_below(&self) -> Result<Uuid, LogError> {
             Ok(Uuid::nil())
         }
-        fn watermark(&self) -> Result<Uuid, StoreError> {
+        fn watermark(&self) -> Result<Uuid, LogError> {
             Ok(self.head()?.unwrap_or(Uuid::nil()))
         }
     }

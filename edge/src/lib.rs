@@ -3,14 +3,21 @@
 //!
 //! Request flow: `auth` (key → [`livestrom_engine::keys::KeyInfo`] through
 //! the engine's key cache, rate limit) → `filter` (query → [`filter::Filter`])
-//! → `stream` (replay from the event log, then live from the `hub`) → frames. Every error is a `problem` (RFC 9457).
+//! → `stream` (replay from the event log, then live from the `hub`) → frames.
+//! Every error is a `problem` (RFC 9457).
+//!
+//! The edge reads only through the engine's seams, bundled in a
+//! [`livestrom_engine::Backend`]: the event log, the live feed, the key
+//! store and the sources' state. It names no store and no database type.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use livestrom_engine::keys::{KeyCache, KeyError, SqliteKeys};
-use livestrom_engine::{EventLog, Store};
+use livestrom_engine::backend::SourceStates;
+use livestrom_engine::keys::{KeyCache, KeyError};
+use livestrom_engine::log::LogError;
+use livestrom_engine::{Backend, EventLog};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -45,8 +52,8 @@ pub struct AppState {
 pub struct StateInner {
     /// The durable event log (replay, `/v1/events`).
     pub log: Arc<dyn EventLog>,
-    /// The store itself, for operator views of engine state (`admin`).
-    pub store: Store,
+    /// The sources' stored state, for operator views (`admin`).
+    pub sources: Arc<dyn SourceStates>,
     /// Live fan-out of committed events to subscribers.
     pub hub: hub::Hub,
     /// API keys, cached and refreshed from the key backend.
@@ -74,39 +81,26 @@ pub enum EdgeError {
     Keys(KeyError),
     /// The event log could not be read (the hub starts after its head).
     #[error("event log: {0}")]
-    Log(#[from] livestrom_engine::store::StoreError),
+    Log(#[from] LogError),
 }
 
 impl AppState {
-    /// Builds the state on top of a store: starts the hub (live feed from the
-    /// store's bus) and the key cache refresher; both stop on `shutdown`.
+    /// Builds the state on the backend's seams (the edge knows nothing else
+    /// of it): starts the hub on the live feed and the key cache refresher;
+    /// both stop on `shutdown`.
     pub async fn new(
-        store: &Store,
+        backend: Backend,
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Result<Self, EdgeError> {
-        Self::with_log(store, Arc::new(store.clone()), settings, shutdown).await
-    }
-
-    /// Like [`AppState::new`], but replays and pages are read through `log`
-    /// (a view of the same store's events: tests wrap it to inject faults).
-    pub async fn with_log(
-        store: &Store,
-        log: Arc<dyn EventLog>,
-        settings: Settings,
-        shutdown: CancellationToken,
-    ) -> Result<Self, EdgeError> {
-        let hub = hub::Hub::start(store.bus(), log.clone(), shutdown.clone()).await?;
-        // Keys live in the same SQLite file for now; the cache only sees the
-        // `KeyBackend` seam.
-        let backend = Arc::new(SqliteKeys::new(store.path()));
-        let keys = KeyCache::open(backend, shutdown.clone())
+        let hub = hub::Hub::start(&*backend.live, backend.log.clone(), shutdown.clone()).await?;
+        let keys = KeyCache::open(backend.keys, shutdown.clone())
             .await
             .map_err(EdgeError::Keys)?;
         Ok(Self {
             inner: Arc::new(StateInner {
-                log,
-                store: store.clone(),
+                log: backend.log,
+                sources: backend.sources,
                 hub,
                 keys,
                 limits: limits::Limits::new(),

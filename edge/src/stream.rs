@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use livestrom_engine::event::uuid_floor_at;
 use livestrom_engine::keys::KeyInfo;
-use livestrom_engine::store::{ReadScope, StoreError};
+use livestrom_engine::log::{LogError, ReadScope};
 use livestrom_engine::EventLog;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use uuid::Uuid;
@@ -187,7 +187,7 @@ pub async fn check_cursor(
         Ahead(Option<Uuid>),
     }
     let log = log.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Result<Start, Refusal>, StoreError> {
+    let r = tokio::task::spawn_blocking(move || -> Result<Result<Start, Refusal>, LogError> {
         match cursor {
             Some(c) => {
                 let floor = log.retention_floor();
@@ -258,7 +258,7 @@ struct Conn {
     /// Recycled drain buffer (keeps its capacity between wake-ups).
     spare: Vec<Frame>,
     /// The next replay page, already being read.
-    ahead: Option<tokio::task::JoinHandle<Result<ReplayPage, StoreError>>>,
+    ahead: Option<tokio::task::JoinHandle<Result<ReplayPage, LogError>>>,
 }
 
 /// A rendered replay page and the replay state after it.
@@ -385,7 +385,7 @@ impl Conn {
     }
 
     /// Starts reading and rendering the page after `pos` on a blocking thread.
-    fn spawn_page(&self) -> tokio::task::JoinHandle<Result<ReplayPage, StoreError>> {
+    fn spawn_page(&self) -> tokio::task::JoinHandle<Result<ReplayPage, LogError>> {
         let log = self.state.log.clone();
         let filter = self.filter.clone();
         let scope = self.scope.clone();

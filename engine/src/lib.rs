@@ -8,12 +8,14 @@
 //! `keys` holds everything about API keys (format, model, the SQLite side,
 //! the cache the edge verifies against).
 
+pub mod backend;
 pub mod bus;
 pub mod config;
 pub mod event;
 pub mod fetch;
 pub mod health;
 pub mod keys;
+pub mod log;
 pub mod normalize;
 pub mod politeness;
 pub mod runtime;
@@ -21,7 +23,9 @@ pub mod scheduler;
 pub mod sources;
 pub mod store;
 
+pub use backend::Backend;
 pub use bus::Bus;
 pub use config::Config;
 pub use event::{CommittedEvent, SourceType, StreamEvent};
-pub use store::{EventLog, Store};
+pub use log::EventLog;
+pub use store::Store;

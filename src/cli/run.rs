@@ -81,9 +81,13 @@ pub(crate) async fn run(
         keepalive: config.edge.keepalive,
         cors_origins: config.edge.cors_origins.clone(),
     };
-    let state = livestrom_edge::AppState::new(&store, settings, cancel.clone())
-        .await
-        .context("cannot start the edge")?;
+    let state = livestrom_edge::AppState::new(
+        livestrom_engine::Backend::sqlite(&store),
+        settings,
+        cancel.clone(),
+    )
+    .await
+    .context("cannot start the edge")?;
     tracing::info!(
         "livestrom {} listening on http://{local} — {} sources, database {}",
         env!("CARGO_PKG_VERSION"),

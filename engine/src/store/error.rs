@@ -42,3 +42,14 @@ pub enum StoreError {
         source: chrono::OutOfRangeError,
     },
 }
+
+/// What the edge sees of a store failure behind the log seam: a corrupt row
+/// stays "corrupt", everything else is the backend being unavailable.
+impl From<StoreError> for crate::log::LogError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt(what) => crate::log::LogError::Corrupt(what),
+            other => crate::log::LogError::Unavailable(Box::new(other)),
+        }
+    }
+}

@@ -1,7 +1,6 @@
-//! The event log as readers see it: the [`EventLog`] seam the edge replays
-//! and fans out from, and its SQLite implementation on [`Store`] (paged
+//! The SQLite implementation of the [`EventLog`] seam on [`Store`]: paged
 //! reads after a cursor, the retention floor, head, prune mark and the
-//! watermark that never passes an uncommitted id).
+//! watermark that never passes an uncommitted id.
 
 use std::sync::Arc;
 
@@ -10,51 +9,9 @@ use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::types::{LogRow, ReadScope};
 use super::Store;
 use crate::event::{uuid_floor_at, SourceType};
-
-/// The durable event log as the edge sees it (SPEC §7 seam). Blocking: call
-/// from `spawn_blocking` or a dedicated thread.
-pub trait EventLog: Send + Sync + 'static {
-    /// Up to `limit` events with id > `after`, ascending.
-    fn read_after(
-        &self,
-        after: Uuid,
-        limit: usize,
-        scope: &ReadScope,
-    ) -> Result<Vec<LogRow>, StoreError>;
-    /// Like [`EventLog::read_after`], but hands each row to `f` as borrowed
-    /// `(id, source_id, source_type, json)` instead of collecting owned rows
-    /// (no per-row allocation on the replay path). Returns the rows visited.
-    fn read_after_with(
-        &self,
-        after: Uuid,
-        limit: usize,
-        scope: &ReadScope,
-        f: &mut dyn FnMut(Uuid, &str, SourceType, &str),
-    ) -> Result<usize, StoreError> {
-        let rows = self.read_after(after, limit, scope)?;
-        for r in &rows {
-            f(r.id, &r.source_id, r.source_type, &r.json);
-        }
-        Ok(rows.len())
-    }
-    /// Events before this id may have been pruned: a cursor below it is gone (410).
-    fn retention_floor(&self) -> Uuid;
-    /// The newest committed id, if any.
-    fn head(&self) -> Result<Option<Uuid>, StoreError>;
-    /// Events below this id may have been deleted (nil: nothing ever was).
-    /// Raised before a prune deletes anything, so a reader that checks it
-    /// *after* a read knows whether that read may have missed rows.
-    fn pruned_below(&self) -> Result<Uuid, StoreError>;
-    /// A position that is "now" for readers: every event at or below it is
-    /// committed and every later commit gets a greater id. Unlike the wall
-    /// clock it cannot pass an id minted but not yet committed; unlike the
-    /// head it keeps up with the clock on an idle log (a cursor taken from
-    /// it stays inside the retention window as long as a fresh one would).
-    fn watermark(&self) -> Result<Uuid, StoreError>;
-}
+use crate::log::{EventLog, LogError, LogRow, ReadScope};
 
 impl EventLog for Store {
     fn read_after(
@@ -62,7 +19,7 @@ impl EventLog for Store {
         after: Uuid,
         limit: usize,
         scope: &ReadScope,
-    ) -> Result<Vec<LogRow>, StoreError> {
+    ) -> Result<Vec<LogRow>, LogError> {
         let mut out = Vec::with_capacity(limit.min(4096));
         self.read_blocking(|c| {
             read_after_visit(c, after, limit, scope, &mut |id, sid, st, json| {
@@ -83,8 +40,8 @@ impl EventLog for Store {
         limit: usize,
         scope: &ReadScope,
         f: &mut dyn FnMut(Uuid, &str, SourceType, &str),
-    ) -> Result<usize, StoreError> {
-        self.read_blocking(|c| read_after_visit(c, after, limit, scope, f))
+    ) -> Result<usize, LogError> {
+        Ok(self.read_blocking(|c| read_after_visit(c, after, limit, scope, f))?)
     }
 
     fn retention_floor(&self) -> Uuid {
@@ -94,7 +51,7 @@ impl EventLog for Store {
         self.pruned_below().unwrap_or(by_time).max(by_time)
     }
 
-    fn pruned_below(&self) -> Result<Uuid, StoreError> {
+    fn pruned_below(&self) -> Result<Uuid, LogError> {
         let v: Option<String> = self.read_blocking(|c| {
             Ok(
                 c.query_row("SELECT value FROM meta WHERE key='pruned_below'", [], |r| {
@@ -105,11 +62,11 @@ impl EventLog for Store {
         })?;
         v.map_or(Ok(Uuid::nil()), |s| {
             Uuid::parse_str(&s)
-                .map_err(|e| StoreError::Corrupt(format!("meta pruned_below {s:?}: {e}")))
+                .map_err(|e| LogError::Corrupt(format!("meta pruned_below {s:?}: {e}")))
         })
     }
 
-    fn watermark(&self) -> Result<Uuid, StoreError> {
+    fn watermark(&self) -> Result<Uuid, LogError> {
         let mut ids = self
             .inner
             .ids
@@ -119,8 +76,8 @@ impl EventLog for Store {
         Ok(ids.advance_to(uuid_floor_at(now_ms)))
     }
 
-    fn head(&self) -> Result<Option<Uuid>, StoreError> {
-        self.read_blocking(|c| {
+    fn head(&self) -> Result<Option<Uuid>, LogError> {
+        Ok(self.read_blocking(|c| {
             let b: Option<Vec<u8>> = c
                 .query_row("SELECT id FROM events ORDER BY id DESC LIMIT 1", [], |r| {
                     r.get(0)
@@ -128,7 +85,7 @@ impl EventLog for Store {
                 .optional()?;
             b.map(|b| Uuid::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string())))
                 .transpose()
-        })
+        })?)
     }
 }
 

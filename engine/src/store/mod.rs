@@ -14,7 +14,7 @@
 //! write, flush, pooled reads):
 //! - `error`: [`StoreError`].
 //! - `types`: what is written and read ([`WriteBatch`], [`ItemState`],
-//!   [`SourceState`], [`LogRow`], [`ReadScope`], …).
+//!   [`SourceState`], …; log rows and scopes are `crate::log`'s).
 //! - `schema`: the tables, connection pragmas and open-error wording.
 //! - `writer`: the writer thread (group commit, id minting, prune jobs).
 //! - `log`: the [`EventLog`] seam and its SQLite implementation.
@@ -47,11 +47,12 @@ mod tests;
 mod types;
 mod writer;
 
+pub use crate::log::EventLog;
+pub use crate::log::{LogRow, ReadScope};
 pub use error::StoreError;
-pub use log::EventLog;
 pub use retention::{item_horizon, ITEM_HORIZON_MIN, ITEM_PRUNE_CHUNK};
 pub use schema::{open_and_migrate, open_connection};
-pub use types::{ItemState, LogRow, NewEvent, ReadScope, SourceState, WriteBatch, SEEN_REFRESH};
+pub use types::{ItemState, NewEvent, SourceState, WriteBatch, SEEN_REFRESH};
 
 use schema::{describe_open_error, SCHEMA};
 use writer::{Job, WriterThread};

@@ -28,6 +28,11 @@ impl Store {
         self.read(load_all_sources).await
     }
 
+    /// [`Store::source_states`] on the calling thread (blocking).
+    pub fn source_states_blocking(&self) -> Result<Vec<SourceState>, StoreError> {
+        self.read_blocking(load_all_sources)
+    }
+
     /// Item states of a source restricted to the given item ids (firehose
     /// sources, whose item tables grow without bound, look up only these).
     pub async fn items_by_ids(

@@ -2,13 +2,12 @@
 //! batches that carry them, stored item and source state, log rows for
 //! readers and the scope that narrows a log read.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{SourceType, StreamEvent};
+use crate::event::StreamEvent;
 
 /// An event to store: everything but `id` and `emitted_at`, which the writer assigns.
 #[derive(Debug, Clone)]
@@ -92,29 +91,4 @@ pub struct WriteBatch {
     /// `seen_at` is older than [`SEEN_REFRESH`] is refreshed, so item state
     /// of an unchanged feed is never pruned.
     pub refresh_items: bool,
-}
-
-/// A row of the event log as readers get it: enough to filter without parsing,
-/// plus the stored JSON.
-#[derive(Debug, Clone)]
-pub struct LogRow {
-    /// Event id.
-    pub id: Uuid,
-    /// Source id.
-    pub source_id: String,
-    /// Source type.
-    pub source_type: SourceType,
-    /// The StreamEvent JSON, one line.
-    pub json: Arc<str>,
-}
-
-/// Pushdown for log reads: restrict by source id / prefix and type in SQL.
-#[derive(Debug, Clone, Default)]
-pub struct ReadScope {
-    /// Exact source ids (OR). Empty with empty `prefixes` = all sources.
-    pub sources: Vec<String>,
-    /// Source id prefixes including the trailing dot, e.g. `kommun.` (OR with `sources`).
-    pub prefixes: Vec<String>,
-    /// Source types (OR). Empty = all.
-    pub types: Vec<SourceType>,
 }

@@ -1,0 +1,57 @@
+//! What the edge reads through (SPEC §7): the event log, the live feed, the
+//! key store and the sources' stored state — four traits. One node
+//! implements them with SQLite and the in-process bus ([`Backend::sqlite`]);
+//! a cluster backend implements the same four, and the edge, which only
+//! ever holds a [`Backend`], never knows which.
+
+use std::sync::Arc;
+
+use crate::bus::LiveFeed;
+use crate::keys::{KeyBackend, SqliteKeys};
+use crate::log::{EventLog, LogError};
+use crate::store::{SourceState, Store};
+
+/// The sources' stored state, for operator views (`/v1/admin/sources`).
+/// Blocking: call from `spawn_blocking`.
+pub trait SourceStates: Send + Sync + 'static {
+    /// Every source the engine has stored state for, by id.
+    fn source_states(&self) -> Result<Vec<SourceState>, LogError>;
+}
+
+impl SourceStates for Store {
+    fn source_states(&self) -> Result<Vec<SourceState>, LogError> {
+        Ok(self.source_states_blocking()?)
+    }
+}
+
+/// Everything the edge reads, behind the four seams.
+#[derive(Clone)]
+pub struct Backend {
+    /// Replays, pages, cursors.
+    pub log: Arc<dyn EventLog>,
+    /// Committed batches as they happen.
+    pub live: Arc<dyn LiveFeed>,
+    /// API keys and their changes.
+    pub keys: Arc<dyn KeyBackend>,
+    /// Source health for operators.
+    pub sources: Arc<dyn SourceStates>,
+}
+
+impl Backend {
+    /// One node: the SQLite store (log, source state, keys in the same file)
+    /// and its in-process bus.
+    pub fn sqlite(store: &Store) -> Self {
+        Self {
+            log: Arc::new(store.clone()),
+            live: Arc::new(store.bus().clone()),
+            keys: Arc::new(SqliteKeys::new(store.path())),
+            sources: Arc::new(store.clone()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").finish_non_exhaustive()
+    }
+}
