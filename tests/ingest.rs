@@ -688,6 +688,71 @@ async fn duplicate_guids_churning_guids_and_missing_ids_do_not_flood() {
     assert_eq!(counts, vec![2, 1, 0]);
 }
 
+/// Polls a recorded feed `want.len()` times through the engine: every poll
+/// succeeds and emits `want[i]` new events (all first versions).
+async fn assert_new_per_poll(scenario: &str, ty: &str, want: &[usize]) -> Vec<StreamEvent> {
+    let (counts, results, events) = replay_polls(scenario, ty, want.len()).await;
+    assert_eq!(counts, want, "{scenario}: {results:?}");
+    assert!(results.iter().all(Result::is_ok), "{scenario}: {results:?}");
+    assert!(events.iter().all(|e| e.version == 1), "{scenario}");
+    events
+}
+
+#[tokio::test]
+async fn rss_090_rdf_feed_emits_its_items() {
+    // heise-style RSS 0.90: used to be 0 items and a healthy source.
+    let events = assert_new_per_poll("rss-090-rdf", "rss", &[3, 1, 0]).await;
+    assert_eq!(
+        events.last().map(|e| e.title.as_str()),
+        Some("Landesregierung startet Förderprogramm für Rechenzentren")
+    );
+}
+
+#[tokio::test]
+async fn json_feed_with_wrong_typed_fields_emits_its_items() {
+    // `tags` as a string used to fail the whole feed.
+    let events = assert_new_per_poll("jsonfeed-lenient", "json", &[3, 1, 0]).await;
+    let ids: Vec<&str> = events.iter().map(|e| e.item_id.as_str()).collect();
+    assert_eq!(ids, ["1040", "1041", "1042", "1043"]);
+}
+
+#[tokio::test]
+async fn atom_with_legacy_text_construct_types_emits_its_items() {
+    // `type="application/xhtml+xml"` (and friends) used to fail the whole feed.
+    assert_new_per_poll("atom-legacy-types", "rss", &[3, 0]).await;
+    assert_new_per_poll("atom03-modes", "rss", &[2, 0]).await;
+}
+
+#[tokio::test]
+async fn podcast_items_with_only_an_enclosure_or_a_description_are_emitted() {
+    // Bare enclosures used to be dropped silently.
+    let events = assert_new_per_poll("rss-podcast-enclosures", "rss", &[3, 1, 0]).await;
+    // A bare episode is identified by, and links to, its enclosure.
+    let mp3 = "https://media.hamnradion.example/avsnitt/hamnradion-013.mp3";
+    assert_eq!(
+        events.last().map(|e| (e.item_id.as_str(), e.url.as_str())),
+        Some((mp3, mp3))
+    );
+}
+
+#[tokio::test]
+async fn a_document_whose_items_are_all_unusable_is_reported_not_healthy() {
+    // Every poll finds 3 <item>s with nothing to identify or show: the source
+    // fails with a message naming the count and the reason (what
+    // `livestrom sources list` and /v1/admin/sources show), not a silent
+    // healthy poll with no events.
+    let (counts, results, _) = replay_polls("rss-unusable-items", "rss", 2).await;
+    assert_eq!(counts, vec![0, 0]);
+    for r in &results {
+        let err = r.as_ref().err().cloned().unwrap_or_default();
+        assert!(
+            err.contains("the document has 3 <item> elements but none was kept")
+                && err.contains("every one is empty"),
+            "{results:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn firehose_items_without_ids_are_not_re_emitted_on_every_poll() {
     // No id mapped: items are identified by their link, or with no link by

@@ -2,8 +2,8 @@
 //! (significantly) or unchanged, and builds the events to store.
 //!
 //! The exact rules are in docs/NORMALISATION.md; in short:
-//! - identity: upstream guid/id, else canonical link, else `hash:` of the
-//!   significant title+content; duplicates within one document are split
+//! - identity: upstream guid/id, else canonical link, else canonical
+//!   enclosure URL, else `hash:` of the significant title+content; duplicates within one document are split
 //!   deterministically (`<key>#<12 hex>`, then `-2`, `-3` for identical twins);
 //! - an item whose id is unknown but whose alias (`link:<canonical link>` or
 //!   `hash:<fingerprint>`) names exactly one known item, unclaimed this poll,
@@ -199,19 +199,33 @@ fn prepare<I: std::borrow::Borrow<Item>>(doc_idx: usize, item: I) -> Option<Prep
         .filter(|g| !g.is_empty())
         .map(str::to_owned);
     let canon = it.url.as_deref().and_then(canonical_link);
+    let enclosure = it.enclosure.as_deref().and_then(canonical_link);
     let title = significant_text(&it.title);
     let content = significant_text(&it.content);
-    if guid.is_none() && canon.is_none() && title.is_empty() && content.is_empty() {
+    if guid.is_none()
+        && canon.is_none()
+        && enclosure.is_none()
+        && title.is_empty()
+        && content.is_empty()
+    {
         return None; // nothing to identify or show
     }
-    let fingerprint = fingerprint_sig(&title, &content);
-    let twin_key = short_hash(&[canon.as_deref().unwrap_or(""), &title, &content]);
+    // An item without any text (a bare podcast enclosure) is told apart by
+    // its enclosure; items with text keep the fingerprint and twin key they
+    // always had, so stored state stays valid.
+    let bare = title.is_empty() && content.is_empty();
+    let bare_enclosure = enclosure.as_deref().filter(|_| bare);
+    let fingerprint = fingerprint_parts(&title, &content, bare_enclosure);
+    let twin_key = match bare_enclosure {
+        Some(enc) => short_hash(&[canon.as_deref().unwrap_or(""), &title, &content, enc]),
+        None => short_hash(&[canon.as_deref().unwrap_or(""), &title, &content]),
+    };
     let hash_alias = format!("{ALIAS_HASH}{fingerprint}");
     let mut aliases = vec![hash_alias.clone()];
     if let Some(c) = &canon {
         aliases.push(format!("{ALIAS_LINK}{c}"));
     }
-    let item_id = guid.or(canon).unwrap_or(hash_alias);
+    let item_id = guid.or(canon).or(enclosure).unwrap_or(hash_alias);
     Some(Prepared {
         item,
         doc_idx,
@@ -223,11 +237,21 @@ fn prepare<I: std::borrow::Borrow<Item>>(doc_idx: usize, item: I) -> Option<Prep
 }
 
 fn fingerprint_sig(title: &str, content: &str) -> String {
+    fingerprint_parts(title, content, None)
+}
+
+/// The fingerprint of significant title and content, and of the enclosure
+/// for items that have no text at all.
+fn fingerprint_parts(title: &str, content: &str, enclosure: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(b"title\0");
     h.update(title.as_bytes());
     h.update(b"\0content\0");
     h.update(content.as_bytes());
+    if let Some(enc) = enclosure {
+        h.update(b"\0enclosure\0");
+        h.update(enc.as_bytes());
+    }
     hex::encode(&h.finalize()[..16])
 }
 
@@ -395,7 +419,13 @@ fn hold_back_oldest_new(
 }
 
 fn to_event(src: &SourceConfig, p: Prepared, c: Candidate, fetched_at: DateTime<Utc>) -> NewEvent {
-    let url = p.item.url.clone().unwrap_or_else(|| src.url.to_string());
+    // The item's page, else its attached file, else the feed.
+    let url = p
+        .item
+        .url
+        .clone()
+        .or_else(|| p.item.enclosure.clone())
+        .unwrap_or_else(|| src.url.to_string());
     NewEvent {
         event: StreamEvent {
             id: Uuid::nil(),

@@ -914,6 +914,7 @@ async fn parse(
                     published: None,
                     diff: diff.as_ref().map(|c| c.diff.clone()),
                     added: diff.map(|c| c.added),
+                    ..Item::default()
                 };
                 match prev_snapshot {
                     None => Ok((vec![item(None)], None, Some(snap.text.clone()))),

@@ -326,6 +326,51 @@ fn items_without_any_id_are_stable() {
 }
 
 #[test]
+fn items_with_only_an_enclosure_are_identified_by_it() {
+    let episode = |n: u32| Item {
+        enclosure: Some(format!(
+            "https://media.example.org/ep-{n}.mp3?utm_source=feed"
+        )),
+        ..Item::default()
+    };
+    let mut s = Store::new(src(None));
+    // Two bare episodes: two items, ids from their enclosures, the enclosure
+    // as the event's url.
+    let evs = s.poll(vec![episode(2), episode(1)]);
+    let ids: Vec<&str> = evs.iter().map(|e| e.item_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "https://media.example.org/ep-1.mp3",
+            "https://media.example.org/ep-2.mp3"
+        ]
+    );
+    assert_eq!(
+        evs[0].url,
+        "https://media.example.org/ep-1.mp3?utm_source=feed"
+    );
+    assert!(s.poll(vec![episode(2), episode(1)]).is_empty());
+    // A one-episode feed whose episode is replaced: a new item, not matched
+    // to the old one by its (empty) text.
+    let mut one = Store::new(src(None));
+    assert_eq!(one.poll(vec![episode(1)]).len(), 1);
+    let evs = one.poll(vec![episode(2)]);
+    assert_eq!(
+        (evs.len(), evs[0].item_id.as_str(), evs[0].version),
+        (1, "https://media.example.org/ep-2.mp3", 1)
+    );
+    // An episode with text keeps the fingerprint it always had.
+    let mut titled = episode(3);
+    titled.title = "Episode 3".into();
+    let p = plan(&src(None), vec![titled], &[], true, t0());
+    assert_eq!(p.events[0].fingerprint, fingerprint("Episode 3", ""));
+    assert_eq!(
+        p.events[0].event.item_id,
+        "https://media.example.org/ep-3.mp3"
+    );
+}
+
+#[test]
 fn empty_items_are_skipped() {
     let mut s = Store::new(src(None));
     assert!(s.poll(vec![item(None, None, "", "  ")]).is_empty());

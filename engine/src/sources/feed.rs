@@ -5,23 +5,30 @@
 //! What this adds on top of feed-rs:
 //! - decoding ([`decode`]): BOMs, UTF-16/32, mislabeled charsets, RSS roots
 //!   without a version — feed-rs only ever sees clean UTF-8;
+//! - structural repairs ([`structure`]): RSS 0.90/1.0 read as RSS 2.0 (feed-rs
+//!   reads no RSS 0.90 item at all, and drops RSS 1.0 items without a link),
+//!   foreign default namespaces, legacy Atom text-construct types — feed-rs
+//!   would otherwise find nothing, or fail the whole feed over one entry;
+//! - JSON Feed leniency ([`json`]): wrong-typed fields repaired or dropped;
 //! - upstream ids only: feed-rs invents ids for items without one (a random
 //!   UUID by default); our generator returns an empty id, so an empty id
 //!   after parsing means "the upstream had none" and [`Item::guid`] is `None`
-//!   (identity then falls back to the link, then a content hash, in
-//!   `normalize`). RSS 1.0 `rdf:about` is read as the item id;
+//!   (identity then falls back to the link, the enclosure, then a content
+//!   hash, in `normalize`). RSS 0.90/1.0 `rdf:about` is read as the item id;
 //! - plain text ([`text`]): titles and content with markup stripped;
 //! - links resolved against the feed URL (and `xml:base`, which feed-rs applies);
 //! - dates more than [`FUTURE_TOLERANCE`] ahead are clamped to now;
 //! - `<ttl>` or `sy:updatePeriod`/`sy:updateFrequency` → [`Parsed::ttl`];
-//! - a hostile document never panics: it is an [`FeedError`].
+//! - a hostile document never panics: it is an [`FeedError`];
+//! - a document with items of which none is usable is an error
+//!   ([`FeedError::NothingKept`]), never a silent empty success.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use feed_rs::model::{Entry, FeedType, Link, Text};
+use feed_rs::model::{Entry, Link, Text};
 use feed_rs::parser::{ParseErrorKind, ParseFeedError};
 use regex::Regex;
 use url::Url;
@@ -29,6 +36,8 @@ use url::Url;
 use super::{Item, Parsed};
 
 pub(crate) mod decode;
+pub(crate) mod json;
+pub(crate) mod structure;
 pub(crate) mod text;
 
 /// Dates further in the future than this are treated as "now" (clock skew and
@@ -46,6 +55,17 @@ pub enum FeedError {
     /// Not a feed in any supported format.
     #[error("not a valid feed: {0}")]
     Invalid(String),
+    /// The document has items, but not one of them could be used: not a
+    /// healthy empty feed, so it is reported rather than passed as success.
+    #[error("the document has {seen} {what} but none was kept: {why}")]
+    NothingKept {
+        /// Items in the document (`<item>`/`<entry>` elements, JSON `items`).
+        seen: usize,
+        /// What was counted ("<item> elements", "items").
+        what: String,
+        /// Why none was kept.
+        why: String,
+    },
 }
 
 /// Parses a feed body; relative links resolve against `base` (the final URL).
@@ -73,9 +93,18 @@ pub fn parse_at(
             decoded.encoding
         )));
     }
-    if trimmed.starts_with('<') {
+    let is_json = trimmed.starts_with('{');
+    // What feed-rs reads: the document with its repairs. `doc` stays the
+    // upstream's own, for messages and item counts.
+    let (input, json_seen, rdf_about) = if is_json {
+        let n = json::normalise(&doc)?;
+        (Some(n.text), Some(n.seen), None)
+    } else {
         check_depth(&doc)?;
-    }
+        let r = structure::repair(&doc);
+        (r.text, None, r.rdf_about)
+    };
+    let input = input.as_deref().unwrap_or(&doc);
 
     let parser = feed_rs::parser::Builder::new()
         .base_uri(Some(base.as_str()))
@@ -84,20 +113,7 @@ pub fn parse_at(
         .build();
     // feed-rs is third-party code on hostile input: a panic inside it must
     // cost one poll, not the polling task.
-    let mut result = catch_unwind(AssertUnwindSafe(|| parser.parse(doc.as_bytes())));
-    if matches!(
-        result,
-        Ok(Err(
-            ParseFeedError::JsonUnsupportedVersion(_) | ParseFeedError::JsonSerde(_)
-        ))
-    ) {
-        if let Some(fixed) = lenient_json(&doc) {
-            if let Ok(Ok(feed)) = catch_unwind(AssertUnwindSafe(|| parser.parse(fixed.as_bytes())))
-            {
-                result = Ok(Ok(feed));
-            }
-        }
-    }
+    let result = catch_unwind(AssertUnwindSafe(|| parser.parse(input.as_bytes())));
     let feed = match result {
         Err(_) => {
             return Err(FeedError::Invalid(
@@ -114,17 +130,15 @@ pub fn parse_at(
         Ok(Err(e)) => return Err(describe(e, &doc, base)),
     };
 
-    let about = if feed.feed_type == FeedType::RSS1 {
-        rdf_about_ids(&doc, feed.entries.len())
-    } else {
-        None
-    };
+    // One `rdf:about` per item feed-rs read, or none at all (never misaligned).
+    let about = rdf_about.filter(|a| a.len() == feed.entries.len());
     let ttl = feed
         .ttl
         .filter(|m| *m > 0)
         .map(|m| Duration::from_secs(u64::from(m) * 60))
         .or_else(|| sy_update_period(&doc));
-    let items = feed
+    let entries = feed.entries.len();
+    let items: Vec<Item> = feed
         .entries
         .into_iter()
         .enumerate()
@@ -132,18 +146,62 @@ pub fn parse_at(
             let about = about.as_ref().and_then(|a| a.get(i).cloned().flatten());
             item(e, about, base, now)
         })
+        .filter(|it| !it.is_blank())
         .collect();
+    if items.is_empty() {
+        if let Some(err) = nothing_kept(&doc, json_seen, entries) {
+            return Err(err);
+        }
+    }
     Ok(Parsed { items, ttl })
 }
 
+/// Why a document that yielded no item is not simply an empty feed, if it
+/// is not: it has items (counted on the document itself), and none was kept.
+fn nothing_kept(doc: &str, json_seen: Option<usize>, entries: usize) -> Option<FeedError> {
+    const BLANK: &str = "every one is empty (no id, link, enclosure, title or text)";
+    if let Some(seen) = json_seen {
+        let why = if entries > 0 {
+            BLANK
+        } else {
+            "none of them is a JSON object"
+        };
+        return (seen > 0).then(|| FeedError::NothingKept {
+            seen,
+            what: "items".into(),
+            why: why.into(),
+        });
+    }
+    let (counted, name) = structure::count_items(doc)?;
+    let seen = counted.max(entries);
+    if seen == 0 {
+        return None;
+    }
+    let why = if entries > 0 {
+        BLANK.to_owned()
+    } else {
+        format!(
+            "the feed parser recognised none of them (an unsupported variant of the format, \
+             or <{name}> elements outside the place the format puts them)"
+        )
+    };
+    Some(FeedError::NothingKept {
+        seen,
+        what: format!("<{name}> elements"),
+        why,
+    })
+}
+
 fn item(e: Entry, about: Option<String>, base: &Url, now: DateTime<Utc>) -> Item {
-    let guid = Some(e.id.trim())
+    let id = Some(e.id.trim())
         .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .or(about);
+        .map(str::to_owned);
+    // Only the upstream's own id doubles as a permalink, not `rdf:about`.
     let url = pick_link(&e.links)
         .and_then(|href| resolve(href, base))
-        .or_else(|| guid.as_deref().and_then(permalink_guid));
+        .or_else(|| id.as_deref().and_then(permalink_guid));
+    let guid = id.or(about);
+    let enclosure = pick_enclosure(&e, base);
     let title = e
         .title
         .as_ref()
@@ -177,9 +235,43 @@ fn item(e: Entry, about: Option<String>, base: &Url, now: DateTime<Utc>) -> Item
         title,
         content,
         published,
+        enclosure,
         diff: None,
         added: None,
     }
+}
+
+/// The item's attached file: the first RSS `<enclosure>` or Media RSS
+/// content (feed-rs reads both as media), else an Atom `rel="enclosure"`
+/// link or a JSON Feed attachment (a link with a non-HTML media type), else
+/// out-of-line Atom content (`<content src>`).
+fn pick_enclosure(e: &Entry, base: &Url) -> Option<String> {
+    let media = e
+        .media
+        .iter()
+        .flat_map(|m| &m.content)
+        .find_map(|c| c.url.as_ref().map(Url::to_string));
+    let attached = || {
+        e.links
+            .iter()
+            .find(|l| {
+                !l.href.trim().is_empty()
+                    && match l.rel.as_deref() {
+                        Some("enclosure") => true,
+                        None => l.media_type.as_deref().is_some_and(|m| !m.contains("html")),
+                        Some(_) => false,
+                    }
+            })
+            .and_then(|l| resolve(l.href.trim(), base))
+    };
+    let content_src = || {
+        e.content
+            .as_ref()
+            .and_then(|c| c.src.as_ref())
+            .filter(|l| !l.href.trim().is_empty())
+            .and_then(|l| resolve(l.href.trim(), base))
+    };
+    media.or_else(attached).or_else(content_src)
 }
 
 fn text_block(t: &Text) -> String {
@@ -225,40 +317,6 @@ fn permalink_guid(guid: &str) -> Option<String> {
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .map(|u| u.to_string())
-}
-
-/// `rdf:about` of each RSS 1.0 `<item>`, in document order; `None` when the
-/// count does not match feed-rs's entries (then we cannot pair them safely).
-fn rdf_about_ids(doc: &str, entries: usize) -> Option<Vec<Option<String>>> {
-    static ITEM: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r#"<(?:[A-Za-z_][\w.-]*:)?item(?:\s[^>]*?)?>"#).expect("constant regex")
-    });
-    static ABOUT: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r#"\s(?:[A-Za-z_][\w.-]*:)?about\s*=\s*(?:"([^"]*)"|'([^']*)')"#)
-            .expect("constant regex")
-    });
-    let ids: Vec<Option<String>> = ITEM
-        .find_iter(doc)
-        .map(|m| {
-            ABOUT
-                .captures(m.as_str())
-                .and_then(|c| c.get(1).or_else(|| c.get(2)))
-                .map(|v| xml_unescape(v.as_str().trim()))
-                .filter(|v| !v.is_empty())
-        })
-        .collect();
-    (ids.len() == entries).then_some(ids)
-}
-
-fn xml_unescape(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_owned();
-    }
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
 }
 
 /// RSS 1.0 syndication module: `sy:updatePeriod` (hourly…yearly) divided by
@@ -343,25 +401,6 @@ fn closes_root(doc: &str) -> bool {
     };
     let name = end[close + 2..].trim_end_matches('>').trim();
     matches!(name.rsplit(':').next(), Some("rss" | "RDF"))
-}
-
-/// A JSON Feed with the two common spec slips feed-rs refuses repaired: a
-/// `version` that is not the spec URL ("1.0", "1.1") and a missing `title`.
-/// `None` if the document is not a JSON object with an `items` array.
-fn lenient_json(doc: &str) -> Option<String> {
-    let mut v: serde_json::Value = serde_json::from_str(doc).ok()?;
-    let obj = v.as_object_mut()?;
-    if !obj.get("items")?.is_array() {
-        return None;
-    }
-    let version = obj.get("version").and_then(|v| v.as_str()).unwrap_or("");
-    if !version.starts_with("https://jsonfeed.org/version/") {
-        obj.insert("version".into(), "https://jsonfeed.org/version/1.1".into());
-    }
-    if !obj.get("title").is_some_and(|t| t.is_string()) {
-        obj.insert("title".into(), "".into());
-    }
-    serde_json::to_string(&v).ok()
 }
 
 /// A specific message for each way feed-rs fails.
@@ -588,6 +627,216 @@ mod tests {
         assert_eq!(j.items[0].guid.as_deref(), Some("1"));
     }
 
+    /// A recorded fixture body (fixtures/scenarios/…).
+    macro_rules! fixture {
+        ($rel:literal) => {
+            include_bytes!(concat!("../../../fixtures/scenarios/", $rel)).as_slice()
+        };
+    }
+
+    fn parse_fixture(body: &[u8]) -> Parsed {
+        parse_at(body, None, &base(), now()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn rss_090_items_are_read_and_rss_10_items_need_no_link() {
+        // heise-style RSS 0.90: feed-rs alone reads no item of it.
+        let p = parse_fixture(fixture!("rss-090-rdf/poll1.rdf"));
+        let titles: Vec<&str> = p.items.iter().map(|i| i.title.as_str()).collect();
+        assert_eq!(
+            titles,
+            [
+                "Glasfaser: Stadtwerke schließen Ausbau im Hafenviertel ab",
+                "Sicherheitslücke in Router-Firmware: Hersteller liefert Update",
+                "Fährlinie testet elektrischen Antrieb im Winterbetrieb"
+            ]
+        );
+        assert_eq!(p.items[0].guid, None);
+        assert_eq!(
+            p.items[0].url.as_deref(),
+            Some("https://www.foerde-ticker.example/news/Glasfaser-Stadtwerke-schliessen-Ausbau-im-Hafenviertel-ab-1001203.html?wt_mc=rss.red.ticker.rdf.beitrag.beitrag")
+        );
+        assert_eq!(
+            parse_fixture(fixture!("rss-090-rdf/poll2.rdf")).items.len(),
+            4
+        );
+
+        // RSS 1.0: an item with only rdf:about and a description is an item
+        // (feed-rs drops RSS 1.0 items without a <link>); rdf:about is its id,
+        // not its link.
+        let p = parse_ok(
+            r#"<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns="http://purl.org/rss/1.0/">
+            <channel rdf:about="https://example.org/"><title>t</title></channel>
+            <item rdf:about="https://example.org/e/1"><description>only text</description></item>
+            <item><title>no about</title><link>/e/2</link></item></rdf:RDF>"#,
+        );
+        assert_eq!(p.items.len(), 2);
+        assert_eq!(p.items[0].guid.as_deref(), Some("https://example.org/e/1"));
+        assert_eq!(p.items[0].url, None);
+        assert_eq!(p.items[0].content, "only text");
+        assert_eq!(p.items[1].guid, None);
+        assert_eq!(p.items[1].url.as_deref(), Some("https://example.org/e/2"));
+
+        // RSS 2.0 under a UserLand default namespace, an item outside <channel>.
+        let p = parse_ok(
+            r#"<rss version="2.0" xmlns="http://backend.userland.com/rss2"><channel><title>t</title>
+            <item><guid>a</guid><title>A</title></item></channel><item><guid>b</guid><title>B</title></item></rss>"#,
+        );
+        let ids: Vec<Option<&str>> = p.items.iter().map(|i| i.guid.as_deref()).collect();
+        assert_eq!(ids, [Some("a"), Some("b")]);
+    }
+
+    #[test]
+    fn json_feed_with_wrong_typed_fields_is_read_leniently() {
+        // `tags` as a string, numeric ids, a numeric title, lone objects for
+        // lists, wrong-typed optional fields: every item is still read.
+        let p = parse_fixture(fixture!("jsonfeed-lenient/poll1.json"));
+        let got: Vec<(Option<&str>, &str)> = p
+            .items
+            .iter()
+            .map(|i| (i.guid.as_deref(), i.title.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("1042"), "Veden är kluven"),
+                (Some("1041"), "Första snön på fjället"),
+                (Some("1040"), "2026")
+            ]
+        );
+        assert_eq!(p.items[1].content, "Vi vaknade till vita toppar i morse.");
+        assert_eq!(
+            p.items[1].enclosure.as_deref(),
+            Some("https://fjallstuga.example/bilder/topparna.jpg")
+        );
+        assert_eq!(
+            p.items[2].url.as_deref(),
+            Some("https://fjallstuga.example/2026/06/2026")
+        );
+        assert_eq!(
+            parse_fixture(fixture!("jsonfeed-lenient/poll2.json"))
+                .items
+                .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn legacy_atom_text_construct_types_do_not_fail_the_feed() {
+        let p = parse_fixture(fixture!("atom-legacy-types/feed.atom"));
+        let got: Vec<(&str, &str)> = p
+            .items
+            .iter()
+            .map(|i| (i.title.as_str(), i.content.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "De draaibank draait weer",
+                    "Nieuwe riem erop, en hij loopt als een zonnetje."
+                ),
+                ("Zaagsel & zomer", "Filter vervangen."),
+                ("Gereedschapsmarkt op zaterdag", "Kom langs vanaf tien uur."),
+            ]
+        );
+        // Atom 0.3: mode="base64" is decoded, mode="escaped" unescaped.
+        let p = parse_fixture(fixture!("atom03-modes/atom03.xml"));
+        let got: Vec<(&str, &str)> = p
+            .items
+            .iter()
+            .map(|i| (i.title.as_str(), i.content.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("Rek opgehangen", "Het nieuwe rek hangt."),
+                ("Eerste bericht", "Welkom in de werkplaats.")
+            ]
+        );
+    }
+
+    #[test]
+    fn items_with_only_an_enclosure_or_only_a_description_are_items() {
+        let p = parse_fixture(fixture!("rss-podcast-enclosures/poll1.xml"));
+        let got: Vec<(&str, Option<&str>)> = p
+            .items
+            .iter()
+            .map(|i| (i.content.as_str(), i.enclosure.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("Sommaruppehåll: nästa avsnitt kommer i augusti.", None),
+                // The iTunes namespace in its capitalised spelling is read too.
+                (
+                    "Om fyrarna längs kusten.",
+                    Some("https://media.hamnradion.example/avsnitt/hamnradion-012.mp3")
+                ),
+                (
+                    "",
+                    Some("https://media.hamnradion.example/avsnitt/hamnradion-011.mp3")
+                ),
+            ]
+        );
+        assert!(p.items.iter().all(|i| i.guid.is_none() && i.url.is_none()));
+        // Atom: a rel="enclosure" link, or out-of-line content, is one too.
+        let p = parse_ok(
+            r#"<feed xmlns="http://www.w3.org/2005/Atom"><entry><link rel="enclosure" type="audio/mpeg" href="/a.mp3"/></entry>
+            <entry><content src="https://example.org/movie.mp4"/></entry></feed>"#,
+        );
+        let enclosures: Vec<Option<&str>> =
+            p.items.iter().map(|i| i.enclosure.as_deref()).collect();
+        assert_eq!(
+            enclosures,
+            [
+                Some("https://example.org/a.mp3"),
+                Some("https://example.org/movie.mp4")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_document_whose_items_are_all_unusable_is_an_error_with_the_count() {
+        let nothing = |body: &[u8]| match parse_at(body, None, &base(), now()) {
+            Err(FeedError::NothingKept { seen, why, .. }) => (seen, why),
+            other => panic!("expected NothingKept, got {other:?}"),
+        };
+        let err = parse_at(
+            fixture!("rss-unusable-items/feed.xml"),
+            None,
+            &base(),
+            now(),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert_eq!(
+            err,
+            "the document has 3 <item> elements but none was kept: every one is empty (no id, link, enclosure, title or text)"
+        );
+        // Items where no RSS reader looks for them: counted on the XML.
+        let (seen, why) = nothing(
+            b"<rss version=\"2.0\"><channel><items><item><title>a</title></item><item><title>b</title></item></items></channel></rss>",
+        );
+        assert_eq!(seen, 2);
+        assert!(why.contains("recognised none"), "{why}");
+        let (seen, why) = nothing(
+            br#"{"version":"https://jsonfeed.org/version/1.1","title":"t","items":[1,"x"]}"#,
+        );
+        assert_eq!(seen, 2);
+        assert!(why.contains("JSON object"), "{why}");
+        // A feed with no items at all is a healthy empty feed.
+        assert_eq!(
+            parse_ok("<rss version=\"2.0\"><channel><title>t</title></channel></rss>"),
+            Parsed::default()
+        );
+        assert_eq!(
+            parse_ok(r#"{"version":"https://jsonfeed.org/version/1.1","title":"t","items":[]}"#),
+            Parsed::default()
+        );
+    }
+
     #[test]
     fn hostile_inputs_are_errors_not_panics() {
         let deep = format!("<rss version=\"2.0\">{}</rss>", "<a>".repeat(200_000));
@@ -620,7 +869,7 @@ mod tests {
         ];
         for (name, body) in cases {
             match parse_at(&body, None, &base(), now()) {
-                Err(FeedError::Invalid(msg)) => assert!(!msg.is_empty(), "{name}"),
+                Err(e) => assert!(!e.to_string().is_empty(), "{name}"),
                 Ok(p) => panic!("{name}: parsed {} items", p.items.len()),
             }
         }

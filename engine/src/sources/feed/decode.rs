@@ -59,19 +59,11 @@ pub(crate) fn to_utf8(body: &[u8], content_type: Option<&str>) -> Decoded {
 /// UTF-8 and recognises RSS of any 0.9x/2.x version:
 /// - drops `encoding="…"` from the XML declaration (the text is UTF-8 now);
 /// - gives an `<rss>` root without a version (or with 0.93/0.94/2.01…) the
-///   version feed-rs dispatches on ("2.0");
-/// - reads Atom 0.3 (`http://purl.org/atom/ns#`) as Atom 1.0, which it is
-///   close enough to for items, links and text.
+///   version feed-rs dispatches on ("2.0").
+///
+/// Namespaces and element structure are repaired later, on the XML events
+/// (`structure`).
 pub(crate) fn repair_prolog(mut text: String) -> String {
-    const ATOM03: &str = "\"http://purl.org/atom/ns#\"";
-    let head_end = floor_char_boundary(&text, 16 * 1024);
-    if let Some(at) = text[..head_end].find(ATOM03) {
-        text.replace_range(at..at + ATOM03.len(), "\"http://www.w3.org/2005/Atom\"");
-        // Atom 0.3 text constructs carry MIME types where Atom 1.0 has keywords.
-        text = text
-            .replace("type=\"application/xhtml+xml\"", "type=\"xhtml\"")
-            .replace("type=\"text/plain\"", "type=\"text\"");
-    }
     static ENC_ATTR: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r#"\s+encoding\s*=\s*(?:"[^"]*"|'[^']*')"#).expect("constant regex")
     });
@@ -238,11 +230,6 @@ mod tests {
         assert_eq!(t, "<rss version=\"2.0\">");
         let t = repair_prolog("<rss version=\"2.0\">".into());
         assert_eq!(t, "<rss version=\"2.0\">");
-        let t = repair_prolog("<feed version=\"0.3\" xmlns=\"http://purl.org/atom/ns#\">".into());
-        assert_eq!(
-            t,
-            "<feed version=\"0.3\" xmlns=\"http://www.w3.org/2005/Atom\">"
-        );
     }
 
     #[test]
