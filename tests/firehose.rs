@@ -255,6 +255,18 @@ fn json_root_array_default_fields_and_bad_documents() {
     )
     .expect_err("not an array");
     assert!(err.to_string().contains("/items"), "{err}");
+    // Elements that all map to nothing: an error with the count, not an
+    // empty success; an empty array is a healthy empty document.
+    let err = firehose::parse_json(br#"[{"name": "x"}, "y", {"id": null}]"#, &s, &base())
+        .expect_err("nothing maps");
+    assert_eq!(
+        err.to_string(),
+        "the array at \"\" (the document root) has 3 elements but none was kept: none is an object with a value at the mapped id, title, url or content"
+    );
+    assert!(firehose::parse_json(b"[]", &s, &base())
+        .expect("empty")
+        .items
+        .is_empty());
     for hostile in [&b""[..], b"\xff\xfe", b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["] {
         assert!(firehose::parse_json(hostile, &s, &base()).is_err());
     }

@@ -36,6 +36,15 @@ pub enum FirehoseError {
     /// The `items` pointer does not point at an array.
     #[error("`items` pointer {0} does not point at an array")]
     NoItems(String),
+    /// The array has elements but none maps to an item (a `fields` mapping
+    /// that no longer fits the upstream): reported, not passed as empty.
+    #[error("the array at {pointer} has {seen} elements but none was kept: none is an object with a value at the mapped id, title, url or content")]
+    NothingKept {
+        /// Elements in the array.
+        seen: usize,
+        /// The `items` pointer, as shown to users.
+        pointer: String,
+    },
 }
 
 /// Default JSON pointers for fields the config leaves out.
@@ -56,13 +65,20 @@ pub struct JsonDocument {
     pub skipped: usize,
 }
 
-/// Maps a polled JSON document to items (pure).
+/// Maps a polled JSON document to items (pure). An array whose elements all
+/// map to nothing is [`FirehoseError::NothingKept`]; an empty array is fine.
 pub fn parse_json(
     body: &[u8],
     settings: &FirehoseSettings,
     base: &Url,
 ) -> Result<Parsed, FirehoseError> {
     let doc = parse_json_document(body, settings, base)?;
+    if doc.parsed.items.is_empty() && doc.skipped > 0 {
+        return Err(FirehoseError::NothingKept {
+            seen: doc.skipped,
+            pointer: display_pointer(settings.items.as_deref().unwrap_or("")),
+        });
+    }
     if doc.skipped > 0 {
         tracing::debug!(
             skipped = doc.skipped,
