@@ -94,8 +94,13 @@ pub fn parse_at(
         )));
     }
     let is_json = trimmed.starts_with('{');
-    // What feed-rs reads: the document with its repairs. `doc` stays the
-    // upstream's own, for messages and item counts.
+    let doc = if is_json {
+        doc
+    } else {
+        decode::escape_stray_ampersands(doc)
+    };
+    // What feed-rs reads: the document with its structural repairs. `doc`
+    // stays the upstream's own (decoded), for messages and item counts.
     let (input, json_seen, rdf_about) = if is_json {
         let n = json::normalise(&doc)?;
         (Some(n.text), Some(n.seen), None)
@@ -168,7 +173,7 @@ fn nothing_kept(doc: &str, json_seen: Option<usize>, entries: usize) -> Option<F
         };
         return (seen > 0).then(|| FeedError::NothingKept {
             seen,
-            what: "items".into(),
+            what: plural(seen, "item"),
             why: why.into(),
         });
     }
@@ -187,9 +192,17 @@ fn nothing_kept(doc: &str, json_seen: Option<usize>, entries: usize) -> Option<F
     };
     Some(FeedError::NothingKept {
         seen,
-        what: format!("<{name}> elements"),
+        what: plural(seen, &format!("<{name}> element")),
         why,
     })
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        noun.to_owned()
+    } else {
+        format!("{noun}s")
+    }
 }
 
 fn item(e: Entry, about: Option<String>, base: &Url, now: DateTime<Utc>) -> Item {
@@ -554,6 +567,18 @@ mod tests {
             Parsed::default()
         );
         assert!(parse_at(b"<rss version=\"2.0\">\n<chan", None, &base(), now()).is_err());
+    }
+
+    #[test]
+    fn a_bare_ampersand_does_not_make_the_feed_unreadable() {
+        let p = parse_ok(
+            "<rss version=\"2.0\"><channel><item><title>Q&A: R&D</title><link>https://example.org/?a=1&b=2</link></item></channel></rss>",
+        );
+        assert_eq!(p.items[0].title, "Q&A: R&D");
+        assert_eq!(
+            p.items[0].url.as_deref(),
+            Some("https://example.org/?a=1&b=2")
+        );
     }
 
     #[test]

@@ -100,6 +100,63 @@ pub(crate) fn repair_prolog(mut text: String) -> String {
     text
 }
 
+/// Escapes every `&` that does not start a character or entity reference
+/// (`&amp;`, `&#38;`, `&#x26;`, `&name;`) as `&amp;`, outside CDATA sections
+/// and comments. A bare `&` in a URL or a title ("Q&A") is the most common
+/// way real feeds are not well-formed XML, and it made the whole document
+/// unreadable; every mainstream reader reads it as the character.
+pub(crate) fn escape_stray_ampersands(text: String) -> String {
+    if !text.contains('&') {
+        return text;
+    }
+    let b = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let skip_past = |end: &str| text[i..].find(end).map_or(b.len(), |p| i + p + end.len());
+        match b[i] {
+            b'<' if b[i..].starts_with(b"<![CDATA[") => i = skip_past("]]>"),
+            b'<' if b[i..].starts_with(b"<!--") => i = skip_past("-->"),
+            b'&' => {
+                if !starts_reference(&b[i + 1..]) {
+                    let o = out.get_or_insert_with(|| String::with_capacity(text.len() + 64));
+                    o.push_str(&text[copied..i]);
+                    o.push_str("&amp;");
+                    copied = i + 1;
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    match out {
+        None => text,
+        Some(mut o) => {
+            o.push_str(&text[copied..]);
+            o
+        }
+    }
+}
+
+/// `rest` (what follows a `&`) is `#digits;`, `#xhex;` or `name;`.
+fn starts_reference(rest: &[u8]) -> bool {
+    let Some(end) = rest.iter().take(40).position(|&c| c == b';') else {
+        return false;
+    };
+    match &rest[..end] {
+        [b'#', b'x' | b'X', hex @ ..] => !hex.is_empty() && hex.iter().all(u8::is_ascii_hexdigit),
+        [b'#', dec @ ..] => !dec.is_empty() && dec.iter().all(u8::is_ascii_digit),
+        [first, tail @ ..] => {
+            (first.is_ascii_alphabetic() || matches!(first, b'_' | b':'))
+                && tail
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b':'))
+        }
+        [] => false,
+    }
+}
+
 /// The `charset` parameter of a Content-Type value.
 pub(crate) fn charset_param(content_type: &str) -> Option<String> {
     content_type.split(';').skip(1).find_map(|p| {
@@ -230,6 +287,25 @@ mod tests {
         assert_eq!(t, "<rss version=\"2.0\">");
         let t = repair_prolog("<rss version=\"2.0\">".into());
         assert_eq!(t, "<rss version=\"2.0\">");
+    }
+
+    #[test]
+    fn stray_ampersands_are_escaped_and_references_kept() {
+        let t = escape_stray_ampersands(
+            "<a href=\"?x=1&y=2\">Q&A &amp; &#38; &#x26; &nbsp; &; & </a><![CDATA[a&b]]><!-- c&d -->".into(),
+        );
+        assert_eq!(
+            t,
+            "<a href=\"?x=1&amp;y=2\">Q&amp;A &amp; &#38; &#x26; &nbsp; &amp;; &amp; </a><![CDATA[a&b]]><!-- c&d -->"
+        );
+        let clean = "<t>a &amp; b</t>".to_owned();
+        assert_eq!(escape_stray_ampersands(clean.clone()), clean);
+        // An unterminated CDATA section or comment ends the scan, no panic.
+        assert_eq!(
+            escape_stray_ampersands("<![CDATA[a&b".into()),
+            "<![CDATA[a&b"
+        );
+        assert_eq!(escape_stray_ampersands("é&<!--".into()), "é&amp;<!--");
     }
 
     #[test]
