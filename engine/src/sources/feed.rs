@@ -782,6 +782,24 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_media_description_does_not_fail_the_feed() {
+        // A YouTube channel feed in which one video has no description.
+        let p = parse_ok(
+            r#"<feed xmlns:yt="http://www.youtube.com/xml/schemas/2015" xmlns:media="http://search.yahoo.com/mrss/" xmlns="http://www.w3.org/2005/Atom">
+            <entry><id>yt:video:a</id><title>With text</title><link rel="alternate" href="https://www.youtube.com/watch?v=a"/>
+              <media:group><media:title>With text</media:title><media:content url="https://www.youtube.com/v/a?version=3" type="application/x-shockwave-flash"/><media:description>About a.</media:description></media:group></entry>
+            <entry><id>yt:video:b</id><title>Without</title><link rel="alternate" href="https://www.youtube.com/watch?v=b"/>
+              <media:group><media:title>Without</media:title><media:content url="https://www.youtube.com/v/b?version=3" type="application/x-shockwave-flash"/><media:description></media:description></media:group></entry></feed>"#,
+        );
+        let got: Vec<(&str, &str)> = p
+            .items
+            .iter()
+            .map(|i| (i.title.as_str(), i.content.as_str()))
+            .collect();
+        assert_eq!(got, [("With text", "About a."), ("Without", "")]);
+    }
+
+    #[test]
     fn items_with_only_an_enclosure_or_only_a_description_are_items() {
         let p = parse_fixture(fixture!("rss-podcast-enclosures/poll1.xml"));
         let got: Vec<(&str, Option<&str>)> = p

@@ -22,6 +22,11 @@
 //!   `mode="escaped"` and `mode="base64"` (decoded) — where feed-rs would fail
 //!   the whole feed on one entry. `<content src>` with an inline body keeps
 //!   the body; with none it gets a MIME type.
+//! - Media RSS (`media:title`, `media:description`, in any document): an
+//!   empty one (a YouTube video without a description) failed the whole
+//!   feed, and so did a `type` other than `plain`/`html`.
+//! - Extension namespaces declared with other case (the iTunes DTD) or not
+//!   at all are declared the way feed-rs spells them.
 //!
 //! Nothing here fails: a document quick-xml cannot read is left as it is
 //! (feed-rs then reports why).
@@ -38,6 +43,8 @@ use quick_xml::{NsReader, XmlVersion};
 const RSS_NS: &str = "http://purl.org/rss/1.0/";
 /// The namespace feed-rs reads Atom elements in.
 const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
+/// Media RSS's namespace, as feed-rs spells it.
+const MRSS_NS: &str = "http://search.yahoo.com/mrss/";
 /// Atom 0.3's namespace.
 const ATOM_03_NS: &str = "http://purl.org/atom/ns#";
 
@@ -156,9 +163,22 @@ struct Edit {
 /// A raw attribute: qualified name and value exactly as written (still escaped).
 type Attr = (String, String);
 
-/// An Atom text construct being read (its start tag seen, its end not yet).
+/// Text elements feed-rs is strict about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// Atom text constructs: `title`, `subtitle`, `summary`, `content`, `rights`.
+    Atom,
+    /// Media RSS `media:title`, `media:description`: feed-rs accepts only
+    /// `type="plain"`/`"html"` and fails the feed on an empty one (a YouTube
+    /// video without a description).
+    Media,
+}
+
+/// A text element being read (its start tag seen, its end not yet).
 #[derive(Debug)]
 struct Construct {
+    /// Which vocabulary's rules apply.
+    family: Family,
     /// Local name (`content`, `title`, …).
     local: String,
     /// Qualified name as written, to rebuild the start tag.
@@ -274,11 +294,17 @@ impl<'d> Pass<'d> {
         let mut items_outside = false;
         let mut abouts: Vec<Option<String>> = Vec::new();
         let mut root_end: Option<Range<usize>> = None;
+        let mut open: Option<Construct> = None;
         while root_end.is_none() {
             let (ns, ev, span) = self.next()?;
             let is_empty = matches!(ev, Event::Empty(_));
-            match ev {
+            // Depth of the element this event starts, or of the open element
+            // text belongs to (the root is at 0).
+            let depth = path.len() + 1;
+            match &ev {
                 Event::Start(e) | Event::Empty(e) => {
+                    let family = media_text(ns.as_deref(), e.local_name().as_ref());
+                    self.text_element(&mut open, family, &ev, &span, depth);
                     let local = e.local_name().as_ref().to_owned();
                     let own = is_rss(ns.as_deref());
                     let at_top = path.is_empty();
@@ -291,7 +317,7 @@ impl<'d> Pass<'d> {
                         items_outside |= at_top;
                         if root == Root::Rdf {
                             // (`<item …/>` is an item too: feed-rs expands empty elements.)
-                            abouts.push(about_of(&e));
+                            abouts.push(about_of(e));
                         }
                     }
                     if !is_empty {
@@ -300,11 +326,15 @@ impl<'d> Pass<'d> {
                 }
                 Event::End(_) => match path.pop() {
                     None => root_end = Some(span),
-                    Some((_, true)) => channel_tags.push(span),
-                    Some(_) => {}
+                    Some((_, is_channel)) => {
+                        if is_channel {
+                            channel_tags.push(span.clone());
+                        }
+                        self.text_element(&mut open, None, &ev, &span, path.len() + 1);
+                    }
                 },
                 Event::Eof => return None,
-                _ => {}
+                _ => self.text_element(&mut open, None, &ev, &span, depth),
             }
         }
         let root_end = root_end?;
@@ -399,31 +429,21 @@ impl<'d> Pass<'d> {
         let mut open: Option<Construct> = None;
         loop {
             let (ns, ev, span) = self.next()?;
-            let is_empty = matches!(ev, Event::Empty(_));
-            match ev {
+            let family = match &ev {
                 Event::Start(e) | Event::Empty(e) => {
-                    if let Some(c) = open.as_mut() {
-                        c.has_children = true;
-                    } else if is_atom(ns.as_deref()) && is_text_construct(e.local_name().as_ref()) {
-                        // Malformed attributes: that construct is left as it is.
-                        if let Some(attrs) = attrs_of(&e) {
-                            let c = Construct {
-                                local: e.local_name().as_ref().to_owned(),
-                                qname: qname_of(&e),
-                                attrs,
-                                tag: span.clone(),
-                                body_start: span.end,
-                                depth,
-                                has_children: false,
-                                text: String::new(),
-                            };
-                            if is_empty {
-                                self.finish(c, None);
-                            } else {
-                                open = Some(c);
-                            }
-                        }
+                    let local = e.local_name();
+                    if is_atom(ns.as_deref()) && is_text_construct(local.as_ref()) {
+                        Some(Family::Atom)
+                    } else {
+                        media_text(ns.as_deref(), local.as_ref())
                     }
+                }
+                _ => None,
+            };
+            match ev {
+                Event::Start(_) | Event::Empty(_) => {
+                    let is_empty = matches!(ev, Event::Empty(_));
+                    self.text_element(&mut open, family, &ev, &span, depth);
                     if !is_empty {
                         depth += 1;
                     }
@@ -433,43 +453,10 @@ impl<'d> Pass<'d> {
                     if depth == 0 {
                         break;
                     }
-                    if open.as_ref().is_some_and(|c| c.depth == depth) {
-                        if let Some(c) = open.take() {
-                            let body = c.body_start..span.start;
-                            self.finish(c, Some(body));
-                        }
-                    }
-                }
-                Event::Text(t) => {
-                    if let Some(c) = open.as_mut().filter(|c| c.depth + 1 == depth) {
-                        c.text.push_str(&t);
-                    }
-                }
-                Event::CData(t) => {
-                    if let Some(c) = open.as_mut().filter(|c| c.depth + 1 == depth) {
-                        c.text.push_str(&t);
-                    }
-                }
-                Event::GeneralRef(r) => {
-                    if let Some(c) = open.as_mut().filter(|c| c.depth + 1 == depth) {
-                        match r.resolve_char_ref() {
-                            Ok(Some(ch)) => c.text.push(ch),
-                            _ => {
-                                let name: &str = &r;
-                                match quick_xml::escape::resolve_predefined_entity(name) {
-                                    Some(s) => c.text.push_str(s),
-                                    None => {
-                                        c.text.push('&');
-                                        c.text.push_str(name);
-                                        c.text.push(';');
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    self.text_element(&mut open, None, &ev, &span, depth);
                 }
                 Event::Eof => return None,
-                _ => {}
+                _ => self.text_element(&mut open, None, &ev, &span, depth),
             }
         }
         let (fixed, changed) = self.root_attrs(attrs, ATOM_NS);
@@ -482,9 +469,123 @@ impl<'d> Pass<'d> {
         Some(())
     }
 
-    /// The edits one text construct needs, if any. `body` is the byte range
-    /// between its tags (`None` for `<x/>`).
-    fn finish(&mut self, c: Construct, body: Option<Range<usize>>) {
+    /// Follows the text elements of `family` through the event stream:
+    /// `depth` is the depth of the element an event starts (before it) or
+    /// ends (after it). A text element's edits are made at its end.
+    fn text_element(
+        &mut self,
+        open: &mut Option<Construct>,
+        family: Option<Family>,
+        ev: &Event<'d>,
+        span: &Range<usize>,
+        depth: usize,
+    ) {
+        match ev {
+            Event::Start(e) | Event::Empty(e) => {
+                if let Some(c) = open.as_mut() {
+                    c.has_children = true;
+                    return;
+                }
+                let Some(family) = family else {
+                    return;
+                };
+                // Malformed attributes: that element is left as it is.
+                let Some(attrs) = attrs_of(e) else {
+                    return;
+                };
+                let c = Construct {
+                    family,
+                    local: e.local_name().as_ref().to_owned(),
+                    qname: qname_of(e),
+                    attrs,
+                    tag: span.clone(),
+                    body_start: span.end,
+                    depth,
+                    has_children: false,
+                    text: String::new(),
+                };
+                if matches!(ev, Event::Empty(_)) {
+                    self.finish(c, None, span.clone());
+                } else {
+                    *open = Some(c);
+                }
+            }
+            Event::End(_) if open.as_ref().is_some_and(|c| c.depth == depth) => {
+                if let Some(c) = open.take() {
+                    let body = c.body_start..span.start;
+                    let whole = c.tag.start..span.end;
+                    self.finish(c, Some(body), whole);
+                }
+            }
+            Event::Text(t) => {
+                if let Some(c) = open.as_mut().filter(|c| c.depth + 1 == depth) {
+                    c.text.push_str(t);
+                }
+            }
+            Event::CData(t) => {
+                if let Some(c) = open.as_mut().filter(|c| c.depth + 1 == depth) {
+                    c.text.push_str(t);
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some(c) = open.as_mut().filter(|c| c.depth + 1 == depth) {
+                    match r.resolve_char_ref() {
+                        Ok(Some(ch)) => c.text.push(ch),
+                        _ => {
+                            let name: &str = r;
+                            match quick_xml::escape::resolve_predefined_entity(name) {
+                                Some(s) => c.text.push_str(s),
+                                None => {
+                                    c.text.push('&');
+                                    c.text.push_str(name);
+                                    c.text.push(';');
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Media RSS `media:title`/`media:description`: an empty one is removed
+    /// (feed-rs fails the feed on it); a `type` other than `plain`/`html`
+    /// becomes the one it means.
+    fn finish_media(&mut self, c: Construct, whole: Range<usize>) {
+        if c.text.trim().is_empty() && !c.has_children {
+            self.edits.push(Edit {
+                range: whole,
+                with: String::new(),
+            });
+            return;
+        }
+        let ty = c
+            .attrs
+            .iter()
+            .find(|(k, _)| k == "type")
+            .map(|(_, v)| v.as_str());
+        let Some(ty) = ty else {
+            return;
+        };
+        let wanted = match Kind::of(Some(ty)) {
+            Kind::Html | Kind::Xhtml => "html",
+            _ => "plain",
+        };
+        if ty != wanted {
+            let mut attrs = c.attrs.clone();
+            set_attr(&mut attrs, "type", wanted);
+            self.retag(&c, attrs);
+        }
+    }
+
+    /// The edits one text element needs, if any. `body` is the byte range
+    /// between its tags (`None` for `<x/>`), `whole` the element's.
+    fn finish(&mut self, c: Construct, body: Option<Range<usize>>, whole: Range<usize>) {
+        if c.family == Family::Media {
+            self.finish_media(c, whole);
+            return;
+        }
         let attr = |name: &str| {
             c.attrs
                 .iter()
@@ -626,6 +727,12 @@ fn is_mime(t: &str) -> bool {
     t.split_once('/').is_some_and(|(a, b)| token(a) && token(b))
 }
 
+/// A Media RSS text element feed-rs parses strictly.
+fn media_text(ns: Option<&str>, local: &str) -> Option<Family> {
+    let media = ns.and_then(known_spelling) == Some(MRSS_NS);
+    (media && matches!(local, "title" | "description")).then_some(Family::Media)
+}
+
 fn is_text_construct(local: &str) -> bool {
     matches!(
         local,
@@ -657,7 +764,7 @@ fn known_spelling(ns: &str) -> Option<&'static str> {
         "http://www.itunes.com/dtds/podcast-1.0.dtd",
         "http://purl.org/rss/1.0/modules/content/",
         "http://purl.org/dc/elements/1.1/",
-        "http://search.yahoo.com/mrss/",
+        MRSS_NS,
         "https://podcastindex.org/namespace/1.0",
         "http://wellformedweb.org/CommentAPI/",
         "http://www.w3.org/2005/Atom",
@@ -860,6 +967,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"<content src="/b.html"/>"#), "{text}");
+    }
+
+    #[test]
+    fn empty_or_oddly_typed_media_rss_texts_are_repaired() {
+        // A YouTube-style entry whose video has no description.
+        let doc = r#"<feed xmlns="http://www.w3.org/2005/Atom" xmlns:media="http://search.yahoo.com/mrss/"><entry><media:group><media:title type="text/html">t</media:title><media:description></media:description></media:group></entry></feed>"#;
+        assert_eq!(
+            fixed(doc),
+            r#"<feed xmlns="http://www.w3.org/2005/Atom" xmlns:media="http://search.yahoo.com/mrss/"><entry><media:group><media:title type="html">t</media:title></media:group></entry></feed>"#
+        );
+        let doc = r#"<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss"><channel><item><media:description type="text"> </media:description><media:title type="plain">ok</media:title><media:description/></item></channel></rss>"#;
+        assert_eq!(
+            fixed(doc),
+            r#"<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title type="plain">ok</media:title></item></channel></rss>"#
+        );
+        let doc = r#"<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"><channel><item><title>a</title><media:description/></item></channel></rss>"#;
+        assert_eq!(
+            fixed(doc),
+            r#"<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"><channel><item><title>a</title></item></channel></rss>"#
+        );
     }
 
     #[test]
