@@ -43,6 +43,8 @@ use quick_xml::{NsReader, XmlVersion};
 const RSS_NS: &str = "http://purl.org/rss/1.0/";
 /// The namespace feed-rs reads Atom elements in.
 const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
+/// Dublin Core's namespace, as feed-rs spells it.
+const DC_NS: &str = "http://purl.org/dc/elements/1.1/";
 /// Media RSS's namespace, as feed-rs spells it.
 const MRSS_NS: &str = "http://search.yahoo.com/mrss/";
 /// Atom 0.3's namespace.
@@ -162,6 +164,30 @@ struct Edit {
 
 /// A raw attribute: qualified name and value exactly as written (still escaped).
 type Attr = (String, String);
+
+/// What an open element is to the RSS pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// A top-level `<channel>`: its tags are dropped when items are regrouped.
+    Channel,
+    /// An RSS 0.90/1.0 `<item>`.
+    Item,
+    /// A `dc:description` directly inside such an item.
+    DcDescription,
+    /// Anything else.
+    Other,
+}
+
+/// What the RSS pass remembers of the RSS 1.0 item it is reading.
+#[derive(Debug, Default)]
+struct RdfItem {
+    /// It has its own `<description>`.
+    has_description: bool,
+    /// Its first `dc:description`: start tag range and qualified name.
+    dc_start: Option<(Range<usize>, String)>,
+    /// That element's end tag range.
+    dc_end: Option<Range<usize>>,
+}
 
 /// Text elements feed-rs is strict about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,15 +312,18 @@ impl<'d> Pass<'d> {
         let is_rss = |ns: Option<&str>| {
             ns.is_none_or(|ns| is_rss_family(ns) || Some(ns) == root_default.as_deref())
         };
-        // Open elements below the root: local name, and whether it is a
-        // channel whose tags are dropped when items are regrouped.
-        let mut path: Vec<(String, bool)> = Vec::new();
+        // Open elements below the root, and what each is to this pass.
+        let mut path: Vec<Open> = Vec::new();
         let mut channel_tags: Vec<Range<usize>> = Vec::new();
         let mut channels = 0usize;
         let mut items_outside = false;
         let mut abouts: Vec<Option<String>> = Vec::new();
         let mut root_end: Option<Range<usize>> = None;
         let mut open: Option<Construct> = None;
+        // RSS 1.0 item being read: feed-rs's RSS 1.0 reader took
+        // `dc:description` when an item had no `<description>`; RSS 2.0's
+        // does not, so such an item's `dc:description` is renamed.
+        let mut item = RdfItem::default();
         while root_end.is_none() {
             let (ns, ev, span) = self.next()?;
             let is_empty = matches!(ev, Event::Empty(_));
@@ -305,30 +334,47 @@ impl<'d> Pass<'d> {
                 Event::Start(e) | Event::Empty(e) => {
                     let family = media_text(ns.as_deref(), e.local_name().as_ref());
                     self.text_element(&mut open, family, &ev, &span, depth);
-                    let local = e.local_name().as_ref().to_owned();
+                    let local = e.local_name();
+                    let local = local.as_ref();
                     let own = is_rss(ns.as_deref());
                     let at_top = path.is_empty();
-                    let in_channel = matches!(path.as_slice(), [(_, true)]);
-                    let channel = at_top && own && local == "channel";
-                    if channel {
+                    let in_channel = matches!(path.as_slice(), [Open::Channel]);
+                    let mut kind = Open::Other;
+                    if at_top && own && local == "channel" {
                         channels += 1;
                         channel_tags.push(span.clone());
+                        kind = Open::Channel;
                     } else if own && local == "item" && (at_top || in_channel) {
                         items_outside |= at_top;
                         if root == Root::Rdf {
                             // (`<item …/>` is an item too: feed-rs expands empty elements.)
                             abouts.push(about_of(e));
+                            item = RdfItem::default();
+                            kind = Open::Item;
+                        }
+                    } else if matches!(path.last(), Some(Open::Item)) && local == "description" {
+                        if own {
+                            item.has_description = true;
+                        } else if !is_empty
+                            && item.dc_start.is_none()
+                            && ns.as_deref().and_then(known_spelling) == Some(DC_NS)
+                        {
+                            item.dc_start = Some((span.clone(), qname_of(e)));
+                            kind = Open::DcDescription;
                         }
                     }
                     if !is_empty {
-                        path.push((local, channel));
+                        path.push(kind);
                     }
                 }
                 Event::End(_) => match path.pop() {
                     None => root_end = Some(span),
-                    Some((_, is_channel)) => {
-                        if is_channel {
-                            channel_tags.push(span.clone());
+                    Some(kind) => {
+                        match kind {
+                            Open::Channel => channel_tags.push(span.clone()),
+                            Open::DcDescription => item.dc_end = Some(span.clone()),
+                            Open::Item => self.rename_dc_description(&mut item),
+                            Open::Other => {}
                         }
                         self.text_element(&mut open, None, &ev, &span, path.len() + 1);
                     }
@@ -370,6 +416,27 @@ impl<'d> Pass<'d> {
             self.rdf_about = Some(abouts);
         }
         Some(())
+    }
+
+    /// At the end of an RSS 1.0 item: its `dc:description` becomes its
+    /// `<description>` when it has none.
+    fn rename_dc_description(&mut self, item: &mut RdfItem) {
+        let item = std::mem::take(item);
+        let (Some((start, qname)), Some(end), false) =
+            (item.dc_start, item.dc_end, item.has_description)
+        else {
+            return;
+        };
+        let tag = &self.doc[start.clone()];
+        let rest = tag.get(1 + qname.len()..).unwrap_or(">");
+        self.edits.push(Edit {
+            range: start,
+            with: format!("<description{rest}"),
+        });
+        self.edits.push(Edit {
+            range: end,
+            with: "</description>".into(),
+        });
     }
 
     /// The root's attributes as feed-rs needs them: its default namespace
@@ -763,7 +830,7 @@ fn known_spelling(ns: &str) -> Option<&'static str> {
     const KNOWN: &[&str] = &[
         "http://www.itunes.com/dtds/podcast-1.0.dtd",
         "http://purl.org/rss/1.0/modules/content/",
-        "http://purl.org/dc/elements/1.1/",
+        DC_NS,
         MRSS_NS,
         "https://podcastindex.org/namespace/1.0",
         "http://wellformedweb.org/CommentAPI/",
@@ -779,7 +846,7 @@ fn well_known_prefix(prefix: &str) -> Option<&'static str> {
     Some(match prefix {
         "itunes" => "http://www.itunes.com/dtds/podcast-1.0.dtd",
         "content" => "http://purl.org/rss/1.0/modules/content/",
-        "dc" => "http://purl.org/dc/elements/1.1/",
+        "dc" => DC_NS,
         "media" => "http://search.yahoo.com/mrss/",
         "podcast" => "https://podcastindex.org/namespace/1.0",
         "wfw" => "http://wellformedweb.org/CommentAPI/",
@@ -899,6 +966,24 @@ mod tests {
                 None,
                 Some("x".to_owned())
             ])
+        );
+    }
+
+    #[test]
+    fn an_rss_10_item_without_description_reads_its_dc_description() {
+        let doc = r#"<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns="http://purl.org/rss/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/"><item><title>a</title><dc:description xml:lang="en">only dc</dc:description></item><item><description>own</description><dc:description>dc</dc:description></item></rdf:RDF>"#;
+        let text = fixed(doc);
+        assert!(
+            text.contains(
+                r#"<item><title>a</title><description xml:lang="en">only dc</description></item>"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "<item><description>own</description><dc:description>dc</dc:description></item>"
+            ),
+            "{text}"
         );
     }
 
