@@ -84,13 +84,24 @@ pub(crate) fn count_items(doc: &str) -> Option<(usize, &'static str)> {
     let mut r = NsReader::from_str(doc);
     let mut root: Option<(Root, Option<String>)> = None;
     let mut n = 0usize;
+    // Open elements; the count ends with the root (whatever trails it).
+    let mut depth = 0usize;
     loop {
         let (ns, ev) = r.read_resolved_event().ok()?;
         let ns = match ns {
             ResolveResult::Bound(ns) => Some(ns.as_ref().to_owned()),
             ResolveResult::Unbound | ResolveResult::Unknown(_) => None,
         };
+        if matches!(ev, Event::Start(_)) {
+            depth += 1;
+        }
         match ev {
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
             Event::Start(e) | Event::Empty(e) => match &root {
                 None => {
                     let rt = Root::of(e.local_name().as_ref())?;
@@ -1087,6 +1098,10 @@ mod tests {
             Some((2, "entry"))
         );
         assert_eq!(count_items("<entry/>"), Some((1, "entry")));
+        assert_eq!(
+            count_items("<rss><channel><item/></channel></rss><br>PHP warning"),
+            Some((1, "item"))
+        );
         assert_eq!(count_items("<html/>"), None);
     }
 }
