@@ -101,12 +101,12 @@ async fn the_watermark_never_passes_an_event_minted_but_not_committed() -> TestR
                 let w = store.watermark()?;
                 seen.push((w, visible_upto(&store, w)?));
             }
-            Ok::<_, StoreError>(seen)
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(seen)
         })
     };
     writer.await??;
     done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let seen = reader.await??;
+    let seen = reader.await?.map_err(|e| e.to_string())?;
     for (w, then) in seen {
         assert_eq!(
             visible_upto(&store, w)?,
