@@ -1,0 +1,52 @@
+//! The bytes a subscriber gets: one event's SSE frame, rendered once and
+//! shared, and the id-only checkpoint frame.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use livestrom_engine::SourceType;
+use uuid::Uuid;
+
+/// One event's frame as queued for a subscriber.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Event id (for hand-over de-duplication and checkpoints).
+    pub id: Uuid,
+    /// The hub's sequence number of the event (counts every fanned-out event).
+    pub seq: u64,
+    /// `id: …\nevent: …\ndata: …\n\n`, shared by every subscriber.
+    pub bytes: Bytes,
+}
+
+/// Renders one event frame: `id: <id>\nevent: <type>\ndata: <json>\n\n`.
+/// `json` is one line (serde_json never emits raw newlines), so feed text
+/// can only ever appear inside `data:`.
+pub fn render_event(id: Uuid, source_type: SourceType, json: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(json.len() + 72);
+    write_event(&mut b, id, source_type, json);
+    b.freeze()
+}
+
+/// Appends one event frame to `b` (see [`render_event`]).
+pub fn write_event(b: &mut BytesMut, id: Uuid, source_type: SourceType, json: &str) {
+    let mut idbuf = [0u8; 36];
+    b.put_slice(b"id: ");
+    b.put_slice(id.hyphenated().encode_lower(&mut idbuf).as_bytes());
+    b.put_slice(b"\nevent: ");
+    b.put_slice(source_type.as_str().as_bytes());
+    b.put_slice(b"\ndata: ");
+    // Defence in depth: a stray CR/LF would end the data line early.
+    if json.bytes().any(|c| c == b'\n' || c == b'\r') {
+        b.put_slice(json.replace(['\n', '\r'], " ").as_bytes());
+    } else {
+        b.put_slice(json.as_bytes());
+    }
+    b.put_slice(b"\n\n");
+}
+
+/// Appends an id-only frame (`id: <id>\n\n`): it dispatches no event but
+/// moves the client's last-event-id forward.
+pub fn write_checkpoint(b: &mut BytesMut, id: Uuid) {
+    let mut idbuf = [0u8; 36];
+    b.put_slice(b"id: ");
+    b.put_slice(id.hyphenated().encode_lower(&mut idbuf).as_bytes());
+    b.put_slice(b"\n\n");
+}

@@ -1,0 +1,173 @@
+//! Live fan-out: one task reads committed batches from the bus and hands each
+//! event's pre-rendered frame to matching subscribers' bounded queues.
+//!
+//! Design (why it is shaped like this):
+//! - **One reader of the bus.** Only the hub task holds a bus receiver; on
+//!   `Lagged` it re-reads the missed range from the event log, so no event is
+//!   ever skipped. No per-subscriber broadcast receivers, no per-subscriber
+//!   database queries on the live path.
+//! - **Render once.** Each event's SSE frame is built once into a shared
+//!   [`Bytes`]; subscribers get reference-counted clones.
+//! - **Indexed subscribers.** Each subscriber is indexed under one dimension
+//!   of its filter (exact sources + prefixes, else tags, else types, else the
+//!   "all" list), so an event only visits candidates, each at most once
+//!   (a per-slot mark), and is then checked against the full filter.
+//! - **Bounded queues.** A subscriber's queue is bounded in bytes. When a push
+//!   would exceed it, the queue is dropped and marked *overflowed*; the
+//!   connection decides what that means (replaying: re-read from the log;
+//!   live: disconnect, the client resumes with `Last-Event-ID`). The hub never
+//!   waits on a subscriber.
+
+//!
+//! Rooms: `frame` (the bytes sent), `queue` (a subscriber's bounded queue),
+//! `registry` (the subscriber index and fan-out of one event), `task` (the
+//! one reader of the live feed, catch-up from the log).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use livestrom_engine::bus::LiveFeed;
+use livestrom_engine::log::LogError;
+use livestrom_engine::EventLog;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::filter::Filter;
+
+mod frame;
+mod queue;
+mod registry;
+mod task;
+#[cfg(test)]
+mod tests;
+
+pub use frame::{render_event, write_checkpoint, write_event, Frame};
+pub use queue::Drained;
+pub use task::Position;
+
+use queue::{lock, Subscriber};
+use registry::Registry;
+use task::{HubInner, HubTask};
+
+/// Default bound of one subscriber's queue, in bytes of queued frames.
+pub const DEFAULT_QUEUE_BYTES: usize = 4 << 20;
+
+/// Handle to the fan-out. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+/// The hub is gone (its bus closed or the server is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the live feed has stopped (server shutting down)")]
+pub struct HubClosed;
+
+/// A registered subscriber; deregisters on drop.
+pub struct Subscription {
+    hub: Arc<HubInner>,
+    slot: u32,
+    sub: Arc<Subscriber>,
+}
+
+impl Hub {
+    /// Starts the hub task on `bus`; it re-reads from `log` if it ever lags.
+    ///
+    /// The hub starts after the log's head: every event committed from now
+    /// on is fanned out, whatever its id's timestamp (ids follow commit
+    /// order, not the wall clock, so a clock stepped back cannot hide them).
+    pub async fn start(
+        feed: &dyn LiveFeed,
+        log: Arc<dyn EventLog>,
+        cancel: CancellationToken,
+    ) -> Result<Self, LogError> {
+        // Receiver first, head second: an event committed in between is at
+        // or below the head and skipped, which is harmless — nobody can have
+        // subscribed before this returns.
+        let rx = feed.follow();
+        let head_log = log.clone();
+        let head = tokio::task::spawn_blocking(move || head_log.head()).await??;
+        let inner = Arc::new(HubInner {
+            registry: Mutex::new(Registry::default()),
+            position: Mutex::new(None),
+            queue_limit: AtomicUsize::new(DEFAULT_QUEUE_BYTES),
+            closed: AtomicBool::new(false),
+        });
+        let task = HubTask {
+            inner: inner.clone(),
+            log,
+            last: head.unwrap_or(Uuid::nil()),
+            seq: 0,
+        };
+        tokio::spawn(task.run(rx, cancel));
+        Ok(Self { inner })
+    }
+
+    /// Registers a subscriber. Its queue collects every matching event the
+    /// hub fans out from now on.
+    pub fn subscribe(&self, filter: Arc<Filter>) -> Result<Subscription, HubClosed> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(HubClosed);
+        }
+        let sub = Arc::new(Subscriber::new(
+            filter,
+            self.inner.queue_limit.load(Ordering::Relaxed),
+        ));
+        let slot = lock(&self.inner.registry).insert(sub.clone());
+        // Re-check after inserting: the task marks `closed` before ending
+        // every registered queue, so either we see it or our queue is ended.
+        if self.inner.closed.load(Ordering::Acquire) {
+            lock(&self.inner.registry).remove(slot, &sub);
+            return Err(HubClosed);
+        }
+        Ok(Subscription {
+            hub: self.inner.clone(),
+            slot,
+            sub,
+        })
+    }
+
+    /// The newest event fanned out so far (None before the first).
+    pub fn position(&self) -> Option<Position> {
+        *lock(&self.inner.position)
+    }
+
+    /// Sets the byte bound of queues registered from now on.
+    pub fn set_queue_limit(&self, bytes: usize) {
+        self.inner
+            .queue_limit
+            .store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// Number of registered subscribers.
+    pub fn subscribers(&self) -> usize {
+        lock(&self.inner.registry).count
+    }
+}
+
+impl Subscription {
+    /// Resolves when frames were queued (or the queue overflowed or ended)
+    /// since the last drain. May resolve spuriously; always drain after it.
+    pub async fn notified(&self) {
+        self.sub.notify.notified().await;
+    }
+
+    /// Moves all queued frames into `out` (which should be empty) in one
+    /// lock. From the first successful drain on the subscriber counts as
+    /// live: a later overflow deregisters it from the hub immediately.
+    pub fn drain(&self, out: &mut Vec<Frame>) -> Drained {
+        self.sub.drain(out)
+    }
+
+    /// Clears an overflow (and anything queued): the queue collects again
+    /// from now on. Used while replaying, before reading more from the log.
+    pub fn rearm(&self) {
+        self.sub.rearm();
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.hub.registry).remove(self.slot, &self.sub);
+    }
+}

@@ -1,0 +1,120 @@
+//! A subscriber's bounded queue: what the hub pushes, what its connection
+//! drains, and what an overflow means.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::frame::Frame;
+use crate::filter::Filter;
+
+/// Outcome of draining a subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Frames (possibly none) were moved out.
+    Frames,
+    /// The queue exceeded its byte bound since the last rearm; frames were dropped.
+    Overflowed,
+    /// The hub stopped; no more live events will come.
+    Ended,
+}
+
+/// A subscriber's shared half: its filter and its queue.
+pub(super) struct Subscriber {
+    pub(super) filter: Arc<Filter>,
+    pub(super) queue: Mutex<Queue>,
+    pub(super) notify: Notify,
+}
+
+pub(super) struct Queue {
+    pub(super) frames: Vec<Frame>,
+    pub(super) bytes: usize,
+    pub(super) limit: usize,
+    pub(super) overflowed: bool,
+    pub(super) ended: bool,
+    /// Set by the first successful drain (the connection is live): an
+    /// overflow from then on disconnects, so the hub deregisters at once.
+    pub(super) live: bool,
+}
+
+impl Subscriber {
+    /// A subscriber with an empty queue bounded at `limit` bytes.
+    pub(super) fn new(filter: Arc<Filter>, limit: usize) -> Self {
+        Self {
+            filter,
+            queue: Mutex::new(Queue {
+                frames: Vec::new(),
+                bytes: 0,
+                limit,
+                overflowed: false,
+                ended: false,
+                live: false,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Moves all queued frames into `out` (see `Subscription::drain`).
+    pub(super) fn drain(&self, out: &mut Vec<Frame>) -> Drained {
+        let mut q = lock(&self.queue);
+        if q.ended {
+            return Drained::Ended;
+        }
+        if q.overflowed {
+            return Drained::Overflowed;
+        }
+        std::mem::swap(&mut q.frames, out);
+        q.bytes = 0;
+        q.live = true;
+        Drained::Frames
+    }
+
+    /// Clears an overflow and anything queued (see `Subscription::rearm`).
+    pub(super) fn rearm(&self) {
+        let mut q = lock(&self.queue);
+        q.overflowed = false;
+        q.frames.clear();
+        q.bytes = 0;
+    }
+
+    /// Queues a frame; never blocks beyond the queue's own short lock.
+    /// Returns true when the subscriber overflowed while live: the hub then
+    /// drops it from the index (its connection ends at its next poll).
+    pub(super) fn push(&self, frame: &Frame) -> bool {
+        let mut q = lock(&self.queue);
+        if q.overflowed || q.ended {
+            return false;
+        }
+        let len = frame.bytes.len();
+        // An empty queue takes any one frame, however large (an html page
+        // can be bigger than the bound): the bound is on what piles up.
+        if q.bytes > 0 && q.bytes + len > q.limit {
+            q.overflowed = true;
+            q.frames = Vec::new();
+            q.bytes = 0;
+            let live = q.live;
+            drop(q);
+            self.notify.notify_one();
+            return live;
+        }
+        let was_empty = q.frames.is_empty();
+        q.frames.push(frame.clone());
+        q.bytes += len;
+        drop(q);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        false
+    }
+
+    pub(super) fn end(&self) {
+        lock(&self.queue).ended = true;
+        self.notify.notify_one();
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind
+    // (queues, index lists); carrying on is safe.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
