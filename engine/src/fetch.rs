@@ -4,12 +4,16 @@
 //! the SSRF guard.
 //!
 //! Everything HTTP-specific that a source kind should never have to know
-//! lives here (STYLE practice 4); `politeness` holds the per-domain waits and
-//! `fetch::ssrf` the address guard.
+//! lives here (STYLE practice 4); `politeness` holds the per-domain waits,
+//! `fetch::ssrf` the address guard and `fetch::redirect` the hop-by-hop
+//! redirect loop with its per-hop header rules.
 
 mod headers;
 mod redact;
+mod redirect;
 mod ssrf;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
@@ -19,11 +23,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
-use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, LAST_MODIFIED, LOCATION, USER_AGENT,
-};
-use reqwest::{redirect, Client, Response, StatusCode};
+use reqwest::header::{HeaderName, CONTENT_TYPE, ETAG, LAST_MODIFIED};
+use reqwest::{Client, Response, StatusCode};
 use url::Url;
 
 pub use self::headers::{parse_http_date, MAX_HEADER_WAIT};
@@ -219,7 +220,7 @@ impl Fetcher {
             // Redirects are followed by `send`, which decides per hop which
             // headers go along (reqwest would forward custom headers to any
             // host, and a Referer carrying the configured URL).
-            .redirect(redirect::Policy::none());
+            .redirect(reqwest::redirect::Policy::none());
         builder = match &cfg.proxy {
             // Environment proxies are ignored: one would resolve and connect
             // for us, silently bypassing the guard.
@@ -354,52 +355,6 @@ impl Fetcher {
         }))
     }
 
-    /// Builds the headers and sends, following redirects; returns once the
-    /// final response's headers arrive.
-    ///
-    /// Each hop is checked by the SSRF guard (IP literals here, host names by
-    /// the resolver when it connects) and counted against
-    /// `fetch.max_redirects`. The source's configured headers are sent while
-    /// the chain stays at the configured URL's origin (scheme, host and
-    /// port); after a hop elsewhere, including an https → http downgrade on
-    /// the same host, they are dropped for the rest of the chain.
-    async fn send(&self, req: &FetchRequest) -> Result<Response, FetchError> {
-        let configured = configured_headers(req)?;
-        let mut url = req.url.clone();
-        let mut forward = true;
-        let mut hops = 0;
-        loop {
-            let headers = request_headers(req, &self.inner.cfg, forward.then_some(&configured))?;
-            let resp = self
-                .inner
-                .client
-                .get(url.clone())
-                .headers(headers)
-                .send()
-                .await
-                .map_err(|e| self.map_error(e, &url))?;
-            let Some(next) = redirect_target(&resp, &url)? else {
-                return Ok(resp);
-            };
-            if hops >= self.inner.cfg.max_redirects {
-                return Err(FetchError::TooManyRedirects(self.inner.cfg.max_redirects));
-            }
-            hops += 1;
-            ssrf::check_url(&next, &self.inner.guard)?;
-            if forward && !same_origin(&req.url, &next) {
-                forward = false;
-                if !configured.is_empty() {
-                    tracing::debug!(
-                        from = %redact_url(&req.url),
-                        to = %redact_url(&next),
-                        "redirect to another origin: configured headers are not sent there"
-                    );
-                }
-            }
-            url = next;
-        }
-    }
-
     /// A non-success status as an error; a 429/503 `Retry-After` is also
     /// recorded on the politeness state of the requested and the final domain.
     fn status_error(&self, requested: &Url, resp: &Response) -> FetchError {
@@ -473,95 +428,6 @@ impl Fetcher {
     }
 }
 
-/// The source's configured headers, parsed (bad names and values are errors).
-fn configured_headers(req: &FetchRequest) -> Result<HeaderMap, FetchError> {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &req.headers {
-        let parsed = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| FetchError::Other(format!("invalid header name {name:?}: {e}")))?;
-        headers.insert(parsed, header_value(name, value)?);
-    }
-    Ok(headers)
-}
-
-/// The headers of one hop: User-Agent and Accept, then the configured
-/// headers (they may override those two) when `configured` is given, then
-/// the validators and the SSE resume id.
-fn request_headers(
-    req: &FetchRequest,
-    cfg: &FetchConfig,
-    configured: Option<&HeaderMap>,
-) -> Result<HeaderMap, FetchError> {
-    let mut headers = HeaderMap::new();
-    let ua = req.user_agent.as_deref().unwrap_or(&cfg.user_agent);
-    headers.insert(USER_AGENT, header_value("User-Agent", ua)?);
-    headers.insert(
-        ACCEPT,
-        header_value("Accept", req.accept.unwrap_or(DEFAULT_ACCEPT))?,
-    );
-    for (name, value) in configured.into_iter().flatten() {
-        headers.insert(name.clone(), value.clone());
-    }
-    if let Some(etag) = &req.etag {
-        headers.insert(IF_NONE_MATCH, header_value("If-None-Match", etag)?);
-    }
-    if let Some(last_modified) = &req.last_modified {
-        headers.insert(
-            IF_MODIFIED_SINCE,
-            header_value("If-Modified-Since", last_modified)?,
-        );
-    }
-    if let Some(id) = &req.last_event_id {
-        headers.insert(
-            HeaderName::from_static("last-event-id"),
-            header_value("Last-Event-ID", id)?,
-        );
-    }
-    Ok(headers)
-}
-
-/// Where a redirect response points, if it is one to follow (301, 302, 303,
-/// 307, 308 with a `Location`; a fetch is always a GET, so all five are
-/// followed alike). Anything else, a 304 included, is the answer itself.
-fn redirect_target(resp: &Response, from: &Url) -> Result<Option<Url>, FetchError> {
-    if !matches!(
-        resp.status(),
-        StatusCode::MOVED_PERMANENTLY
-            | StatusCode::FOUND
-            | StatusCode::SEE_OTHER
-            | StatusCode::TEMPORARY_REDIRECT
-            | StatusCode::PERMANENT_REDIRECT
-    ) {
-        return Ok(None);
-    }
-    let Some(location) = resp.headers().get(LOCATION) else {
-        return Ok(None);
-    };
-    let unusable =
-        |why: String| FetchError::BadUrl(format!("{why} (redirect from {})", redact_url(from)));
-    let location = location
-        .to_str()
-        .map_err(|_| unusable("a Location header that is not text".to_owned()))?;
-    let next = from
-        .join(location)
-        .map_err(|e| unusable(format!("`{}` is not a URL: {e}", redact_url_text(location))))?;
-    if !matches!(next.scheme(), "http" | "https") {
-        return Err(unusable(format!(
-            "{}: only http and https are followed",
-            redact_url(&next)
-        )));
-    }
-    Ok(Some(next))
-}
-
-/// Same scheme, host and port: where configured headers may go. An
-/// https → http downgrade on the same host is another origin.
-fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host() == b.host()
-        && a.port_or_known_default() == b.port_or_known_default()
-}
-
 impl From<UrlRefused> for FetchError {
     fn from(e: UrlRefused) -> Self {
         match e {
@@ -610,16 +476,6 @@ async fn read_capped(resp: &mut Response, limit: u64) -> Result<Bytes, FetchErro
     }
 }
 
-/// The value is not repeated in the error: configured headers often hold
-/// credentials.
-fn header_value(name: &str, value: &str) -> Result<HeaderValue, FetchError> {
-    HeaderValue::from_str(value).map_err(|_| {
-        FetchError::Other(format!(
-            "invalid value for header {name} (not a valid HTTP header value)"
-        ))
-    })
-}
-
 /// "outer: inner: innermost", skipping links that repeat their predecessor.
 fn error_chain(e: &(dyn StdError + 'static)) -> String {
     let mut parts: Vec<String> = vec![e.to_string()];
@@ -656,289 +512,4 @@ fn looks_like_tls(e: &(dyn StdError + 'static), detail: &str) -> bool {
         || ["certificate", "tls", "handshake", "corrupt message", "peer"]
             .iter()
             .any(|w| detail.contains(w))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-    use std::net::{IpAddr, SocketAddr};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use axum::extract::State;
-    use axum::http::{header, StatusCode as AxumStatus};
-    use axum::response::{IntoResponse, Redirect};
-    use axum::routing::get;
-    use axum::Router;
-    use tokio::sync::{watch, Semaphore};
-
-    use super::ssrf::FakeDns;
-    use super::*;
-
-    fn config(allow_private: bool) -> FetchConfig {
-        FetchConfig {
-            user_agent: "livestrom-test/1".into(),
-            timeout: Duration::from_secs(20),
-            connect_timeout: Duration::from_secs(10),
-            max_body: 1 << 20,
-            per_host_rps: 1e6,
-            per_host_concurrency: 2,
-            allow_private_networks: allow_private,
-            max_redirects: 5,
-            proxy: None,
-        }
-    }
-
-    async fn serve(app: Router) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("local_addr: {e}"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        addr
-    }
-
-    fn loopback() -> IpAddr {
-        IpAddr::from([127, 0, 0, 1])
-    }
-
-    /// Every `*.example.test` name resolves to the local server; a few
-    /// names resolve to internal addresses, as a rebinding attacker would.
-    fn dns() -> Arc<FakeDns> {
-        Arc::new(FakeDns(HashMap::from([
-            ("a.example.test", vec![loopback()]),
-            ("b.example.test", vec![loopback()]),
-            ("rebind.test", vec![loopback()]),
-            ("internal.test", vec![IpAddr::from([10, 0, 0, 1])]),
-        ])))
-    }
-
-    /// Refuses everything internal except the test server's own address.
-    fn guarded_fetcher(cfg: &FetchConfig) -> Fetcher {
-        let guard = Guard {
-            allow_private: false,
-            exempt: Some(loopback()),
-        };
-        Fetcher::with_guard(cfg, dns(), guard).unwrap_or_else(|e| panic!("fetcher: {e}"))
-    }
-
-    fn url(s: &str) -> Url {
-        Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
-    }
-
-    #[test]
-    fn configured_headers_stay_within_the_configured_origin() {
-        let from = url("https://feeds.example.org/a?token=x");
-        for (to, same) in [
-            ("https://feeds.example.org/b", true),
-            ("https://FEEDS.example.org:443/c", true),
-            ("http://feeds.example.org/a", false), // downgrade
-            ("https://feeds.example.org:8443/a", false),
-            ("https://other.example.org/a", false),
-            ("https://example.org/a", false),
-        ] {
-            assert_eq!(same_origin(&from, &url(to)), same, "{to}");
-        }
-    }
-
-    #[tokio::test]
-    async fn host_names_connect_through_the_guarded_resolver() {
-        let addr = serve(Router::new().route("/", get(|| async { "hello" }))).await;
-        let f = guarded_fetcher(&config(false));
-        let got = f
-            .fetch(&FetchRequest::get(url(&format!(
-                "http://a.example.test:{}/",
-                addr.port()
-            ))))
-            .await;
-        match got {
-            Ok(FetchResponse::Body(b)) => assert_eq!(&b.body[..], b"hello"),
-            other => panic!("expected body, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn dns_failure_and_rebinding_map_to_specific_errors() {
-        let addr = serve(Router::new().route("/", get(|| async { "hello" }))).await;
-        // Without the exemption, a name resolving to loopback is refused at connect time.
-        let f = Fetcher::with_guard(&config(false), dns(), Guard::new(false))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let err = f
-            .fetch(&FetchRequest::get(url(&format!(
-                "http://rebind.test:{}/",
-                addr.port()
-            ))))
-            .await;
-        match err {
-            Err(FetchError::Blocked { addr, why }) => {
-                assert_eq!(why, "loopback");
-                assert!(addr.contains("rebind.test"), "{addr}");
-            }
-            other => panic!("expected blocked, got {other:?}"),
-        }
-        let err = f
-            .fetch(&FetchRequest::get(url("http://nowhere.test/")))
-            .await;
-        match err {
-            Err(FetchError::Dns { host, reason }) => {
-                assert_eq!(host, "nowhere.test");
-                assert!(reason.contains("no such host"), "{reason}");
-            }
-            other => panic!("expected dns error, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn redirects_to_internal_addresses_are_refused() {
-        let app = Router::new()
-            .route(
-                "/to-literal",
-                get(|| async { Redirect::temporary("http://127.0.0.2/") }),
-            )
-            .route(
-                "/to-ipv6",
-                get(|| async {
-                    Redirect::temporary("http://[::ffff:169.254.169.254]/latest/meta-data")
-                }),
-            )
-            .route(
-                "/to-name",
-                get(|| async { Redirect::temporary("http://internal.test/admin") }),
-            )
-            .route(
-                "/to-file",
-                get(|| async { Redirect::temporary("file:///etc/passwd") }),
-            );
-        let addr = serve(app).await;
-        let f = guarded_fetcher(&config(false));
-        let get =
-            |path: &str| FetchRequest::get(url(&format!("http://127.0.0.1:{}{path}", addr.port())));
-        match f.fetch(&get("/to-literal")).await {
-            Err(FetchError::Blocked {
-                addr,
-                why: "loopback",
-            }) => assert_eq!(addr, "127.0.0.2"),
-            other => panic!("expected blocked loopback, got {other:?}"),
-        }
-        assert!(matches!(
-            f.fetch(&get("/to-ipv6")).await,
-            Err(FetchError::Blocked {
-                why: "link-local",
-                ..
-            })
-        ));
-        match f.fetch(&get("/to-name")).await {
-            Err(FetchError::Blocked {
-                addr,
-                why: "private",
-            }) => assert!(addr.contains("internal.test"), "{addr}"),
-            other => panic!("expected blocked private, got {other:?}"),
-        }
-        let file = f.fetch(&get("/to-file")).await;
-        assert!(matches!(file, Err(FetchError::BadUrl(_))), "{file:?}");
-    }
-
-    /// Counts requests in flight; each handler waits for a release permit.
-    #[derive(Clone)]
-    struct Gate {
-        in_flight: Arc<AtomicUsize>,
-        max_in_flight: Arc<AtomicUsize>,
-        arrived: watch::Sender<usize>,
-        release: Arc<Semaphore>,
-    }
-
-    async fn gated(State(gate): State<Gate>) -> impl IntoResponse {
-        let now = gate.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        gate.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        gate.arrived.send_modify(|n| *n += 1);
-        if let Ok(permit) = gate.release.acquire().await {
-            permit.forget();
-        }
-        gate.in_flight.fetch_sub(1, Ordering::SeqCst);
-        "done"
-    }
-
-    #[tokio::test]
-    async fn subdomains_share_the_concurrency_limit() {
-        let (arrived, mut arrivals) = watch::channel(0usize);
-        let gate = Gate {
-            in_flight: Arc::default(),
-            max_in_flight: Arc::default(),
-            arrived,
-            release: Arc::new(Semaphore::new(0)),
-        };
-        let addr = serve(
-            Router::new()
-                .route("/", get(gated))
-                .with_state(gate.clone()),
-        )
-        .await;
-        let f = guarded_fetcher(&config(false)); // per_host_concurrency = 2
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..6 {
-            let host = if i % 2 == 0 {
-                "a.example.test"
-            } else {
-                "b.example.test"
-            };
-            let req = FetchRequest::get(url(&format!("http://{host}:{}/", addr.port())));
-            let f = f.clone();
-            tasks.spawn(async move { f.fetch(&req).await });
-        }
-        // Release one request at a time, each after the next one arrived.
-        for released in 0..6usize {
-            let want = (released + 2).min(6);
-            let arrived = matches!(
-                tokio::time::timeout(Duration::from_secs(30), arrivals.wait_for(|n| *n >= want))
-                    .await,
-                Ok(Ok(_))
-            );
-            assert!(
-                arrived,
-                "only {} of {want} requests arrived",
-                *arrivals.borrow()
-            );
-            gate.release.add_permits(1);
-        }
-        while let Some(done) = tasks.join_next().await {
-            assert!(matches!(done, Ok(Ok(FetchResponse::Body(_)))), "{done:?}");
-        }
-        assert_eq!(
-            gate.max_in_flight.load(Ordering::SeqCst),
-            2,
-            "a.* and b.* share one limit of 2"
-        );
-    }
-
-    #[tokio::test]
-    async fn retry_after_is_recorded_for_the_registrable_domain() {
-        let app = Router::new().route(
-            "/",
-            get(|| async {
-                (
-                    AxumStatus::TOO_MANY_REQUESTS,
-                    [(header::RETRY_AFTER, "120")],
-                    "slow down",
-                )
-            }),
-        );
-        let addr = serve(app).await;
-        let f = guarded_fetcher(&config(false));
-        let err = f
-            .fetch(&FetchRequest::get(url(&format!(
-                "http://a.example.test:{}/",
-                addr.port()
-            ))))
-            .await;
-        assert!(
-            matches!(err, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(120))
-        );
-        let left = f.politeness().deferred_for("b.example.test");
-        assert!(
-            left.is_some_and(|d| d > Duration::from_secs(60)),
-            "sibling host waits too: {left:?}"
-        );
-        assert_eq!(f.politeness().deferred_for("example.org"), None);
-    }
 }

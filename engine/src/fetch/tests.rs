@@ -1,0 +1,285 @@
+//! Fetcher tests against a local server with simulated DNS: the guarded
+//! resolver, DNS and rebinding errors, redirects to internal addresses,
+//! configured headers across origins, per-domain concurrency and Retry-After.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode as AxumStatus};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::{watch, Semaphore};
+
+use super::redirect::same_origin;
+use super::ssrf::FakeDns;
+use super::*;
+
+fn config(allow_private: bool) -> FetchConfig {
+    FetchConfig {
+        user_agent: "livestrom-test/1".into(),
+        timeout: Duration::from_secs(20),
+        connect_timeout: Duration::from_secs(10),
+        max_body: 1 << 20,
+        per_host_rps: 1e6,
+        per_host_concurrency: 2,
+        allow_private_networks: allow_private,
+        max_redirects: 5,
+        proxy: None,
+    }
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("local_addr: {e}"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// Every `*.example.test` name resolves to the local server; a few
+/// names resolve to internal addresses, as a rebinding attacker would.
+fn dns() -> Arc<FakeDns> {
+    Arc::new(FakeDns(HashMap::from([
+        ("a.example.test", vec![loopback()]),
+        ("b.example.test", vec![loopback()]),
+        ("rebind.test", vec![loopback()]),
+        ("internal.test", vec![IpAddr::from([10, 0, 0, 1])]),
+    ])))
+}
+
+/// Refuses everything internal except the test server's own address.
+fn guarded_fetcher(cfg: &FetchConfig) -> Fetcher {
+    let guard = Guard {
+        allow_private: false,
+        exempt: Some(loopback()),
+    };
+    Fetcher::with_guard(cfg, dns(), guard).unwrap_or_else(|e| panic!("fetcher: {e}"))
+}
+
+fn url(s: &str) -> Url {
+    Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+#[test]
+fn configured_headers_stay_within_the_configured_origin() {
+    let from = url("https://feeds.example.org/a?token=x");
+    for (to, same) in [
+        ("https://feeds.example.org/b", true),
+        ("https://FEEDS.example.org:443/c", true),
+        ("http://feeds.example.org/a", false), // downgrade
+        ("https://feeds.example.org:8443/a", false),
+        ("https://other.example.org/a", false),
+        ("https://example.org/a", false),
+    ] {
+        assert_eq!(same_origin(&from, &url(to)), same, "{to}");
+    }
+}
+
+#[tokio::test]
+async fn host_names_connect_through_the_guarded_resolver() {
+    let addr = serve(Router::new().route("/", get(|| async { "hello" }))).await;
+    let f = guarded_fetcher(&config(false));
+    let got = f
+        .fetch(&FetchRequest::get(url(&format!(
+            "http://a.example.test:{}/",
+            addr.port()
+        ))))
+        .await;
+    match got {
+        Ok(FetchResponse::Body(b)) => assert_eq!(&b.body[..], b"hello"),
+        other => panic!("expected body, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dns_failure_and_rebinding_map_to_specific_errors() {
+    let addr = serve(Router::new().route("/", get(|| async { "hello" }))).await;
+    // Without the exemption, a name resolving to loopback is refused at connect time.
+    let f = Fetcher::with_guard(&config(false), dns(), Guard::new(false))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = f
+        .fetch(&FetchRequest::get(url(&format!(
+            "http://rebind.test:{}/",
+            addr.port()
+        ))))
+        .await;
+    match err {
+        Err(FetchError::Blocked { addr, why }) => {
+            assert_eq!(why, "loopback");
+            assert!(addr.contains("rebind.test"), "{addr}");
+        }
+        other => panic!("expected blocked, got {other:?}"),
+    }
+    let err = f
+        .fetch(&FetchRequest::get(url("http://nowhere.test/")))
+        .await;
+    match err {
+        Err(FetchError::Dns { host, reason }) => {
+            assert_eq!(host, "nowhere.test");
+            assert!(reason.contains("no such host"), "{reason}");
+        }
+        other => panic!("expected dns error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn redirects_to_internal_addresses_are_refused() {
+    let app = Router::new()
+        .route(
+            "/to-literal",
+            get(|| async { Redirect::temporary("http://127.0.0.2/") }),
+        )
+        .route(
+            "/to-ipv6",
+            get(|| async {
+                Redirect::temporary("http://[::ffff:169.254.169.254]/latest/meta-data")
+            }),
+        )
+        .route(
+            "/to-name",
+            get(|| async { Redirect::temporary("http://internal.test/admin") }),
+        )
+        .route(
+            "/to-file",
+            get(|| async { Redirect::temporary("file:///etc/passwd") }),
+        );
+    let addr = serve(app).await;
+    let f = guarded_fetcher(&config(false));
+    let get =
+        |path: &str| FetchRequest::get(url(&format!("http://127.0.0.1:{}{path}", addr.port())));
+    match f.fetch(&get("/to-literal")).await {
+        Err(FetchError::Blocked {
+            addr,
+            why: "loopback",
+        }) => assert_eq!(addr, "127.0.0.2"),
+        other => panic!("expected blocked loopback, got {other:?}"),
+    }
+    assert!(matches!(
+        f.fetch(&get("/to-ipv6")).await,
+        Err(FetchError::Blocked {
+            why: "link-local",
+            ..
+        })
+    ));
+    match f.fetch(&get("/to-name")).await {
+        Err(FetchError::Blocked {
+            addr,
+            why: "private",
+        }) => assert!(addr.contains("internal.test"), "{addr}"),
+        other => panic!("expected blocked private, got {other:?}"),
+    }
+    let file = f.fetch(&get("/to-file")).await;
+    assert!(matches!(file, Err(FetchError::BadUrl(_))), "{file:?}");
+}
+
+/// Counts requests in flight; each handler waits for a release permit.
+#[derive(Clone)]
+struct Gate {
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+    arrived: watch::Sender<usize>,
+    release: Arc<Semaphore>,
+}
+
+async fn gated(State(gate): State<Gate>) -> impl IntoResponse {
+    let now = gate.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    gate.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    gate.arrived.send_modify(|n| *n += 1);
+    if let Ok(permit) = gate.release.acquire().await {
+        permit.forget();
+    }
+    gate.in_flight.fetch_sub(1, Ordering::SeqCst);
+    "done"
+}
+
+#[tokio::test]
+async fn subdomains_share_the_concurrency_limit() {
+    let (arrived, mut arrivals) = watch::channel(0usize);
+    let gate = Gate {
+        in_flight: Arc::default(),
+        max_in_flight: Arc::default(),
+        arrived,
+        release: Arc::new(Semaphore::new(0)),
+    };
+    let addr = serve(
+        Router::new()
+            .route("/", get(gated))
+            .with_state(gate.clone()),
+    )
+    .await;
+    let f = guarded_fetcher(&config(false)); // per_host_concurrency = 2
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let host = if i % 2 == 0 {
+            "a.example.test"
+        } else {
+            "b.example.test"
+        };
+        let req = FetchRequest::get(url(&format!("http://{host}:{}/", addr.port())));
+        let f = f.clone();
+        tasks.spawn(async move { f.fetch(&req).await });
+    }
+    // Release one request at a time, each after the next one arrived.
+    for released in 0..6usize {
+        let want = (released + 2).min(6);
+        let arrived = matches!(
+            tokio::time::timeout(Duration::from_secs(30), arrivals.wait_for(|n| *n >= want)).await,
+            Ok(Ok(_))
+        );
+        assert!(
+            arrived,
+            "only {} of {want} requests arrived",
+            *arrivals.borrow()
+        );
+        gate.release.add_permits(1);
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert!(matches!(done, Ok(Ok(FetchResponse::Body(_)))), "{done:?}");
+    }
+    assert_eq!(
+        gate.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "a.* and b.* share one limit of 2"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_is_recorded_for_the_registrable_domain() {
+    let app = Router::new().route(
+        "/",
+        get(|| async {
+            (
+                AxumStatus::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "120")],
+                "slow down",
+            )
+        }),
+    );
+    let addr = serve(app).await;
+    let f = guarded_fetcher(&config(false));
+    let err = f
+        .fetch(&FetchRequest::get(url(&format!(
+            "http://a.example.test:{}/",
+            addr.port()
+        ))))
+        .await;
+    assert!(
+        matches!(err, Err(FetchError::Status { status: 429, retry_after: Some(d) }) if d == Duration::from_secs(120))
+    );
+    let left = f.politeness().deferred_for("b.example.test");
+    assert!(
+        left.is_some_and(|d| d > Duration::from_secs(60)),
+        "sibling host waits too: {left:?}"
+    );
+    assert_eq!(f.politeness().deferred_for("example.org"), None);
+}
