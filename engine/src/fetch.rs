@@ -9,7 +9,6 @@
 //! redirect loop with its per-hop header rules.
 
 mod headers;
-mod redact;
 mod redirect;
 mod ssrf;
 #[cfg(test)]
@@ -28,11 +27,11 @@ use reqwest::{Client, Response, StatusCode};
 use url::Url;
 
 pub use self::headers::{parse_http_date, MAX_HEADER_WAIT};
-pub use self::redact::{redact_url, redact_url_text, redact_urls_in, REDACTED};
 pub use self::ssrf::classify_ip;
 use self::ssrf::{Guard, GuardedResolver, Lookup, LookupFailed, Refused, SystemLookup, UrlRefused};
 use crate::config::FetchConfig;
 use crate::politeness::Politeness;
+pub use crate::redact::{redact_url, redact_url_text, redact_urls_in, REDACTED};
 
 /// `Accept` sent when the request names none: feeds first, then HTML.
 pub const DEFAULT_ACCEPT: &str =

@@ -1,7 +1,7 @@
 //! A source's health, decided in one place for every view of it
 //! (`livestrom sources list`, `GET /v1/admin/sources`).
 
-use crate::fetch::redact_urls_in;
+use crate::redact::redact_urls_in;
 use crate::store::SourceState;
 
 /// How a source is doing, from its stored state.

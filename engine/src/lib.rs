@@ -18,6 +18,7 @@ pub mod keys;
 pub mod log;
 pub mod normalize;
 pub mod politeness;
+pub mod redact;
 pub mod runtime;
 pub mod scheduler;
 pub mod sources;

@@ -121,7 +121,7 @@ impl Validator<'_, '_> {
         let field = "fetch.proxy";
         let text = raw.get_ref().trim();
         // A proxy URL may carry user:password@; messages show it redacted.
-        let shown = crate::fetch::redact_url_text(text);
+        let shown = crate::redact::redact_url_text(text);
         let url = match url::Url::parse(text) {
             Ok(u) => u,
             Err(e) => {

@@ -437,7 +437,7 @@ fn pointer_problem(p: &str) -> Option<String> {
 /// An absolute http(s) URL with a host.
 fn check_url(text: &str) -> Result<url::Url, String> {
     // Source URLs may carry credentials; the message shows them redacted.
-    let redacted = crate::fetch::redact_url_text(text);
+    let redacted = crate::redact::redact_url_text(text);
     let shown = truncate(&redacted);
     match url::Url::parse(text.trim()) {
         Ok(u) if !matches!(u.scheme(), "http" | "https") => Err(format!(
