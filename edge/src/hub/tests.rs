@@ -10,11 +10,10 @@ use chrono::Utc;
 use livestrom_engine::bus::Batch;
 use livestrom_engine::log::{LogError, LogRow, ReadScope};
 use livestrom_engine::{Bus, CommittedEvent, EventLog, SourceType, StreamEvent};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::queue::{lock, Queue, Subscriber};
+use super::queue::{lock, Subscriber};
 use super::registry::Registry;
 use super::{render_event, Drained, Frame, Hub, Subscription};
 use crate::filter::Filter;
@@ -46,10 +45,7 @@ fn sub(reg: &mut Registry, q: &str) -> (u32, Arc<Subscriber>) {
     let f = crate::filter::parse_query(Some(q), crate::filter::Endpoint::Stream, 20)
         .map(|q| q.filter)
         .unwrap_or_else(|p| panic!("{q}: {}", p.detail));
-    let s = Arc::new(Subscriber {
-        filter: Arc::new(f),
-        ..lone_subscriber(1 << 20, false)
-    });
+    let s = Arc::new(Subscriber::new(Arc::new(f), 1 << 20));
     (reg.insert(s.clone()), s)
 }
 
@@ -86,18 +82,9 @@ fn index_routes_each_event_to_matching_subscribers_once() {
 
 /// A subscriber outside any registry, with a queue bound of `limit` bytes.
 fn lone_subscriber(limit: usize, live: bool) -> Subscriber {
-    Subscriber {
-        filter: Arc::new(Filter::default()),
-        queue: Mutex::new(Queue {
-            frames: Vec::new(),
-            bytes: 0,
-            limit,
-            overflowed: false,
-            ended: false,
-            live,
-        }),
-        notify: Notify::new(),
-    }
+    let s = Subscriber::new(Arc::new(Filter::default()), limit);
+    lock(&s.queue).live = live;
+    s
 }
 
 #[test]
