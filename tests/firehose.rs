@@ -18,9 +18,10 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{stream, Stream, StreamExt};
 use livestrom_engine::config::{FirehoseSettings, SourceKind};
+use livestrom_engine::scheduler::{Backoff, BackoffPolicy};
 use livestrom_engine::sources::firehose::{
-    self, drive_stream, run_upstream_with, Backoff, Health, StreamDecoder, StreamEnd,
-    UpstreamBatch, UpstreamOptions,
+    self, drive_stream, run_upstream_with, Health, StreamDecoder, StreamEnd, UpstreamBatch,
+    UpstreamOptions, RECONNECT,
 };
 use livestrom_engine::sources::Item;
 use livestrom_engine::Config;
@@ -111,7 +112,10 @@ fn guids(batches: &[UpstreamBatch]) -> Vec<String> {
 
 fn fast() -> UpstreamOptions {
     UpstreamOptions {
-        initial_backoff: Duration::from_millis(20),
+        reconnect: BackoffPolicy {
+            initial: Duration::from_millis(20),
+            ..RECONNECT
+        },
         min_backoff: Duration::from_millis(10),
         ..UpstreamOptions::default()
     }
@@ -781,7 +785,7 @@ async fn an_idle_upstream_is_reconnected_and_cancel_stops_everything() {
 
 #[test]
 fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
-    let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut b = Backoff::new(RECONNECT);
     let mut delays = Vec::new();
     for _ in 0..10 {
         delays.push(b.next_delay());

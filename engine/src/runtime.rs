@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, FirehoseFormat, SourceConfig, SourceKind};
 use crate::fetch::{redact_urls_in, FetchError, FetchRequest, FetchResponse, Fetched, Fetcher};
 use crate::normalize;
-use crate::scheduler::{self, DueQueue, PollTiming};
+use crate::scheduler::{self, Backoff, BackoffPolicy, DueQueue, Jitter, PollTiming};
 use crate::sources::{feed, firehose, html, Item, Parsed};
 use crate::store::{SourceState, Store, StoreError, WriteBatch};
 
@@ -31,6 +31,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const ITEM_PRUNE_EVERY_N: u64 = 6;
 /// Upstream batches buffered between a streaming firehose reader and the store.
 const UPSTREAM_QUEUE: usize = 16;
+/// Retry of an upstream batch the store refused: the reader waits meanwhile,
+/// so no jitter is needed; half a second doubling to 30 s.
+const STORE_RETRY: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+    factor: 2,
+    jitter: Jitter::NONE,
+};
 
 /// Commands to a running engine.
 #[derive(Debug)]
@@ -989,13 +997,14 @@ async fn store_or_give_up(
     batch: &firehose::UpstreamBatch,
     cancel: &CancellationToken,
 ) -> bool {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(STORE_RETRY);
     loop {
         let e = match store_upstream_batch(ctx, src, state, batch).await {
             Ok(()) => return true,
             Err(e) => e,
         };
-        tracing::error!(source = %src.id, error = %e, "cannot store upstream items; retrying in {backoff:?}");
+        let delay = backoff.next_delay();
+        tracing::error!(source = %src.id, error = %e, "cannot store upstream items; retrying in {delay:?}");
         // `state` still holds the cursor before this batch: recording the
         // error never moves it.
         record_health(
@@ -1014,9 +1023,8 @@ async fn store_or_give_up(
                 );
                 return false;
             }
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -2,6 +2,10 @@
 //! upstream hints (`<ttl>`, Cache-Control/Expires, Retry-After) and capped
 //! exponential backoff — plus the due-queue the runtime's one loop sleeps on.
 //!
+//! [`BackoffPolicy`] is the one backoff rule of the engine: the failure
+//! backoff of polls, the upstream reconnect of streaming firehoses and the
+//! store retry of upstream batches all use it, each with its own numbers.
+//!
 //! One timer for all sources: a binary heap of (due, source) entries; the loop
 //! sleeps until the earliest, so thousands of idle sources cost nothing.
 
@@ -20,6 +24,122 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 pub const MAX_HINT: Duration = Duration::from_secs(24 * 3600);
 /// New sources get their first poll within this window (spread, not at once).
 pub const FIRST_POLL_SPREAD: Duration = Duration::from_secs(3);
+
+/// Capped exponential backoff: retry `attempt` (0 = the first) waits
+/// `initial × factor^attempt`, capped at `max`, then scaled by [`Jitter`].
+/// Pure; [`Backoff`] keeps the attempt count of a retry loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackoffPolicy {
+    /// The first delay.
+    pub initial: Duration,
+    /// No delay is longer than this before jitter.
+    pub max: Duration,
+    /// Growth per attempt (2 doubles).
+    pub factor: u32,
+    /// Spreads retries that fail together, so they do not retry together.
+    pub jitter: Jitter,
+}
+
+/// A random multiplier in `[low, low + width]` applied to a capped delay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Jitter {
+    /// The smallest multiplier.
+    pub low: f64,
+    /// How far above `low` the multiplier may go.
+    pub width: f64,
+}
+
+impl Jitter {
+    /// No jitter: the delay as computed (cron times, the store retry).
+    pub const NONE: Jitter = Jitter {
+        low: 1.0,
+        width: 0.0,
+    };
+    /// ±10 %: sources of one tier drift apart instead of polling in step.
+    pub const TEN_PERCENT: Jitter = Jitter {
+        low: 0.9,
+        width: 0.2,
+    };
+    /// "Equal jitter": somewhere in the upper half, so reconnects spread out
+    /// but none comes sooner than half the delay.
+    pub const EQUAL: Jitter = Jitter {
+        low: 0.5,
+        width: 0.5,
+    };
+
+    /// `d` scaled by this jitter; `rand` is a number in [0, 1).
+    pub fn apply(self, d: Duration, rand: f64) -> Duration {
+        if self == Self::NONE {
+            return d;
+        }
+        let factor = self.low + self.width * rand.clamp(0.0, 1.0);
+        // Out-of-range results (negative, overflowing) keep the delay unjittered
+        // rather than panic.
+        Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(d)
+    }
+}
+
+impl BackoffPolicy {
+    /// The delay before retry `attempt` (0 = the first); `rand` is a number
+    /// in [0, 1) (random in production, fixed in tests).
+    pub fn delay(&self, attempt: u32, rand: f64) -> Duration {
+        let grown = self
+            .initial
+            .saturating_mul(self.factor.saturating_pow(attempt))
+            .min(self.max);
+        self.jitter.apply(grown, rand)
+    }
+}
+
+/// A retry loop's place in its [`BackoffPolicy`]: each [`Backoff::next_delay`] is
+/// one attempt later, [`Backoff::reset`] starts over after a success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: BackoffPolicy,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A loop that has not failed yet.
+    pub fn new(policy: BackoffPolicy) -> Self {
+        Self { policy, attempt: 0 }
+    }
+
+    /// The delay before the next attempt, with random jitter.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.policy.delay(self.attempt, rand::random::<f64>());
+        self.attempt = self.attempt.saturating_add(1);
+        d
+    }
+
+    /// Back to the first delay (after a success).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// Changes the first delay, at most the cap (an SSE upstream's `retry:`).
+    pub fn set_initial(&mut self, initial: Duration) {
+        self.policy.initial = initial.min(self.policy.max);
+    }
+}
+
+/// The failure backoff of a polled source: its cadence doubling per
+/// consecutive failure, capped at `max(base, MAX_BACKOFF)` (a source slower
+/// than the cap keeps its own interval), ±10 % jitter on fixed intervals
+/// and none on cron (it fires at its wall-clock times). Attempt 0 is the
+/// plain jittered cadence.
+pub fn poll_backoff(cadence: &Cadence, now: DateTime<Utc>) -> BackoffPolicy {
+    let base = base_delay(cadence, now);
+    BackoffPolicy {
+        initial: base,
+        max: base.max(MAX_BACKOFF),
+        factor: 2,
+        jitter: match cadence {
+            Cadence::Cron(_) => Jitter::NONE,
+            Cadence::Every(_) => Jitter::TEN_PERCENT,
+        },
+    }
+}
 
 /// How a poll ended, as far as timing is concerned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,14 +178,6 @@ pub fn base_delay(cadence: &Cadence, now: DateTime<Utc>) -> Duration {
 ///
 /// `jitter` is a number in [0, 1) (random in production, fixed in tests).
 pub fn next_delay(cadence: &Cadence, now: DateTime<Utc>, t: &PollTiming, jitter: f64) -> Duration {
-    let base = base_delay(cadence, now);
-    let jittered = |d: Duration| -> Duration {
-        match cadence {
-            // Cron fires at its wall-clock times: no jitter.
-            Cadence::Cron(_) => d,
-            Cadence::Every(_) => d.mul_f64(0.9 + 0.2 * jitter.clamp(0.0, 1.0)),
-        }
-    };
     let floor = [
         t.retry_after,
         if t.ok { t.ttl } else { None },
@@ -76,13 +188,12 @@ pub fn next_delay(cadence: &Cadence, now: DateTime<Utc>, t: &PollTiming, jitter:
     .map(|d| d.min(MAX_HINT))
     .max()
     .unwrap_or_default();
-    let d = if t.ok || t.consecutive_failures == 0 {
-        jittered(base)
+    let attempt = if t.ok {
+        0
     } else {
-        let exp = t.consecutive_failures.saturating_sub(1).min(16);
-        let cap = base.max(MAX_BACKOFF);
-        jittered(base.saturating_mul(1u32 << exp).min(cap))
+        t.consecutive_failures.saturating_sub(1)
     };
+    let d = poll_backoff(cadence, now).delay(attempt, jitter);
     d.max(floor).max(Duration::from_millis(100))
 }
 
@@ -238,6 +349,58 @@ mod tests {
             next_delay(&every(60), now, &ok, 0.5),
             Duration::from_secs(60)
         );
+    }
+
+    #[test]
+    fn a_backoff_policy_grows_caps_and_jitters_within_its_range() {
+        let policy = BackoffPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            factor: 2,
+            jitter: Jitter::EQUAL,
+        };
+        for attempt in 0..40 {
+            let full = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
+            assert_eq!(policy.delay(attempt, 0.0), full / 2, "attempt {attempt}");
+            assert_eq!(policy.delay(attempt, 1.0), full, "attempt {attempt}");
+        }
+        let plain = BackoffPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            factor: 2,
+            jitter: Jitter::NONE,
+        };
+        let delays: Vec<u64> = (0..8)
+            .map(|a| plain.delay(a, 0.7).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            vec![500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
+        );
+        assert_eq!(
+            Jitter::TEN_PERCENT.apply(Duration::from_secs(100), 0.0),
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn a_backoff_counts_attempts_and_starts_over_on_reset() {
+        let mut b = Backoff::new(BackoffPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+            factor: 2,
+            jitter: Jitter::NONE,
+        });
+        let delays: Vec<u64> = (0..5).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 8]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_secs(1));
+        b.set_initial(Duration::from_secs(3));
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_secs(3));
+        b.set_initial(Duration::from_secs(100));
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_secs(8), "capped at max");
     }
 
     #[test]

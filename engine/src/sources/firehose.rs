@@ -24,7 +24,7 @@ use crate::fetch::{FetchRequest, Fetcher};
 
 pub use sse::{SseDecoder, SseEvent, SseProblems};
 pub use upstream::{
-    drive_stream, run_upstream_with, Backoff, Health, StreamDecoder, StreamEnd, UpstreamOptions,
+    drive_stream, run_upstream_with, Health, StreamDecoder, StreamEnd, UpstreamOptions, RECONNECT,
 };
 
 /// Why a firehose document or message could not be mapped.

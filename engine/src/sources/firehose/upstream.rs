@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +19,17 @@ use super::lines::{Line, LineSplitter};
 use super::sse::{SseDecoder, SseEvent};
 use super::{map_message, UpstreamBatch};
 use crate::config::{FirehoseFormat, FirehoseSettings};
+use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
 use crate::sources::Item;
+
+/// Reconnect backoff of an upstream: 1 s doubling to a minute, with equal
+/// jitter so the readers of many sources dropped at once do not reconnect in step.
+pub const RECONNECT: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    factor: 2,
+    jitter: Jitter::EQUAL,
+};
 
 /// Tunables of an upstream connection; the defaults are what `run_upstream` uses.
 #[derive(Debug, Clone)]
@@ -33,12 +42,11 @@ pub struct UpstreamOptions {
     pub idle_timeout: Duration,
     /// Longest NDJSON line / SSE line or event, in bytes; longer ones are dropped.
     pub max_line: usize,
-    /// First reconnect delay (an SSE `retry:` replaces it, at least `min_backoff`).
-    pub initial_backoff: Duration,
+    /// Reconnect backoff (an SSE `retry:` replaces its first delay, at least
+    /// `min_backoff`).
+    pub reconnect: BackoffPolicy,
     /// Floor for an upstream's `retry:` (a `retry: 0` must not spin).
     pub min_backoff: Duration,
-    /// Cap of the exponential backoff.
-    pub max_backoff: Duration,
     /// A connection open this long (or that delivered items) resets the backoff.
     pub healthy_after: Duration,
 }
@@ -50,9 +58,8 @@ impl Default for UpstreamOptions {
             batch_window: Duration::from_millis(50),
             idle_timeout: Duration::from_secs(90),
             max_line: 1024 * 1024,
-            initial_backoff: Duration::from_secs(1),
+            reconnect: RECONNECT,
             min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(60),
             healthy_after: Duration::from_secs(30),
         }
     }
@@ -345,46 +352,6 @@ impl Health {
     }
 }
 
-/// Capped exponential backoff with "equal jitter" (a random delay in the upper half).
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Starts at `initial`, doubling up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// Changes the first delay (an upstream's `retry:`).
-    pub fn set_initial(&mut self, initial: Duration) {
-        self.initial = initial.min(self.max);
-    }
-
-    /// Back to the first delay after a healthy connection.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// The delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
-    }
-}
-
 /// Drives one connection: reads `stream`, decodes, batches (at most
 /// `max_batch` items, the first waiting at most `batch_window`) and sends on
 /// `out`, until the stream ends, fails, idles out, or `cancel` fires.
@@ -568,7 +535,7 @@ pub async fn run_upstream_with<C, Fut, S, E>(
     E: Display,
 {
     let mut health = Health::new(health);
-    let mut backoff = Backoff::new(opts.initial_backoff, opts.max_backoff);
+    let mut backoff = Backoff::new(opts.reconnect);
     loop {
         let opened = tokio::select! {
             biased;
