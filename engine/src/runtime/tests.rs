@@ -15,10 +15,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use chrono::Utc;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::store::ReadScope;
+use crate::store::{ReadScope, WriteBatch};
 use crate::{Bus, EventLog};
 
 /// A generous bound for waits on a slow shared machine; never a timing assertion.

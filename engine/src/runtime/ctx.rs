@@ -1,0 +1,34 @@
+//! What every poll and upstream reader shares: the store and the HTTP
+//! client, and the normaliser run off the async workers.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::poll::PollError;
+use crate::config::SourceConfig;
+use crate::fetch::Fetcher;
+use crate::normalize;
+use crate::sources::Item;
+use crate::store::Store;
+
+/// Shared by every poll.
+pub(super) struct Ctx {
+    pub(super) store: Store,
+    pub(super) fetcher: Fetcher,
+}
+
+/// [`normalize::plan`] on a blocking thread: hashing and text work grow
+/// with the feed, and the async workers also serve the SSE edge.
+pub(super) async fn plan_off_runtime(
+    src: &Arc<SourceConfig>,
+    items: Vec<Item>,
+    known: Vec<crate::store::ItemState>,
+    first_poll: bool,
+    at: DateTime<Utc>,
+) -> Result<normalize::Plan, PollError> {
+    let src = Arc::clone(src);
+    tokio::task::spawn_blocking(move || normalize::plan(&src, items, &known, first_poll, at))
+        .await
+        .map_err(|e| PollError::Task(e.to_string()))
+}

@@ -1,0 +1,414 @@
+//! One poll of one source, start to commit: fetch → parse → plan → write,
+//! the poll's error, and the set of polls in flight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::task::JoinSet;
+
+use super::ctx::{plan_off_runtime, Ctx};
+use crate::config::{SourceConfig, SourceKind};
+use crate::fetch::{redact_urls_in, FetchError, FetchRequest, FetchResponse, Fetched};
+use crate::normalize;
+use crate::scheduler::{self, PollTiming};
+use crate::sources::{feed, firehose, html, Item, Parsed};
+use crate::store::{SourceState, StoreError, WriteBatch};
+
+/// Why one poll failed; shown as the source's `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// Fetching failed.
+    #[error("fetch: {0}")]
+    Fetch(#[from] FetchError),
+    /// The feed did not parse.
+    #[error("parse: {0}")]
+    Feed(#[from] feed::FeedError),
+    /// The page is unusable.
+    #[error("page: {0}")]
+    Html(#[from] html::HtmlError),
+    /// The firehose document did not map.
+    #[error("firehose: {0}")]
+    Firehose(#[from] firehose::FirehoseError),
+    /// Storing failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A parser task died.
+    #[error("internal: {0}")]
+    Task(String),
+    /// The source's domain is under a Retry-After for this long: not polled.
+    #[error("deferred by the domain's Retry-After for {0:?}")]
+    Deferred(Duration),
+}
+
+/// How one poll ended and when the source is due next.
+pub(super) struct PollResult {
+    /// The error text on failure (recorded in the source's state when the store allowed).
+    pub(super) outcome: Result<(), String>,
+    /// Delay until the next poll (the same value stored as `next_poll_at`).
+    pub(super) next_in: Duration,
+    /// Nothing was fetched or stored: the domain already had enough polls in
+    /// flight or waiting (see `Politeness::crowded`); try again after `next_in`.
+    pub(super) skipped: bool,
+}
+
+/// One poll of one source, start to commit.
+pub(super) async fn poll_once(ctx: &Ctx, src: &Arc<SourceConfig>) -> PollResult {
+    // Enough polls of this domain are already fetching or waiting for their
+    // turn: come back shortly rather than wait in an in-flight slot (nothing
+    // is read or written, so skipping is cheap).
+    let host = src.url.host_str().unwrap_or_default();
+    if let Some(wait) = ctx.fetcher.politeness().crowded(host) {
+        return PollResult {
+            outcome: Err(format!(
+                "skipped: enough polls of {host}'s domain are already in flight or waiting"
+            )),
+            next_in: wait.mul_f64(1.0 + rand::random::<f64>()),
+            skipped: true,
+        };
+    }
+    let started = Utc::now();
+    let mut state = match ctx.store.source_state(src.id.as_str()).await {
+        Ok(s) => s.unwrap_or_else(|| SourceState {
+            source_id: src.id.as_str().to_owned(),
+            ..Default::default()
+        }),
+        Err(e) => {
+            // Not even the state could be read: retry on the source's cadence.
+            return PollResult {
+                outcome: Err(format!("store: {e}")),
+                next_in: scheduler::base_delay(&src.cadence, started),
+                skipped: false,
+            };
+        }
+    };
+    state.last_poll_at = Some(started);
+    let outcome = poll_inner(ctx, src, &mut state).await;
+    let now = Utc::now();
+    let (timing, batch_events, touch, unchanged, result) = match outcome {
+        Err(PollError::Deferred(wait)) => {
+            // The domain asked everyone to wait (429/503 Retry-After): not this
+            // source's failure; try again when the domain allows.
+            tracing::debug!(source = %src.id, ?wait, "domain deferred by Retry-After; rescheduling");
+            let timing = PollTiming {
+                ok: true,
+                consecutive_failures: state.consecutive_failures,
+                ttl: None,
+                cache: None,
+                retry_after: Some(wait),
+            };
+            (timing, Vec::new(), Vec::new(), false, Ok(()))
+        }
+        Ok(done) => {
+            state.last_success_at = Some(now);
+            state.last_error = None;
+            state.consecutive_failures = 0;
+            state.initialized = true;
+            let timing = PollTiming {
+                ok: true,
+                consecutive_failures: 0,
+                ttl: done.ttl,
+                cache: done.cache,
+                retry_after: None,
+            };
+            (timing, done.events, done.touch, done.unchanged, Ok(()))
+        }
+        Err(e) => {
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            // Shown in logs, `last_error`, `sources list` and the admin API:
+            // no URL in it may carry the source's credentials.
+            let msg = redact_urls_in(&e.to_string()).into_owned();
+            if state.consecutive_failures == 1 || state.consecutive_failures.is_power_of_two() {
+                tracing::warn!(source = %src.id, failures = state.consecutive_failures, "poll failed: {msg}");
+            } else {
+                tracing::debug!(source = %src.id, failures = state.consecutive_failures, "poll failed: {msg}");
+            }
+            if state.consecutive_failures > 1 && state.last_error.is_none() {
+                tracing::info!(source = %src.id, "source failing again");
+            }
+            state.last_error = Some(msg.clone());
+            let retry_after = match &e {
+                PollError::Fetch(f) => f.retry_after(),
+                _ => None,
+            };
+            let timing = PollTiming {
+                ok: false,
+                consecutive_failures: state.consecutive_failures,
+                ttl: None,
+                cache: None,
+                retry_after,
+            };
+            (timing, Vec::new(), Vec::new(), false, Err(msg))
+        }
+    };
+    let delay = scheduler::next_delay(&src.cadence, now, &timing, rand::random::<f64>());
+    state.next_poll_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+    let n = batch_events.len();
+    let batch = WriteBatch {
+        events: batch_events,
+        source: Some(state),
+        touch_items: touch,
+        refresh_items: unchanged,
+    };
+    match ctx.store.write(batch).await {
+        Ok(_) if n > 0 => tracing::info!(source = %src.id, events = n, "stored new events"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(source = %src.id, error = %e, "cannot store poll result");
+            return PollResult {
+                outcome: Err(format!("store: {e}")),
+                next_in: delay,
+                skipped: false,
+            };
+        }
+    }
+    PollResult {
+        outcome: result,
+        next_in: delay,
+        skipped: false,
+    }
+}
+
+struct PollDone {
+    events: Vec<crate::store::NewEvent>,
+    /// Items stored without an event (held back by `initial_items`, new aliases).
+    touch: Vec<crate::store::ItemState>,
+    /// The content is what the last 200 had (304, or a page without a
+    /// significant change): its items are still there.
+    unchanged: bool,
+    ttl: Option<Duration>,
+    cache: Option<Duration>,
+}
+
+async fn poll_inner(
+    ctx: &Ctx,
+    src: &Arc<SourceConfig>,
+    state: &mut SourceState,
+) -> Result<PollDone, PollError> {
+    if let Some(host) = src.url.host_str() {
+        let politeness = ctx.fetcher.politeness();
+        if let Some(wait) = politeness.deferred_for(host) {
+            if wait > Duration::from_secs(1) {
+                return Err(PollError::Deferred(wait));
+            }
+        }
+    }
+    let mut req = FetchRequest::get(src.url.clone());
+    req.etag = state.etag.clone();
+    req.last_modified = state.last_modified.clone();
+    req.user_agent = src.user_agent.clone();
+    req.headers = src.headers.clone();
+    req.accept = Some(accept_for(src));
+    let fetched = match ctx.fetcher.fetch(&req).await? {
+        FetchResponse::NotModified { hints } => {
+            return Ok(PollDone {
+                events: Vec::new(),
+                touch: Vec::new(),
+                unchanged: true,
+                ttl: None,
+                cache: hints.not_before,
+            });
+        }
+        FetchResponse::Body(f) => f,
+    };
+    let cache = fetched.hints.not_before;
+    let (items, ttl, snapshot) = parse(src, &fetched, state.snapshot.clone()).await?;
+    // A page below the change threshold yields no item, but it is still there.
+    let unchanged = matches!(src.kind, SourceKind::Html(_)) && items.is_empty();
+    let known = if matches!(src.kind, SourceKind::Firehose(_)) {
+        let ids = normalize::identity_keys(&items);
+        ctx.store.items_by_ids(src.id.as_str(), ids).await?
+    } else {
+        ctx.store.items(src.id.as_str()).await?
+    };
+    let first_poll = !state.initialized;
+    let fetched_at = fetched.fetched_at;
+    let plan = plan_off_runtime(src, items, known, first_poll, fetched_at).await?;
+    // Only a successfully parsed 200 moves the validators and the snapshot.
+    state.etag = fetched.etag;
+    state.last_modified = fetched.last_modified;
+    if let Some(s) = snapshot {
+        state.snapshot = Some(s);
+    }
+    Ok(PollDone {
+        events: plan.events,
+        touch: plan.touch,
+        unchanged,
+        ttl,
+        cache,
+    })
+}
+
+fn accept_for(src: &SourceConfig) -> &'static str {
+    match src.kind {
+        SourceKind::Rss => "application/rss+xml, application/atom+xml, application/rdf+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5",
+        SourceKind::Json => "application/feed+json, application/json;q=0.9, */*;q=0.5",
+        SourceKind::Html(_) => "text/html, application/xhtml+xml;q=0.9, */*;q=0.5",
+        SourceKind::Firehose(_) => "application/json, application/x-ndjson;q=0.9, */*;q=0.5",
+    }
+}
+
+/// Items, the feed's ttl, and (html) the new snapshot to store.
+type ParseOut = (Vec<Item>, Option<Duration>, Option<String>);
+
+/// Parses a body on a blocking thread. For html sources, also returns the new
+/// snapshot to store (only when it changed meaningfully or is the first).
+async fn parse(
+    src: &SourceConfig,
+    fetched: &Fetched,
+    prev_snapshot: Option<String>,
+) -> Result<ParseOut, PollError> {
+    let body = fetched.body.clone();
+    let ct = fetched.content_type.clone();
+    let base = fetched.final_url.clone();
+    let kind = src.kind.clone();
+    let page_url = fetched.final_url.to_string();
+    let task = tokio::task::spawn_blocking(move || -> Result<ParseOut, PollError> {
+        match &kind {
+            SourceKind::Rss | SourceKind::Json => {
+                let Parsed { items, ttl } = feed::parse(&body, ct.as_deref(), &base)?;
+                Ok((items, ttl, None))
+            }
+            SourceKind::Firehose(settings) => {
+                let Parsed { items, ttl } = firehose::parse_json(&body, settings, &base)?;
+                Ok((items, ttl, None))
+            }
+            SourceKind::Html(settings) => {
+                let snap = html::extract(&body, ct.as_deref(), settings)?;
+                let item = |diff: Option<html::Change>| Item {
+                    guid: Some("page".into()),
+                    url: Some(page_url.clone()),
+                    title: snap.title.clone(),
+                    content: snap.text.clone(),
+                    published: None,
+                    diff: diff.as_ref().map(|c| c.diff.clone()),
+                    added: diff.map(|c| c.added),
+                };
+                match prev_snapshot {
+                    None => Ok((vec![item(None)], None, Some(snap.text.clone()))),
+                    Some(prev) => match html::diff(&prev, &snap.text, settings.min_change) {
+                        None => Ok((Vec::new(), None, None)),
+                        Some(change) => {
+                            Ok((vec![item(Some(change))], None, Some(snap.text.clone())))
+                        }
+                    },
+                }
+            }
+        }
+    });
+    task.await.map_err(|e| PollError::Task(e.to_string()))?
+}
+
+/// The polls in flight. A task that panics returns no result, so which
+/// slot it polled is kept by task id: the slot is freed and its source
+/// rescheduled instead of staying "polling" forever.
+#[derive(Default)]
+pub(super) struct Polls {
+    tasks: JoinSet<PollResult>,
+    running: HashMap<tokio::task::Id, Running>,
+}
+
+/// What a poll task is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Running {
+    pub(super) slot: usize,
+    /// The slot's epoch when the poll started.
+    pub(super) epoch: u64,
+    /// Records the failure of a poll that panicked (not a poll itself).
+    pub(super) recovery: bool,
+}
+
+impl Polls {
+    pub(super) fn spawn(
+        &mut self,
+        task: Running,
+        fut: impl std::future::Future<Output = PollResult> + Send + 'static,
+    ) {
+        let id = self.tasks.spawn(fut).id();
+        self.running.insert(id, task);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next finished task and its result (`Err` if it panicked).
+    pub(super) async fn join_next(
+        &mut self,
+    ) -> Option<(Running, Result<PollResult, tokio::task::JoinError>)> {
+        loop {
+            let (id, result) = match self.tasks.join_next_with_id().await? {
+                Ok((id, result)) => (id, Ok(result)),
+                Err(e) => (e.id(), Err(e)),
+            };
+            // Every task is registered when spawned; an unknown id cannot
+            // name a slot, so it is skipped.
+            if let Some(task) = self.running.remove(&id) {
+                return Some((task, result));
+            }
+        }
+    }
+}
+
+/// "panicked: <message>" for a poll task that died.
+pub(super) fn task_failure(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "was cancelled".to_owned();
+    }
+    let payload = e.into_panic();
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    format!("panicked: {msg}")
+}
+
+/// Records a poll that died as a failed poll of its source (shown as its
+/// `last_error`, counted in its failures) and schedules it with the failure
+/// backoff.
+pub(super) async fn record_poll_failure(
+    ctx: Arc<Ctx>,
+    src: Arc<SourceConfig>,
+    why: String,
+) -> PollResult {
+    let now = Utc::now();
+    let msg = format!("internal: the poll {why}");
+    let mut state = match ctx.store.source_state(src.id.as_str()).await {
+        Ok(s) => s.unwrap_or_else(|| SourceState {
+            source_id: src.id.as_str().to_owned(),
+            ..Default::default()
+        }),
+        Err(e) => {
+            tracing::error!(source = %src.id, error = %e, "cannot record the failed poll");
+            return PollResult {
+                outcome: Err(msg),
+                next_in: scheduler::base_delay(&src.cadence, now),
+                skipped: false,
+            };
+        }
+    };
+    state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+    state.last_poll_at = Some(now);
+    state.last_error = Some(msg.clone());
+    let timing = PollTiming {
+        ok: false,
+        consecutive_failures: state.consecutive_failures,
+        ..PollTiming::default()
+    };
+    let delay = scheduler::next_delay(&src.cadence, now, &timing, rand::random::<f64>());
+    state.next_poll_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+    let batch = WriteBatch {
+        source: Some(state),
+        ..WriteBatch::default()
+    };
+    if let Err(e) = ctx.store.write(batch).await {
+        tracing::error!(source = %src.id, error = %e, "cannot record the failed poll");
+    }
+    PollResult {
+        outcome: Err(msg),
+        next_in: delay,
+        skipped: false,
+    }
+}

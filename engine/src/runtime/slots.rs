@@ -1,0 +1,93 @@
+//! The configured sources as the loop keeps them: one slot per source with
+//! its scheduling bookkeeping, and how a slot is started.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::ctx::Ctx;
+use super::stream::run_stream;
+use crate::config::{FirehoseFormat, SourceConfig, SourceKind};
+use crate::scheduler::{self, DueQueue};
+use crate::store::SourceState;
+
+/// A configured source and its scheduling bookkeeping.
+pub(super) struct Slot {
+    pub(super) src: Arc<SourceConfig>,
+    /// Bumped whenever the source is replaced, so a stale poll result is ignored.
+    pub(super) epoch: u64,
+    /// A poll is in flight (never two of one source at once).
+    pub(super) polling: bool,
+    /// Streaming firehose: cancels its upstream reader.
+    pub(super) upstream: Option<CancellationToken>,
+    /// The first-round summary has counted this source.
+    pub(super) reported: bool,
+    /// Waiting for the in-flight poll (`poll_now`).
+    pub(super) waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Waiting for a poll that starts after the in-flight one.
+    pub(super) next_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+impl Slot {
+    pub(super) fn new(src: SourceConfig, reported: bool) -> Self {
+        Self {
+            src: Arc::new(src),
+            epoch: 0,
+            polling: false,
+            upstream: None,
+            reported,
+            waiters: Vec::new(),
+            next_waiters: Vec::new(),
+        }
+    }
+}
+
+/// Schedules a (new or replaced) slot: streaming firehoses get an upstream
+/// reader, everything else a first poll.
+pub(super) fn start_slot(
+    ctx: &Arc<Ctx>,
+    slots: &mut [Option<Slot>],
+    slot: usize,
+    at: Instant,
+    queue: &mut DueQueue,
+    upstreams: &mut JoinSet<()>,
+    cancel: &CancellationToken,
+) {
+    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
+        return;
+    };
+    if is_streaming(&s.src) {
+        let token = cancel.child_token();
+        s.upstream = Some(token.clone());
+        upstreams.spawn(run_stream(ctx.clone(), s.src.clone(), token));
+    } else {
+        queue.schedule(slot, at);
+    }
+}
+
+pub(super) fn is_streaming(src: &SourceConfig) -> bool {
+    matches!(&src.kind, SourceKind::Firehose(f) if matches!(f.format, FirehoseFormat::Ndjson | FirehoseFormat::Sse))
+}
+
+pub(super) fn jitter_within(d: Duration) -> Duration {
+    d.mul_f64(rand::random::<f64>())
+}
+
+/// First poll of a source: at its stored next-poll time if it has one (a
+/// restart keeps the cadence), else soon, spread over a few seconds.
+pub(super) fn first_poll_at(state: Option<&SourceState>) -> Instant {
+    let now = Instant::now();
+    let spread = jitter_within(scheduler::FIRST_POLL_SPREAD);
+    match state.and_then(|s| s.next_poll_at) {
+        Some(at) => {
+            let wait = (at - Utc::now()).to_std().unwrap_or_default();
+            now + wait.min(scheduler::MAX_HINT).max(spread)
+        }
+        None => now + spread,
+    }
+}
