@@ -18,11 +18,11 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{stream, Stream, StreamExt};
 use livestrom_engine::config::{FirehoseSettings, SourceKind};
-use livestrom_engine::scheduler::{Backoff, BackoffPolicy};
-use livestrom_engine::sources::firehose::{
-    self, drive_stream, run_upstream_with, Health, StreamDecoder, StreamEnd, UpstreamBatch,
-    UpstreamOptions, RECONNECT,
+use livestrom_engine::runtime::upstream::{
+    drive_stream, run_upstream_with, Health, StreamEnd, UpstreamBatch, UpstreamOptions, RECONNECT,
 };
+use livestrom_engine::scheduler::{Backoff, BackoffPolicy};
+use livestrom_engine::sources::firehose::{self, StreamDecoder};
 use livestrom_engine::sources::Item;
 use livestrom_engine::Config;
 use reqwest::Url;

@@ -14,6 +14,8 @@ pub mod config;
 pub mod event;
 pub mod fetch;
 pub mod health;
+#[cfg(test)]
+mod invariants;
 pub mod keys;
 pub mod log;
 pub mod normalize;

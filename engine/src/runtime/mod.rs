@@ -5,8 +5,9 @@
 //!
 //! Rooms: `handle` (talking to a running engine), `slots` (the configured
 //! sources and their bookkeeping), `poll` (one poll, start to commit),
-//! `stream` (streaming firehoses), `reload` (config reload), `prune` (the
-//! pruner), `ctx` (what every task shares). This file is the loop.
+//! `stream` (streaming firehoses: storing what `upstream`, the upstream
+//! connection, reads), `reload` (config reload), `prune` (the pruner),
+//! `ctx` (what every task shares). This file is the loop.
 
 mod ctx;
 mod handle;
@@ -15,6 +16,7 @@ mod prune;
 mod reload;
 mod slots;
 mod stream;
+pub mod upstream;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::ctx::{plan_off_runtime, Ctx};
 use super::poll::PollError;
+use super::upstream::{self, UpstreamBatch};
 use crate::config::SourceConfig;
 use crate::fetch::redact_urls_in;
 use crate::normalize;
 use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
-use crate::sources::firehose;
 use crate::store::{SourceState, WriteBatch};
 
 /// Upstream batches buffered between a streaming firehose reader and the store.
@@ -44,9 +44,9 @@ pub(super) async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: Ca
             return;
         }
     };
-    let (tx, mut rx) = mpsc::channel::<firehose::UpstreamBatch>(UPSTREAM_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<UpstreamBatch>(UPSTREAM_QUEUE);
     let (htx, mut hrx) = mpsc::channel::<Result<(), String>>(16);
-    let reader = tokio::spawn(firehose::run_upstream(
+    let reader = tokio::spawn(upstream::run_upstream(
         src.clone(),
         ctx.fetcher.clone(),
         state.upstream_cursor.clone(),
@@ -85,7 +85,7 @@ async fn store_or_give_up(
     ctx: &Ctx,
     src: &Arc<SourceConfig>,
     state: &mut SourceState,
-    batch: &firehose::UpstreamBatch,
+    batch: &UpstreamBatch,
     cancel: &CancellationToken,
 ) -> bool {
     let mut backoff = Backoff::new(STORE_RETRY);
@@ -126,7 +126,7 @@ async fn store_upstream_batch(
     ctx: &Ctx,
     src: &Arc<SourceConfig>,
     state: &mut SourceState,
-    batch: &firehose::UpstreamBatch,
+    batch: &UpstreamBatch,
 ) -> Result<(), PollError> {
     let now = Utc::now();
     let ids = normalize::identity_keys(&batch.items);

@@ -3,29 +3,23 @@
 //!
 //! CONTRACT (owned by the firehose module's owner).
 //!
-//! Layout: this file maps JSON values to [`Item`]s (pure) and holds the
-//! public entry points; `lines` and `sse` decode bytes (pure); `upstream`
-//! holds the connection: batching, idle timeout, reconnect with backoff.
+//! Layout: this file maps JSON values to [`Item`]s; `lines` and `sse`
+//! decode bytes, `stream` turns a stream's bytes into items. All pure: the
+//! upstream connection (batching, idle timeout, reconnect with backoff) is
+//! the runtime's (`runtime::upstream`).
 
 mod lines;
 mod sse;
-mod upstream;
-
-use std::sync::Arc;
+mod stream;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::{Item, Parsed};
-use crate::config::{FieldMap, FirehoseFormat, FirehoseSettings, SourceConfig, SourceKind};
-use crate::fetch::{FetchRequest, Fetcher};
+use crate::config::{FieldMap, FirehoseSettings};
 
 pub use sse::{SseDecoder, SseEvent, SseProblems};
-pub use upstream::{
-    drive_stream, run_upstream_with, Health, StreamDecoder, StreamEnd, UpstreamOptions, RECONNECT,
-};
+pub use stream::StreamDecoder;
 
 /// Why a firehose document or message could not be mapped.
 #[derive(Debug, thiserror::Error)]
@@ -200,68 +194,4 @@ fn display_pointer(p: &str) -> String {
     } else {
         format!("`{p}`")
     }
-}
-
-/// Items read from a long-lived upstream, with the upstream's resume cursor
-/// after the last of them (SSE `id:`), to be stored in the same transaction.
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamBatch {
-    /// Items in arrival order.
-    pub items: Vec<Item>,
-    /// The upstream `Last-Event-ID` after these items, if the upstream sends ids.
-    pub cursor: Option<String>,
-}
-
-/// Holds the upstream connection of an `ndjson`/`sse` source, reconnecting
-/// with backoff (resuming SSE with `Last-Event-ID` = `cursor`), and sends
-/// batches of items to `out` (bounded: a slow store slows the read, memory stays
-/// bounded). Returns when `cancel` fires. Health updates go to `health`.
-pub async fn run_upstream(
-    source: Arc<SourceConfig>,
-    fetcher: Fetcher,
-    cursor: Option<String>,
-    out: mpsc::Sender<UpstreamBatch>,
-    health: mpsc::Sender<Result<(), String>>,
-    cancel: CancellationToken,
-) {
-    let settings = match &source.kind {
-        SourceKind::Firehose(s) if s.format != FirehoseFormat::Json => s.clone(),
-        _ => {
-            let _ = health
-                .send(Err(format!(
-                    "source {} is not an ndjson/sse firehose; nothing to stream",
-                    source.id
-                )))
-                .await;
-            return;
-        }
-    };
-    let accept = match settings.format {
-        FirehoseFormat::Sse => "text/event-stream",
-        _ => "application/x-ndjson, application/jsonl, application/json;q=0.9, */*;q=0.1",
-    };
-    let is_sse = settings.format == FirehoseFormat::Sse;
-    let connect = |cursor: Option<String>| {
-        let fetcher = fetcher.clone();
-        let mut req = FetchRequest::get(source.url.clone());
-        req.user_agent.clone_from(&source.user_agent);
-        req.headers.clone_from(&source.headers);
-        req.accept = Some(accept);
-        req.last_event_id = if is_sse { cursor } else { None };
-        async move {
-            let response = fetcher.open_stream(&req).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(response.bytes_stream())
-        }
-    };
-    run_upstream_with(
-        settings,
-        source.url.clone(),
-        cursor,
-        connect,
-        out,
-        health,
-        cancel,
-        UpstreamOptions::default(),
-    )
-    .await;
 }

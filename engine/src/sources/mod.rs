@@ -1,5 +1,6 @@
 //! Source kinds: each turns an upstream response into [`Item`]s. Parsers are
-//! pure (bytes in, items out, no IO, no tokio).
+//! pure: bytes in, items out, no IO and no async runtime (the
+//! `invariants` test holds every file here to that).
 
 use std::time::Duration;
 

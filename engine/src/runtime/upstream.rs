@@ -1,11 +1,13 @@
-//! The long-lived upstream connection of an `ndjson`/`sse` firehose: decode
-//! bytes into items as they arrive, batch what arrives within a few
-//! milliseconds, send batches on a bounded channel (backpressure reaches the
-//! socket), time out an idle connection, and reconnect with capped
-//! exponential backoff and jitter, resuming SSE from the last event id.
+//! The long-lived upstream connection of an `ndjson`/`sse` firehose: feed
+//! the bytes to the source's decoder as they arrive, batch what arrives
+//! within a few milliseconds, send batches on a bounded channel
+//! (backpressure reaches the socket), time out an idle connection, and
+//! reconnect with capped exponential backoff and jitter, resuming SSE from
+//! the last event id.
 
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,11 +17,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::lines::{Line, LineSplitter};
-use super::sse::{SseDecoder, SseEvent};
-use super::{map_message, UpstreamBatch};
-use crate::config::{FirehoseFormat, FirehoseSettings};
+use crate::config::{FirehoseFormat, FirehoseSettings, SourceConfig, SourceKind};
+use crate::fetch::{FetchRequest, Fetcher};
 use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
+use crate::sources::firehose::StreamDecoder;
 use crate::sources::Item;
 
 /// Reconnect backoff of an upstream: 1 s doubling to a minute, with equal
@@ -78,216 +79,6 @@ pub enum StreamEnd {
     Error(String),
     /// No bytes within the idle timeout.
     Idle,
-}
-
-/// Bytes → items for one connection, in the source's format.
-#[derive(Debug)]
-pub struct StreamDecoder {
-    format: Format,
-    settings: FirehoseSettings,
-    base: Url,
-    /// Messages that could not be mapped since the last `take_problem`, and the last reason.
-    problems: usize,
-    last_problem: Option<String>,
-    /// Scratch buffer of SSE events of one chunk.
-    events: Vec<SseEvent>,
-    /// Line limit, for messages.
-    max_line: usize,
-}
-
-#[derive(Debug)]
-enum Format {
-    Ndjson(LineSplitter),
-    Sse(SseDecoder),
-}
-
-impl StreamDecoder {
-    /// A decoder for one connection; `cursor` is the SSE id resumed from.
-    pub fn new(
-        settings: &FirehoseSettings,
-        base: Url,
-        cursor: Option<String>,
-        max_line: usize,
-    ) -> Self {
-        let format = match settings.format {
-            FirehoseFormat::Sse => Format::Sse(SseDecoder::new(max_line, cursor)),
-            FirehoseFormat::Ndjson | FirehoseFormat::Json => {
-                Format::Ndjson(LineSplitter::new(max_line))
-            }
-        };
-        Self {
-            format,
-            settings: settings.clone(),
-            base,
-            problems: 0,
-            last_problem: None,
-            events: Vec::new(),
-            max_line,
-        }
-    }
-
-    /// Feeds one chunk. Each decoded item is appended with the resume cursor
-    /// that is safe to store once it (and everything before it) is stored.
-    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<(Item, Option<String>)>) {
-        match &mut self.format {
-            Format::Ndjson(lines) => {
-                let mut problems = Vec::new();
-                let (settings, base, max) = (&self.settings, &self.base, self.max_line);
-                lines.feed(chunk, |line| {
-                    ndjson_line(line, settings, base, max, out, &mut problems)
-                });
-                for p in problems {
-                    self.problem(p);
-                }
-            }
-            Format::Sse(dec) => {
-                let before = dec.last_event_id().map(str::to_owned);
-                dec.feed(chunk, &mut self.events);
-                let too_long = dec.take_problems().too_long;
-                if too_long > 0 {
-                    self.problem(format!(
-                        "dropped {too_long} SSE line(s) longer than {} bytes",
-                        self.max_line
-                    ));
-                }
-                let mut cursor = before;
-                let events = std::mem::take(&mut self.events);
-                for ev in &events {
-                    self.sse_event(ev, cursor.as_deref(), out);
-                    cursor.clone_from(&ev.id);
-                }
-                self.events = events;
-                self.events.clear();
-            }
-        }
-    }
-
-    /// The end of the stream: an NDJSON line without a final newline still counts.
-    pub fn finish(&mut self, out: &mut Vec<(Item, Option<String>)>) {
-        if let Format::Ndjson(lines) = &mut self.format {
-            let mut problems = Vec::new();
-            let (settings, base, max) = (&self.settings, &self.base, self.max_line);
-            lines.finish(|line| ndjson_line(line, settings, base, max, out, &mut problems));
-            for p in problems {
-                self.problem(p);
-            }
-        }
-    }
-
-    /// The SSE last-event-id after everything decoded so far.
-    pub fn cursor(&self) -> Option<String> {
-        match &self.format {
-            Format::Sse(d) => d.last_event_id().map(str::to_owned),
-            Format::Ndjson(_) => None,
-        }
-    }
-
-    /// The upstream's requested reconnection delay (SSE `retry:`).
-    pub fn retry(&self) -> Option<Duration> {
-        match &self.format {
-            Format::Sse(d) => d.retry(),
-            Format::Ndjson(_) => None,
-        }
-    }
-
-    /// A summary of the messages skipped since the last call, if any.
-    pub fn take_problem(&mut self) -> Option<String> {
-        let n = std::mem::take(&mut self.problems);
-        let last = self.last_problem.take()?;
-        Some(if n > 1 {
-            format!("skipped {n} malformed messages; last: {last}")
-        } else {
-            format!("skipped a malformed message: {last}")
-        })
-    }
-
-    fn problem(&mut self, why: String) {
-        self.problems += 1;
-        self.last_problem = Some(why);
-    }
-
-    fn sse_event(
-        &mut self,
-        ev: &SseEvent,
-        cursor_before: Option<&str>,
-        out: &mut Vec<(Item, Option<String>)>,
-    ) {
-        if ev.data.trim().is_empty() {
-            return;
-        }
-        let value: serde_json::Value = match serde_json::from_str(&ev.data) {
-            Ok(v) => v,
-            Err(e) => {
-                let id = ev
-                    .id
-                    .as_deref()
-                    .map(|i| format!(" (id {i})"))
-                    .unwrap_or_default();
-                self.problem(format!("SSE event{id} data is not JSON: {e}"));
-                return;
-            }
-        };
-        let mut items = Vec::new();
-        match map_message(&value, &self.settings, &self.base, &mut items) {
-            Ok(skipped) if skipped > 0 && items.is_empty() => self.problem(format!(
-                "SSE event data maps to no item ({skipped} skipped)"
-            )),
-            Ok(_) => {}
-            Err(e) => self.problem(format!("SSE event: {e}")),
-        }
-        // Only the event's last item carries the event's id: storing an earlier
-        // one must not let a resume skip the rest of the event.
-        let n = items.len();
-        let single = n == 1;
-        for (i, mut item) in items.into_iter().enumerate() {
-            if single && item.guid.is_none() {
-                item.guid.clone_from(&ev.id);
-            }
-            let cursor = if i + 1 == n {
-                ev.id.clone()
-            } else {
-                cursor_before.map(str::to_owned)
-            };
-            out.push((item, cursor));
-        }
-    }
-}
-
-fn ndjson_line(
-    line: Line<'_>,
-    settings: &FirehoseSettings,
-    base: &Url,
-    max_line: usize,
-    out: &mut Vec<(Item, Option<String>)>,
-    problems: &mut Vec<String>,
-) {
-    let text = match line {
-        Line::TooLong => {
-            problems.push(format!(
-                "dropped an NDJSON line longer than {max_line} bytes"
-            ));
-            return;
-        }
-        Line::Text(t) => t,
-    };
-    if text.iter().all(u8::is_ascii_whitespace) {
-        return;
-    }
-    let value: serde_json::Value = match serde_json::from_slice(text) {
-        Ok(v) => v,
-        Err(e) => {
-            problems.push(format!("NDJSON line is not JSON: {e}"));
-            return;
-        }
-    };
-    let mut items = Vec::new();
-    match map_message(&value, settings, base, &mut items) {
-        Ok(skipped) if skipped > 0 && items.is_empty() => problems
-            .push("NDJSON line maps to no item (not an object, or none of the fields)".to_owned()),
-        Ok(_) => {}
-        Err(e) => problems.push(format!("NDJSON line: {e}")),
-    }
-    out.extend(items.into_iter().map(|i| (i, None)));
 }
 
 /// Reports source health on a channel without ever blocking the stream:
@@ -437,10 +228,9 @@ where
     }
 }
 
-/// The batch being assembled.
 /// A batch is sent once its items' text reaches this size (so the bounded
 /// channel between reader and store holds at most ~16 of these).
-pub(super) const MAX_BATCH_BYTES: usize = 4 << 20;
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// An item's text size, for [`MAX_BATCH_BYTES`].
 fn item_bytes(item: &Item) -> usize {
@@ -450,6 +240,7 @@ fn item_bytes(item: &Item) -> usize {
         + item.guid.as_deref().map_or(0, str::len)
 }
 
+/// The batch being assembled.
 struct Batcher {
     pending: Vec<Item>,
     /// Text bytes of the pending items (title, content, url, guid).
@@ -586,4 +377,68 @@ pub async fn run_upstream_with<C, Fut, S, E>(
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Items read from a long-lived upstream, with the upstream's resume cursor
+/// after the last of them (SSE `id:`), to be stored in the same transaction.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamBatch {
+    /// Items in arrival order.
+    pub items: Vec<Item>,
+    /// The upstream `Last-Event-ID` after these items, if the upstream sends ids.
+    pub cursor: Option<String>,
+}
+
+/// Holds the upstream connection of an `ndjson`/`sse` source, reconnecting
+/// with backoff (resuming SSE with `Last-Event-ID` = `cursor`), and sends
+/// batches of items to `out` (bounded: a slow store slows the read, memory stays
+/// bounded). Returns when `cancel` fires. Health updates go to `health`.
+pub async fn run_upstream(
+    source: Arc<SourceConfig>,
+    fetcher: Fetcher,
+    cursor: Option<String>,
+    out: mpsc::Sender<UpstreamBatch>,
+    health: mpsc::Sender<Result<(), String>>,
+    cancel: CancellationToken,
+) {
+    let settings = match &source.kind {
+        SourceKind::Firehose(s) if s.format != FirehoseFormat::Json => s.clone(),
+        _ => {
+            let _ = health
+                .send(Err(format!(
+                    "source {} is not an ndjson/sse firehose; nothing to stream",
+                    source.id
+                )))
+                .await;
+            return;
+        }
+    };
+    let accept = match settings.format {
+        FirehoseFormat::Sse => "text/event-stream",
+        _ => "application/x-ndjson, application/jsonl, application/json;q=0.9, */*;q=0.1",
+    };
+    let is_sse = settings.format == FirehoseFormat::Sse;
+    let connect = |cursor: Option<String>| {
+        let fetcher = fetcher.clone();
+        let mut req = FetchRequest::get(source.url.clone());
+        req.user_agent.clone_from(&source.user_agent);
+        req.headers.clone_from(&source.headers);
+        req.accept = Some(accept);
+        req.last_event_id = if is_sse { cursor } else { None };
+        async move {
+            let response = fetcher.open_stream(&req).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(response.bytes_stream())
+        }
+    };
+    run_upstream_with(
+        settings,
+        source.url.clone(),
+        cursor,
+        connect,
+        out,
+        health,
+        cancel,
+        UpstreamOptions::default(),
+    )
+    .await;
 }

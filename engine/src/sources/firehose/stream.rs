@@ -1,0 +1,223 @@
+//! Bytes of a streaming firehose (`ndjson` / `sse`) → items, as they
+//! arrive, chunk by chunk. Pure: the runtime holds the connection and feeds
+//! this decoder whatever the socket delivers.
+
+use std::time::Duration;
+
+use url::Url;
+
+use super::lines::{Line, LineSplitter};
+use super::map_message;
+use super::sse::{SseDecoder, SseEvent};
+use crate::config::{FirehoseFormat, FirehoseSettings};
+use crate::sources::Item;
+
+/// Bytes → items for one connection, in the source's format.
+#[derive(Debug)]
+pub struct StreamDecoder {
+    format: Format,
+    settings: FirehoseSettings,
+    base: Url,
+    /// Messages that could not be mapped since the last `take_problem`, and the last reason.
+    problems: usize,
+    last_problem: Option<String>,
+    /// Scratch buffer of SSE events of one chunk.
+    events: Vec<SseEvent>,
+    /// Line limit, for messages.
+    max_line: usize,
+}
+
+#[derive(Debug)]
+enum Format {
+    Ndjson(LineSplitter),
+    Sse(SseDecoder),
+}
+
+impl StreamDecoder {
+    /// A decoder for one connection; `cursor` is the SSE id resumed from.
+    pub fn new(
+        settings: &FirehoseSettings,
+        base: Url,
+        cursor: Option<String>,
+        max_line: usize,
+    ) -> Self {
+        let format = match settings.format {
+            FirehoseFormat::Sse => Format::Sse(SseDecoder::new(max_line, cursor)),
+            FirehoseFormat::Ndjson | FirehoseFormat::Json => {
+                Format::Ndjson(LineSplitter::new(max_line))
+            }
+        };
+        Self {
+            format,
+            settings: settings.clone(),
+            base,
+            problems: 0,
+            last_problem: None,
+            events: Vec::new(),
+            max_line,
+        }
+    }
+
+    /// Feeds one chunk. Each decoded item is appended with the resume cursor
+    /// that is safe to store once it (and everything before it) is stored.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<(Item, Option<String>)>) {
+        match &mut self.format {
+            Format::Ndjson(lines) => {
+                let mut problems = Vec::new();
+                let (settings, base, max) = (&self.settings, &self.base, self.max_line);
+                lines.feed(chunk, |line| {
+                    ndjson_line(line, settings, base, max, out, &mut problems)
+                });
+                for p in problems {
+                    self.problem(p);
+                }
+            }
+            Format::Sse(dec) => {
+                let before = dec.last_event_id().map(str::to_owned);
+                dec.feed(chunk, &mut self.events);
+                let too_long = dec.take_problems().too_long;
+                if too_long > 0 {
+                    self.problem(format!(
+                        "dropped {too_long} SSE line(s) longer than {} bytes",
+                        self.max_line
+                    ));
+                }
+                let mut cursor = before;
+                let events = std::mem::take(&mut self.events);
+                for ev in &events {
+                    self.sse_event(ev, cursor.as_deref(), out);
+                    cursor.clone_from(&ev.id);
+                }
+                self.events = events;
+                self.events.clear();
+            }
+        }
+    }
+
+    /// The end of the stream: an NDJSON line without a final newline still counts.
+    pub fn finish(&mut self, out: &mut Vec<(Item, Option<String>)>) {
+        if let Format::Ndjson(lines) = &mut self.format {
+            let mut problems = Vec::new();
+            let (settings, base, max) = (&self.settings, &self.base, self.max_line);
+            lines.finish(|line| ndjson_line(line, settings, base, max, out, &mut problems));
+            for p in problems {
+                self.problem(p);
+            }
+        }
+    }
+
+    /// The SSE last-event-id after everything decoded so far.
+    pub fn cursor(&self) -> Option<String> {
+        match &self.format {
+            Format::Sse(d) => d.last_event_id().map(str::to_owned),
+            Format::Ndjson(_) => None,
+        }
+    }
+
+    /// The upstream's requested reconnection delay (SSE `retry:`).
+    pub fn retry(&self) -> Option<Duration> {
+        match &self.format {
+            Format::Sse(d) => d.retry(),
+            Format::Ndjson(_) => None,
+        }
+    }
+
+    /// A summary of the messages skipped since the last call, if any.
+    pub fn take_problem(&mut self) -> Option<String> {
+        let n = std::mem::take(&mut self.problems);
+        let last = self.last_problem.take()?;
+        Some(if n > 1 {
+            format!("skipped {n} malformed messages; last: {last}")
+        } else {
+            format!("skipped a malformed message: {last}")
+        })
+    }
+
+    fn problem(&mut self, why: String) {
+        self.problems += 1;
+        self.last_problem = Some(why);
+    }
+
+    fn sse_event(
+        &mut self,
+        ev: &SseEvent,
+        cursor_before: Option<&str>,
+        out: &mut Vec<(Item, Option<String>)>,
+    ) {
+        if ev.data.trim().is_empty() {
+            return;
+        }
+        let value: serde_json::Value = match serde_json::from_str(&ev.data) {
+            Ok(v) => v,
+            Err(e) => {
+                let id = ev
+                    .id
+                    .as_deref()
+                    .map(|i| format!(" (id {i})"))
+                    .unwrap_or_default();
+                self.problem(format!("SSE event{id} data is not JSON: {e}"));
+                return;
+            }
+        };
+        let mut items = Vec::new();
+        match map_message(&value, &self.settings, &self.base, &mut items) {
+            Ok(skipped) if skipped > 0 && items.is_empty() => self.problem(format!(
+                "SSE event data maps to no item ({skipped} skipped)"
+            )),
+            Ok(_) => {}
+            Err(e) => self.problem(format!("SSE event: {e}")),
+        }
+        // Only the event's last item carries the event's id: storing an earlier
+        // one must not let a resume skip the rest of the event.
+        let n = items.len();
+        let single = n == 1;
+        for (i, mut item) in items.into_iter().enumerate() {
+            if single && item.guid.is_none() {
+                item.guid.clone_from(&ev.id);
+            }
+            let cursor = if i + 1 == n {
+                ev.id.clone()
+            } else {
+                cursor_before.map(str::to_owned)
+            };
+            out.push((item, cursor));
+        }
+    }
+}
+
+fn ndjson_line(
+    line: Line<'_>,
+    settings: &FirehoseSettings,
+    base: &Url,
+    max_line: usize,
+    out: &mut Vec<(Item, Option<String>)>,
+    problems: &mut Vec<String>,
+) {
+    let text = match line {
+        Line::TooLong => {
+            problems.push(format!(
+                "dropped an NDJSON line longer than {max_line} bytes"
+            ));
+            return;
+        }
+        Line::Text(t) => t,
+    };
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    let value: serde_json::Value = match serde_json::from_slice(text) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(format!("NDJSON line is not JSON: {e}"));
+            return;
+        }
+    };
+    let mut items = Vec::new();
+    match map_message(&value, settings, base, &mut items) {
+        Ok(skipped) if skipped > 0 && items.is_empty() => problems
+            .push("NDJSON line maps to no item (not an object, or none of the fields)".to_owned()),
+        Ok(_) => {}
+        Err(e) => problems.push(format!("NDJSON line: {e}")),
+    }
+    out.extend(items.into_iter().map(|i| (i, None)));
+}
