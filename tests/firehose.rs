@@ -22,7 +22,7 @@ use livestrom_engine::runtime::upstream::{
     drive_stream, run_upstream_with, Health, StreamEnd, UpstreamBatch, UpstreamOptions, RECONNECT,
 };
 use livestrom_engine::scheduler::{Backoff, BackoffPolicy};
-use livestrom_engine::sources::firehose::{self, StreamDecoder};
+use livestrom_engine::sources::firehose::{self, StreamDecoder, StreamSpec};
 use livestrom_engine::sources::Item;
 use livestrom_engine::Config;
 use reqwest::Url;
@@ -321,7 +321,7 @@ async fn ndjson_upstream_handles_split_blank_malformed_and_oversized_lines() {
         ..fast()
     };
     let task = tokio::spawn(run_upstream_with(
-        settings("format = \"ndjson\""),
+        StreamSpec::new(settings("format = \"ndjson\"")),
         base(),
         None,
         connector(format!("{server}/stream")),
@@ -378,7 +378,7 @@ async fn a_burst_of_ten_thousand_items_arrives_batched() {
     let (htx, _hrx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run_upstream_with(
-        settings("format = \"ndjson\""),
+        StreamSpec::new(settings("format = \"ndjson\"")),
         base(),
         None,
         connector(format!("{server}/burst")),
@@ -427,7 +427,7 @@ async fn large_items_are_batched_by_size_not_only_by_count() {
     let (htx, _hrx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run_upstream_with(
-        settings("format = \"ndjson\""),
+        StreamSpec::new(settings("format = \"ndjson\"")),
         base(),
         None,
         connector(format!("{server}/big")),
@@ -526,7 +526,7 @@ async fn sse_upstream_resumes_with_last_event_id_after_a_drop_without_loss_or_re
     let cancel = CancellationToken::new();
     let s = settings("format = \"sse\"\nfields = { id = \"/id\", title = \"/title\" }");
     let task = tokio::spawn(run_upstream_with(
-        s,
+        StreamSpec::new(s),
         base(),
         None,
         connector(format!("{server}/events")),
@@ -589,7 +589,7 @@ async fn sse_upstream_starts_from_a_stored_cursor() {
     let (htx, _hrx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run_upstream_with(
-        settings("format = \"sse\""),
+        StreamSpec::new(settings("format = \"sse\"")),
         base(),
         Some("17".to_owned()),
         connector(format!("{server}/events")),
@@ -750,7 +750,7 @@ async fn an_idle_upstream_is_reconnected_and_cancel_stops_everything() {
     let (htx, mut hrx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run_upstream_with(
-        settings("format = \"ndjson\""),
+        StreamSpec::new(settings("format = \"ndjson\"")),
         base(),
         None,
         connect,

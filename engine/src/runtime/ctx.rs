@@ -9,8 +9,8 @@ use super::poll::PollError;
 use crate::config::SourceConfig;
 use crate::fetch::Fetcher;
 use crate::normalize;
-use crate::sources::Item;
-use crate::store::Store;
+use crate::sources::{Item, Lookup};
+use crate::store::{ItemState, Store, StoreError};
 
 /// Shared by every poll.
 pub(super) struct Ctx {
@@ -23,7 +23,7 @@ pub(super) struct Ctx {
 pub(super) async fn plan_off_runtime(
     src: &Arc<SourceConfig>,
     items: Vec<Item>,
-    known: Vec<crate::store::ItemState>,
+    known: Vec<ItemState>,
     first_poll: bool,
     at: DateTime<Utc>,
 ) -> Result<normalize::Plan, PollError> {
@@ -31,4 +31,20 @@ pub(super) async fn plan_off_runtime(
     tokio::task::spawn_blocking(move || normalize::plan(&src, items, &known, first_poll, at))
         .await
         .map_err(|e| PollError::Task(e.to_string()))
+}
+
+/// The stored items a parse is planned against, as its kind looks them up.
+pub(super) async fn known_items(
+    ctx: &Ctx,
+    src: &SourceConfig,
+    lookup: Lookup,
+    items: &[Item],
+) -> Result<Vec<ItemState>, StoreError> {
+    match lookup {
+        Lookup::All => ctx.store.items(src.id.as_str()).await,
+        Lookup::Parsed => {
+            let ids = normalize::identity_keys(items);
+            ctx.store.items_by_ids(src.id.as_str(), ids).await
+        }
+    }
 }

@@ -31,7 +31,7 @@ use self::ctx::Ctx;
 use self::handle::Command;
 use self::poll::{poll_once, record_poll_failure, task_failure, PollResult, Polls, Running};
 use self::reload::apply_reload;
-use self::slots::{first_poll_at, is_streaming, start_slot, Slot};
+use self::slots::{first_poll_at, start_slot, Slot};
 use crate::config::{Config, ConfigError};
 use crate::fetch::{redact_urls_in, FetchError, Fetcher};
 use crate::scheduler::{self, DueQueue};
@@ -91,8 +91,9 @@ pub async fn run(
         by_id.insert(src.id.as_str().to_owned(), slot);
         // Streaming firehoses report through their reader, not a poll: they
         // are not waited for by the first-round summary.
-        let streaming = is_streaming(&src);
-        slots.push(Some(Slot::new(src, streaming)));
+        let s = Slot::new(src);
+        let streaming = s.streaming();
+        slots.push(Some(s));
         if !streaming {
             unreported += 1;
         }
@@ -161,7 +162,7 @@ pub async fn run(
                         }
                     }
                 };
-                let total = slots.iter().flatten().filter(|s| !is_streaming(&s.src)).count();
+                let total = slots.iter().flatten().filter(|s| !s.streaming()).count();
                 let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
                 s.polling = false;
                 for w in s.waiters.drain(..) {
@@ -176,7 +177,7 @@ pub async fn run(
                 }
                 if s.epoch != epoch {
                     // The config changed while this poll ran: poll the new one now.
-                    if !is_streaming(&s.src) {
+                    if !s.streaming() {
                         queue.schedule(slot, Instant::now());
                     }
                     continue;
@@ -275,7 +276,8 @@ fn start_poll(
         return false;
     }
     s.polling = true;
-    let (src, epoch, ctx, cancel) = (s.src.clone(), s.epoch, ctx.clone(), cancel.clone());
+    let (src, kind, epoch) = (s.src.clone(), s.kind.clone(), s.epoch);
+    let (ctx, cancel) = (ctx.clone(), cancel.clone());
     let task = Running {
         slot,
         epoch,
@@ -283,7 +285,7 @@ fn start_poll(
     };
     polls.spawn(task, async move {
         tokio::select! {
-            r = poll_once(&ctx, &src) => r,
+            r = poll_once(&ctx, &src, &kind) => r,
             _ = cancel.cancelled() => PollResult { outcome: Err("cancelled by shutdown".into()), next_in: Duration::ZERO, skipped: false },
         }
     });

@@ -8,12 +8,11 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::task::JoinSet;
 
-use super::ctx::{plan_off_runtime, Ctx};
-use crate::config::{SourceConfig, SourceKind};
+use super::ctx::{known_items, plan_off_runtime, Ctx};
+use crate::config::SourceConfig;
 use crate::fetch::{redact_urls_in, FetchError, FetchRequest, FetchResponse, Fetched};
-use crate::normalize;
 use crate::scheduler::{self, PollTiming};
-use crate::sources::{feed, firehose, html, Item, Parsed};
+use crate::sources::{Body, Kind, Parse, SourceError};
 use crate::store::{SourceState, StoreError, WriteBatch};
 
 /// Why one poll failed; shown as the source's `last_error`.
@@ -22,15 +21,9 @@ pub enum PollError {
     /// Fetching failed.
     #[error("fetch: {0}")]
     Fetch(#[from] FetchError),
-    /// The feed did not parse.
-    #[error("parse: {0}")]
-    Feed(#[from] feed::FeedError),
-    /// The page is unusable.
-    #[error("page: {0}")]
-    Html(#[from] html::HtmlError),
-    /// The firehose document did not map.
-    #[error("firehose: {0}")]
-    Firehose(#[from] firehose::FirehoseError),
+    /// The response could not be turned into items.
+    #[error(transparent)]
+    Source(#[from] SourceError),
     /// Storing failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -54,7 +47,11 @@ pub(super) struct PollResult {
 }
 
 /// One poll of one source, start to commit.
-pub(super) async fn poll_once(ctx: &Ctx, src: &Arc<SourceConfig>) -> PollResult {
+pub(super) async fn poll_once(
+    ctx: &Ctx,
+    src: &Arc<SourceConfig>,
+    kind: &Arc<dyn Kind>,
+) -> PollResult {
     // Enough polls of this domain are already fetching or waiting for their
     // turn: come back shortly rather than wait in an in-flight slot (nothing
     // is read or written, so skipping is cheap).
@@ -84,7 +81,7 @@ pub(super) async fn poll_once(ctx: &Ctx, src: &Arc<SourceConfig>) -> PollResult 
         }
     };
     state.last_poll_at = Some(started);
-    let outcome = poll_inner(ctx, src, &mut state).await;
+    let outcome = poll_inner(ctx, src, kind, &mut state).await;
     let now = Utc::now();
     let (timing, batch_events, touch, unchanged, result) = match outcome {
         Err(PollError::Deferred(wait)) => {
@@ -184,6 +181,7 @@ struct PollDone {
 async fn poll_inner(
     ctx: &Ctx,
     src: &Arc<SourceConfig>,
+    kind: &Arc<dyn Kind>,
     state: &mut SourceState,
 ) -> Result<PollDone, PollError> {
     if let Some(host) = src.url.host_str() {
@@ -199,7 +197,7 @@ async fn poll_inner(
     req.last_modified = state.last_modified.clone();
     req.user_agent = src.user_agent.clone();
     req.headers = src.headers.clone();
-    req.accept = Some(accept_for(src));
+    req.accept = Some(kind.accept());
     let fetched = match ctx.fetcher.fetch(&req).await? {
         FetchResponse::NotModified { hints } => {
             return Ok(PollDone {
@@ -213,22 +211,20 @@ async fn poll_inner(
         FetchResponse::Body(f) => f,
     };
     let cache = fetched.hints.not_before;
-    let (items, ttl, snapshot) = parse(src, &fetched, state.snapshot.clone()).await?;
-    // A page below the change threshold yields no item, but it is still there.
-    let unchanged = matches!(src.kind, SourceKind::Html(_)) && items.is_empty();
-    let known = if matches!(src.kind, SourceKind::Firehose(_)) {
-        let ids = normalize::identity_keys(&items);
-        ctx.store.items_by_ids(src.id.as_str(), ids).await?
-    } else {
-        ctx.store.items(src.id.as_str()).await?
-    };
+    let Parse {
+        items,
+        ttl,
+        remember,
+        unchanged,
+    } = parse(kind, &fetched, state.snapshot.clone()).await?;
+    let known = known_items(ctx, src, kind.lookup(), &items).await?;
     let first_poll = !state.initialized;
     let fetched_at = fetched.fetched_at;
     let plan = plan_off_runtime(src, items, known, first_poll, fetched_at).await?;
-    // Only a successfully parsed 200 moves the validators and the snapshot.
+    // Only a successfully parsed 200 moves the validators and what the kind remembers.
     state.etag = fetched.etag;
     state.last_modified = fetched.last_modified;
-    if let Some(s) = snapshot {
+    if let Some(s) = remember {
         state.snapshot = Some(s);
     }
     Ok(PollDone {
@@ -240,64 +236,27 @@ async fn poll_inner(
     })
 }
 
-fn accept_for(src: &SourceConfig) -> &'static str {
-    match src.kind {
-        SourceKind::Rss => "application/rss+xml, application/atom+xml, application/rdf+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5",
-        SourceKind::Json => "application/feed+json, application/json;q=0.9, */*;q=0.5",
-        SourceKind::Html(_) => "text/html, application/xhtml+xml;q=0.9, */*;q=0.5",
-        SourceKind::Firehose(_) => "application/json, application/x-ndjson;q=0.9, */*;q=0.5",
-    }
-}
-
-/// Items, the feed's ttl, and (html) the new snapshot to store.
-type ParseOut = (Vec<Item>, Option<Duration>, Option<String>);
-
-/// Parses a body on a blocking thread. For html sources, also returns the new
-/// snapshot to store (only when it changed meaningfully or is the first).
+/// [`Kind::parse`] on a blocking thread (parsing grows with the body; the
+/// async workers also serve the SSE edge). `memory` is what the kind asked
+/// to remember last time.
 async fn parse(
-    src: &SourceConfig,
+    kind: &Arc<dyn Kind>,
     fetched: &Fetched,
-    prev_snapshot: Option<String>,
-) -> Result<ParseOut, PollError> {
-    let body = fetched.body.clone();
-    let ct = fetched.content_type.clone();
-    let base = fetched.final_url.clone();
-    let kind = src.kind.clone();
-    let page_url = fetched.final_url.to_string();
-    let task = tokio::task::spawn_blocking(move || -> Result<ParseOut, PollError> {
-        match &kind {
-            SourceKind::Rss | SourceKind::Json => {
-                let Parsed { items, ttl } = feed::parse(&body, ct.as_deref(), &base)?;
-                Ok((items, ttl, None))
-            }
-            SourceKind::Firehose(settings) => {
-                let Parsed { items, ttl } = firehose::parse_json(&body, settings, &base)?;
-                Ok((items, ttl, None))
-            }
-            SourceKind::Html(settings) => {
-                let snap = html::extract(&body, ct.as_deref(), settings)?;
-                let item = |diff: Option<html::Change>| Item {
-                    guid: Some("page".into()),
-                    url: Some(page_url.clone()),
-                    title: snap.title.clone(),
-                    content: snap.text.clone(),
-                    published: None,
-                    diff: diff.as_ref().map(|c| c.diff.clone()),
-                    added: diff.map(|c| c.added),
-                };
-                match prev_snapshot {
-                    None => Ok((vec![item(None)], None, Some(snap.text.clone()))),
-                    Some(prev) => match html::diff(&prev, &snap.text, settings.min_change) {
-                        None => Ok((Vec::new(), None, None)),
-                        Some(change) => {
-                            Ok((vec![item(Some(change))], None, Some(snap.text.clone())))
-                        }
-                    },
-                }
-            }
-        }
+    memory: Option<String>,
+) -> Result<Parse, PollError> {
+    let kind = Arc::clone(kind);
+    let bytes = fetched.body.clone();
+    let content_type = fetched.content_type.clone();
+    let url = fetched.final_url.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let body = Body {
+            bytes: &bytes,
+            content_type: content_type.as_deref(),
+            url: &url,
+        };
+        kind.parse(&body, memory.as_deref())
     });
-    task.await.map_err(|e| PollError::Task(e.to_string()))?
+    Ok(task.await.map_err(|e| PollError::Task(e.to_string()))??)
 }
 
 /// The polls in flight. A task that panics returns no result, so which

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
-use super::slots::{is_streaming, jitter_within, start_slot, Slot};
+use super::slots::{jitter_within, start_slot, Slot};
 use crate::config::Config;
 use crate::scheduler::{self, DueQueue};
 
@@ -36,15 +36,14 @@ pub(super) fn apply_reload(
                     continue;
                 }
                 changed += 1;
-                s.epoch += 1;
-                s.src = Arc::new(src);
+                s.replace(src);
                 if let Some(t) = s.upstream.take() {
                     t.cancel();
                 }
                 // A poll of the old config still running keeps the slot busy
                 // (no second poll of the same source alongside it); when it
                 // finishes it schedules the new config at once.
-                if s.polling && !is_streaming(&s.src) {
+                if s.polling && !s.streaming() {
                     continue;
                 }
                 start_slot(
@@ -60,7 +59,10 @@ pub(super) fn apply_reload(
             None => {
                 added += 1;
                 let slot = slots.len();
-                slots.push(Some(Slot::new(src, true)));
+                slots.push(Some(Slot {
+                    reported: true,
+                    ..Slot::new(src)
+                }));
                 by_id.insert(id, slot);
                 start_slot(
                     ctx,

@@ -12,13 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
 use super::stream::run_stream;
-use crate::config::{FirehoseFormat, SourceConfig, SourceKind};
+use crate::config::SourceConfig;
 use crate::scheduler::{self, DueQueue};
+use crate::sources::{self, Kind};
 use crate::store::SourceState;
 
 /// A configured source and its scheduling bookkeeping.
 pub(super) struct Slot {
     pub(super) src: Arc<SourceConfig>,
+    /// How the source is driven (from `src`; replaced with it).
+    pub(super) kind: Arc<dyn Kind>,
     /// Bumped whenever the source is replaced, so a stale poll result is ignored.
     pub(super) epoch: u64,
     /// A poll is in flight (never two of one source at once).
@@ -34,9 +37,14 @@ pub(super) struct Slot {
 }
 
 impl Slot {
-    pub(super) fn new(src: SourceConfig, reported: bool) -> Self {
+    /// A slot for `src`. Streaming sources report through their reader, not
+    /// a poll, so they start out counted by the first-round summary.
+    pub(super) fn new(src: SourceConfig) -> Self {
+        let kind = sources::kind(&src);
+        let reported = kind.stream().is_some();
         Self {
             src: Arc::new(src),
+            kind,
             epoch: 0,
             polling: false,
             upstream: None,
@@ -44,6 +52,19 @@ impl Slot {
             waiters: Vec::new(),
             next_waiters: Vec::new(),
         }
+    }
+
+    /// The source's config changed: a new kind with it, and a new epoch so
+    /// a poll of the old config finishing later is recognised as stale.
+    pub(super) fn replace(&mut self, src: SourceConfig) {
+        self.epoch += 1;
+        self.kind = sources::kind(&src);
+        self.src = Arc::new(src);
+    }
+
+    /// Read from a long-lived upstream instead of polled.
+    pub(super) fn streaming(&self) -> bool {
+        self.kind.stream().is_some()
     }
 }
 
@@ -61,17 +82,18 @@ pub(super) fn start_slot(
     let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
         return;
     };
-    if is_streaming(&s.src) {
+    if s.streaming() {
         let token = cancel.child_token();
         s.upstream = Some(token.clone());
-        upstreams.spawn(run_stream(ctx.clone(), s.src.clone(), token));
+        upstreams.spawn(run_stream(
+            ctx.clone(),
+            s.src.clone(),
+            s.kind.clone(),
+            token,
+        ));
     } else {
         queue.schedule(slot, at);
     }
-}
-
-pub(super) fn is_streaming(src: &SourceConfig) -> bool {
-    matches!(&src.kind, SourceKind::Firehose(f) if matches!(f.format, FirehoseFormat::Ndjson | FirehoseFormat::Sse))
 }
 
 pub(super) fn jitter_within(d: Duration) -> Duration {

@@ -9,13 +9,13 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ctx::{plan_off_runtime, Ctx};
+use super::ctx::{known_items, plan_off_runtime, Ctx};
 use super::poll::PollError;
 use super::upstream::{self, UpstreamBatch};
 use crate::config::SourceConfig;
 use crate::fetch::redact_urls_in;
-use crate::normalize;
 use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
+use crate::sources::Kind;
 use crate::store::{SourceState, WriteBatch};
 
 /// Upstream batches buffered between a streaming firehose reader and the store.
@@ -33,7 +33,12 @@ const STORE_RETRY: BackoffPolicy = BackoffPolicy {
 /// A streaming firehose (ndjson / sse): the upstream reader sends batches;
 /// each is normalised and committed with the upstream cursor in one
 /// transaction, so a restart resumes exactly after the last stored item.
-pub(super) async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: CancellationToken) {
+pub(super) async fn run_stream(
+    ctx: Arc<Ctx>,
+    src: Arc<SourceConfig>,
+    kind: Arc<dyn Kind>,
+    cancel: CancellationToken,
+) {
     let mut state = match ctx.store.source_state(src.id.as_str()).await {
         Ok(s) => s.unwrap_or_else(|| SourceState {
             source_id: src.id.as_str().to_owned(),
@@ -48,6 +53,7 @@ pub(super) async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: Ca
     let (htx, mut hrx) = mpsc::channel::<Result<(), String>>(16);
     let reader = tokio::spawn(upstream::run_upstream(
         src.clone(),
+        kind.clone(),
         ctx.fetcher.clone(),
         state.upstream_cursor.clone(),
         tx,
@@ -60,7 +66,7 @@ pub(super) async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: Ca
             biased;
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                if !store_or_give_up(&ctx, &src, &mut state, &batch, &cancel).await {
+                if !store_or_give_up(&ctx, &src, &kind, &mut state, &batch, &cancel).await {
                     // Shutdown gave this batch up: storing any later one
                     // would move the cursor past it and lose it for good.
                     break;
@@ -84,13 +90,14 @@ pub(super) async fn run_stream(ctx: Arc<Ctx>, src: Arc<SourceConfig>, cancel: Ca
 async fn store_or_give_up(
     ctx: &Ctx,
     src: &Arc<SourceConfig>,
+    kind: &Arc<dyn Kind>,
     state: &mut SourceState,
     batch: &UpstreamBatch,
     cancel: &CancellationToken,
 ) -> bool {
     let mut backoff = Backoff::new(STORE_RETRY);
     loop {
-        let e = match store_upstream_batch(ctx, src, state, batch).await {
+        let e = match store_upstream_batch(ctx, src, kind, state, batch).await {
             Ok(()) => return true,
             Err(e) => e,
         };
@@ -125,12 +132,12 @@ async fn store_or_give_up(
 async fn store_upstream_batch(
     ctx: &Ctx,
     src: &Arc<SourceConfig>,
+    kind: &Arc<dyn Kind>,
     state: &mut SourceState,
     batch: &UpstreamBatch,
 ) -> Result<(), PollError> {
     let now = Utc::now();
-    let ids = normalize::identity_keys(&batch.items);
-    let known = ctx.store.items_by_ids(src.id.as_str(), ids).await?;
+    let known = known_items(ctx, src, kind.lookup(), &batch.items).await?;
     // `plan` reads documents as feeds list them (newest first); an upstream
     // stream delivers oldest first, so hand it over reversed to keep arrival order.
     let mut items = batch.items.clone();

@@ -17,11 +17,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::config::{FirehoseFormat, FirehoseSettings, SourceConfig, SourceKind};
+use crate::config::SourceConfig;
 use crate::fetch::{FetchRequest, Fetcher};
 use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
-use crate::sources::firehose::StreamDecoder;
-use crate::sources::Item;
+use crate::sources::firehose::{StreamDecoder, MAX_LINE};
+use crate::sources::{Item, Kind, StreamSpec};
 
 /// Reconnect backoff of an upstream: 1 s doubling to a minute, with equal
 /// jitter so the readers of many sources dropped at once do not reconnect in step.
@@ -58,7 +58,7 @@ impl Default for UpstreamOptions {
             max_batch: 1000,
             batch_window: Duration::from_millis(50),
             idle_timeout: Duration::from_secs(90),
-            max_line: 1024 * 1024,
+            max_line: MAX_LINE,
             reconnect: RECONNECT,
             min_backoff: Duration::from_millis(100),
             healthy_after: Duration::from_secs(30),
@@ -311,7 +311,7 @@ impl Batcher {
 /// `cancel` fires or `out` is closed.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_upstream_with<C, Fut, S, E>(
-    settings: FirehoseSettings,
+    spec: StreamSpec,
     base: Url,
     mut cursor: Option<String>,
     mut connect: C,
@@ -338,8 +338,7 @@ pub async fn run_upstream_with<C, Fut, S, E>(
             Ok(stream) => {
                 health.ok();
                 let started = Instant::now();
-                let mut decoder =
-                    StreamDecoder::new(&settings, base.clone(), cursor.clone(), opts.max_line);
+                let mut decoder = spec.decoder(base.clone(), cursor.clone(), opts.max_line);
                 let (end, sent) =
                     drive_stream(stream, &mut decoder, &out, &mut health, &opts, &cancel).await;
                 if decoder.cursor().is_some() {
@@ -395,43 +394,38 @@ pub struct UpstreamBatch {
 /// bounded). Returns when `cancel` fires. Health updates go to `health`.
 pub async fn run_upstream(
     source: Arc<SourceConfig>,
+    kind: Arc<dyn Kind>,
     fetcher: Fetcher,
     cursor: Option<String>,
     out: mpsc::Sender<UpstreamBatch>,
     health: mpsc::Sender<Result<(), String>>,
     cancel: CancellationToken,
 ) {
-    let settings = match &source.kind {
-        SourceKind::Firehose(s) if s.format != FirehoseFormat::Json => s.clone(),
-        _ => {
-            let _ = health
-                .send(Err(format!(
-                    "source {} is not an ndjson/sse firehose; nothing to stream",
-                    source.id
-                )))
-                .await;
-            return;
-        }
+    let Some(spec) = kind.stream() else {
+        let _ = health
+            .send(Err(format!(
+                "source {} is not an ndjson/sse firehose; nothing to stream",
+                source.id
+            )))
+            .await;
+        return;
     };
-    let accept = match settings.format {
-        FirehoseFormat::Sse => "text/event-stream",
-        _ => "application/x-ndjson, application/jsonl, application/json;q=0.9, */*;q=0.1",
-    };
-    let is_sse = settings.format == FirehoseFormat::Sse;
+    let accept = kind.accept();
+    let resumes = spec.resumes();
     let connect = |cursor: Option<String>| {
         let fetcher = fetcher.clone();
         let mut req = FetchRequest::get(source.url.clone());
         req.user_agent.clone_from(&source.user_agent);
         req.headers.clone_from(&source.headers);
         req.accept = Some(accept);
-        req.last_event_id = if is_sse { cursor } else { None };
+        req.last_event_id = if resumes { cursor } else { None };
         async move {
             let response = fetcher.open_stream(&req).await.map_err(|e| e.to_string())?;
             Ok::<_, String>(response.bytes_stream())
         }
     };
     run_upstream_with(
-        settings,
+        spec.clone(),
         source.url.clone(),
         cursor,
         connect,

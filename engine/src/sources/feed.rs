@@ -38,7 +38,10 @@ use super::{Item, Parsed};
 pub(crate) mod decode;
 pub(crate) mod json;
 pub(crate) mod structure;
+mod kind;
 pub(crate) mod text;
+
+pub use kind::FeedKind;
 
 /// Dates further in the future than this are treated as "now" (clock skew and
 /// time-zone mistakes are common; far-future dates would pin an item to the

@@ -4,10 +4,11 @@
 //! CONTRACT (owned by the firehose module's owner).
 //!
 //! Layout: this file maps JSON values to [`Item`]s; `lines` and `sse`
-//! decode bytes, `stream` turns a stream's bytes into items. All pure: the
-//! upstream connection (batching, idle timeout, reconnect with backoff) is
-//! the runtime's (`runtime::upstream`).
+//! decode bytes; `document` (polled) and `stream` (ndjson / sse) are the two
+//! kinds. All pure: the upstream connection (batching, idle timeout,
+//! reconnect with backoff) is the runtime's (`runtime::upstream`).
 
+mod document;
 mod lines;
 mod sse;
 mod stream;
@@ -18,8 +19,9 @@ use url::Url;
 use super::{Item, Parsed};
 use crate::config::{FieldMap, FirehoseSettings};
 
+pub use document::FirehoseDocument;
 pub use sse::{SseDecoder, SseEvent, SseProblems};
-pub use stream::StreamDecoder;
+pub use stream::{FirehoseStream, StreamDecoder, StreamSpec, MAX_LINE};
 
 /// Why a firehose document or message could not be mapped.
 #[derive(Debug, thiserror::Error)]

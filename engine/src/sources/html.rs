@@ -8,6 +8,7 @@
 
 mod decode;
 mod detect;
+mod kind;
 mod noise;
 mod text;
 
@@ -19,6 +20,8 @@ use scraper::{Html, HtmlTreeSink, Selector};
 use similar::{Algorithm, ChangeTag, DiffOp, TextDiff};
 
 use crate::config::HtmlSettings;
+
+pub use kind::HtmlKind;
 
 /// Why a page cannot be used (the source is marked unhealthy with this).
 #[derive(Debug, thiserror::Error)]
