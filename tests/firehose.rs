@@ -345,7 +345,7 @@ async fn ndjson_upstream_handles_split_blank_malformed_and_oversized_lines() {
 
     let mut reports = Vec::new();
     while let Ok(r) = hrx.try_recv() {
-        reports.push(r);
+        reports.push(r.map_err(|e| e.to_string()));
     }
     assert!(
         reports
@@ -561,7 +561,7 @@ async fn sse_upstream_resumes_with_last_event_id_after_a_drop_without_loss_or_re
     );
     let mut reports = Vec::new();
     while let Ok(r) = hrx.try_recv() {
-        reports.push(r);
+        reports.push(r.map_err(|e| e.to_string()));
     }
     assert!(
         reports.iter().any(
@@ -764,7 +764,7 @@ async fn an_idle_upstream_is_reconnected_and_cancel_stops_everything() {
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     let mut reports = Vec::new();
     while let Ok(r) = hrx.try_recv() {
-        reports.push(r);
+        reports.push(r.map_err(|e| e.to_string()));
     }
     assert!(
         reports

@@ -266,6 +266,7 @@ async fn feed_over_seven_polls_emits_exactly_the_new_and_changed_items() {
         .poll_now("news.test")
         .await
         .err()
+        .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("500"), "{err}");
     let st = engine.state("news.test").await;
@@ -278,6 +279,7 @@ async fn feed_over_seven_polls_emits_exactly_the_new_and_changed_items() {
         .poll_now("news.test")
         .await
         .err()
+        .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("parse"), "{err}");
     assert_eq!(engine.state("news.test").await.consecutive_failures, 2);
@@ -638,7 +640,13 @@ async fn replay_polls_with(
     let mut results = vec![first.last_error.map_or(Ok(()), Err)];
     for _ in 1..polls {
         let before = all_events(&engine.store).len();
-        results.push(engine.handle.poll_now("fx").await);
+        results.push(
+            engine
+                .handle
+                .poll_now("fx")
+                .await
+                .map_err(|e| e.to_string()),
+        );
         counts.push(all_events(&engine.store).len() - before);
     }
     assert_eq!(server.hits(&path), polls, "one request per poll");
@@ -1060,7 +1068,7 @@ async fn secrets_in_source_urls_never_reach_errors_or_logs() {
         let outcome = tokio::time::timeout(Duration::from_secs(60), engine.handle.poll_now(id))
             .await
             .unwrap_or_else(|_| panic!("poll of {id} never finished"));
-        let Err(shown) = outcome else {
+        let Err(shown) = outcome.map_err(|e| e.to_string()) else {
             panic!("{id} should fail")
         };
         assert!(

@@ -28,9 +28,10 @@ pub(super) async fn plan_off_runtime(
     at: DateTime<Utc>,
 ) -> Result<normalize::Plan, PollError> {
     let src = Arc::clone(src);
-    tokio::task::spawn_blocking(move || normalize::plan(&src, items, &known, first_poll, at))
-        .await
-        .map_err(|e| PollError::Task(e.to_string()))
+    Ok(
+        tokio::task::spawn_blocking(move || normalize::plan(&src, items, &known, first_poll, at))
+            .await?,
+    )
 }
 
 /// The stored items a parse is planned against, as its kind looks them up.

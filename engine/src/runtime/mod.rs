@@ -33,12 +33,12 @@ use self::poll::{poll_once, record_poll_failure, task_failure, PollResult, Polls
 use self::reload::apply_reload;
 use self::slots::{first_poll_at, start_slot, Slot};
 use crate::config::{Config, ConfigError};
-use crate::fetch::{redact_urls_in, FetchError, Fetcher};
+use crate::fetch::{FetchError, Fetcher};
 use crate::scheduler::{self, DueQueue};
 use crate::store::{SourceState, Store};
 
-pub use self::handle::{handle, Commands, EngineHandle};
-pub use self::poll::PollError;
+pub use self::handle::{handle, Commands, EngineHandle, PollNowError};
+pub use self::poll::{PollError, PollFailed};
 
 /// Polls in flight at most; further due sources wait in the queue.
 const MAX_IN_FLIGHT: usize = 256;
@@ -142,21 +142,21 @@ pub async fn run(
                 let PollResult { outcome: res, next_in, skipped } = match joined {
                     Ok(result) => result,
                     Err(died) => {
-                        let why = redact_urls_in(&task_failure(died)).into_owned();
+                        let failed = PollFailed::from(task_failure(died));
                         let Some(s) = slots.get(slot).and_then(Option::as_ref) else { continue };
-                        tracing::error!(source = %s.src.id, "a poll {why}");
+                        tracing::error!(source = %s.src.id, "{failed}");
                         if !recovery {
                             // The slot stays busy until the failure is
                             // recorded, so no other poll of the source
                             // overwrites its state meanwhile.
-                            polls.spawn(Running { slot, epoch, recovery: true }, record_poll_failure(ctx.clone(), s.src.clone(), why));
+                            polls.spawn(Running { slot, epoch, recovery: true }, record_poll_failure(ctx.clone(), s.src.clone(), failed));
                             in_flight += 1;
                             continue;
                         }
                         // Even recording the failure failed: free the slot
                         // and try again after the longest backoff.
                         PollResult {
-                            outcome: Err(format!("internal: the poll {why}")),
+                            outcome: Err(failed),
                             next_in: scheduler::MAX_BACKOFF,
                             skipped: false,
                         }
@@ -166,7 +166,7 @@ pub async fn run(
                 let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
                 s.polling = false;
                 for w in s.waiters.drain(..) {
-                    let _ = w.send(res.clone());
+                    let _ = w.send(res.clone().map_err(PollNowError::from));
                 }
                 if !s.next_waiters.is_empty() {
                     s.waiters = std::mem::take(&mut s.next_waiters);
@@ -203,12 +203,12 @@ pub async fn run(
             Some(cmd) = recv_or_pending(&mut commands) => match cmd {
                 Command::PollNow(id, reply) => {
                     let Some(&slot) = by_id.get(&id) else {
-                        let _ = reply.send(Err(format!("no source `{id}` in the running config")));
+                        let _ = reply.send(Err(PollNowError::UnknownSource(id)));
                         continue;
                     };
                     let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
                     if s.upstream.is_some() {
-                        let _ = reply.send(Err(format!("`{id}` is a streaming firehose; it is not polled")));
+                        let _ = reply.send(Err(PollNowError::Streaming(id)));
                     } else if s.polling {
                         s.next_waiters.push(reply);
                     } else {
@@ -286,7 +286,7 @@ fn start_poll(
     polls.spawn(task, async move {
         tokio::select! {
             r = poll_once(&ctx, &src, &kind) => r,
-            _ = cancel.cancelled() => PollResult { outcome: Err("cancelled by shutdown".into()), next_in: Duration::ZERO, skipped: false },
+            _ = cancel.cancelled() => PollResult { outcome: Err(PollError::Shutdown.into()), next_in: Duration::ZERO, skipped: false },
         }
     });
     true

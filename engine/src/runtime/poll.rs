@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 
 use super::ctx::{known_items, plan_off_runtime, Ctx};
 use crate::config::SourceConfig;
@@ -15,7 +15,8 @@ use crate::scheduler::{self, PollTiming};
 use crate::sources::{Body, Kind, Parse, SourceError};
 use crate::store::{SourceState, StoreError, WriteBatch};
 
-/// Why one poll failed; shown as the source's `last_error`.
+/// Why one poll failed. Shown (as a [`PollFailed`], with credentials in
+/// URLs redacted) as the source's `last_error` and to `poll_now`.
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
     /// Fetching failed.
@@ -27,18 +28,57 @@ pub enum PollError {
     /// Storing failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// A parser task died.
+    /// A parse or plan task on a blocking thread died.
     #[error("internal: {0}")]
-    Task(String),
+    Task(#[from] JoinError),
+    /// The poll task itself panicked, with this message; recorded by the loop
+    /// in its place.
+    #[error("internal: the poll panicked: {0}")]
+    Panicked(String),
+    /// The poll task was cancelled before it reported.
+    #[error("internal: the poll was cancelled")]
+    Aborted,
+    /// Shutdown began while the poll ran; its result was not stored.
+    #[error("cancelled by shutdown")]
+    Shutdown,
+    /// Not polled: enough polls of this host's domain are already in flight
+    /// or waiting (see `Politeness::crowded`).
+    #[error("skipped: enough polls of {host}'s domain are already in flight or waiting")]
+    Crowded {
+        /// The source's host.
+        host: String,
+    },
     /// The source's domain is under a Retry-After for this long: not polled.
     #[error("deferred by the domain's Retry-After for {0:?}")]
     Deferred(Duration),
 }
 
+/// A failed poll as everyone waiting for it sees it: one [`PollError`],
+/// shared by every `poll_now` waiting on the poll, displayed with
+/// credentials in URLs redacted (it is shown in logs, `last_error`, the CLI
+/// and the admin API). The inner error is deliberately not its `source()`:
+/// an error-chain printer would show it unredacted.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", redact_urls_in(&.0.to_string()))]
+pub struct PollFailed(Arc<PollError>);
+
+impl PollFailed {
+    /// The poll's error, to match on (display the `PollFailed`, not this).
+    pub fn error(&self) -> &PollError {
+        &self.0
+    }
+}
+
+impl From<PollError> for PollFailed {
+    fn from(e: PollError) -> Self {
+        Self(Arc::new(e))
+    }
+}
+
 /// How one poll ended and when the source is due next.
 pub(super) struct PollResult {
-    /// The error text on failure (recorded in the source's state when the store allowed).
-    pub(super) outcome: Result<(), String>,
+    /// The error on failure (recorded in the source's state when the store allowed).
+    pub(super) outcome: Result<(), PollFailed>,
     /// Delay until the next poll (the same value stored as `next_poll_at`).
     pub(super) next_in: Duration,
     /// Nothing was fetched or stored: the domain already had enough polls in
@@ -58,9 +98,10 @@ pub(super) async fn poll_once(
     let host = src.url.host_str().unwrap_or_default();
     if let Some(wait) = ctx.fetcher.politeness().crowded(host) {
         return PollResult {
-            outcome: Err(format!(
-                "skipped: enough polls of {host}'s domain are already in flight or waiting"
-            )),
+            outcome: Err(PollError::Crowded {
+                host: host.to_owned(),
+            }
+            .into()),
             next_in: wait.mul_f64(1.0 + rand::random::<f64>()),
             skipped: true,
         };
@@ -74,7 +115,7 @@ pub(super) async fn poll_once(
         Err(e) => {
             // Not even the state could be read: retry on the source's cadence.
             return PollResult {
-                outcome: Err(format!("store: {e}")),
+                outcome: Err(PollError::Store(e).into()),
                 next_in: scheduler::base_delay(&src.cadence, started),
                 skipped: false,
             };
@@ -113,9 +154,15 @@ pub(super) async fn poll_once(
         }
         Err(e) => {
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            let retry_after = match &e {
+                PollError::Fetch(f) => f.retry_after(),
+                _ => None,
+            };
             // Shown in logs, `last_error`, `sources list` and the admin API:
-            // no URL in it may carry the source's credentials.
-            let msg = redact_urls_in(&e.to_string()).into_owned();
+            // no URL in it may carry the source's credentials (the
+            // `PollFailed` display redacts them).
+            let failed = PollFailed::from(e);
+            let msg = failed.to_string();
             if state.consecutive_failures == 1 || state.consecutive_failures.is_power_of_two() {
                 tracing::warn!(source = %src.id, failures = state.consecutive_failures, "poll failed: {msg}");
             } else {
@@ -124,11 +171,7 @@ pub(super) async fn poll_once(
             if state.consecutive_failures > 1 && state.last_error.is_none() {
                 tracing::info!(source = %src.id, "source failing again");
             }
-            state.last_error = Some(msg.clone());
-            let retry_after = match &e {
-                PollError::Fetch(f) => f.retry_after(),
-                _ => None,
-            };
+            state.last_error = Some(msg);
             let timing = PollTiming {
                 ok: false,
                 consecutive_failures: state.consecutive_failures,
@@ -136,7 +179,7 @@ pub(super) async fn poll_once(
                 cache: None,
                 retry_after,
             };
-            (timing, Vec::new(), Vec::new(), false, Err(msg))
+            (timing, Vec::new(), Vec::new(), false, Err(failed))
         }
     };
     let delay = scheduler::next_delay(&src.cadence, now, &timing, rand::random::<f64>());
@@ -154,7 +197,7 @@ pub(super) async fn poll_once(
         Err(e) => {
             tracing::error!(source = %src.id, error = %e, "cannot store poll result");
             return PollResult {
-                outcome: Err(format!("store: {e}")),
+                outcome: Err(PollError::Store(e).into()),
                 next_in: delay,
                 skipped: false,
             };
@@ -256,7 +299,7 @@ async fn parse(
         };
         kind.parse(&body, memory.as_deref())
     });
-    Ok(task.await.map_err(|e| PollError::Task(e.to_string()))??)
+    Ok(task.await??)
 }
 
 /// The polls in flight. A task that panics returns no result, so which
@@ -293,9 +336,7 @@ impl Polls {
     }
 
     /// The next finished task and its result (`Err` if it panicked).
-    pub(super) async fn join_next(
-        &mut self,
-    ) -> Option<(Running, Result<PollResult, tokio::task::JoinError>)> {
+    pub(super) async fn join_next(&mut self) -> Option<(Running, Result<PollResult, JoinError>)> {
         loop {
             let (id, result) = match self.tasks.join_next_with_id().await? {
                 Ok((id, result)) => (id, Ok(result)),
@@ -310,10 +351,10 @@ impl Polls {
     }
 }
 
-/// "panicked: <message>" for a poll task that died.
-pub(super) fn task_failure(e: tokio::task::JoinError) -> String {
+/// Why a poll task died: its panic message, or that it was cancelled.
+pub(super) fn task_failure(e: JoinError) -> PollError {
     if !e.is_panic() {
-        return "was cancelled".to_owned();
+        return PollError::Aborted;
     }
     let payload = e.into_panic();
     let msg = payload
@@ -321,7 +362,7 @@ pub(super) fn task_failure(e: tokio::task::JoinError) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned());
-    format!("panicked: {msg}")
+    PollError::Panicked(msg)
 }
 
 /// Records a poll that died as a failed poll of its source (shown as its
@@ -330,10 +371,9 @@ pub(super) fn task_failure(e: tokio::task::JoinError) -> String {
 pub(super) async fn record_poll_failure(
     ctx: Arc<Ctx>,
     src: Arc<SourceConfig>,
-    why: String,
+    failed: PollFailed,
 ) -> PollResult {
     let now = Utc::now();
-    let msg = format!("internal: the poll {why}");
     let mut state = match ctx.store.source_state(src.id.as_str()).await {
         Ok(s) => s.unwrap_or_else(|| SourceState {
             source_id: src.id.as_str().to_owned(),
@@ -342,7 +382,7 @@ pub(super) async fn record_poll_failure(
         Err(e) => {
             tracing::error!(source = %src.id, error = %e, "cannot record the failed poll");
             return PollResult {
-                outcome: Err(msg),
+                outcome: Err(failed),
                 next_in: scheduler::base_delay(&src.cadence, now),
                 skipped: false,
             };
@@ -350,7 +390,7 @@ pub(super) async fn record_poll_failure(
     };
     state.consecutive_failures = state.consecutive_failures.saturating_add(1);
     state.last_poll_at = Some(now);
-    state.last_error = Some(msg.clone());
+    state.last_error = Some(failed.to_string());
     let timing = PollTiming {
         ok: false,
         consecutive_failures: state.consecutive_failures,
@@ -366,7 +406,7 @@ pub(super) async fn record_poll_failure(
         tracing::error!(source = %src.id, error = %e, "cannot record the failed poll");
     }
     PollResult {
-        outcome: Err(msg),
+        outcome: Err(failed),
         next_in: delay,
         skipped: false,
     }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
+use super::handle::Reply;
 use super::stream::run_stream;
 use crate::config::SourceConfig;
 use crate::scheduler::{self, DueQueue};
@@ -31,9 +31,9 @@ pub(super) struct Slot {
     /// The first-round summary has counted this source.
     pub(super) reported: bool,
     /// Waiting for the in-flight poll (`poll_now`).
-    pub(super) waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    pub(super) waiters: Vec<Reply>,
     /// Waiting for a poll that starts after the in-flight one.
-    pub(super) next_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    pub(super) next_waiters: Vec<Reply>,
 }
 
 impl Slot {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ctx::{known_items, plan_off_runtime, Ctx};
 use super::poll::PollError;
-use super::upstream::{self, UpstreamBatch};
+use super::upstream::{self, HealthReport, UpstreamBatch, UpstreamError};
 use crate::config::SourceConfig;
 use crate::fetch::redact_urls_in;
 use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
@@ -50,7 +50,7 @@ pub(super) async fn run_stream(
         }
     };
     let (tx, mut rx) = mpsc::channel::<UpstreamBatch>(UPSTREAM_QUEUE);
-    let (htx, mut hrx) = mpsc::channel::<Result<(), String>>(16);
+    let (htx, mut hrx) = mpsc::channel::<HealthReport>(16);
     let reader = tokio::spawn(upstream::run_upstream(
         src.clone(),
         kind.clone(),
@@ -105,13 +105,7 @@ async fn store_or_give_up(
         tracing::error!(source = %src.id, error = %e, "cannot store upstream items; retrying in {delay:?}");
         // `state` still holds the cursor before this batch: recording the
         // error never moves it.
-        record_health(
-            ctx,
-            src,
-            state,
-            Err(format!("cannot store upstream items: {e}")),
-        )
-        .await;
+        record_health(ctx, src, state, Err(UpstreamError::Store(e))).await;
         tokio::select! {
             () = cancel.cancelled() => {
                 tracing::warn!(
@@ -170,7 +164,7 @@ async fn record_health(
     ctx: &Ctx,
     src: &SourceConfig,
     state: &mut SourceState,
-    health: Result<(), String>,
+    health: HealthReport,
 ) {
     let now: DateTime<Utc> = Utc::now();
     state.last_poll_at = Some(now);
@@ -182,8 +176,8 @@ async fn record_health(
             state.consecutive_failures = 0;
             state.last_success_at = Some(now);
         }
-        Err(msg) => {
-            let msg = redact_urls_in(&msg).into_owned();
+        Err(e) => {
+            let msg = redact_urls_in(&e.to_string()).into_owned();
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
             if state.consecutive_failures == 1 || state.consecutive_failures.is_power_of_two() {
                 tracing::warn!(source = %src.id, failures = state.consecutive_failures, "upstream: {msg}");

@@ -300,7 +300,10 @@ async fn a_panicking_poll_keeps_its_source_and_shows_the_panic() {
         .await
         .unwrap_or_else(|_| panic!("poll_now never answered after the poll panicked"));
     match first {
-        Err(e) => assert!(e.contains("injected panic while storing boom"), "{e}"),
+        Err(e) => assert!(
+            e.to_string().contains("injected panic while storing boom"),
+            "{e}"
+        ),
         Ok(()) => panic!("a panicked poll reported success"),
     }
     let failed = engine.state("boom").await;
@@ -322,10 +325,30 @@ async fn a_panicking_poll_keeps_its_source_and_shows_the_panic() {
     let second = tokio::time::timeout(WAIT, engine.handle.poll_now("boom"))
         .await
         .unwrap_or_else(|_| panic!("the source was never polled again"));
-    assert_eq!(second, Ok(()));
+    assert!(second.is_ok(), "{second:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
     let healthy = engine.state("boom").await;
     assert_eq!(healthy.last_error, None);
     assert_eq!(healthy.consecutive_failures, 0);
     engine.stop().await;
+}
+
+/// What a failed poll shows (to `poll_now`, in `last_error`) never carries
+/// a source's credentials, and the typed error stays matchable.
+#[test]
+fn a_failed_poll_is_shown_without_credentials() {
+    let failed = PollFailed::from(PollError::Panicked(
+        "GET https://reader:hunter2@example.org/feed?token=s3cret".into(),
+    ));
+    let shown = failed.to_string();
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+    assert!(
+        shown.starts_with("internal: the poll panicked: "),
+        "{shown}"
+    );
+    assert!(matches!(failed.error(), PollError::Panicked(_)));
+    assert_eq!(PollNowError::from(failed).to_string(), shown);
 }

@@ -17,11 +17,43 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::config::SourceConfig;
-use crate::fetch::{FetchRequest, Fetcher};
+use super::poll::PollError;
+use crate::config::{SourceConfig, SourceId};
+use crate::fetch::{FetchError, FetchRequest, Fetcher};
 use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
-use crate::sources::firehose::{StreamDecoder, MAX_LINE};
+use crate::sources::firehose::{Skipped, StreamDecoder, MAX_LINE};
 use crate::sources::{Item, Kind, StreamSpec};
+
+/// Why a streamed source is unhealthy; reported on the health channel and
+/// shown as the source's `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The source's kind is polled, not streamed.
+    #[error("source {0} is not an ndjson/sse firehose; nothing to stream")]
+    NotStreamed(SourceId),
+    /// The connection could not be opened.
+    #[error("cannot open the upstream stream: {0}")]
+    Open(Box<dyn std::error::Error + Send + Sync>),
+    /// The upstream ended the stream before sending any item.
+    #[error("the upstream closed the stream without sending items; reconnecting")]
+    Empty,
+    /// The transport failed mid-stream (its message).
+    #[error("the upstream stream failed: {0}; reconnecting")]
+    Broken(String),
+    /// No bytes arrived for this long.
+    #[error("no data from the upstream for {}s; reconnecting", .0.as_secs())]
+    Idle(Duration),
+    /// Messages that could not be mapped were skipped.
+    #[error(transparent)]
+    Skipped(#[from] Skipped),
+    /// The store refused a batch (reported by the runtime's store side
+    /// between its retries, not by the connection).
+    #[error("cannot store upstream items: {0}")]
+    Store(PollError),
+}
+
+/// What goes on the health channel: the source works, or why it does not.
+pub type HealthReport = Result<(), UpstreamError>;
 
 /// Reconnect backoff of an upstream: 1 s doubling to a minute, with equal
 /// jitter so the readers of many sources dropped at once do not reconnect in step.
@@ -85,7 +117,7 @@ pub enum StreamEnd {
 /// state changes are sent, repeats of an error at most every `REPEAT`.
 #[derive(Debug)]
 pub struct Health {
-    tx: mpsc::Sender<Result<(), String>>,
+    tx: mpsc::Sender<HealthReport>,
     /// What was last delivered: `Some(true)` ok, `Some(false)` error.
     last: Option<bool>,
     last_error_at: Option<Instant>,
@@ -97,7 +129,7 @@ impl Health {
     pub const REPEAT: Duration = Duration::from_secs(10);
 
     /// Wraps the health channel.
-    pub fn new(tx: mpsc::Sender<Result<(), String>>) -> Self {
+    pub fn new(tx: mpsc::Sender<HealthReport>) -> Self {
         Self {
             tx,
             last: None,
@@ -124,7 +156,7 @@ impl Health {
     }
 
     /// The connection failed (these are spaced by the reconnect backoff, so all are sent).
-    pub fn error(&mut self, why: String) {
+    pub fn error(&mut self, why: UpstreamError) {
         if self.tx.try_send(Err(why)).is_ok() {
             self.last = Some(false);
             self.last_error_at = Some(Instant::now());
@@ -133,12 +165,12 @@ impl Health {
 
     /// Messages were skipped: reported on the change to unhealthy, then at
     /// most every [`Self::REPEAT`], however fast bad messages arrive.
-    pub fn problem(&mut self, why: String) {
+    pub fn problem(&mut self, why: Skipped) {
         let repeat_due = self
             .last_error_at
             .is_none_or(|t| t.elapsed() >= Self::REPEAT);
         if self.last != Some(false) || repeat_due {
-            self.error(why);
+            self.error(why.into());
         }
     }
 }
@@ -310,18 +342,19 @@ impl Batcher {
 /// `Last-Event-ID` for SSE) and yields its byte stream. Returns when
 /// `cancel` fires or `out` is closed.
 #[allow(clippy::too_many_arguments)]
-pub async fn run_upstream_with<C, Fut, S, E>(
+pub async fn run_upstream_with<C, Fut, S, E, CE>(
     spec: StreamSpec,
     base: Url,
     mut cursor: Option<String>,
     mut connect: C,
     out: mpsc::Sender<UpstreamBatch>,
-    health: mpsc::Sender<Result<(), String>>,
+    health: mpsc::Sender<HealthReport>,
     cancel: CancellationToken,
     opts: UpstreamOptions,
 ) where
     C: FnMut(Option<String>) -> Fut,
-    Fut: Future<Output = Result<S, String>>,
+    Fut: Future<Output = Result<S, CE>>,
+    CE: Into<Box<dyn std::error::Error + Send + Sync>>,
     S: Stream<Item = Result<Bytes, E>>,
     E: Display,
 {
@@ -334,7 +367,7 @@ pub async fn run_upstream_with<C, Fut, S, E>(
             r = connect(cursor.clone()) => r,
         };
         match opened {
-            Err(e) => health.error(format!("cannot open the upstream stream: {e}")),
+            Err(e) => health.error(UpstreamError::Open(e.into())),
             Ok(stream) => {
                 health.ok();
                 let started = Instant::now();
@@ -355,17 +388,9 @@ pub async fn run_upstream_with<C, Fut, S, E>(
                     StreamEnd::Eof if sent > 0 => tracing::debug!(
                         "upstream closed the stream after {sent} items; reconnecting"
                     ),
-                    StreamEnd::Eof => health.error(
-                        "the upstream closed the stream without sending items; reconnecting"
-                            .to_owned(),
-                    ),
-                    StreamEnd::Error(e) => {
-                        health.error(format!("the upstream stream failed: {e}; reconnecting"))
-                    }
-                    StreamEnd::Idle => health.error(format!(
-                        "no data from the upstream for {}s; reconnecting",
-                        opts.idle_timeout.as_secs()
-                    )),
+                    StreamEnd::Eof => health.error(UpstreamError::Empty),
+                    StreamEnd::Error(e) => health.error(UpstreamError::Broken(e)),
+                    StreamEnd::Idle => health.error(UpstreamError::Idle(opts.idle_timeout)),
                 }
             }
         }
@@ -398,15 +423,12 @@ pub async fn run_upstream(
     fetcher: Fetcher,
     cursor: Option<String>,
     out: mpsc::Sender<UpstreamBatch>,
-    health: mpsc::Sender<Result<(), String>>,
+    health: mpsc::Sender<HealthReport>,
     cancel: CancellationToken,
 ) {
     let Some(spec) = kind.stream() else {
         let _ = health
-            .send(Err(format!(
-                "source {} is not an ndjson/sse firehose; nothing to stream",
-                source.id
-            )))
+            .send(Err(UpstreamError::NotStreamed(source.id.clone())))
             .await;
         return;
     };
@@ -420,8 +442,8 @@ pub async fn run_upstream(
         req.accept = Some(accept);
         req.last_event_id = if resumes { cursor } else { None };
         async move {
-            let response = fetcher.open_stream(&req).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(response.bytes_stream())
+            let response = fetcher.open_stream(&req).await?;
+            Ok::<_, FetchError>(response.bytes_stream())
         }
     };
     run_upstream_with(

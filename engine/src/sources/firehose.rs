@@ -21,7 +21,7 @@ use crate::config::{FieldMap, FirehoseSettings};
 
 pub use document::FirehoseDocument;
 pub use sse::{SseDecoder, SseEvent, SseProblems};
-pub use stream::{FirehoseStream, StreamDecoder, StreamSpec, MAX_LINE};
+pub use stream::{FirehoseStream, MessageProblem, Skipped, StreamDecoder, StreamSpec, MAX_LINE};
 
 /// Why a firehose document or message could not be mapped.
 #[derive(Debug, thiserror::Error)]

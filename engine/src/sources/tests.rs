@@ -159,3 +159,35 @@ fn a_stream_body_decodes_in_arrival_order_and_remembers_the_sse_cursor() {
     assert_eq!(ids, vec![Some("7"), Some("8")], "an SSE id names its item");
     assert_eq!(parse_sse.remember.as_deref(), Some("8"));
 }
+
+#[test]
+fn skipped_messages_are_counted_with_the_last_reason_and_taken_once() {
+    let Some(spec) = kind_of("firehose", "format = \"ndjson\"").stream().cloned() else {
+        panic!("ndjson is streamed")
+    };
+    let mut decoder = spec.decoder(url(), None, 16);
+    let mut out = Vec::new();
+    decoder.feed(b"not json\n{\"id\":\"1\"}\n[1]\n", &mut out);
+    assert_eq!(out.len(), 1);
+    let skipped = decoder
+        .take_problem()
+        .unwrap_or_else(|| panic!("two lines were skipped"));
+    assert_eq!(skipped.count, 2);
+    assert!(matches!(
+        skipped.last,
+        firehose::MessageProblem::NdjsonMapsToNothing
+    ));
+    assert_eq!(
+        skipped.to_string(),
+        "skipped 2 malformed messages; last: NDJSON line maps to no item (not an object, or none of the fields)"
+    );
+    assert!(decoder.take_problem().is_none());
+    decoder.feed(b"{\"title\":\"far too long for the limit\"}\n", &mut out);
+    let skipped = decoder
+        .take_problem()
+        .unwrap_or_else(|| panic!("a long line was dropped"));
+    assert_eq!(
+        skipped.to_string(),
+        "skipped a malformed message: dropped an NDJSON line longer than 16 bytes"
+    );
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use url::Url;
 
 use super::lines::{Line, LineSplitter};
-use super::map_message;
 use super::sse::{SseDecoder, SseEvent};
+use super::{map_message, FirehoseError};
 use crate::config::{FirehoseFormat, FirehoseSettings};
 use crate::sources::{Body, Item, Kind, Lookup, Parse, SourceError};
 
@@ -92,6 +92,90 @@ impl StreamSpec {
     }
 }
 
+/// Why a streamed message was skipped (the stream goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum MessageProblem {
+    /// An NDJSON line longer than this many bytes was dropped.
+    #[error("dropped an NDJSON line longer than {0} bytes")]
+    NdjsonTooLong(usize),
+    /// An NDJSON line is not JSON.
+    #[error("NDJSON line is not JSON: {0}")]
+    NdjsonNotJson(serde_json::Error),
+    /// An NDJSON line maps to no item.
+    #[error("NDJSON line maps to no item (not an object, or none of the fields)")]
+    NdjsonMapsToNothing,
+    /// An NDJSON line does not fit the configured `items` pointer.
+    #[error("NDJSON line: {0}")]
+    NdjsonUnmapped(FirehoseError),
+    /// SSE lines over the line limit were dropped.
+    #[error("dropped {count} SSE line(s) longer than {max} bytes")]
+    SseTooLong {
+        /// Lines dropped.
+        count: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// An SSE event's data is not JSON.
+    #[error(
+        "SSE event{} data is not JSON: {error}",
+        .id.as_deref().map(|i| format!(" (id {i})")).unwrap_or_default()
+    )]
+    SseNotJson {
+        /// The event's id, if it had one.
+        id: Option<String>,
+        /// The JSON parser's complaint.
+        error: serde_json::Error,
+    },
+    /// An SSE event's data maps to no item (this many elements skipped).
+    #[error("SSE event data maps to no item ({0} skipped)")]
+    SseMapsToNothing(usize),
+    /// An SSE event's data does not fit the configured `items` pointer.
+    #[error("SSE event: {0}")]
+    SseUnmapped(FirehoseError),
+}
+
+/// The messages a decoder skipped since it was last asked
+/// ([`StreamDecoder::take_problem`]).
+#[derive(Debug)]
+pub struct Skipped {
+    /// How many were skipped.
+    pub count: usize,
+    /// Why the last one was.
+    pub last: MessageProblem,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.count > 1 {
+            write!(
+                f,
+                "skipped {} malformed messages; last: {}",
+                self.count, self.last
+            )
+        } else {
+            write!(f, "skipped a malformed message: {}", self.last)
+        }
+    }
+}
+
+/// The last problem is part of the message, not a separate cause (a chain
+/// printer would repeat it).
+impl std::error::Error for Skipped {}
+
+/// Counts skipped messages, keeping the last reason.
+#[derive(Debug, Default)]
+struct Problems {
+    count: usize,
+    last: Option<MessageProblem>,
+}
+
+impl Problems {
+    fn push(&mut self, why: MessageProblem) {
+        self.count += 1;
+        self.last = Some(why);
+    }
+}
+
 /// Bytes → items for one connection, in the source's format.
 #[derive(Debug)]
 pub struct StreamDecoder {
@@ -99,8 +183,7 @@ pub struct StreamDecoder {
     settings: FirehoseSettings,
     base: Url,
     /// Messages that could not be mapped since the last `take_problem`, and the last reason.
-    problems: usize,
-    last_problem: Option<String>,
+    problems: Problems,
     /// Scratch buffer of SSE events of one chunk.
     events: Vec<SseEvent>,
     /// Line limit, for messages.
@@ -131,8 +214,7 @@ impl StreamDecoder {
             format,
             settings: settings.clone(),
             base,
-            problems: 0,
-            last_problem: None,
+            problems: Problems::default(),
             events: Vec::new(),
             max_line,
         }
@@ -143,24 +225,21 @@ impl StreamDecoder {
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<(Item, Option<String>)>) {
         match &mut self.format {
             Format::Ndjson(lines) => {
-                let mut problems = Vec::new();
                 let (settings, base, max) = (&self.settings, &self.base, self.max_line);
+                let problems = &mut self.problems;
                 lines.feed(chunk, |line| {
-                    ndjson_line(line, settings, base, max, out, &mut problems)
+                    ndjson_line(line, settings, base, max, out, problems)
                 });
-                for p in problems {
-                    self.problem(p);
-                }
             }
             Format::Sse(dec) => {
                 let before = dec.last_event_id().map(str::to_owned);
                 dec.feed(chunk, &mut self.events);
                 let too_long = dec.take_problems().too_long;
                 if too_long > 0 {
-                    self.problem(format!(
-                        "dropped {too_long} SSE line(s) longer than {} bytes",
-                        self.max_line
-                    ));
+                    self.problems.push(MessageProblem::SseTooLong {
+                        count: too_long,
+                        max: self.max_line,
+                    });
                 }
                 let mut cursor = before;
                 let events = std::mem::take(&mut self.events);
@@ -177,12 +256,9 @@ impl StreamDecoder {
     /// The end of the stream: an NDJSON line without a final newline still counts.
     pub fn finish(&mut self, out: &mut Vec<(Item, Option<String>)>) {
         if let Format::Ndjson(lines) = &mut self.format {
-            let mut problems = Vec::new();
             let (settings, base, max) = (&self.settings, &self.base, self.max_line);
-            lines.finish(|line| ndjson_line(line, settings, base, max, out, &mut problems));
-            for p in problems {
-                self.problem(p);
-            }
+            let problems = &mut self.problems;
+            lines.finish(|line| ndjson_line(line, settings, base, max, out, problems));
         }
     }
 
@@ -202,20 +278,10 @@ impl StreamDecoder {
         }
     }
 
-    /// A summary of the messages skipped since the last call, if any.
-    pub fn take_problem(&mut self) -> Option<String> {
-        let n = std::mem::take(&mut self.problems);
-        let last = self.last_problem.take()?;
-        Some(if n > 1 {
-            format!("skipped {n} malformed messages; last: {last}")
-        } else {
-            format!("skipped a malformed message: {last}")
-        })
-    }
-
-    fn problem(&mut self, why: String) {
-        self.problems += 1;
-        self.last_problem = Some(why);
+    /// The messages skipped since the last call, if any.
+    pub fn take_problem(&mut self) -> Option<Skipped> {
+        let Problems { count, last } = std::mem::take(&mut self.problems);
+        Some(Skipped { count, last: last? })
     }
 
     fn sse_event(
@@ -229,23 +295,21 @@ impl StreamDecoder {
         }
         let value: serde_json::Value = match serde_json::from_str(&ev.data) {
             Ok(v) => v,
-            Err(e) => {
-                let id = ev
-                    .id
-                    .as_deref()
-                    .map(|i| format!(" (id {i})"))
-                    .unwrap_or_default();
-                self.problem(format!("SSE event{id} data is not JSON: {e}"));
+            Err(error) => {
+                self.problems.push(MessageProblem::SseNotJson {
+                    id: ev.id.clone(),
+                    error,
+                });
                 return;
             }
         };
         let mut items = Vec::new();
         match map_message(&value, &self.settings, &self.base, &mut items) {
-            Ok(skipped) if skipped > 0 && items.is_empty() => self.problem(format!(
-                "SSE event data maps to no item ({skipped} skipped)"
-            )),
+            Ok(skipped) if skipped > 0 && items.is_empty() => self
+                .problems
+                .push(MessageProblem::SseMapsToNothing(skipped)),
             Ok(_) => {}
-            Err(e) => self.problem(format!("SSE event: {e}")),
+            Err(e) => self.problems.push(MessageProblem::SseUnmapped(e)),
         }
         // Only the event's last item carries the event's id: storing an earlier
         // one must not let a resume skip the rest of the event.
@@ -271,13 +335,11 @@ fn ndjson_line(
     base: &Url,
     max_line: usize,
     out: &mut Vec<(Item, Option<String>)>,
-    problems: &mut Vec<String>,
+    problems: &mut Problems,
 ) {
     let text = match line {
         Line::TooLong => {
-            problems.push(format!(
-                "dropped an NDJSON line longer than {max_line} bytes"
-            ));
+            problems.push(MessageProblem::NdjsonTooLong(max_line));
             return;
         }
         Line::Text(t) => t,
@@ -288,16 +350,17 @@ fn ndjson_line(
     let value: serde_json::Value = match serde_json::from_slice(text) {
         Ok(v) => v,
         Err(e) => {
-            problems.push(format!("NDJSON line is not JSON: {e}"));
+            problems.push(MessageProblem::NdjsonNotJson(e));
             return;
         }
     };
     let mut items = Vec::new();
     match map_message(&value, settings, base, &mut items) {
-        Ok(skipped) if skipped > 0 && items.is_empty() => problems
-            .push("NDJSON line maps to no item (not an object, or none of the fields)".to_owned()),
+        Ok(skipped) if skipped > 0 && items.is_empty() => {
+            problems.push(MessageProblem::NdjsonMapsToNothing)
+        }
         Ok(_) => {}
-        Err(e) => problems.push(format!("NDJSON line: {e}")),
+        Err(e) => problems.push(MessageProblem::NdjsonUnmapped(e)),
     }
     out.extend(items.into_iter().map(|i| (i, None)));
 }
