@@ -4,17 +4,19 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio::task::JoinError;
 
-use super::poll::PollError;
 use crate::config::SourceConfig;
 use crate::fetch::Fetcher;
 use crate::normalize;
 use crate::sources::{Item, Lookup};
 use crate::store::{ItemState, Store, StoreError};
 
-/// Shared by every poll.
+/// Shared by every poll and upstream reader.
 pub(super) struct Ctx {
+    /// Where results are committed.
     pub(super) store: Store,
+    /// The HTTP client (politeness, SSRF guard, conditional GET).
     pub(super) fetcher: Fetcher,
 }
 
@@ -26,12 +28,9 @@ pub(super) async fn plan_off_runtime(
     known: Vec<ItemState>,
     first_poll: bool,
     at: DateTime<Utc>,
-) -> Result<normalize::Plan, PollError> {
+) -> Result<normalize::Plan, JoinError> {
     let src = Arc::clone(src);
-    Ok(
-        tokio::task::spawn_blocking(move || normalize::plan(&src, items, &known, first_poll, at))
-            .await?,
-    )
+    tokio::task::spawn_blocking(move || normalize::plan(&src, items, &known, first_poll, at)).await
 }
 
 /// The stored items a parse is planned against, as its kind looks them up.

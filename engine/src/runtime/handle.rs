@@ -35,19 +35,19 @@ pub enum PollNowError {
     Failed(#[from] PollFailed),
 }
 
-/// Talks to a running engine: created by [`handle`], passed to [`run`](super::run).
+/// Talks to a running engine: created by [`handle`], passed to [`run`](crate::runtime::run).
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
 }
 
-/// The receiving side of an [`EngineHandle`], given to [`run`](super::run).
+/// The receiving side of an [`EngineHandle`], given to [`run`](crate::runtime::run).
 #[derive(Debug)]
 pub struct Commands {
     pub(super) rx: mpsc::Receiver<Command>,
 }
 
-/// A handle and the command stream for [`run`](super::run).
+/// A handle and the command stream for [`run`](crate::runtime::run).
 pub fn handle() -> (EngineHandle, Commands) {
     let (tx, rx) = mpsc::channel(64);
     (EngineHandle { tx }, Commands { rx })

@@ -19,20 +19,20 @@ mod stream;
 pub mod upstream;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::ctx::Ctx;
-use self::handle::Command;
+use self::handle::{Command, Reply};
 use self::poll::{poll_once, record_poll_failure, task_failure, PollResult, Polls, Running};
-use self::reload::apply_reload;
-use self::slots::{first_poll_at, start_slot, Slot};
-use crate::config::{Config, ConfigError};
+use self::reload::{apply_reload, rebuild_ctx};
+use self::slots::{first_poll_at, start_slot, Slot, Slots};
+use crate::config::{Config, ConfigError, FetchConfig};
 use crate::fetch::{FetchError, Fetcher};
 use crate::scheduler::{self, DueQueue};
 use crate::store::{SourceState, Store};
@@ -64,195 +64,24 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let mut commands = commands.map(|c| c.rx);
-    let mut ctx = Arc::new(Ctx {
-        store: store.clone(),
-        fetcher: Fetcher::new(&config.fetch)?,
-    });
-    let mut fetch_cfg = config.fetch.clone();
-    let mut slots: Vec<Option<Slot>> = Vec::new();
-    let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut queue = DueQueue::new();
-    let mut polls = Polls::default();
-    let mut upstreams: JoinSet<()> = JoinSet::new();
-    let mut in_flight = 0usize;
-    let mut unreported = 0usize;
-    let mut failing_first_round: Vec<String> = Vec::new();
-
-    let states: HashMap<String, SourceState> = match store.source_states().await {
-        Ok(v) => v.into_iter().map(|s| (s.source_id.clone(), s)).collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read source states; scheduling every source as new");
-            HashMap::new()
-        }
-    };
-    for src in config.sources {
-        let slot = slots.len();
-        let first_at = first_poll_at(states.get(src.id.as_str()));
-        by_id.insert(src.id.as_str().to_owned(), slot);
-        // Streaming firehoses report through their reader, not a poll: they
-        // are not waited for by the first-round summary.
-        let s = Slot::new(src);
-        let streaming = s.streaming();
-        slots.push(Some(s));
-        if !streaming {
-            unreported += 1;
-        }
-        start_slot(
-            &ctx,
-            &mut slots,
-            slot,
-            first_at,
-            &mut queue,
-            &mut upstreams,
-            &cancel,
-        );
-    }
-    tracing::info!(sources = slots.len(), "engine started");
-
-    // The configured source ids, for the item-state sweep (which forgets
-    // sources no longer configured); updated on every reload.
-    let configured: Arc<std::sync::Mutex<HashSet<String>>> =
-        Arc::new(std::sync::Mutex::new(by_id.keys().cloned().collect()));
-    let pruner = prune::spawn(store.clone(), configured.clone(), cancel.clone());
-
+    let mut engine = Engine::start(config, &store, cancel.clone()).await?;
+    let pruner = prune::spawn(store.clone(), engine.configured.clone(), cancel.clone());
     loop {
-        // Start every due poll we have room for.
-        let now = Instant::now();
-        while in_flight < MAX_IN_FLIGHT {
-            let Some(slot) = queue.pop_due(now) else {
-                break;
-            };
-            if start_poll(&ctx, &mut slots, slot, &mut polls, &cancel) {
-                in_flight += 1;
-            }
-        }
-        let next_due = if in_flight < MAX_IN_FLIGHT {
-            queue.peek()
-        } else {
-            None
-        };
-        let sleep_until = next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-
+        let wake_at = engine.start_due_polls();
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep_until(sleep_until) => {}
-            Some((task, joined)) = polls.join_next(), if !polls.is_empty() => {
-                in_flight = in_flight.saturating_sub(1);
-                let Running { slot, epoch, recovery } = task;
-                let PollResult { outcome: res, next_in, skipped } = match joined {
-                    Ok(result) => result,
-                    Err(died) => {
-                        let failed = PollFailed::from(task_failure(died));
-                        let Some(s) = slots.get(slot).and_then(Option::as_ref) else { continue };
-                        tracing::error!(source = %s.src.id, "{failed}");
-                        if !recovery {
-                            // The slot stays busy until the failure is
-                            // recorded, so no other poll of the source
-                            // overwrites its state meanwhile.
-                            polls.spawn(Running { slot, epoch, recovery: true }, record_poll_failure(ctx.clone(), s.src.clone(), failed));
-                            in_flight += 1;
-                            continue;
-                        }
-                        // Even recording the failure failed: free the slot
-                        // and try again after the longest backoff.
-                        PollResult {
-                            outcome: Err(failed),
-                            next_in: scheduler::MAX_BACKOFF,
-                            skipped: false,
-                        }
-                    }
-                };
-                let total = slots.iter().flatten().filter(|s| !s.streaming()).count();
-                let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
-                s.polling = false;
-                for w in s.waiters.drain(..) {
-                    let _ = w.send(res.clone().map_err(PollNowError::from));
-                }
-                if !s.next_waiters.is_empty() {
-                    s.waiters = std::mem::take(&mut s.next_waiters);
-                    if start_poll(&ctx, &mut slots, slot, &mut polls, &cancel) {
-                        in_flight += 1;
-                    }
-                    continue;
-                }
-                if s.epoch != epoch {
-                    // The config changed while this poll ran: poll the new one now.
-                    if !s.streaming() {
-                        queue.schedule(slot, Instant::now());
-                    }
-                    continue;
-                }
-                if skipped {
-                    // Not polled yet: no first-round report, just come back.
-                    queue.schedule(slot, Instant::now() + next_in);
-                    continue;
-                }
-                if !s.reported {
-                    s.reported = true;
-                    unreported = unreported.saturating_sub(1);
-                    if let Err(e) = &res {
-                        failing_first_round.push(format!("{} ({e})", s.src.id));
-                    }
-                    if unreported == 0 {
-                        first_round_summary(total, &failing_first_round);
-                    }
-                }
-                let at = Instant::now() + next_in;
-                queue.schedule(slot, at);
+            _ = tokio::time::sleep_until(wake_at) => {}
+            Some((task, joined)) = engine.polls.join_next(), if !engine.polls.is_empty() => {
+                engine.poll_finished(task, joined);
             }
-            Some(cmd) = recv_or_pending(&mut commands) => match cmd {
-                Command::PollNow(id, reply) => {
-                    let Some(&slot) = by_id.get(&id) else {
-                        let _ = reply.send(Err(PollNowError::UnknownSource(id)));
-                        continue;
-                    };
-                    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
-                    if s.upstream.is_some() {
-                        let _ = reply.send(Err(PollNowError::Streaming(id)));
-                    } else if s.polling {
-                        s.next_waiters.push(reply);
-                    } else {
-                        s.waiters.push(reply);
-                        queue.remove(slot);
-                        if start_poll(&ctx, &mut slots, slot, &mut polls, &cancel) {
-                            in_flight += 1;
-                        }
-                    }
-                }
-            },
+            Some(command) = recv_or_pending(&mut commands) => engine.command(command),
             Some(update) = recv_or_pending(&mut reload) => match update {
                 Err(e) => tracing::error!("config reload rejected, keeping the running config:\n{e}"),
-                Ok(new) => {
-                    if new.fetch != fetch_cfg {
-                        match Fetcher::new(&new.fetch) {
-                            Ok(f) => {
-                                ctx = Arc::new(Ctx { store: store.clone(), fetcher: f });
-                                fetch_cfg = new.fetch.clone();
-                            }
-                            Err(e) => tracing::error!(error = %e, "config reload: cannot rebuild the HTTP client, keeping the old one"),
-                        }
-                    }
-                    apply_reload(&ctx, new, &mut slots, &mut by_id, &mut queue, &mut upstreams, &cancel);
-                    *configured.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        by_id.keys().cloned().collect();
-                }
+                Ok(new) => engine.reload(new),
             },
         }
     }
-
-    tracing::info!(
-        in_flight,
-        "engine stopping: waiting for in-flight polls to store their results"
-    );
-    let drain = async {
-        while polls.join_next().await.is_some() {}
-        while upstreams.join_next().await.is_some() {}
-    };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        tracing::warn!(
-            "some polls did not finish within {SHUTDOWN_GRACE:?}; their results were not stored"
-        );
-    }
+    engine.drain().await;
     let _ = pruner.await;
     if let Err(e) = store.flush().await {
         tracing::error!(error = %e, "store flush at shutdown failed");
@@ -261,35 +90,308 @@ pub async fn run(
     Ok(())
 }
 
-/// Spawns a poll of `slot` unless one is in flight; true if it started.
-fn start_poll(
-    ctx: &Arc<Ctx>,
-    slots: &mut [Option<Slot>],
-    slot: usize,
-    polls: &mut Polls,
-    cancel: &CancellationToken,
-) -> bool {
-    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
-        return false;
-    };
-    if s.polling || s.upstream.is_some() {
-        return false;
-    }
-    s.polling = true;
-    let (src, kind, epoch) = (s.src.clone(), s.kind.clone(), s.epoch);
-    let (ctx, cancel) = (ctx.clone(), cancel.clone());
-    let task = Running {
-        slot,
-        epoch,
-        recovery: false,
-    };
-    polls.spawn(task, async move {
-        tokio::select! {
-            r = poll_once(&ctx, &src, &kind) => r,
-            _ = cancel.cancelled() => PollResult { outcome: Err(PollError::Shutdown.into()), next_in: Duration::ZERO, skipped: false },
+/// What the loop owns between two wake-ups.
+struct Engine {
+    /// The store and HTTP client every task shares; replaced (not mutated)
+    /// when a reload changes the fetch settings.
+    ctx: Arc<Ctx>,
+    /// The fetch settings `ctx`'s client was built from.
+    fetch_cfg: FetchConfig,
+    slots: Slots,
+    /// When each polled source is due.
+    queue: DueQueue,
+    /// Poll tasks (and recordings of polls that died).
+    polls: Polls,
+    /// One reader task per streamed source.
+    upstreams: JoinSet<()>,
+    /// Tasks in `polls`; no more than [`MAX_IN_FLIGHT`] start.
+    in_flight: usize,
+    first_round: FirstRound,
+    /// The configured source ids, for the pruner's item-state sweep (which
+    /// forgets sources no longer configured); updated on every reload.
+    configured: Arc<Mutex<HashSet<String>>>,
+    cancel: CancellationToken,
+}
+
+impl Engine {
+    /// Slots for every configured source: streamed ones start reading,
+    /// polled ones are scheduled at their stored next-poll time (or soon).
+    async fn start(
+        config: Config,
+        store: &Store,
+        cancel: CancellationToken,
+    ) -> Result<Self, RuntimeError> {
+        let ctx = Arc::new(Ctx {
+            store: store.clone(),
+            fetcher: Fetcher::new(&config.fetch)?,
+        });
+        let states: HashMap<String, SourceState> = match store.source_states().await {
+            Ok(v) => v.into_iter().map(|s| (s.source_id.clone(), s)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read source states; scheduling every source as new");
+                HashMap::new()
+            }
+        };
+        let mut engine = Self {
+            ctx,
+            fetch_cfg: config.fetch,
+            slots: Slots::default(),
+            queue: DueQueue::new(),
+            polls: Polls::default(),
+            upstreams: JoinSet::new(),
+            in_flight: 0,
+            first_round: FirstRound::default(),
+            configured: Arc::default(),
+            cancel,
+        };
+        for src in config.sources {
+            let first_at = first_poll_at(states.get(src.id.as_str()));
+            let slot = engine.slots.insert(Slot::new(src));
+            let Some(s) = engine.slots.get_mut(slot) else {
+                continue;
+            };
+            // Streamed sources report through their reader, not a poll: the
+            // first-round summary does not wait for them.
+            if !s.reported {
+                engine.first_round.unreported += 1;
+            }
+            start_slot(
+                &engine.ctx,
+                s,
+                slot,
+                first_at,
+                &mut engine.queue,
+                &mut engine.upstreams,
+                &engine.cancel,
+            );
         }
-    });
-    true
+        *engine
+            .configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = engine.slots.ids();
+        tracing::info!(sources = engine.slots.len(), "engine started");
+        Ok(engine)
+    }
+
+    /// Starts every due poll there is room for; returns when the loop must
+    /// wake up next for the queue.
+    fn start_due_polls(&mut self) -> Instant {
+        let now = Instant::now();
+        while self.in_flight < MAX_IN_FLIGHT {
+            let Some(slot) = self.queue.pop_due(now) else {
+                break;
+            };
+            self.start_poll(slot);
+        }
+        let next_due = if self.in_flight < MAX_IN_FLIGHT {
+            self.queue.peek()
+        } else {
+            None
+        };
+        next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+    }
+
+    /// Spawns a poll of `slot` unless one is in flight or it streams.
+    fn start_poll(&mut self, slot: usize) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if s.polling || s.upstream.is_some() {
+            return;
+        }
+        s.polling = true;
+        let (src, kind, epoch) = (s.src.clone(), s.kind.clone(), s.epoch);
+        let (ctx, cancel) = (self.ctx.clone(), self.cancel.clone());
+        let task = Running {
+            slot,
+            epoch,
+            recovery: false,
+        };
+        self.polls.spawn(task, async move {
+            tokio::select! {
+                r = poll_once(&ctx, &src, &kind) => r,
+                _ = cancel.cancelled() => PollResult {
+                    outcome: Err(PollError::Shutdown.into()),
+                    next_in: Duration::ZERO,
+                    skipped: false,
+                },
+            }
+        });
+        self.in_flight += 1;
+    }
+
+    /// A poll task ended: answer its waiters, then schedule the source's
+    /// next poll (or the poll someone asked for meanwhile).
+    fn poll_finished(&mut self, task: Running, joined: Result<PollResult, JoinError>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Running {
+            slot,
+            epoch,
+            recovery,
+        } = task;
+        let PollResult {
+            outcome,
+            next_in,
+            skipped,
+        } = match joined {
+            Ok(result) => result,
+            Err(died) => {
+                let failed = PollFailed::from(task_failure(died));
+                let Some(s) = self.slots.get(slot) else {
+                    return;
+                };
+                tracing::error!(source = %s.src.id, "{failed}");
+                if !recovery {
+                    // The slot stays busy until the failure is recorded, so
+                    // no other poll of the source overwrites its state meanwhile.
+                    let record = record_poll_failure(self.ctx.clone(), s.src.clone(), failed);
+                    let task = Running {
+                        slot,
+                        epoch,
+                        recovery: true,
+                    };
+                    self.polls.spawn(task, record);
+                    self.in_flight += 1;
+                    return;
+                }
+                // Even recording the failure failed: free the slot and try
+                // again after the longest backoff.
+                PollResult {
+                    outcome: Err(failed),
+                    next_in: scheduler::MAX_BACKOFF,
+                    skipped: false,
+                }
+            }
+        };
+        let polled = self.slots.polled();
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        s.polling = false;
+        for w in s.waiters.drain(..) {
+            let _ = w.send(outcome.clone().map_err(PollNowError::from));
+        }
+        if !s.next_waiters.is_empty() {
+            s.waiters = std::mem::take(&mut s.next_waiters);
+            self.start_poll(slot);
+            return;
+        }
+        if s.epoch != epoch {
+            // The config changed while this poll ran: poll the new one now.
+            if !s.streaming() {
+                self.queue.schedule(slot, Instant::now());
+            }
+            return;
+        }
+        if skipped {
+            // Not polled yet: no first-round report, just come back.
+            self.queue.schedule(slot, Instant::now() + next_in);
+            return;
+        }
+        if !s.reported {
+            s.reported = true;
+            let failed = outcome
+                .as_ref()
+                .err()
+                .map(|e| format!("{} ({e})", s.src.id));
+            self.first_round.report(failed, polled);
+        }
+        self.queue.schedule(slot, Instant::now() + next_in);
+    }
+
+    /// A command from an [`EngineHandle`].
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::PollNow(id, reply) => self.poll_now(id, reply),
+        }
+    }
+
+    /// `poll_now`: poll the source at once, or right after its poll in flight.
+    fn poll_now(&mut self, id: String, reply: Reply) {
+        let Some(slot) = self.slots.find(&id) else {
+            let _ = reply.send(Err(PollNowError::UnknownSource(id)));
+            return;
+        };
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if s.upstream.is_some() {
+            let _ = reply.send(Err(PollNowError::Streaming(id)));
+        } else if s.polling {
+            s.next_waiters.push(reply);
+        } else {
+            s.waiters.push(reply);
+            self.queue.remove(slot);
+            self.start_poll(slot);
+        }
+    }
+
+    /// Applies a re-validated config.
+    fn reload(&mut self, new: Config) {
+        rebuild_ctx(&mut self.ctx, &mut self.fetch_cfg, &new.fetch);
+        apply_reload(
+            &self.ctx,
+            new,
+            &mut self.slots,
+            &mut self.queue,
+            &mut self.upstreams,
+            &self.cancel,
+        );
+        *self
+            .configured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.slots.ids();
+    }
+
+    /// Shutdown: waits (at most [`SHUTDOWN_GRACE`]) for in-flight polls
+    /// and upstream readers to store what they have.
+    async fn drain(mut self) {
+        tracing::info!(
+            in_flight = self.in_flight,
+            "engine stopping: waiting for in-flight polls to store their results"
+        );
+        let drain = async {
+            while self.polls.join_next().await.is_some() {}
+            while self.upstreams.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!(
+                "some polls did not finish within {SHUTDOWN_GRACE:?}; their results were not stored"
+            );
+        }
+    }
+}
+
+/// The first round: one summary line once every polled source configured
+/// at start has been polled once.
+#[derive(Default)]
+struct FirstRound {
+    /// Polled sources not polled yet.
+    unreported: usize,
+    /// "id (error)" of each that failed.
+    failing: Vec<String>,
+}
+
+impl FirstRound {
+    /// A source's first poll ended (`failed`: why not); `polled` sources
+    /// are configured now.
+    fn report(&mut self, failed: Option<String>, polled: usize) {
+        self.unreported = self.unreported.saturating_sub(1);
+        self.failing.extend(failed);
+        if self.unreported > 0 {
+            return;
+        }
+        if self.failing.is_empty() {
+            tracing::info!("first round: all {polled} polled sources reachable");
+        } else {
+            tracing::warn!(
+                "first round: {} of {polled} polled sources reachable; cannot reach {}: {}",
+                polled.saturating_sub(self.failing.len()),
+                self.failing.len(),
+                self.failing.join("; ")
+            );
+        }
+    }
 }
 
 /// Receives from an optional channel; a missing or closed channel never yields
@@ -302,19 +404,6 @@ async fn recv_or_pending<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
         *rx = None;
     }
     std::future::pending().await
-}
-
-fn first_round_summary(total: usize, failing: &[String]) {
-    if failing.is_empty() {
-        tracing::info!("first round: all {total} polled sources reachable");
-    } else {
-        tracing::warn!(
-            "first round: {} of {total} polled sources reachable; cannot reach {}: {}",
-            total.saturating_sub(failing.len()),
-            failing.len(),
-            failing.join("; ")
-        );
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Live config reload: sources added, changed (epoch bumped, restarted)
-//! and removed, applied to the running slots.
+//! and removed, applied to the running slots; the HTTP client rebuilt when
+//! the fetch settings changed.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -9,27 +10,51 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ctx::Ctx;
-use super::slots::{jitter_within, start_slot, Slot};
-use crate::config::Config;
+use super::slots::{jitter_within, start_slot, Slot, Slots};
+use crate::config::{Config, FetchConfig};
+use crate::fetch::Fetcher;
 use crate::scheduler::{self, DueQueue};
 
+/// A new context when `new` fetch settings differ from `running`; the old
+/// one stays (with an error logged) if the new client cannot be built.
+/// Polls in flight finish with the context they started with.
+pub(super) fn rebuild_ctx(ctx: &mut Arc<Ctx>, running: &mut FetchConfig, new: &FetchConfig) {
+    if new == running {
+        return;
+    }
+    match Fetcher::new(new) {
+        Ok(fetcher) => {
+            *ctx = Arc::new(Ctx {
+                store: ctx.store.clone(),
+                fetcher,
+            });
+            *running = new.clone();
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "config reload: cannot rebuild the HTTP client, keeping the old one"
+        ),
+    }
+}
+
+/// Applies the sources of `new`: unchanged ones keep running, changed ones
+/// restart with the new config, new ones start, missing ones stop.
 pub(super) fn apply_reload(
     ctx: &Arc<Ctx>,
     new: Config,
-    slots: &mut Vec<Option<Slot>>,
-    by_id: &mut HashMap<String, usize>,
+    slots: &mut Slots,
     queue: &mut DueQueue,
     upstreams: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) {
     let (mut added, mut changed, mut removed) = (0, 0, 0);
-    let mut keep: HashMap<String, ()> = HashMap::new();
+    let mut keep: HashSet<String> = HashSet::new();
     for src in new.sources {
-        let id = src.id.as_str().to_owned();
-        keep.insert(id.clone(), ());
-        match by_id.get(&id).copied() {
+        keep.insert(src.id.as_str().to_owned());
+        let soon = || Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD);
+        match slots.find(src.id.as_str()) {
             Some(slot) => {
-                let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
+                let Some(s) = slots.get_mut(slot) else {
                     continue;
                 };
                 if *s.src == src {
@@ -46,48 +71,30 @@ pub(super) fn apply_reload(
                 if s.polling && !s.streaming() {
                     continue;
                 }
-                start_slot(
-                    ctx,
-                    slots,
-                    slot,
-                    Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD),
-                    queue,
-                    upstreams,
-                    cancel,
-                );
+                start_slot(ctx, s, slot, soon(), queue, upstreams, cancel);
             }
             None => {
                 added += 1;
-                let slot = slots.len();
-                slots.push(Some(Slot {
+                // Sources added later are not part of the first round.
+                let slot = slots.insert(Slot {
                     reported: true,
                     ..Slot::new(src)
-                }));
-                by_id.insert(id, slot);
-                start_slot(
-                    ctx,
-                    slots,
-                    slot,
-                    Instant::now() + jitter_within(scheduler::FIRST_POLL_SPREAD),
-                    queue,
-                    upstreams,
-                    cancel,
-                );
+                });
+                if let Some(s) = slots.get_mut(slot) {
+                    start_slot(ctx, s, slot, soon(), queue, upstreams, cancel);
+                }
             }
         }
     }
-    by_id.retain(|id, slot| {
-        if keep.contains_key(id) {
-            return true;
-        }
-        removed += 1;
-        queue.remove(*slot);
-        if let Some(s) = slots.get_mut(*slot).and_then(Option::take) {
+    slots.retain(
+        |id| keep.contains(id),
+        |slot, s| {
+            removed += 1;
+            queue.remove(slot);
             if let Some(t) = s.upstream {
                 t.cancel();
             }
-        }
-        false
-    });
+        },
+    );
     tracing::info!(added, changed, removed, "config reloaded");
 }

@@ -1,6 +1,7 @@
 //! The configured sources as the loop keeps them: one slot per source with
-//! its scheduling bookkeeping, and how a slot is started.
+//! its scheduling bookkeeping, the table of slots, and how a slot is started.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,20 +69,89 @@ impl Slot {
     }
 }
 
-/// Schedules a (new or replaced) slot: streaming firehoses get an upstream
-/// reader, everything else a first poll.
+/// Every configured source, by slot index and by id. A slot's index is
+/// stable while its source is configured (the due-queue and poll tasks name
+/// slots by index) and never reused: a removed source leaves `None` behind.
+#[derive(Default)]
+pub(super) struct Slots {
+    slots: Vec<Option<Slot>>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Slots {
+    /// Adds a slot for a source not configured yet; returns its index.
+    pub(super) fn insert(&mut self, slot: Slot) -> usize {
+        let i = self.slots.len();
+        self.by_id.insert(slot.src.id.as_str().to_owned(), i);
+        self.slots.push(Some(slot));
+        i
+    }
+
+    /// The slot at `i`, unless its source was removed.
+    pub(super) fn get(&self, i: usize) -> Option<&Slot> {
+        self.slots.get(i).and_then(Option::as_ref)
+    }
+
+    /// The slot at `i`, unless its source was removed.
+    pub(super) fn get_mut(&mut self, i: usize) -> Option<&mut Slot> {
+        self.slots.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// The index of the source `id`, if configured.
+    pub(super) fn find(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The configured source ids.
+    pub(super) fn ids(&self) -> HashSet<String> {
+        self.by_id.keys().cloned().collect()
+    }
+
+    /// Configured sources.
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Configured sources that are polled (not streamed).
+    pub(super) fn polled(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| !s.streaming())
+            .count()
+    }
+
+    /// Removes every source `keep` rejects, handing each removed slot (and
+    /// its index) to `removed`.
+    pub(super) fn retain(
+        &mut self,
+        keep: impl Fn(&str) -> bool,
+        mut removed: impl FnMut(usize, Slot),
+    ) {
+        let slots = &mut self.slots;
+        self.by_id.retain(|id, i| {
+            if keep(id) {
+                return true;
+            }
+            if let Some(s) = slots.get_mut(*i).and_then(Option::take) {
+                removed(*i, s);
+            }
+            false
+        });
+    }
+}
+
+/// Schedules a (new or replaced) slot: streaming sources get an upstream
+/// reader, everything else a first poll at `at`.
 pub(super) fn start_slot(
     ctx: &Arc<Ctx>,
-    slots: &mut [Option<Slot>],
+    s: &mut Slot,
     slot: usize,
     at: Instant,
     queue: &mut DueQueue,
     upstreams: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) {
-    let Some(s) = slots.get_mut(slot).and_then(Option::as_mut) else {
-        return;
-    };
     if s.streaming() {
         let token = cancel.child_token();
         s.upstream = Some(token.clone());
