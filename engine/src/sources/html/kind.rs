@@ -55,6 +55,7 @@ impl Kind for HtmlKind {
             published: None,
             diff,
             added,
+            ..Item::default()
         };
         Ok(Parse {
             items: vec![item],
