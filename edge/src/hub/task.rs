@@ -10,6 +10,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use livestrom_engine::bus::Live;
 use livestrom_engine::log::{LogError, ReadScope};
+use livestrom_engine::scheduler::{Backoff, BackoffPolicy, Jitter};
 use livestrom_engine::{CommittedEvent, EventLog, StreamEvent};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -20,8 +21,15 @@ use super::registry::Registry;
 /// Rows per log read when the hub catches up after `Lagged`.
 const CATCH_UP_PAGE: usize = 2048;
 
-/// First and longest wait between attempts of a catch-up read that failed.
-const CATCH_UP_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// Waits between attempts of a catch-up read that failed: 100 ms doubling
+/// to 5 s, in the upper half of each step (hubs of several edges that fail
+/// together do not retry together).
+const CATCH_UP_RETRY: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+    factor: 2,
+    jitter: Jitter::EQUAL,
+};
 
 /// How far the hub has fanned out: every event up to `id` has been offered
 /// to every subscriber registered at the time.
@@ -103,7 +111,7 @@ impl HubTask {
     /// without a gap until the read succeeds, and their clients resume from
     /// the last id they saw; streams that register meanwhile wait.
     async fn catch_up_until_done(&mut self) {
-        let mut wait = CATCH_UP_RETRY.0;
+        let mut backoff = Backoff::new(CATCH_UP_RETRY);
         let mut failures = 0u32;
         loop {
             match self.catch_up().await {
@@ -118,6 +126,7 @@ impl HubTask {
                 }
                 Err(e) => {
                     failures += 1;
+                    let wait = backoff.next_delay();
                     if failures == 1 {
                         let subs = self.registered();
                         tracing::error!(
@@ -132,7 +141,6 @@ impl HubTask {
                         tracing::warn!(error = %e, failures, retry_in = ?wait, "hub catch-up read failed again");
                     }
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(CATCH_UP_RETRY.1);
                 }
             }
         }

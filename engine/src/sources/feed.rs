@@ -37,8 +37,8 @@ use super::{Item, Parsed};
 
 pub(crate) mod decode;
 pub(crate) mod json;
-pub(crate) mod structure;
 mod kind;
+pub(crate) mod structure;
 pub(crate) mod text;
 
 pub use kind::FeedKind;
