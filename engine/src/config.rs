@@ -23,10 +23,10 @@ pub struct SourceId(String);
 
 impl SourceId {
     /// Parses an id, returning why it is not valid.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
         match validate::id_problem(s) {
             None => Ok(Self(s.to_owned())),
-            Some(why) => Err(why),
+            Some(why) => Err(ValueError::SourceId(why)),
         }
     }
 
@@ -376,21 +376,50 @@ impl Config {
     }
 }
 
+/// One configuration value that does not parse; the message says what to
+/// write instead (it is shown with the file, line and field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// A source id outside the id alphabet (the reason says which rule).
+    #[error("{0}")]
+    SourceId(String),
+    /// An empty duration.
+    #[error("empty duration; use e.g. \"30s\", \"2m\", \"7d\"")]
+    EmptyDuration,
+    /// Not humantime syntax.
+    #[error(
+        "`{value}` is not a duration ({reason}); use e.g. \"30s\", \"2m\", \"1h 30m\", \"7d\""
+    )]
+    Duration {
+        /// The value as written (shortened).
+        value: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// A size whose number does not parse.
+    #[error("`{0}` is not a size; use e.g. \"10MB\" or \"512KiB\"")]
+    SizeNumber(String),
+    /// A size with a unit other than B, KB, MB, GB, KiB, MiB, GiB.
+    #[error("`{0}` has an unknown size unit; use B, KB, MB, GB, KiB, MiB or GiB")]
+    SizeUnit(String),
+    /// A size of zero or less.
+    #[error("`{0}` must be a positive size")]
+    SizeNotPositive(String),
+}
+
 /// Parses `"7d"`, `"2m"`, `"25s"`, `"1h 30m"` (humantime syntax).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     if s.trim().is_empty() {
-        return Err("empty duration; use e.g. \"30s\", \"2m\", \"7d\"".to_owned());
+        return Err(ValueError::EmptyDuration);
     }
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        format!(
-            "`{}` is not a duration ({e}); use e.g. \"30s\", \"2m\", \"1h 30m\", \"7d\"",
-            raw::truncate(s.trim())
-        )
+    humantime::parse_duration(s.trim()).map_err(|e| ValueError::Duration {
+        value: raw::truncate(s.trim()),
+        reason: e.to_string(),
     })
 }
 
 /// Parses `"10MB"`, `"512KiB"`, `"1048576"` into bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     let t = s.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -398,7 +427,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a size; use e.g. \"10MB\" or \"512KiB\""))?;
+        .map_err(|_| ValueError::SizeNumber(s.to_owned()))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "kb" | "k" => 1e3,
@@ -407,14 +436,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "kib" => 1024.0,
         "mib" => 1024.0 * 1024.0,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => {
-            return Err(format!(
-                "`{s}` has an unknown size unit; use B, KB, MB, GB, KiB, MiB or GiB"
-            ))
-        }
+        _ => return Err(ValueError::SizeUnit(s.to_owned())),
     };
     if !(n.is_finite() && n > 0.0) {
-        return Err(format!("`{s}` must be a positive size"));
+        return Err(ValueError::SizeNotPositive(s.to_owned()));
     }
     Ok((n * mult) as u64)
 }

@@ -55,7 +55,7 @@ impl Validator<'_, '_> {
             None => 10_000_000,
             Some(mb) => {
                 let bytes = match mb.get_ref() {
-                    RawSize::Text(t) => crate::config::parse_size(t),
+                    RawSize::Text(t) => crate::config::parse_size(t).map_err(|e| e.to_string()),
                     RawSize::Bytes(n) => {
                         u64::try_from(*n).map_err(|_| format!("{n} must be a positive size"))
                     }

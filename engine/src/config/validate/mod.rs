@@ -188,7 +188,7 @@ impl Validator<'_, '_> {
 
 /// Parses a duration and checks it is within `bounds`.
 fn checked_duration(text: &str, (min, max): (Duration, Duration)) -> Result<Duration, String> {
-    let d = super::parse_duration(text)?;
+    let d = super::parse_duration(text).map_err(|e| e.to_string())?;
     if d < min {
         return Err(format!(
             "`{}` is too short: the minimum is {}",

@@ -74,7 +74,7 @@ impl Validator<'_, '_> {
                 .and_then(|id| match SourceId::parse(id.get_ref()) {
                     Ok(parsed) => Some(parsed),
                     Err(e) => {
-                        self.push(id, &f("id"), e);
+                        self.push(id, &f("id"), e.to_string());
                         None
                     }
                 });
