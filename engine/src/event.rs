@@ -238,6 +238,22 @@ impl IdGenerator {
     }
 }
 
+/// A UUIDv7 from a millisecond timestamp and the 74 bits after the version
+/// and variant (12 of `rand_a`, then 62 of `rand_b`).
+pub fn compose_v7(ms: u64, tail74: u128) -> Uuid {
+    Uuid::from_u128(compose(ms, tail74))
+}
+
+/// The 74 bits of a UUIDv7 after its version and variant (see [`compose_v7`]).
+pub fn tail_of(id: Uuid) -> u128 {
+    extract_tail(id.as_u128())
+}
+
+/// The millisecond timestamp of a UUIDv7.
+pub fn ms_of(id: Uuid) -> u64 {
+    (id.as_u128() >> 80) as u64
+}
+
 fn compose(ms: u64, tail74: u128) -> u128 {
     let ms = (ms as u128 & ((1u128 << 48) - 1)) << 80;
     let rand_a = (tail74 >> 62) & 0xFFF; // 12 bits

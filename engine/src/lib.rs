@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod fetch;
