@@ -25,10 +25,17 @@ struct Running {
 impl Running {
     /// Starts `livestrom run` and waits for its "listening on" line.
     fn start(config: &Path) -> Running {
+        Self::start_with(config, &[], "listening on http://")
+    }
+
+    /// Starts `livestrom run` with `extra` arguments and waits for a log
+    /// line containing `ready`; `addr` is what follows "listening on", if any.
+    fn start_with(config: &Path, extra: &[&str], ready: &'static str) -> Running {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("LIVESTROM_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -44,23 +51,22 @@ impl Running {
                 if let Ok(mut l) = sink.lock() {
                     l.push(line.clone());
                 }
-                if !sent {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
+                if !sent && line.contains(ready) {
+                    let addr = line
+                        .split("listening on http://")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
                 }
                 // Keep draining so the child never blocks on a full pipe.
             }
         });
         let addr = rx
             .recv_timeout(WAIT)
-            .unwrap_or_else(|e| panic!("livestrom run never said where it listens: {e}"));
+            .unwrap_or_else(|e| panic!("livestrom run never logged {ready:?}: {e}"));
         Running { child, addr, log }
     }
 
@@ -430,4 +436,74 @@ async fn tail_prints_the_stream_as_json_lines() {
     assert!(ids[0] < ids[1], "{ids:?}");
     let _ = tail.kill();
     let _ = tail.wait();
+}
+
+#[test]
+fn role_engine_polls_and_stores_without_serving_http() {
+    let upstream = growing_feed();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, _db) = write_config(dir.path(), &upstream.url("/feed.xml"));
+    let run = Running::start_with(
+        &config,
+        &["--role", "engine"],
+        "engine only (no HTTP listener)",
+    );
+    // It polls and stores: `sources list` (another process) sees events.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = Command::new(BIN)
+            .args(["sources", "list", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let events = text
+            .lines()
+            .find(|l| l.starts_with("news.grow"))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if events >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no events stored: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logged = run.log.lock().map(|l| l.join("\n")).unwrap_or_default();
+    assert!(!logged.contains("listening on"), "{logged}");
+    run.signal("TERM");
+    assert!(run.wait(), "a clean exit on SIGTERM");
+}
+
+#[test]
+fn role_edge_without_a_cluster_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, _db) = write_config(dir.path(), "http://127.0.0.1:9/feed.xml");
+    for (args, env) in [(vec!["--role", "edge"], None), (vec![], Some("edge"))] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .args(&args);
+        if let Some(role) = env {
+            cmd.env("LIVESTROM_ROLE", role);
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("needs a [cluster] table"), "{err}");
+    }
+    let out = Command::new(BIN)
+        .args(["run", "--role", "bogus", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("all") && err.contains("engine") && err.contains("edge"),
+        "{err}"
+    );
 }

@@ -64,7 +64,7 @@ pub(crate) async fn main(args: DemoArgs) -> Result<ExitCode> {
     );
     println!();
     println!("Ctrl-C stops the demo.");
-    let res = super::run::run(config, (None, None), None).await;
+    let res = super::run::run(config, (None, None), super::run::Role::All, None).await;
     drop(upstream);
     let _ = std::fs::remove_dir_all(&dir);
     res.map(|()| ExitCode::SUCCESS)

@@ -20,12 +20,35 @@ pub(crate) struct RunArgs {
     /// Listen address of the edge (overrides [edge] listen).
     #[arg(long, env = "LIVESTROM_LISTEN")]
     pub(crate) listen: Option<SocketAddr>,
+    /// What this process does: `all` polls and serves, `engine` polls and
+    /// stores only (no HTTP listener), `edge` serves only.
+    #[arg(long, env = "LIVESTROM_ROLE", value_enum, default_value_t = Role::All)]
+    pub(crate) role: Role,
+}
+
+/// The jobs of one `livestrom run` process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Role {
+    /// Engine and edge in one process (one node).
+    All,
+    /// Polls sources and stores events; serves no HTTP.
+    Engine,
+    /// Serves streams from a log other processes write.
+    Edge,
 }
 
 /// `livestrom run`.
 pub(crate) async fn main(args: RunArgs) -> Result<ExitCode> {
     let config = load_config(&args.cfg, args.listen)?;
-    run(config, (args.cfg.db.clone(), args.listen), None).await?;
+    if args.role == Role::Edge {
+        // On one node the edge follows the engine's in-process live feed:
+        // an edge of its own needs a shared log to read.
+        bail!(
+            "`--role edge` serves a log that engines in other processes write, which needs a [cluster] table in {} (a NATS JetStream log shared by every node); on one node run `--role all` (the default), where the engine and the edge share the process",
+            args.cfg.config.display()
+        );
+    }
+    run(config, (args.cfg.db.clone(), args.listen), args.role, None).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -55,10 +78,12 @@ fn spawn_signal_handler(cancel: CancellationToken) {
     });
 }
 
-/// Engine + edge until a signal (or `stop`) fires; a clean, lossless shutdown.
+/// The engine, and the edge unless `role` is [`Role::Engine`], until a
+/// signal (or `stop`) fires; a clean, lossless shutdown.
 pub(crate) async fn run(
     config: Config,
     overrides: (Option<PathBuf>, Option<SocketAddr>),
+    role: Role,
     stop: Option<CancellationToken>,
 ) -> Result<()> {
     let cancel = stop.unwrap_or_default();
@@ -68,32 +93,18 @@ pub(crate) async fn run(
     let bus = Bus::new();
     let store = Store::open(&config.engine.database, config.engine.retention, bus)
         .with_context(|| "cannot start: the database is unusable")?;
-    let listener = tokio::net::TcpListener::bind(config.edge.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (in use? set --listen or LIVESTROM_LISTEN)",
-                config.edge.listen
-            )
-        })?;
-    let local = listener.local_addr().unwrap_or(config.edge.listen);
-    let settings = livestrom_edge::Settings {
-        keepalive: config.edge.keepalive,
-        cors_origins: config.edge.cors_origins.clone(),
+    let edge = match role {
+        Role::Engine => {
+            tracing::info!(
+                "livestrom {} engine only (no HTTP listener) — {} sources, database {}",
+                env!("CARGO_PKG_VERSION"),
+                config.sources.len(),
+                config.engine.database.display()
+            );
+            None
+        }
+        Role::All | Role::Edge => Some(start_edge(&config, &store, cancel.clone()).await?),
     };
-    let state = livestrom_edge::AppState::new(
-        livestrom_engine::Backend::sqlite(&store),
-        settings,
-        cancel.clone(),
-    )
-    .await
-    .context("cannot start the edge")?;
-    tracing::info!(
-        "livestrom {} listening on http://{local} — {} sources, database {}",
-        env!("CARGO_PKG_VERSION"),
-        config.sources.len(),
-        config.engine.database.display()
-    );
     let reload = match livestrom_engine::config::watch::watch(config.path.clone(), cancel.clone()) {
         Ok(mut rx) => {
             // Reloaded configs get the same flag/env overrides as the first one.
@@ -115,6 +126,58 @@ pub(crate) async fn run(
             None
         }
     };
+    let engine =
+        livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
+    cancel.cancel();
+    if let Some(edge) = edge {
+        match tokio::time::timeout(Duration::from_secs(10), edge).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "edge stopped with an error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "edge task failed"),
+            Err(_) => tracing::warn!("edge did not stop within 10 s"),
+        }
+    }
+    store
+        .flush()
+        .await
+        .context("flushing the store at shutdown")?;
+    engine.context("engine failed")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Binds the edge's listener and serves it until `cancel` fires.
+async fn start_edge(
+    config: &Config,
+    store: &Store,
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(config.edge.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (in use? set --listen or LIVESTROM_LISTEN)",
+                config.edge.listen
+            )
+        })?;
+    let local = listener.local_addr().unwrap_or(config.edge.listen);
+    let settings = livestrom_edge::Settings {
+        keepalive: config.edge.keepalive,
+        cors_origins: config.edge.cors_origins.clone(),
+    };
+    let state = livestrom_edge::AppState::new(
+        livestrom_engine::Backend::sqlite(store),
+        settings,
+        cancel.clone(),
+    )
+    .await
+    .context("cannot start the edge")?;
+    tracing::info!(
+        "livestrom {} listening on http://{local} — {} sources, database {}",
+        env!("CARGO_PKG_VERSION"),
+        config.sources.len(),
+        config.engine.database.display()
+    );
     let edge_cancel = cancel.clone();
     let server_opts = livestrom_edge::server::Options {
         max_connections: config.edge.max_connections,
@@ -129,22 +192,7 @@ pub(crate) async fn run(
         )
         .await
     });
-    let engine =
-        livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
-    cancel.cancel();
-    match tokio::time::timeout(Duration::from_secs(10), edge).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "edge stopped with an error"),
-        Ok(Err(e)) => tracing::error!(error = %e, "edge task failed"),
-        Err(_) => tracing::warn!("edge did not stop within 10 s"),
-    }
-    store
-        .flush()
-        .await
-        .context("flushing the store at shutdown")?;
-    engine.context("engine failed")?;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    Ok(edge)
 }
 
 /// One `livestrom run` per database: a second one would double-poll every
