@@ -6,6 +6,7 @@ mod helpers;
 mod architecture;
 mod auth;
 mod cli;
+mod cluster;
 mod config;
 mod corpus;
 mod cors;

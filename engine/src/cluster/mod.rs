@@ -1,8 +1,9 @@
 //! Building blocks of the clustered backend (several engines and edges on
 //! NATS JetStream, SPEC §7) that need no server: how a client's cursor names
 //! a message of the stream (`cursor`), and which engine polls which source
-//! (`lease`). Both are pure and unit-tested; the JetStream implementation of
-//! the engine's seams builds on them.
+//! (`lease`), both pure and unit-tested; and the lease steps carried out on a
+//! JetStream key-value bucket (`bucket`), tested against a real nats-server.
 
+pub mod bucket;
 pub mod cursor;
 pub mod lease;
