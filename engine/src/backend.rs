@@ -44,7 +44,7 @@ impl Backend {
         Self {
             log: Arc::new(store.clone()),
             live: Arc::new(store.bus().clone()),
-            keys: Arc::new(SqliteKeys::new(store.path())),
+            keys: Arc::new(SqliteKeys::with_store(store)),
             sources: Arc::new(store.clone()),
         }
     }

@@ -14,22 +14,17 @@
 //! every [`FULL_RELOAD_EVERY`] to pick up hand edits that did not bump the
 //! generation.
 //!
-//! # Writes: the one exception to "every write goes through the writer"
-//! Everything else the process writes goes through the store's single writer
-//! thread. Keys are written here instead, on connections of their own:
-//! - `livestrom apikey` is a separate process that runs while `livestrom run`
-//!   holds the writer, so it cannot use it;
-//! - the cache's `last_used_at` writes ([`SqliteKeys::record_usage`]) stay
-//!   beside it because they are part of this backend, not of the event log:
-//!   the [`KeyBackend`] seam must not depend on the store's writer (a cluster
-//!   backend has none), and the table already has a second writer in the CLI.
-//!   They are small — at most one per key per minute, flushed every few
-//!   seconds off the request path.
-//!
-//! Both use short `BEGIN IMMEDIATE` transactions (the write lock is taken up
-//! front, so a read-then-write never fails half-way on a busy database) and
-//! the connection's busy timeout, so they wait for the writer's group commit
-//! instead of failing.
+//! # Writes: the single exception to "every write goes through the writer"
+//! In `livestrom run` every write goes through the store's single writer
+//! thread, the keys' `last_used_at` too ([`SqliteKeys::with_store`] sends
+//! them as a writer job). The single exception is `livestrom apikey`: a
+//! separate process that runs while `livestrom run` holds the writer, so it
+//! writes on a connection of its own, in short `BEGIN IMMEDIATE`
+//! transactions (the write lock is taken up front, so a read-then-write never
+//! fails half-way on a busy database) with the connection's busy timeout, so
+//! it waits for the writer's group commit instead of failing. A backend made
+//! with [`SqliteKeys::new`] (no running store) writes `last_used_at` the same
+//! way.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -177,6 +172,8 @@ pub fn revoke(conn: &Connection, name: &str) -> Result<(), KeyError> {
 /// calls it).
 pub struct SqliteKeys {
     path: PathBuf,
+    /// The running node's store: `last_used_at` goes through its writer.
+    store: Option<crate::store::Store>,
     /// Change detection. A mutex only because the trait takes `&self`: the
     /// refresher is its one caller.
     watch: Mutex<Watch>,
@@ -219,9 +216,19 @@ impl SqliteKeys {
                 generation: None,
                 last_full: None,
             }),
+            store: None,
             usage: Mutex::new(None),
             #[cfg(test)]
             fail_loads: Default::default(),
+        }
+    }
+
+    /// A backend over a running node's store: reads on connections of its
+    /// own, writes through the store's writer.
+    pub fn with_store(store: &crate::store::Store) -> Self {
+        Self {
+            store: Some(store.clone()),
+            ..Self::new(store.path())
         }
     }
 
@@ -289,6 +296,11 @@ impl KeyBackend for SqliteKeys {
     }
 
     fn record_usage(&self, used: &HashMap<i64, DateTime<Utc>>) -> Result<(), KeyError> {
+        // Called on a blocking thread of the runtime (the cache's usage loop).
+        if let (Some(store), Ok(rt)) = (&self.store, tokio::runtime::Handle::try_current()) {
+            let rows = used.iter().map(|(id, at)| (*id, rfc3339(*at))).collect();
+            return Ok(rt.block_on(store.record_key_usage(rows))?);
+        }
         let mut slot = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
         let conn = match &mut *slot {
             Some(c) => c,

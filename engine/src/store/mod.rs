@@ -233,6 +233,18 @@ impl Store {
         rx.await.map_err(|_| StoreError::WriterGone)
     }
 
+    /// Records API keys' `last_used_at` (key id, RFC 3339 time) through the
+    /// writer, like every other write of a running node.
+    pub async fn record_key_usage(&self, used: Vec<(i64, String)>) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job::KeyUsage(used, tx))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
     /// Runs `f` with a pooled read connection on a blocking thread.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where

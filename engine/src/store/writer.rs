@@ -27,6 +27,8 @@ pub(super) enum Job {
     ),
     /// Resolves once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
+    /// `last_used_at` of API keys: (key id, RFC 3339 time).
+    KeyUsage(Vec<(i64, String)>, oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// One bounded step of [`Store::prune_items`](super::Store::prune_items).
@@ -66,6 +68,7 @@ impl WriterThread {
             let mut prunes = Vec::new();
             let mut item_steps = Vec::new();
             let mut flushes = Vec::new();
+            let mut key_usage = Vec::new();
             let mut n = 0;
             let mut next = Some(job);
             while let Some(job) = next.take() {
@@ -77,6 +80,7 @@ impl WriterThread {
                     Job::Prune(r) => prunes.push(r),
                     Job::PruneItems(step, r) => item_steps.push((step, r)),
                     Job::Flush(r) => flushes.push(r),
+                    Job::KeyUsage(used, r) => key_usage.push((used, r)),
                 }
                 if n < MAX_GROUP_EVENTS {
                     next = rx.try_recv().ok();
@@ -91,11 +95,30 @@ impl WriterThread {
             for (step, r) in item_steps {
                 let _ = r.send(self.prune_items_step(&step));
             }
+            for (used, r) in key_usage {
+                let _ = r.send(self.record_key_usage(&used));
+            }
             for r in flushes {
                 let _ = r.send(());
             }
         }
         tracing::debug!("store writer stopped: all handles dropped");
+    }
+
+    /// Writes API keys' `last_used_at` in one transaction.
+    fn record_key_usage(&mut self, used: &[(i64, String)]) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2")?;
+            for (id, at) in used {
+                stmt.execute(rusqlite::params![at, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn commit_group(&mut self, mut group: Vec<(WriteBatch, Reply)>) {

@@ -149,3 +149,51 @@ fn database_errors_keep_the_message_and_the_error() {
     };
     assert!(inner.downcast_ref::<rusqlite::Error>().is_some());
 }
+
+/// In a running node the last-used writes go through the store's writer (the
+/// backend opens no write connection of its own), and they are still not
+/// reported as a key change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_store_last_used_writes_go_through_the_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("k.db");
+    let store = crate::store::Store::open(
+        &path,
+        std::time::Duration::from_secs(3600),
+        crate::bus::Bus::new(),
+    )
+    .expect("store");
+    let conn = crate::store::open_and_migrate(&path).expect("cli connection");
+    create(&conn, &NewKey::new("app")).expect("create");
+    let backend = std::sync::Arc::new(SqliteKeys::with_store(&store));
+    let b = backend.clone();
+    let rows = tokio::task::spawn_blocking(move || b.load())
+        .await
+        .expect("join")
+        .expect("load")
+        .expect("rows");
+    let at = Utc::now();
+    let used = HashMap::from([(rows[0].id, at)]);
+    let b = backend.clone();
+    tokio::task::spawn_blocking(move || b.record_usage(&used))
+        .await
+        .expect("join")
+        .expect("record usage");
+    // The writer's job is done when the call returns: the row is there.
+    assert_eq!(
+        list(&conn).expect("list")[0].last_used_at.as_deref(),
+        Some(rfc3339(at).as_str())
+    );
+    // No own write connection was opened for it.
+    assert!(backend
+        .usage
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_none());
+    let b = backend.clone();
+    let again = tokio::task::spawn_blocking(move || b.load())
+        .await
+        .expect("join")
+        .expect("load");
+    assert!(again.is_none(), "a last-used write is not a key change");
+}
