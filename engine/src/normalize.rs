@@ -419,13 +419,14 @@ fn hold_back_oldest_new(
 }
 
 fn to_event(src: &SourceConfig, p: Prepared, c: Candidate, fetched_at: DateTime<Utc>) -> NewEvent {
-    // The item's page, else its attached file, else the feed.
+    // The item's page, else its attached file, else the feed — without the
+    // credentials a configured URL may carry (every subscriber sees it).
     let url = p
         .item
         .url
         .clone()
         .or_else(|| p.item.enclosure.clone())
-        .unwrap_or_else(|| src.url.to_string());
+        .unwrap_or_else(|| crate::redact::public_url(&src.url));
     NewEvent {
         event: StreamEvent {
             id: Uuid::nil(),

@@ -11,6 +11,50 @@ use url::Url;
 /// What replaces a hidden value.
 pub const REDACTED: &str = "REDACTED";
 
+/// Query parameter names (lowercase substrings) that carry credentials.
+const SECRET_PARAMS: &[&str] = &[
+    "token",
+    "key",
+    "secret",
+    "password",
+    "passwd",
+    "auth",
+    "sig",
+    "credential",
+    "session",
+];
+
+/// `url` as it may be sent to subscribers (an event's `url` when the item
+/// has no link of its own): the userinfo is removed and credential-like
+/// query values (`token`, `api_key`, `secret`, `sig`, …) become
+/// [`REDACTED`]; other parameters stay, since they usually say which page
+/// it is (`?id=42`, `?format=rss`).
+pub fn public_url(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    let is_secret = |k: &str| {
+        let lower = k.to_ascii_lowercase();
+        SECRET_PARAMS.iter().any(|s| lower.contains(s))
+    };
+    // Only a query with a secret is rewritten (rewriting re-encodes it).
+    if u.query_pairs().any(|(k, _)| is_secret(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret(&k) {
+                    REDACTED.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
 /// `url` with every query value and the userinfo password replaced by
 /// [`REDACTED`]: `https://u:pw@h/p?token=abc&x` → `https://u:REDACTED@h/p?token=REDACTED&REDACTED`.
 pub fn redact_url(url: &Url) -> String {
@@ -114,6 +158,21 @@ pub fn redact_urls_in(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_urls_drop_credentials_and_keep_page_parameters() {
+        let u = Url::parse("https://user:pw@example.com/feed?id=42&api_key=abc&Token=x&format=rss")
+            .expect("url");
+        assert_eq!(
+            public_url(&u),
+            "https://example.com/feed?id=42&api_key=REDACTED&Token=REDACTED&format=rss"
+        );
+        let plain = Url::parse("https://example.com/a").expect("url");
+        assert_eq!(public_url(&plain), "https://example.com/a");
+        // Without a secret the query is left exactly as written.
+        let q = Url::parse("https://example.com/s?q=a%20b&x=1").expect("url");
+        assert_eq!(public_url(&q), "https://example.com/s?q=a%20b&x=1");
+    }
 
     #[test]
     fn query_values_and_passwords_are_hidden_keys_and_hosts_kept() {

@@ -570,3 +570,17 @@ fn identity_keys_cover_ids_links_and_content_hashes() {
     }
     assert!(keys.contains(&"g1".to_owned()));
 }
+
+#[test]
+fn an_item_without_a_link_does_not_send_the_feeds_credentials_to_subscribers() {
+    let mut s = src(None);
+    s.url = url::Url::parse("https://bot:hunter2@example.org/feed.xml?token=s3cret&page=2")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut store = Store::new(s);
+    let evs = store.poll(vec![item(Some("g1"), None, "No link", "text")]);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(
+        evs[0].url,
+        "https://example.org/feed.xml?token=REDACTED&page=2"
+    );
+}

@@ -49,7 +49,8 @@ impl Kind for HtmlKind {
         // One identity ("page") for every version of the page.
         let item = Item {
             guid: Some("page".into()),
-            url: Some(body.url.to_string()),
+            // The fetched page, without credentials its URL may carry.
+            url: Some(crate::redact::public_url(body.url)),
             title,
             content: text.clone(),
             published: None,
