@@ -1091,13 +1091,13 @@ async fn a_prune_between_the_cursor_check_and_the_replay_is_a_410_not_a_gap() ->
     // request needs to reach the check (the floor follows the clock), below
     // every event written.
     let floor = app.store.retention_floor();
-    let floor_ms = (floor.as_u128() >> 80) as u64;
+    let floor_ms = livestrom_engine::event::ms_of(floor);
     let cursor = uuid_floor_at(floor_ms + 2000);
     assert!(
         cursor < written[0].event.id,
         "the box was too slow to write and connect within the window"
     );
-    let newest_ms = (written[4].event.id.as_u128() >> 80) as i64;
+    let newest_ms = livestrom_engine::event::ms_of(written[4].event.id) as i64;
     let log = prune_at.get().ok_or("log wrapper")?;
     log.prune_after_ms.store(
         newest_ms + retention.as_millis() as i64 + 20,

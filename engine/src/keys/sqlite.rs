@@ -296,9 +296,9 @@ impl KeyBackend for SqliteKeys {
     }
 
     fn record_usage(&self, used: &HashMap<i64, DateTime<Utc>>) -> Result<(), KeyError> {
+        let rows: Vec<(i64, String)> = used.iter().map(|(id, at)| (*id, rfc3339(*at))).collect();
         // Called on a blocking thread of the runtime (the cache's usage loop).
         if let (Some(store), Ok(rt)) = (&self.store, tokio::runtime::Handle::try_current()) {
-            let rows = used.iter().map(|(id, at)| (*id, rfc3339(*at))).collect();
             return Ok(rt.block_on(store.record_key_usage(rows))?);
         }
         let mut slot = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
@@ -307,13 +307,7 @@ impl KeyBackend for SqliteKeys {
             empty @ None => empty.insert(open_connection(&self.path)?),
         };
         let tx = write_tx(conn)?;
-        {
-            let mut stmt =
-                tx.prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2")?;
-            for (id, at) in used {
-                stmt.execute(params![rfc3339(*at), id])?;
-            }
-        }
+        crate::store::update_key_usage(&tx, &rows)?;
         tx.commit()?;
         Ok(())
     }

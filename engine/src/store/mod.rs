@@ -53,6 +53,7 @@ pub use error::StoreError;
 pub use retention::{item_horizon, ITEM_HORIZON_MIN, ITEM_PRUNE_CHUNK};
 pub use schema::{open_and_migrate, open_connection};
 pub use types::{ItemState, NewEvent, SourceState, WriteBatch, SEEN_REFRESH};
+pub(crate) use writer::update_key_usage;
 
 use schema::{describe_open_error, SCHEMA};
 use writer::{Job, WriterThread};

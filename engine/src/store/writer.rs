@@ -31,6 +31,19 @@ pub(super) enum Job {
     KeyUsage(Vec<(i64, String)>, oneshot::Sender<Result<(), StoreError>>),
 }
 
+/// Sets API keys' `last_used_at` (key id, RFC 3339 time) inside the
+/// caller's transaction: the writer's job, and `SqliteKeys` without a store.
+pub(crate) fn update_key_usage(
+    conn: &rusqlite::Connection,
+    used: &[(i64, String)],
+) -> Result<(), rusqlite::Error> {
+    let mut stmt = conn.prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2")?;
+    for (id, at) in used {
+        stmt.execute(rusqlite::params![at, id])?;
+    }
+    Ok(())
+}
+
 /// One bounded step of [`Store::prune_items`](super::Store::prune_items).
 pub(super) struct PruneStep {
     pub(super) source_id: String,
@@ -110,13 +123,7 @@ impl WriterThread {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut stmt =
-                tx.prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2")?;
-            for (id, at) in used {
-                stmt.execute(rusqlite::params![at, id])?;
-            }
-        }
+        update_key_usage(&tx, used)?;
         tx.commit()?;
         Ok(())
     }
