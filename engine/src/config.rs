@@ -247,6 +247,21 @@ pub struct Config {
     pub tiers: Tiers,
     /// `[[source]]`, in file order.
     pub sources: Vec<SourceConfig>,
+    /// `[cluster]`: None on one node (SQLite is the event log).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: several engines and edges on NATS JetStream (docs/CLUSTER.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS server URLs (credentials in the URL or `LIVESTROM_NATS_CREDS`).
+    pub nats: Vec<String>,
+    /// Prefix of the stream, its subjects and the key-value buckets.
+    pub stream: String,
+    /// JetStream replicas of the stream and buckets (1–5).
+    pub replicas: usize,
+    /// Source lease TTL.
+    pub lease: Duration,
 }
 
 /// One problem in a config file.

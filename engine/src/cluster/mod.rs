@@ -5,5 +5,9 @@
 //! JetStream key-value bucket (`bucket`), tested against a real nats-server.
 
 pub mod bucket;
+pub mod conn;
 pub mod cursor;
 pub mod lease;
+pub mod wire;
+
+pub use conn::{Cluster, ClusterError};

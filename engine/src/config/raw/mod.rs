@@ -32,6 +32,8 @@ pub(super) struct RawConfig {
     pub(super) fetch: RawFetch,
     /// `[tiers]`.
     pub(super) tiers: RawTiers,
+    /// `[cluster]`, when present.
+    pub(super) cluster: Option<RawCluster>,
     /// `[[source]]`, in file order.
     pub(super) sources: Vec<RawSource>,
 }
@@ -79,6 +81,21 @@ pub(super) struct RawFetch {
     pub(super) max_redirects: Option<S<i64>>,
     /// Default none.
     pub(super) proxy: Option<S<String>>,
+}
+
+/// `[cluster]`: present means the event log is NATS JetStream.
+#[derive(Debug)]
+pub(super) struct RawCluster {
+    /// Where the table starts (a missing `nats` is reported here).
+    pub(super) span: Span,
+    /// Required: one or more `nats://` URLs.
+    pub(super) nats: Option<Vec<S<String>>>,
+    /// Default `LIVESTROM`.
+    pub(super) stream: Option<S<String>>,
+    /// Default 1.
+    pub(super) replicas: Option<S<i64>>,
+    /// Default `30s`.
+    pub(super) lease: Option<S<String>>,
 }
 
 /// `[tiers]`.
@@ -185,6 +202,16 @@ pub(super) fn read(issues: &mut Issues<'_>, text: &str) -> Option<RawConfig> {
             json: t.string(issues, "json", DURATION),
             html: t.string(issues, "html", DURATION),
         };
+        t.finish(issues);
+    }
+    if let Some(mut t) = root.table(issues, "cluster") {
+        raw.cluster = Some(RawCluster {
+            span: t.span.clone(),
+            nats: t.strings(issues, "nats").map(Spanned::into_inner),
+            stream: t.string(issues, "stream", "a JetStream name like \"LIVESTROM\""),
+            replicas: t.integer(issues, "replicas"),
+            lease: t.string(issues, "lease", DURATION),
+        });
         t.finish(issues);
     }
     if let Some(list) = root.take("source") {

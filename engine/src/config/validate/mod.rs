@@ -8,6 +8,7 @@
 //! which runs them in document order — the order issues are reported in):
 //! - `engine`: `[engine]`.
 //! - `edge`: `[edge]`.
+//! - `cluster`: `[cluster]`.
 //! - `fetch`: `[fetch]`.
 //! - `source`: each `[[source]]` (id, type, URL, tags, cadence, headers and
 //!   its kind's settings) and ids used twice.
@@ -21,6 +22,7 @@ use std::time::Duration;
 use super::raw::{truncate, Issues, RawConfig, Span, S};
 use super::{Config, Tiers};
 
+mod cluster;
 mod edge;
 mod engine;
 mod fetch;
@@ -55,6 +57,7 @@ pub(super) fn build(issues: &mut Issues<'_>, path: &Path, raw: RawConfig) -> Con
         html: tier(&mut v, &raw.tiers.html, "html", 900),
     };
     let sources = v.sources(&raw.sources, &tiers);
+    let cluster = v.cluster(raw.cluster.as_ref());
 
     Config {
         path: path.to_owned(),
@@ -63,6 +66,7 @@ pub(super) fn build(issues: &mut Issues<'_>, path: &Path, raw: RawConfig) -> Con
         fetch,
         tiers,
         sources,
+        cluster,
     }
 }
 
