@@ -24,6 +24,7 @@ pub mod politeness;
 pub mod redact;
 pub mod runtime;
 pub mod scheduler;
+pub mod sink;
 pub mod sources;
 pub mod store;
 
@@ -32,4 +33,5 @@ pub use bus::Bus;
 pub use config::Config;
 pub use event::{CommittedEvent, SourceType, StreamEvent};
 pub use log::EventLog;
+pub use sink::Sink;
 pub use store::Store;

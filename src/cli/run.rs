@@ -40,6 +40,17 @@ pub(crate) enum Role {
 /// `livestrom run`.
 pub(crate) async fn main(args: RunArgs) -> Result<ExitCode> {
     let config = load_config(&args.cfg, args.listen)?;
+    if let Some(cluster) = config.cluster.clone() {
+        super::cluster_run::run(
+            config,
+            cluster,
+            (args.cfg.db.clone(), args.listen),
+            args.role,
+            None,
+        )
+        .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.role == Role::Edge {
         // On one node the edge follows the engine's in-process live feed:
         // an edge of its own needs a shared log to read.
@@ -53,7 +64,7 @@ pub(crate) async fn main(args: RunArgs) -> Result<ExitCode> {
 }
 
 /// Waits for SIGINT or SIGTERM, then fires `cancel`.
-fn spawn_signal_handler(cancel: CancellationToken) {
+pub(super) fn spawn_signal_handler(cancel: CancellationToken) {
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -105,27 +116,7 @@ pub(crate) async fn run(
         }
         Role::All | Role::Edge => Some(start_edge(&config, &store, cancel.clone()).await?),
     };
-    let reload = match livestrom_engine::config::watch::watch(config.path.clone(), cancel.clone()) {
-        Ok(mut rx) => {
-            // Reloaded configs get the same flag/env overrides as the first one.
-            let (tx, out) = tokio::sync::mpsc::channel(4);
-            tokio::spawn(async move {
-                while let Some(mut update) = rx.recv().await {
-                    if let Ok(c) = &mut update {
-                        c.apply_overrides(overrides.0.clone(), overrides.1);
-                    }
-                    if tx.send(update).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            Some(out)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "config reload disabled");
-            None
-        }
-    };
+    let reload = reloads(&config, overrides, cancel.clone());
     let engine =
         livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
     cancel.cancel();
@@ -144,6 +135,36 @@ pub(crate) async fn run(
     engine.context("engine failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The config file's changes (file watch, SIGHUP), each given the same
+/// flag/env overrides as the first load; None (logged) when the file
+/// cannot be watched.
+pub(super) fn reloads(
+    config: &Config,
+    overrides: (Option<PathBuf>, Option<SocketAddr>),
+    cancel: CancellationToken,
+) -> Option<tokio::sync::mpsc::Receiver<Result<Config, livestrom_engine::config::ConfigError>>> {
+    match livestrom_engine::config::watch::watch(config.path.clone(), cancel) {
+        Ok(mut rx) => {
+            let (tx, out) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                while let Some(mut update) = rx.recv().await {
+                    if let Ok(c) = &mut update {
+                        c.apply_overrides(overrides.0.clone(), overrides.1);
+                    }
+                    if tx.send(update).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Some(out)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "config reload disabled");
+            None
+        }
+    }
 }
 
 /// Binds the edge's listener and serves it until `cancel` fires.
@@ -227,7 +248,7 @@ const LOW_OPEN_FILE_LIMIT: u64 = 4096;
 /// Raises the soft open-file limit to the hard limit: every subscriber is a
 /// socket, and the common default soft limit of 1024 would cap the server at
 /// about a thousand concurrent streams.
-fn raise_open_file_limit() {
+pub(super) fn raise_open_file_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) if n < LOW_OPEN_FILE_LIMIT => tracing::warn!(
             limit = n,

@@ -8,6 +8,9 @@ pub mod bucket;
 pub mod conn;
 pub mod cursor;
 pub mod lease;
+pub mod poller;
+pub mod scan;
+pub mod sink;
 pub mod wire;
 
 pub use conn::{Cluster, ClusterError};

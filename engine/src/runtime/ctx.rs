@@ -1,4 +1,4 @@
-//! What every poll and upstream reader shares: the store and the HTTP
+//! What every poll and upstream reader shares: the sink and the HTTP
 //! client, and the normaliser run off the async workers.
 
 use std::sync::Arc;
@@ -9,13 +9,14 @@ use tokio::task::JoinError;
 use crate::config::SourceConfig;
 use crate::fetch::Fetcher;
 use crate::normalize;
+use crate::sink::Sink;
 use crate::sources::{Item, Lookup};
-use crate::store::{ItemState, Store, StoreError};
+use crate::store::{ItemState, StoreError};
 
 /// Shared by every poll and upstream reader.
 pub(super) struct Ctx {
     /// Where results are committed.
-    pub(super) store: Store,
+    pub(super) store: Arc<dyn Sink>,
     /// The HTTP client (politeness, SSRF guard, conditional GET).
     pub(super) fetcher: Fetcher,
 }

@@ -35,7 +35,8 @@ use self::slots::{first_poll_at, start_slot, Slot, Slots};
 use crate::config::{Config, ConfigError, FetchConfig};
 use crate::fetch::{FetchError, Fetcher};
 use crate::scheduler::{self, DueQueue};
-use crate::store::{SourceState, Store};
+use crate::sink::Sink;
+use crate::store::SourceState;
 
 pub use self::handle::{handle, Commands, EngineHandle, PollNowError};
 pub use self::poll::{PollError, PollFailed};
@@ -58,11 +59,12 @@ pub enum RuntimeError {
 /// flushes the store. `reload` delivers re-validated configs (file watch, SIGHUP).
 pub async fn run(
     config: Config,
-    store: Store,
+    store: impl Into<Arc<dyn Sink>>,
     mut reload: Option<mpsc::Receiver<Result<Config, ConfigError>>>,
     commands: Option<Commands>,
     cancel: CancellationToken,
 ) -> Result<(), RuntimeError> {
+    let store: Arc<dyn Sink> = store.into();
     let mut commands = commands.map(|c| c.rx);
     let mut engine = Engine::start(config, &store, cancel.clone()).await?;
     let pruner = prune::spawn(store.clone(), engine.configured.clone(), cancel.clone());
@@ -118,7 +120,7 @@ impl Engine {
     /// polled ones are scheduled at their stored next-poll time (or soon).
     async fn start(
         config: Config,
-        store: &Store,
+        store: &Arc<dyn Sink>,
         cancel: CancellationToken,
     ) -> Result<Self, RuntimeError> {
         let ctx = Arc::new(Ctx {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::sink::Sink;
 
 /// How often events older than the retention window are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -21,7 +21,7 @@ const ITEM_PRUNE_EVERY_N: u64 = 6;
 /// configured source ids (the item sweep forgets sources no longer
 /// configured) and is updated by the loop on every reload.
 pub(super) fn spawn(
-    store: Store,
+    store: Arc<dyn Sink>,
     configured: Arc<Mutex<HashSet<String>>>,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {

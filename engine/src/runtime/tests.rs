@@ -19,7 +19,7 @@ use chrono::Utc;
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::store::{ReadScope, WriteBatch};
+use crate::store::{ReadScope, Store, WriteBatch};
 use crate::{Bus, EventLog};
 
 /// A generous bound for waits on a slow shared machine; never a timing assertion.

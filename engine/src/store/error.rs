@@ -32,6 +32,26 @@ pub enum StoreError {
     /// cancelled.
     #[error("store task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The cluster (NATS JetStream) could not be reached or refused a call:
+    /// nothing of the write is acknowledged; the poll is retried.
+    #[error("cluster unavailable: cannot {action}: {source}")]
+    Cluster {
+        /// What was being done.
+        action: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A clustered engine may not write this source now: its lease is
+    /// lost or not yet held, or another engine published to it since this
+    /// one last read it. Nothing was stored by this write.
+    #[error("source {source_id}: {reason}; nothing was stored")]
+    Fenced {
+        /// The source.
+        source_id: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// A duration the store computes with does not fit a timestamp (a
     /// retention window of hundreds of millions of years).
     #[error("{what} out of range: {source}")]
