@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{apikey, demo, run, sources, tail};
+use cli::{apikey, cluster, demo, run, sources, tail};
 
 /// jemalloc keeps an idle SSE connection's untouched buffer pages out of RSS
 /// (docs/PERFORMANCE.md, "Edge" (d)); the fanout bench's server uses it too.
@@ -36,6 +36,11 @@ enum Command {
     Sources {
         #[command(subcommand)]
         command: sources::SourcesCommand,
+    },
+    /// The cluster's stream, nodes and leases (needs a [cluster] table).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Follow a stream in the terminal, resuming after disconnects.
     Tail(tail::TailArgs),
@@ -106,6 +111,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::main(args).await,
         Command::Sources { command } => sources::main(command).await,
         Command::Apikey { command } => apikey::main(command),
+        Command::Cluster { command } => cluster::main(command).await,
         Command::Tail(args) => tail::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Demo(args) => demo::main(args).await,
     }

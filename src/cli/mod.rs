@@ -9,6 +9,7 @@ use clap::Args;
 use livestrom_engine::Config;
 
 pub(crate) mod apikey;
+pub(crate) mod cluster;
 pub(crate) mod cluster_run;
 pub(crate) mod demo;
 pub(crate) mod run;

@@ -73,11 +73,15 @@ fn check(args: &ConfigArgs) -> ExitCode {
 
 async fn list(args: &ConfigArgs) -> Result<()> {
     let config = load_config(args, None)?;
-    let store = Store::open(&config.engine.database, config.engine.retention, Bus::new())
-        .context("cannot open the database")?;
-    let states: std::collections::HashMap<String, livestrom_engine::store::SourceState> = store
-        .source_states()
-        .await?
+    let states = if config.cluster.is_some() {
+        let cluster = super::cluster::connect(&config).await?;
+        livestrom_engine::cluster::status::source_states(&cluster, config.engine.retention).await?
+    } else {
+        let store = Store::open(&config.engine.database, config.engine.retention, Bus::new())
+            .context("cannot open the database")?;
+        store.source_states().await?
+    };
+    let states: std::collections::HashMap<String, livestrom_engine::store::SourceState> = states
         .into_iter()
         .map(|s| (s.source_id.clone(), s))
         .collect();

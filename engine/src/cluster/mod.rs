@@ -11,6 +11,7 @@ pub mod lease;
 pub mod poller;
 pub mod scan;
 pub mod sink;
+pub mod status;
 pub mod wire;
 
 pub use conn::{Cluster, ClusterError};
