@@ -256,5 +256,44 @@ url = "http://{upstream}/feed.xml"
         missing.is_empty(),
         "items lost across the failover: {missing:?}"
     );
+
+    // What an operator sees: the survivor holds the lease, the source is ok.
+    let leases = js.get_key_value("LIVESTROM_LEASES").await?;
+    let holder = leases
+        .get("grow.feed")
+        .await?
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default();
+    let status = Command::new(BIN)
+        .args(["cluster", "status", "-c"])
+        .arg(&config)
+        .output()?;
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "cluster status failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(out.contains("stream     LIVESTROM"), "{out}");
+    let lease_line = out
+        .lines()
+        .find(|l| l.starts_with("grow.feed"))
+        .unwrap_or_default();
+    assert!(!holder.is_empty() && lease_line.ends_with(&holder), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("engine") && l.contains(&holder)),
+        "{out}"
+    );
+    let list = Command::new(BIN)
+        .args(["sources", "list", "-c"])
+        .arg(&config)
+        .output()?;
+    let out = String::from_utf8_lossy(&list.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("grow.feed"))
+        .unwrap_or_default();
+    assert!(line.contains(" ok "), "{out}");
     Ok(())
 }
