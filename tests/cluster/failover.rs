@@ -28,11 +28,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_livestrom");
 /// Items the feed shows at once (older ones scroll off, as in real feeds).
 const WINDOW: u64 = 60;
 
-/// A feed whose newest item is `count`; `count` grows while the test runs.
-async fn growing_feed(count: Arc<AtomicU64>) -> SocketAddr {
+/// A feed whose newest item is `count`; `count` grows while the test
+/// runs. `requests` counts the polls.
+pub(crate) async fn growing_feed(count: Arc<AtomicU64>, requests: Arc<AtomicU64>) -> SocketAddr {
     async fn feed(
-        State(count): State<Arc<AtomicU64>>,
+        State((count, requests)): State<(Arc<AtomicU64>, Arc<AtomicU64>)>,
     ) -> ([(&'static str, &'static str); 1], String) {
+        requests.fetch_add(1, Ordering::SeqCst);
         let n = count.load(Ordering::SeqCst);
         let items: String = (n.saturating_sub(WINDOW) + 1..=n)
             .rev()
@@ -49,7 +51,7 @@ async fn growing_feed(count: Arc<AtomicU64>) -> SocketAddr {
     }
     let app = Router::new()
         .route("/feed.xml", get(feed))
-        .with_state(count);
+        .with_state((count, requests));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -124,7 +126,7 @@ pub(crate) async fn stream_events(
 
 /// The pid of the engine holding `source`'s lease, from the leases and
 /// nodes buckets.
-async fn holder_pid(js: &jetstream::Context, source: &str) -> Option<u32> {
+pub(crate) async fn holder_pid(js: &jetstream::Context, source: &str) -> Option<u32> {
     let leases = js.get_key_value("LIVESTROM_LEASES").await.ok()?;
     let holder = leases.get(source).await.ok()??;
     let holder = String::from_utf8_lossy(&holder).into_owned();
@@ -140,31 +142,10 @@ async fn killing_the_engine_that_holds_a_source_loses_and_doubles_nothing() -> T
         return Ok(());
     };
     let count = Arc::new(AtomicU64::new(5));
-    let upstream = growing_feed(count.clone()).await;
+    let upstream = growing_feed(count.clone(), Arc::default()).await;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("sources.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[engine]
-retention = "1h"
-[fetch]
-allow_private_networks = true
-per_host_rps = 100
-[cluster]
-nats = ["{}"]
-lease = "2s"
-[tiers]
-rss = "1s"
-[[source]]
-id = "grow.feed"
-type = "rss"
-url = "http://{upstream}/feed.xml"
-"#,
-            nats.url
-        ),
-    )?;
+    write_config(&config, &nats.url, upstream)?;
     let mut a = start_node(&config, "engine", None, &dir.path().join("a.log"));
     let mut b = start_node(&config, "engine", None, &dir.path().join("b.log"));
     let js = jetstream::new(async_nats::connect(&nats.url).await?);
@@ -238,24 +219,7 @@ url = "http://{upstream}/feed.xml"
         assert!(Instant::now() < deadline, "item {last} never published");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-    for (_, e) in &events {
-        assert_eq!(e.version, 1, "an unchanged item got a new version: {e:?}");
-        let n: u64 = e
-            .item_id
-            .strip_prefix("item-")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected item id {}", e.item_id));
-        *seen.entry(n).or_default() += 1;
-    }
-    let doubled: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(doubled.is_empty(), "items stored twice: {doubled:?}");
-    let first = *seen.keys().next().unwrap_or(&0);
-    let missing: Vec<u64> = (first..=last).filter(|n| !seen.contains_key(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "items lost across the failover: {missing:?}"
-    );
+    assert_each_item_once(&events, last);
 
     // What an operator sees: the survivor holds the lease, the source is ok.
     let leases = js.get_key_value("LIVESTROM_LEASES").await?;
@@ -296,4 +260,52 @@ url = "http://{upstream}/feed.xml"
         .unwrap_or_default();
     assert!(line.contains(" ok "), "{out}");
     Ok(())
+}
+
+/// A cluster config for one growing feed, lease 2 s, polled every second.
+pub(crate) fn write_config(path: &Path, nats: &str, upstream: SocketAddr) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            r#"
+[engine]
+retention = "1h"
+[fetch]
+allow_private_networks = true
+per_host_rps = 100
+[cluster]
+nats = ["{nats}"]
+lease = "2s"
+[tiers]
+rss = "1s"
+[[source]]
+id = "grow.feed"
+type = "rss"
+url = "http://{upstream}/feed.xml"
+"#
+        ),
+    )
+}
+
+/// Every item from the first stored one to `last` is stored exactly once,
+/// as version 1.
+pub(crate) fn assert_each_item_once(events: &[(u64, StreamEvent)], last: u64) {
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    for (_, e) in events {
+        assert_eq!(e.version, 1, "an unchanged item got a new version: {e:?}");
+        let n: u64 = e
+            .item_id
+            .strip_prefix("item-")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected item id {}", e.item_id));
+        *seen.entry(n).or_default() += 1;
+    }
+    let doubled: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(doubled.is_empty(), "items stored twice: {doubled:?}");
+    let first = *seen.keys().next().unwrap_or(&0);
+    let missing: Vec<u64> = (first..=last).filter(|n| !seen.contains_key(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "items lost across the failover: {missing:?}"
+    );
 }

