@@ -25,8 +25,9 @@ type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_livestrom");
 
-/// Items the feed shows at once (older ones scroll off, as in real feeds).
-const WINDOW: u64 = 60;
+/// Items the feed shows at once (older ones scroll off, as in real feeds):
+/// 50 s of growth, longer than any outage the tests cause.
+const WINDOW: u64 = 250;
 
 /// A feed whose newest item is `count`; `count` grows while the test
 /// runs. `requests` counts the polls.

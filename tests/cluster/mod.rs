@@ -13,6 +13,7 @@ use tokio::time::Instant;
 mod failover;
 mod faults;
 mod nats;
+mod replicas;
 
 use nats::{start_nats, WAIT};
 

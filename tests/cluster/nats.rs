@@ -124,3 +124,79 @@ fn spawn(bin: &std::path::Path, port: u16, dir: &std::path::Path) -> (Child, Str
         .unwrap_or_else(|e| panic!("nats-server never said where it listens: {e}"));
     (child, addr)
 }
+
+/// Three nats-servers forming one JetStream cluster on loopback.
+pub(crate) struct Trio {
+    pub(crate) nodes: Vec<Nats>,
+}
+
+impl Trio {
+    /// The client URLs of every node.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+}
+
+/// A free loopback port (bound, read, released: the server binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Starts a three-node JetStream cluster, or None as [`start_nats`].
+pub(crate) fn start_trio() -> Option<Trio> {
+    let bin = binary_or_skip()?;
+    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route_list = routes
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut child = Command::new(&bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(dir.path())
+            .args([
+                "-server_name",
+                &format!("n{i}"),
+                "-cluster_name",
+                "livestrom-test",
+            ])
+            .args([
+                "-cluster",
+                &format!("nats://127.0.0.1:{route}"),
+                "-routes",
+                &route_list,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
+                        let _ = tx.send(addr.trim().to_owned());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("nats-server n{i} never said where it listens: {e}"));
+        nodes.push(Nats {
+            child,
+            url: format!("nats://{addr}"),
+            _dir: dir,
+        });
+    }
+    Some(Trio { nodes })
+}
