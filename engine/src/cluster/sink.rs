@@ -510,6 +510,7 @@ impl ClusterSink {
             let stamps =
                 futures::future::try_join_all(published.iter().map(|(seq, _, _)| self.stamp(*seq)))
                     .await?;
+            let mut items = Vec::with_capacity(published.len());
             for ((seq, committed, header), ms) in published.into_iter().zip(stamps) {
                 let id = cursor::encode(self.cluster.tag(), seq, ms)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -520,23 +521,22 @@ impl ClusterSink {
                 if ev.version == 1 {
                     new_items += 1;
                 }
-                self.put_item(
-                    &source_id,
-                    &StoredItem {
-                        item_id: ev.item_id.clone(),
-                        version: ev.version,
-                        last_event_id: id,
-                        fingerprint: header.fp,
-                        aliases: header.aliases,
-                        seen_at: now.timestamp(),
-                    },
-                )
-                .await?;
+                items.push(StoredItem {
+                    item_id: ev.item_id.clone(),
+                    version: ev.version,
+                    last_event_id: id,
+                    fingerprint: header.fp,
+                    aliases: header.aliases,
+                    seen_at: now.timestamp(),
+                });
                 out.push(Arc::new(CommittedEvent {
                     event: ev,
                     json: json.into(),
                 }));
             }
+            // Item states are independent keys: written concurrently.
+            futures::future::try_join_all(items.iter().map(|i| self.put_item(&source_id, i)))
+                .await?;
             stored.published_through = stored.published_through.max(fence);
         }
         for it in &batch.touch_items {
