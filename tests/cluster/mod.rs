@@ -14,6 +14,7 @@ mod failover;
 mod faults;
 mod nats;
 mod replicas;
+mod spread;
 
 use nats::{start_nats, WAIT};
 

@@ -1,0 +1,93 @@
+//! Sources spread across engine processes by rendezvous hashing, and
+//! moved when an engine joins: every source held by exactly one engine,
+//! every engine holding some.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::time::Instant;
+
+use super::failover::{growing_feed, start_node};
+use super::nats::{start_nats, WAIT};
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+const SOURCES: usize = 12;
+
+/// Source → holder, from the leases bucket.
+async fn holders(js: &jetstream::Context) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(kv) = js.get_key_value("LIVESTROM_LEASES").await else {
+        return out;
+    };
+    for i in 0..SOURCES {
+        let key = format!("spread.s{i}");
+        if let Ok(Some(v)) = kv.get(&key).await {
+            out.insert(key, String::from_utf8_lossy(&v).into_owned());
+        }
+    }
+    out
+}
+
+/// Waits until every source is held and exactly `engines` engines hold some.
+async fn settled(js: &jetstream::Context, engines: usize) -> BTreeMap<String, String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let h = holders(js).await;
+        let distinct: BTreeSet<&String> = h.values().collect();
+        if h.len() == SOURCES && distinct.len() == engines {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leases never spread over {engines} engines: {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_spread_over_engines_and_move_when_one_joins() -> TestResult {
+    let Some(nats) = start_nats() else {
+        return Ok(());
+    };
+    let upstream = growing_feed(Arc::new(AtomicU64::new(3)), Arc::default()).await;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sources.toml");
+    let mut toml = format!(
+        "[engine]\nretention = \"1h\"\n[fetch]\nallow_private_networks = true\nper_host_rps = 100\n[cluster]\nnats = [\"{}\"]\nlease = \"2s\"\n[tiers]\nrss = \"1s\"\n",
+        nats.url
+    );
+    for i in 0..SOURCES {
+        toml.push_str(&format!(
+            "[[source]]\nid = \"spread.s{i}\"\ntype = \"rss\"\nurl = \"http://{upstream}/feed.xml\"\n"
+        ));
+    }
+    std::fs::write(&config, toml)?;
+    let js = jetstream::new(async_nats::connect(&nats.url).await?);
+    let _a = start_node(&config, "engine", None, &dir.path().join("a.log"));
+    let _b = start_node(&config, "engine", None, &dir.path().join("b.log"));
+    let two = settled(&js, 2).await;
+    let _c = start_node(&config, "engine", None, &dir.path().join("c.log"));
+    let three = settled(&js, 3).await;
+    // Only the newcomer's share moved: a source moved between the two
+    // first engines would be churn rendezvous hashing avoids.
+    let newcomer: BTreeSet<&String> = three
+        .values()
+        .filter(|h| !two.values().any(|old| old == *h))
+        .collect();
+    assert_eq!(newcomer.len(), 1, "{three:?}");
+    for (source, holder) in &three {
+        if !newcomer.contains(holder) {
+            assert_eq!(
+                Some(holder),
+                two.get(source),
+                "{source} moved between the old engines"
+            );
+        }
+    }
+    Ok(())
+}
