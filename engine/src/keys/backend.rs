@@ -1,7 +1,7 @@
 //! The seam between the key cache and where keys are kept: [`KeyBackend`].
-//! SQLite implements it today (`SqliteKeys`); a cluster backend (a NATS KV
-//! bucket) would implement the same two calls, and the cache and the edge
-//! would not change.
+//! SQLite implements it on one node (`SqliteKeys`), the cluster's
+//! key-value bucket in a cluster (`NatsKeys`); the cache and the edge do not
+//! know which.
 
 use std::collections::HashMap;
 
@@ -26,7 +26,7 @@ pub trait KeyBackend: Send + Sync {
 }
 
 /// A stored key as the cache needs it (the hash, never the key).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyRow {
     /// Stable id (limiters and open streams are tracked by it).
     pub id: i64,

@@ -13,6 +13,11 @@
 //! - `sqlite`: the `api_keys` table — [`create`], [`list`], [`update`],
 //!   [`revoke`] for `livestrom apikey`, and [`SqliteKeys`], the backend that
 //!   notices changes with `PRAGMA data_version` and a generation row;
+//! - `nats`: the same in a cluster, one entry per key in the JetStream
+//!   key-value bucket `<prefix>_KEYS` — its admin operations and
+//!   [`NatsKeys`], the backend that notices changes with a watcher on the
+//!   bucket (`nats/stored.rs`: the entry's key and JSON value);
+//! - `admin`: [`KeyAdmin`], what `livestrom apikey` calls on either store;
 //! - `cache`: [`KeyCache`] ([`KeyCache::check`], [`KeyCache::check_fresh`],
 //!   [`Verdict`]) with its refresher and last-used loops.
 //!
@@ -32,12 +37,15 @@
 //!   old one for new requests and **shares the old token**: open streams keep
 //!   running under the limits they were opened with.
 
+mod admin;
 mod backend;
 mod cache;
 mod format;
 mod model;
+mod nats;
 mod sqlite;
 
+pub use admin::KeyAdmin;
 pub use backend::{KeyBackend, KeyRow};
 pub use cache::{KeyCache, Verdict, FRESH_CHECK_WAIT, LAST_USED_EVERY, REFRESH_EVERY};
 pub use format::{check_format, generate, hash_key, FormatError, KEY_BODY_LEN, KEY_PREFIX};
@@ -46,4 +54,5 @@ pub use model::{
     Scope, DEFAULT_MAX_FILTERS, DEFAULT_MAX_STREAMS, DEFAULT_RATE, MAX_MAX_FILTERS,
     MAX_MAX_STREAMS, MAX_RATE, MIN_RATE,
 };
+pub use nats::{NatsKeys, CALL_TIMEOUT};
 pub use sqlite::{create, list, revoke, update, SqliteKeys, FULL_RELOAD_EVERY};

@@ -28,6 +28,31 @@ pub enum KeyError {
     /// shows it and the CLI prints the whole chain (it would appear twice).
     #[error("database: {0}")]
     Storage(Box<dyn std::error::Error + Send + Sync>),
+    /// The cluster's keys bucket could not be read or written (NATS
+    /// unreachable, no permission, no answer in time).
+    #[error("keys bucket {bucket}: cannot {action}: {source}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// What was being done.
+        action: &'static str,
+        /// The client's error.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A key's stored value cannot be read by this version (written by hand
+    /// or by an incompatible version); it is left as it is.
+    #[error("the stored key `{name}` cannot be read ({reason}); it is left unchanged")]
+    Unreadable {
+        /// The key's name.
+        name: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+    /// Every compare-and-set of a change lost against other writers (other
+    /// `apikey` commands, edges recording use) in a row.
+    #[error("the key `{0}` kept being changed by others while this change was made; try again")]
+    Contended(String),
     /// The blocking task that loads the keys panicked or was cancelled.
     #[error("database: key loader task failed: {0}")]
     Task(tokio::task::JoinError),

@@ -39,8 +39,8 @@ use super::format::{generate, hash_key};
 use super::model::{KeyError, KeyRecord, KeyUpdate, NewKey, Scope, DEFAULT_RATE};
 use crate::store::{open_connection, StoreError};
 
-/// How often [`SqliteKeys::load`] reloads every key regardless of the
-/// generation row.
+/// How often a backend's `load` reloads every key regardless of its change
+/// signal ([`SqliteKeys`]' generation row, `NatsKeys`' watcher).
 pub const FULL_RELOAD_EVERY: Duration = Duration::from_secs(30);
 
 /// The `meta` row bumped on every key change.
