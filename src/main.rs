@@ -110,7 +110,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::main(args).await,
         Command::Sources { command } => sources::main(command).await,
-        Command::Apikey { command } => apikey::main(command),
+        Command::Apikey { command } => apikey::main(command).await,
         Command::Cluster { command } => cluster::main(command).await,
         Command::Tail(args) => tail::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Demo(args) => demo::main(args).await,

@@ -507,3 +507,65 @@ fn role_edge_without_a_cluster_is_refused_with_the_reason() {
         "{err}"
     );
 }
+
+/// `livestrom apikey` without `[cluster]` works on the database: create,
+/// list (no key shown), update, revoke; `--db` still works next to an
+/// invalid config, and an invalid config without it says to pass `--db`.
+#[test]
+fn apikey_manages_keys_in_the_database_without_a_cluster() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, db) = write_config(dir.path(), "http://127.0.0.1:9/feed.xml");
+    let apikey = |args: &[&str], config: &Path| {
+        Command::new(BIN)
+            .arg("apikey")
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let key = create_key(&config);
+    assert!(db.exists(), "the key is not in the configured database");
+    let out = apikey(&["update", "tester", "--max-streams", "3"], &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = apikey(&["revoke", "tester"], &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = apikey(&["list"], &config);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("tester "))
+        .unwrap_or_else(|| panic!("not listed:\n{listed}"));
+    assert!(
+        line.contains(" 3 ") && line.contains("revoked 20"),
+        "{line}"
+    );
+    assert!(!listed.contains(&key[5..]));
+
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[engine\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(BIN)
+        .args(["apikey", "list", "--config"])
+        .arg(&broken)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tester "));
+    let out = apikey(&["list"], &broken);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --db"));
+}

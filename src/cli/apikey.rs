@@ -1,13 +1,25 @@
-//! `livestrom apikey create|list|update|revoke`: works on the database
-//! while `livestrom run` is using it.
+//! `livestrom apikey create|list|update|revoke`: on one node, works on the
+//! database while `livestrom run` is using it; with a `[cluster]` table, on
+//! the cluster's keys bucket, which every edge watches.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
-use livestrom_engine::keys::{self, KeyUpdate, NewKey};
+use livestrom_engine::cluster::wire::Bucket;
+use livestrom_engine::cluster::{Cluster, ClusterError};
+use livestrom_engine::config::{ClusterConfig, ConfigError};
+use livestrom_engine::keys::{self, KeyAdmin, KeyUpdate, NewKey};
+use livestrom_engine::Config;
 
-use super::{database_path, ConfigArgs};
+use super::ConfigArgs;
+
+/// Longest `apikey` waits to reach the cluster (the client tries each
+/// server once with a 5 s connect timeout; JetStream requests time out
+/// after 5 s): an unreachable or half-up cluster is an error, never a hang.
+const CLUSTER_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ApikeyCommand {
@@ -65,12 +77,7 @@ pub(crate) enum ApikeyCommand {
 }
 
 /// `livestrom apikey …`.
-pub(crate) fn main(command: ApikeyCommand) -> Result<ExitCode> {
-    let open = |cfg: &ConfigArgs| -> Result<rusqlite::Connection> {
-        let path = database_path(cfg)?;
-        livestrom_engine::store::open_and_migrate(&path)
-            .with_context(|| format!("cannot open database {}", path.display()))
-    };
+pub(crate) async fn main(command: ApikeyCommand) -> Result<ExitCode> {
     match command {
         ApikeyCommand::Create {
             cfg,
@@ -80,7 +87,6 @@ pub(crate) fn main(command: ApikeyCommand) -> Result<ExitCode> {
             max_streams,
             rate,
         } => {
-            let conn = open(&cfg)?;
             let new = NewKey {
                 name: name.clone(),
                 scopes: keys::parse_scopes(&scopes)?,
@@ -88,13 +94,12 @@ pub(crate) fn main(command: ApikeyCommand) -> Result<ExitCode> {
                 max_streams,
                 rate: keys::parse_rate(&rate)?,
             };
-            let key = keys::create(&conn, &new)?;
+            let key = open(&cfg).await?.create(&new).await?;
             println!("{key}");
             eprintln!("created key `{name}` — store it now, it is not shown again");
         }
         ApikeyCommand::List { cfg } => {
-            let conn = open(&cfg)?;
-            let list = keys::list(&conn)?;
+            let list = open(&cfg).await?.list().await?;
             println!(
                 "{:<24} {:<20} {:>7} {:>7} {:>7} {:<25} {:<25} STATUS",
                 "NAME", "SCOPES", "FILTERS", "STREAMS", "RATE/S", "CREATED", "LAST USED"
@@ -125,7 +130,6 @@ pub(crate) fn main(command: ApikeyCommand) -> Result<ExitCode> {
             max_streams,
             rate,
         } => {
-            let conn = open(&cfg)?;
             let change = KeyUpdate {
                 scopes: scopes.as_deref().map(keys::parse_scopes).transpose()?,
                 max_filters,
@@ -139,14 +143,97 @@ pub(crate) fn main(command: ApikeyCommand) -> Result<ExitCode> {
             {
                 bail!("nothing to update: pass --scopes, --max-filters, --max-streams or --rate");
             }
-            keys::update(&conn, &name, &change)?;
+            open(&cfg).await?.update(&name, &change).await?;
             eprintln!("updated key `{name}`");
         }
         ApikeyCommand::Revoke { cfg, name } => {
-            let conn = open(&cfg)?;
-            keys::revoke(&conn, &name)?;
+            open(&cfg).await?.revoke(&name).await?;
             eprintln!("revoked key `{name}`: refused within a second, open streams closed within 5 seconds");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the keys are: the cluster's bucket when the config has
+/// `[cluster]`, else the SQLite database.
+#[derive(Debug)]
+enum KeysAt {
+    Database(PathBuf),
+    Cluster {
+        cluster: ClusterConfig,
+        retention: Duration,
+    },
+}
+
+/// Decides where the keys are without requiring a valid config on one node:
+/// `--db`/`LIVESTROM_DB` alone names the database even next to an invalid
+/// or missing config, as before. A valid config with `[cluster]` always
+/// means the cluster (also with `--db`): every edge reads keys from there,
+/// so a key written to a database would be one no edge knows.
+fn keys_at(args: &ConfigArgs) -> Result<KeysAt> {
+    match Config::load(&args.config) {
+        Ok(c) => Ok(match c.cluster {
+            Some(cluster) => KeysAt::Cluster {
+                cluster,
+                retention: c.engine.retention,
+            },
+            None => KeysAt::Database(args.db.clone().unwrap_or(c.engine.database)),
+        }),
+        Err(ConfigError::Io { .. }) => Ok(KeysAt::Database(
+            args.db
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("livestrom.db")),
+        )),
+        Err(_) if args.db.is_some() => Ok(KeysAt::Database(args.db.clone().unwrap_or_default())),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "invalid configuration {} (pass --db to use a database directly)",
+                args.config.display()
+            )
+        }),
+    }
+}
+
+/// Opens where the keys are (see [`keys_at`]).
+async fn open(args: &ConfigArgs) -> Result<KeyAdmin> {
+    match keys_at(args)? {
+        KeysAt::Database(path) => {
+            let p = path.clone();
+            let conn =
+                tokio::task::spawn_blocking(move || livestrom_engine::store::open_and_migrate(&p))
+                    .await?
+                    .with_context(|| format!("cannot open database {}", path.display()))?;
+            Ok(KeyAdmin::sqlite(conn))
+        }
+        KeysAt::Cluster { cluster, retention } => keys_bucket(&cluster, retention).await,
+    }
+}
+
+/// Connects to the cluster and opens its keys bucket, within [`CLUSTER_WAIT`].
+async fn keys_bucket(cluster: &ClusterConfig, retention: Duration) -> Result<KeyAdmin> {
+    let servers = cluster
+        .nats
+        .iter()
+        .map(|u| livestrom_engine::redact::redact_url_text(u))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let opened = tokio::time::timeout(CLUSTER_WAIT, async {
+        let c = Cluster::connect(cluster, retention).await?;
+        // The keys bucket has no max age; the second argument is for items.
+        c.bucket(Bucket::Keys, Duration::ZERO).await
+    })
+    .await;
+    match opened {
+        Ok(Ok(kv)) => Ok(KeyAdmin::cluster(kv)),
+        Ok(Err(ClusterError::Connect { source, .. })) => Err(anyhow!(
+            "cannot reach the cluster at {servers}: {source}; is nats-server running there (with JetStream, -js)?"
+        )),
+        Ok(Err(e)) => Err(anyhow!(
+            "cannot use the cluster at {servers}: {e} (is JetStream enabled, nats-server -js, and may this user manage streams and buckets?)"
+        )),
+        Err(_) => Err(anyhow!(
+            "cannot reach the cluster at {servers}: no answer within {}s; is nats-server running there (with JetStream, -js)?",
+            CLUSTER_WAIT.as_secs()
+        )),
+    }
 }

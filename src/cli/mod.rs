@@ -34,21 +34,3 @@ pub(crate) fn load_config(args: &ConfigArgs, listen: Option<SocketAddr>) -> Resu
     config.apply_overrides(args.db.clone(), listen);
     Ok(config)
 }
-
-/// The database path without requiring a valid config for tools that only
-/// need the database (`apikey`): flag/env, else the config's, else the default.
-pub(crate) fn database_path(args: &ConfigArgs) -> Result<PathBuf> {
-    if let Some(db) = &args.db {
-        return Ok(db.clone());
-    }
-    match Config::load(&args.config) {
-        Ok(c) => Ok(c.engine.database),
-        Err(livestrom_engine::config::ConfigError::Io { .. }) => Ok(PathBuf::from("livestrom.db")),
-        Err(e) => Err(e).with_context(|| {
-            format!(
-                "invalid configuration {} (pass --db to use a database directly)",
-                args.config.display()
-            )
-        }),
-    }
-}
