@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 mod failover;
 mod faults;
+mod keys;
 mod nats;
 mod replicas;
 mod spread;
