@@ -156,6 +156,34 @@ async fn keys_changed_on_one_node_reach_another_nodes_cache() -> TestResult {
     Ok(())
 }
 
+/// `KEY=$(livestrom apikey create …) && curl …` against another node: the
+/// first request with a key created a moment ago on another node is
+/// accepted, not refused because that node's watcher has not delivered the
+/// new entry yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_created_on_another_node_works_on_its_first_request() -> TestResult {
+    let Some(nats) = start_nats() else {
+        return Ok(());
+    };
+    let cancel = CancellationToken::new();
+    let cache = KeyCache::open(
+        Arc::new(NatsKeys::open(node(&nats.url).await?).await?),
+        cancel.clone(),
+    )
+    .await?;
+    let admin_b = KeyAdmin::cluster(node(&nats.url).await?);
+    for i in 0..20 {
+        let key = admin_b.create(&NewKey::new(format!("first-{i}"))).await?;
+        let verdict = cache.check_fresh(&key).await;
+        assert!(
+            matches!(verdict, Verdict::Valid(_)),
+            "key {i} refused on its first request: {verdict:?}"
+        );
+    }
+    cancel.cancel();
+    Ok(())
+}
+
 /// Runs a blocking backend call as the cache does.
 async fn on_blocking<T: Send + 'static>(
     backend: &Arc<NatsKeys>,

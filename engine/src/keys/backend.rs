@@ -20,6 +20,15 @@ pub trait KeyBackend: Send + Sync {
     /// is not held back by one failed read.
     fn load(&self) -> Result<Option<Vec<KeyRow>>, KeyError>;
 
+    /// [`load`](Self::load) for a refresh that a request with an unknown key
+    /// waits on (`KeyCache::check_fresh`): a key created a moment ago by
+    /// another process must be found even if the backend's change signal
+    /// has not caught up with it. A backend whose signal can lag (the
+    /// cluster's watcher) asks the store itself; the default is `load`.
+    fn load_fresh(&self) -> Result<Option<Vec<KeyRow>>, KeyError> {
+        self.load()
+    }
+
     /// Records when keys were last used (key id → time of use). Best
     /// effort: on error the cache keeps the uses and offers them again.
     fn record_usage(&self, used: &HashMap<i64, DateTime<Utc>>) -> Result<(), KeyError>;

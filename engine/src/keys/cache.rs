@@ -170,8 +170,12 @@ impl KeyCache {
             }
             // Every request taken before this poll starts is answered by it.
             let covers = self.shared.requested.load(Ordering::SeqCst);
+            // A request with an unknown key waits on this poll: look in the
+            // store, not only at the change signal.
+            let fresh = covers > *self.shared.covered.borrow();
             let b = backend.clone();
-            let out = match tokio::task::spawn_blocking(move || b.load()).await {
+            let load = move || if fresh { b.load_fresh() } else { b.load() };
+            let out = match tokio::task::spawn_blocking(load).await {
                 Ok(out) => out,
                 Err(e) => {
                     tracing::error!(error = %e, "api key refresher task failed; keys are no longer refreshed");

@@ -18,12 +18,22 @@
 //! what the cache enforces (hash, scopes, limits, revoked — not
 //! `last_used_at`, which every edge writes) bumps a generation; `load` lists
 //! the bucket only when the generation moved since its last list, so an
-//! unchanged bucket costs two atomic loads per refresh. A change reaches an
+//! unchanged bucket costs two atomic loads per refresh, no request. A change reaches an
 //! edge's cache within the watcher's delivery (milliseconds) plus one
 //! refresh tick (250 ms). Gaps are covered: while the watcher is down (NATS
 //! reconnecting, its consumer lost) every `load` lists the bucket, a
 //! re-established watcher bumps the generation (what changed in between is
 //! listed), and every [`FULL_RELOAD_EVERY`] the bucket is listed regardless.
+//!
+//! # A new key on its first request
+//! The watcher's delivery races a client that got its key from `apikey
+//! create` and uses it at once (`KEY=$(…) && curl …`): the edge may see the
+//! request first. The cache's `check_fresh` therefore asks for
+//! `load_fresh`, which, when the watcher has seen nothing new, asks the
+//! server for the bucket's last revision (one request) and lists the bucket
+//! if anything was written after the last list. So a key works on its first
+//! request on any edge, and a flood of unknown keys costs one small request
+//! per refresh, not a list.
 //!
 //! # Blocking
 //! [`KeyBackend`]'s calls block (the cache runs them on blocking threads).
@@ -183,6 +193,16 @@ where
     Err(KeyError::Contended(name.to_owned()))
 }
 
+/// The bucket's last revision (its stream's last sequence), from the server.
+async fn last_revision(kv: &kv::Store) -> Result<u64, KeyError> {
+    let info = kv
+        .stream
+        .get_info()
+        .await
+        .map_err(failed(kv, "read the bucket's last revision"))?;
+    Ok(info.state.last_sequence)
+}
+
 /// Every entry of the bucket that holds a value (not deleted), each at its
 /// latest revision, bounded by [`CALL_TIMEOUT`].
 async fn snapshot(kv: &kv::Store) -> Result<Vec<kv::Entry>, KeyError> {
@@ -256,6 +276,9 @@ struct Shared {
 struct Loaded {
     /// The generation read before that list started (None: never listed).
     generation: Option<u64>,
+    /// The bucket's last revision read before that list started: every
+    /// write up to it is in the list.
+    through: u64,
     /// When the bucket was last listed regardless of the generation.
     last_full: Option<Instant>,
 }
@@ -282,6 +305,7 @@ impl NatsKeys {
             shared,
             loaded: Mutex::new(Loaded {
                 generation: None,
+                through: 0,
                 last_full: None,
             }),
             entries: Mutex::new(HashMap::new()),
@@ -300,17 +324,10 @@ impl NatsKeys {
             .block_on(async { tokio::time::timeout(CALL_TIMEOUT, fut).await })
             .unwrap_or_else(|_| Err(timed_out(&self.kv, action)))
     }
-}
 
-impl Drop for NatsKeys {
-    fn drop(&mut self) {
-        self.watcher.abort();
-    }
-}
-
-impl KeyBackend for NatsKeys {
-    /// See the module doc, "Noticing changes".
-    fn load(&self) -> Result<Option<Vec<KeyRow>>, KeyError> {
+    /// `load`; with `fresh`, also when the bucket was written after the
+    /// last list even though the watcher has not said so yet.
+    fn load_if(&self, fresh: bool) -> Result<Option<Vec<KeyRow>>, KeyError> {
         let mut loaded = lock(&self.loaded);
         // Read before listing: a change the list misses bumps it again.
         let generation = self.shared.generation.load(Ordering::SeqCst);
@@ -318,10 +335,22 @@ impl KeyBackend for NatsKeys {
         let full = loaded
             .last_full
             .is_none_or(|at| at.elapsed() >= FULL_RELOAD_EVERY);
-        if watching && !full && loaded.generation == Some(generation) {
+        let signalled = !watching || full || loaded.generation != Some(generation);
+        if !signalled && !fresh {
             return Ok(None);
         }
-        let listed = self.block_on("list the keys", snapshot(&self.kv))?;
+        let listed_through = loaded.through;
+        let listing = self.block_on("list the keys", async {
+            let through = last_revision(&self.kv).await?;
+            if !signalled && through <= listed_through {
+                return Ok(None);
+            }
+            Ok(Some((through, snapshot(&self.kv).await?)))
+        })?;
+        let Some(listing) = listing else {
+            return Ok(None);
+        };
+        let (through, listed) = listing;
         let mut rows = Vec::with_capacity(listed.len());
         let mut known = HashMap::with_capacity(listed.len());
         let mut entries = HashMap::with_capacity(listed.len());
@@ -343,10 +372,32 @@ impl KeyBackend for NatsKeys {
         *lock(&self.shared.known) = known;
         *lock(&self.entries) = entries;
         loaded.generation = Some(generation);
+        loaded.through = through;
         if full {
             loaded.last_full = Some(Instant::now());
         }
         Ok(Some(rows))
+    }
+}
+
+impl Drop for NatsKeys {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+impl KeyBackend for NatsKeys {
+    /// See the module doc, "Noticing changes".
+    fn load(&self) -> Result<Option<Vec<KeyRow>>, KeyError> {
+        self.load_if(false)
+    }
+
+    /// `load`, and if the watcher saw nothing, one request for the bucket's
+    /// last revision: anything written after the last list (a key another
+    /// node created a moment ago, not delivered to the watcher yet) makes
+    /// it list now. See the module doc, "A new key on its first request".
+    fn load_fresh(&self) -> Result<Option<Vec<KeyRow>>, KeyError> {
+        self.load_if(true)
     }
 
     /// Sets `last_used_at` of each key to the time given if that is later
