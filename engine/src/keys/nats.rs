@@ -84,155 +84,6 @@ const REWATCH: BackoffPolicy = BackoffPolicy {
     jitter: Jitter::EQUAL,
 };
 
-/// Mints a key, stores only its hash under the key's name, returns the
-/// plaintext (shown once). Fails with [`KeyError::NameTaken`] if the name
-/// exists, revoked or not.
-pub(crate) async fn create(kv: &kv::Store, new: &NewKey) -> Result<String, KeyError> {
-    new.validate()?;
-    let key = generate();
-    let value = StoredKey::new(new, &hash_key(&key), Utc::now());
-    let bytes = value.encode().map_err(|e| KeyError::Storage(Box::new(e)))?;
-    match kv.create(kv_key(&new.name), bytes).await {
-        Ok(_) => Ok(key),
-        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-            Err(KeyError::NameTaken(new.name.clone()))
-        }
-        Err(e) => Err(failed(kv, "create a key")(e)),
-    }
-}
-
-/// All keys, oldest first. Entries this version cannot read are logged and
-/// left out.
-pub(crate) async fn list(kv: &kv::Store) -> Result<Vec<KeyRecord>, KeyError> {
-    let mut keys: Vec<StoredKey> = snapshot(kv)
-        .await?
-        .into_iter()
-        .filter_map(|entry| match StoredKey::decode(&entry.value) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                tracing::warn!(bucket = %kv.name, entry = %entry.key, error = %e, "cannot read a stored api key; not listed");
-                None
-            }
-        })
-        .collect();
-    // Same format everywhere (RFC 3339, seconds, `Z`), so text order is time order.
-    keys.sort_by(|a, b| (&a.created_at, &a.name).cmp(&(&b.created_at, &b.name)));
-    Ok(keys.iter().map(StoredKey::record).collect())
-}
-
-/// Changes a key's scopes/limits (not a revoked key's).
-pub(crate) async fn update(kv: &kv::Store, name: &str, change: &KeyUpdate) -> Result<(), KeyError> {
-    change.validate()?;
-    modify(kv, name, |key| {
-        if key.revoked_at.is_some() {
-            return Err(KeyError::Revoked(name.to_owned()));
-        }
-        if let Some(scopes) = &change.scopes {
-            key.set_scopes(scopes);
-        }
-        if let Some(v) = change.max_filters {
-            key.max_filters = v;
-        }
-        if let Some(v) = change.max_streams {
-            key.max_streams = v;
-        }
-        if let Some(v) = change.rate {
-            key.rate = v;
-        }
-        Ok(())
-    })
-    .await
-}
-
-/// Revokes a key (kept, so edges refuse it with 403 rather than 401).
-pub(crate) async fn revoke(kv: &kv::Store, name: &str) -> Result<(), KeyError> {
-    let now = rfc3339(Utc::now());
-    modify(kv, name, |key| {
-        if key.revoked_at.is_some() {
-            return Err(KeyError::AlreadyRevoked(name.to_owned()));
-        }
-        key.revoked_at = Some(now.clone());
-        Ok(())
-    })
-    .await
-}
-
-/// Reads the key named `name`, lets `change` edit it (or refuse), writes it
-/// back if the entry is still at the revision read; on a lost race reads
-/// again, up to [`CAS_ATTEMPTS`] times.
-async fn modify<F>(kv: &kv::Store, name: &str, mut change: F) -> Result<(), KeyError>
-where
-    F: FnMut(&mut StoredKey) -> Result<(), KeyError>,
-{
-    // No key can have an invalid name (create validates), and an invalid
-    // name may not be a valid KV key: it is simply not there.
-    if validate_name(name).is_err() {
-        return Err(KeyError::NotFound(name.to_owned()));
-    }
-    let entry_key = kv_key(name);
-    for _ in 0..CAS_ATTEMPTS {
-        let entry = kv
-            .entry(entry_key.as_str())
-            .await
-            .map_err(failed(kv, "read a key"))?;
-        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
-            return Err(KeyError::NotFound(name.to_owned()));
-        };
-        let mut key = StoredKey::decode(&entry.value).map_err(|e| KeyError::Unreadable {
-            name: name.to_owned(),
-            reason: e.to_string(),
-        })?;
-        change(&mut key)?;
-        let bytes = key.encode().map_err(|e| KeyError::Storage(Box::new(e)))?;
-        match kv.update(entry_key.as_str(), bytes, entry.revision).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(failed(kv, "write a key")(e)),
-        }
-    }
-    Err(KeyError::Contended(name.to_owned()))
-}
-
-/// The bucket's last revision (its stream's last sequence), from the server.
-async fn last_revision(kv: &kv::Store) -> Result<u64, KeyError> {
-    let info = kv
-        .stream
-        .get_info()
-        .await
-        .map_err(failed(kv, "read the bucket's last revision"))?;
-    Ok(info.state.last_sequence)
-}
-
-/// Every entry of the bucket that holds a value (not deleted), each at its
-/// latest revision, bounded by [`CALL_TIMEOUT`].
-async fn snapshot(kv: &kv::Store) -> Result<Vec<kv::Entry>, KeyError> {
-    let read = async {
-        let names: Vec<String> = kv
-            .keys()
-            .await
-            .map_err(failed(kv, "list the keys"))?
-            .try_collect()
-            .await
-            .map_err(failed(kv, "list the keys"))?;
-        let entries: Vec<Option<kv::Entry>> = futures::stream::iter(names)
-            .map(|name| kv.entry(name))
-            .buffer_unordered(LIST_CONCURRENCY)
-            .try_collect()
-            .await
-            .map_err(failed(kv, "read a key"))?;
-        // An entry deleted between the two steps is simply gone.
-        Ok(entries
-            .into_iter()
-            .flatten()
-            .filter(|e| e.operation == Operation::Put)
-            .collect())
-    };
-    match tokio::time::timeout(CALL_TIMEOUT, read).await {
-        Ok(out) => out,
-        Err(_) => Err(timed_out(kv, "list the keys")),
-    }
-}
-
 /// The [`KeyBackend`] over the cluster's keys bucket. See the module doc
 /// for how it notices changes and why its calls block.
 pub struct NatsKeys {
@@ -423,6 +274,155 @@ impl KeyBackend for NatsKeys {
             }
             Ok(())
         })
+    }
+}
+
+/// Mints a key, stores only its hash under the key's name, returns the
+/// plaintext (shown once). Fails with [`KeyError::NameTaken`] if the name
+/// exists, revoked or not.
+pub(crate) async fn create(kv: &kv::Store, new: &NewKey) -> Result<String, KeyError> {
+    new.validate()?;
+    let key = generate();
+    let value = StoredKey::new(new, &hash_key(&key), Utc::now());
+    let bytes = value.encode().map_err(|e| KeyError::Storage(Box::new(e)))?;
+    match kv.create(kv_key(&new.name), bytes).await {
+        Ok(_) => Ok(key),
+        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+            Err(KeyError::NameTaken(new.name.clone()))
+        }
+        Err(e) => Err(failed(kv, "create a key")(e)),
+    }
+}
+
+/// All keys, oldest first. Entries this version cannot read are logged and
+/// left out.
+pub(crate) async fn list(kv: &kv::Store) -> Result<Vec<KeyRecord>, KeyError> {
+    let mut keys: Vec<StoredKey> = snapshot(kv)
+        .await?
+        .into_iter()
+        .filter_map(|entry| match StoredKey::decode(&entry.value) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(bucket = %kv.name, entry = %entry.key, error = %e, "cannot read a stored api key; not listed");
+                None
+            }
+        })
+        .collect();
+    // Same format everywhere (RFC 3339, seconds, `Z`), so text order is time order.
+    keys.sort_by(|a, b| (&a.created_at, &a.name).cmp(&(&b.created_at, &b.name)));
+    Ok(keys.iter().map(StoredKey::record).collect())
+}
+
+/// Changes a key's scopes/limits (not a revoked key's).
+pub(crate) async fn update(kv: &kv::Store, name: &str, change: &KeyUpdate) -> Result<(), KeyError> {
+    change.validate()?;
+    modify(kv, name, |key| {
+        if key.revoked_at.is_some() {
+            return Err(KeyError::Revoked(name.to_owned()));
+        }
+        if let Some(scopes) = &change.scopes {
+            key.set_scopes(scopes);
+        }
+        if let Some(v) = change.max_filters {
+            key.max_filters = v;
+        }
+        if let Some(v) = change.max_streams {
+            key.max_streams = v;
+        }
+        if let Some(v) = change.rate {
+            key.rate = v;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Revokes a key (kept, so edges refuse it with 403 rather than 401).
+pub(crate) async fn revoke(kv: &kv::Store, name: &str) -> Result<(), KeyError> {
+    let now = rfc3339(Utc::now());
+    modify(kv, name, |key| {
+        if key.revoked_at.is_some() {
+            return Err(KeyError::AlreadyRevoked(name.to_owned()));
+        }
+        key.revoked_at = Some(now.clone());
+        Ok(())
+    })
+    .await
+}
+
+/// Reads the key named `name`, lets `change` edit it (or refuse), writes it
+/// back if the entry is still at the revision read; on a lost race reads
+/// again, up to [`CAS_ATTEMPTS`] times.
+async fn modify<F>(kv: &kv::Store, name: &str, mut change: F) -> Result<(), KeyError>
+where
+    F: FnMut(&mut StoredKey) -> Result<(), KeyError>,
+{
+    // No key can have an invalid name (create validates), and an invalid
+    // name may not be a valid KV key: it is simply not there.
+    if validate_name(name).is_err() {
+        return Err(KeyError::NotFound(name.to_owned()));
+    }
+    let entry_key = kv_key(name);
+    for _ in 0..CAS_ATTEMPTS {
+        let entry = kv
+            .entry(entry_key.as_str())
+            .await
+            .map_err(failed(kv, "read a key"))?;
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+            return Err(KeyError::NotFound(name.to_owned()));
+        };
+        let mut key = StoredKey::decode(&entry.value).map_err(|e| KeyError::Unreadable {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        change(&mut key)?;
+        let bytes = key.encode().map_err(|e| KeyError::Storage(Box::new(e)))?;
+        match kv.update(entry_key.as_str(), bytes, entry.revision).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(failed(kv, "write a key")(e)),
+        }
+    }
+    Err(KeyError::Contended(name.to_owned()))
+}
+
+/// The bucket's last revision (its stream's last sequence), from the server.
+async fn last_revision(kv: &kv::Store) -> Result<u64, KeyError> {
+    let info = kv
+        .stream
+        .get_info()
+        .await
+        .map_err(failed(kv, "read the bucket's last revision"))?;
+    Ok(info.state.last_sequence)
+}
+
+/// Every entry of the bucket that holds a value (not deleted), each at its
+/// latest revision, bounded by [`CALL_TIMEOUT`].
+async fn snapshot(kv: &kv::Store) -> Result<Vec<kv::Entry>, KeyError> {
+    let read = async {
+        let names: Vec<String> = kv
+            .keys()
+            .await
+            .map_err(failed(kv, "list the keys"))?
+            .try_collect()
+            .await
+            .map_err(failed(kv, "list the keys"))?;
+        let entries: Vec<Option<kv::Entry>> = futures::stream::iter(names)
+            .map(|name| kv.entry(name))
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_collect()
+            .await
+            .map_err(failed(kv, "read a key"))?;
+        // An entry deleted between the two steps is simply gone.
+        Ok(entries
+            .into_iter()
+            .flatten()
+            .filter(|e| e.operation == Operation::Put)
+            .collect())
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, read).await {
+        Ok(out) => out,
+        Err(_) => Err(timed_out(kv, "list the keys")),
     }
 }
 
