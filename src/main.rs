@@ -91,11 +91,13 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// Logs to stderr, filtered by `LIVESTROM_LOG` (or `RUST_LOG`), `info` by default.
+/// Logs to stderr, filtered by `LIVESTROM_LOG` (or `RUST_LOG`), `info` by
+/// default (the NATS client's own connection lines at `warn`: Livestrom logs
+/// connection changes itself).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIVESTROM_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
     // Colours only on a terminal: a log file or journald gets plain text
     // (`NO_COLOR` is honoured by tracing-subscriber on top of this).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
