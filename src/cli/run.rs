@@ -114,7 +114,15 @@ pub(crate) async fn run(
             );
             None
         }
-        Role::All | Role::Edge => Some(start_edge(&config, &store, cancel.clone()).await?),
+        Role::All | Role::Edge => Some(
+            start_edge(
+                &config,
+                livestrom_engine::Backend::sqlite(&store),
+                &format!("database {}", config.engine.database.display()),
+                cancel.clone(),
+            )
+            .await?,
+        ),
     };
     let reload = reloads(&config, overrides, cancel.clone());
     let engine =
@@ -167,10 +175,12 @@ pub(super) fn reloads(
     }
 }
 
-/// Binds the edge's listener and serves it until `cancel` fires.
-async fn start_edge(
+/// Binds the edge's listener and serves `backend` until `cancel` fires;
+/// `log` says where the events are kept (for the start-up line).
+pub(super) async fn start_edge(
     config: &Config,
-    store: &Store,
+    backend: livestrom_engine::Backend,
+    log: &str,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(config.edge.listen)
@@ -187,17 +197,16 @@ async fn start_edge(
         cors_origins: config.edge.cors_origins.clone(),
     };
     let state = livestrom_edge::AppState::new(
-        livestrom_engine::Backend::sqlite(store),
+        backend,
         settings,
         cancel.clone(),
     )
     .await
     .context("cannot start the edge")?;
     tracing::info!(
-        "livestrom {} listening on http://{local} — {} sources, database {}",
+        "livestrom {} listening on http://{local} — {} sources, {log}",
         env!("CARGO_PKG_VERSION"),
         config.sources.len(),
-        config.engine.database.display()
     );
     let edge_cancel = cancel.clone();
     let server_opts = livestrom_edge::server::Options {
