@@ -74,6 +74,17 @@ impl Problem {
         )
     }
 
+    /// 410: the cursor is an id of another stream (recreated, another
+    /// cluster, a single-node server): not a position here at all.
+    pub fn gone_foreign(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::GONE,
+            "cursor-foreign",
+            "Cursor from another stream",
+            detail,
+        )
+    }
+
     /// 429 with `Retry-After`.
     pub fn too_many(detail: impl Into<String>, retry_after_secs: u64) -> Self {
         let mut p = Self::new(

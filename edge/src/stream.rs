@@ -23,9 +23,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use livestrom_engine::event::uuid_floor_at;
 use livestrom_engine::keys::KeyInfo;
-use livestrom_engine::log::{LogError, ReadScope};
+use livestrom_engine::log::{CursorCheck, LogError, ReadScope};
 use livestrom_engine::EventLog;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use uuid::Uuid;
@@ -170,13 +169,14 @@ pub fn cursor_param(headers: &HeaderMap) -> &'static str {
 
 /// How far ahead of this server's clock a cursor may be (clock skew between
 /// nodes) before it is refused as a position that cannot exist.
-pub const CURSOR_CLOCK_SKEW: Duration = Duration::from_secs(300);
+pub use livestrom_engine::log::CURSOR_CLOCK_SKEW;
 
-/// Checks a cursor against the retention window (410 when older) or, without
-/// one, reads the head. A cursor ahead of both the log's newest event and
-/// the clock (beyond [`CURSOR_CLOCK_SKEW`]) is a 400: resuming from it would
-/// silently skip every event until the clock caught up. Runs the blocking
-/// reads off the runtime.
+/// Checks a cursor with the log ([`EventLog::check_cursor`]): older than the
+/// retained window or an id of another stream is a 410; ahead of the log
+/// (on one node: of both its newest event and the clock, beyond
+/// [`CURSOR_CLOCK_SKEW`]) is a 400 — resuming from it would silently skip
+/// every event until the log caught up. Without a cursor, reads the head.
+/// Runs the blocking reads off the runtime.
 pub async fn check_cursor(
     log: &Arc<dyn EventLog>,
     cursor: Option<Uuid>,
@@ -184,34 +184,29 @@ pub async fn check_cursor(
 ) -> Result<Start, Problem> {
     enum Refusal {
         Old(Uuid),
+        Foreign(String),
         Ahead(Option<Uuid>),
     }
     let log = log.clone();
     let r = tokio::task::spawn_blocking(move || -> Result<Result<Start, Refusal>, LogError> {
-        match cursor {
-            Some(c) => {
-                let floor = log.retention_floor();
-                if c < floor {
-                    return Ok(Err(Refusal::Old(floor)));
-                }
-                let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-                let latest_plausible = uuid_floor_at(now_ms + CURSOR_CLOCK_SKEW.as_millis() as u64);
-                if c >= latest_plausible {
-                    let head = log.head()?;
-                    if head.is_none_or(|h| c > h) {
-                        return Ok(Err(Refusal::Ahead(head)));
-                    }
-                }
-                Ok(Ok(Start::After(c)))
-            }
-            None => Ok(Ok(Start::Now(log.head()?.unwrap_or(Uuid::nil())))),
-        }
+        let Some(c) = cursor else {
+            return Ok(Ok(Start::Now(log.head()?.unwrap_or(Uuid::nil()))));
+        };
+        Ok(match log.check_cursor(c)? {
+            CursorCheck::Ok => Ok(Start::After(c)),
+            CursorCheck::Expired { floor } => Err(Refusal::Old(floor)),
+            CursorCheck::Foreign { why } => Err(Refusal::Foreign(why)),
+            CursorCheck::Ahead { head } => Err(Refusal::Ahead(head)),
+        })
     })
     .await;
     match r {
         Ok(Ok(Ok(s))) => Ok(s),
         Ok(Ok(Err(Refusal::Old(floor)))) => Err(Problem::gone(format!(
             "the cursor is older than the retained window (oldest resumable position {floor}); reconnect without a cursor to resync from now"
+        ))),
+        Ok(Ok(Err(Refusal::Foreign(why)))) => Err(Problem::gone_foreign(format!(
+            "the cursor belongs to another stream ({why}): this stream was recreated, or the id comes from another cluster or server; reconnect without `{param}` to start from now"
         ))),
         Ok(Ok(Err(Refusal::Ahead(head)))) => Err(Problem::bad_param(
             param,
@@ -420,11 +415,10 @@ impl Conn {
                         page.skipped += 1;
                     }
                 })?;
-            // The prune mark is raised before anything is deleted, so reading
-            // it after the page tells whether the page may lack rows.
-            let pruned = log.pruned_below()?;
-            if pruned > after {
-                page.gone = Some(pruned);
+            // Asked after the page (a log raises its prune mark before it
+            // deletes anything): whether the page may lack rows.
+            if let Some(floor) = log.missed_after(after)? {
+                page.gone = Some(floor);
                 return Ok(page);
             }
             // A page cut short by its byte budget is not the end of the log.
