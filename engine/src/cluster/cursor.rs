@@ -72,6 +72,20 @@ pub fn encode(tag: StreamTag, seq: u64, ms: u64) -> Result<Uuid, SequenceTooLarg
     Ok(compose_v7(ms, tail))
 }
 
+/// The position "after message `seq`" of the stream tagged `tag`, stamped
+/// `ms`: the message's own id when `ms` is its stamp, and with `seq` 0 the
+/// position before the stream's first message (no message has sequence 0,
+/// so [`encode`] refuses it). Decodes to [`Position::AfterSeq`].
+pub fn position(tag: StreamTag, seq: u64, ms: u64) -> Result<Uuid, SequenceTooLarge> {
+    if u128::from(seq) > SEQ_MASK {
+        return Err(SequenceTooLarge(seq));
+    }
+    Ok(compose_v7(
+        ms,
+        (u128::from(tag.0) << SEQ_BITS) | u128::from(seq),
+    ))
+}
+
 /// Where a cursor points in this stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
@@ -115,6 +129,11 @@ mod tests {
         }
         assert_eq!(encode(tag, 1 << 48, NOW), Err(SequenceTooLarge(1 << 48)));
         assert_eq!(encode(tag, 0, NOW), Err(SequenceTooLarge(0)));
+        // A position is a message's id, or the start of the stream.
+        assert_eq!(position(tag, 7, NOW), encode(tag, 7, NOW));
+        let start = position(tag, 0, NOW).expect("fits");
+        assert!(is_uuid_v7(start));
+        assert_eq!(decode(tag, start), Position::AfterSeq(0));
     }
 
     #[test]

@@ -95,6 +95,14 @@ impl Names {
         format!("{}.ev.{}.>", self.prefix, source_type.as_str())
     }
 
+    /// A consumer filter: the subjects of `source_type` (any type when None)
+    /// whose source id is `ids` — an id, or a prefix ending in a dot
+    /// followed by `>` (`kommun.>`).
+    pub fn filter(&self, source_type: Option<SourceType>, ids: &str) -> String {
+        let ty = source_type.map_or("*", SourceType::as_str);
+        format!("{}.ev.{ty}.{ids}", self.prefix)
+    }
+
     /// The source type and id of an event subject, if it is one.
     pub fn parse_subject<'s>(&self, subject: &'s str) -> Option<(SourceType, &'s str)> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".ev.")?;
@@ -179,6 +187,11 @@ mod tests {
         assert_eq!(n.parse_subject("OTHER.ev.rss.a"), None);
         assert_eq!(n.parse_subject("LIVESTROM.ev.nope.a"), None);
         assert_eq!(n.prefix_subjects("news."), "LIVESTROM.ev.*.news.>");
+        assert_eq!(n.filter(None, "news.>"), n.prefix_subjects("news."));
+        assert_eq!(
+            n.filter(Some(SourceType::Html), "a.b"),
+            "LIVESTROM.ev.html.a.b"
+        );
         assert_eq!(n.bucket(Bucket::Leases), "LIVESTROM_LEASES");
     }
 
