@@ -10,16 +10,19 @@ use livestrom_engine::cluster::bucket::LeaseBucket;
 use livestrom_engine::cluster::lease::{plan, pollable, Lease, LeaseTiming};
 use tokio::time::Instant;
 
+mod edge;
 mod failover;
 mod faults;
 mod keys;
+mod log;
 mod nats;
+mod publisher;
 mod replicas;
 mod spread;
 
 use nats::{start_nats, WAIT};
 
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// One engine's view: its id and its handle on the bucket.
 struct Engine {
