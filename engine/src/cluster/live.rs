@@ -30,9 +30,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::log::{
-    ms_of_nanos, stream_info, unavailable, BadMessage, Message, ReadError, CONSUMER_IDLE,
-};
+use super::log::{stream_info, unavailable, ReadError, CONSUMER_IDLE};
+use super::message::{ms_of_nanos, BadMessage, Message};
 use super::Cluster;
 use crate::bus::{Batch, Live, LiveFeed};
 use crate::event::{CommittedEvent, StreamEvent};

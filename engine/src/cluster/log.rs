@@ -9,13 +9,14 @@
 //!   another stream's id → [`CursorCheck::Foreign`] (410).
 //! - One read is one ephemeral pull consumer (no acks, in memory, deleted
 //!   afterwards): created at the start position with the scope as filter
-//!   subjects when it maps to at most [`MAX_FILTER_SUBJECTS`] of them, then
+//!   subjects when it maps to at most
+//!   [`MAX_FILTER_SUBJECTS`](super::scope::MAX_FILTER_SUBJECTS) of them, then
 //!   fetched without waiting in batches until `limit` rows or the end of the
 //!   stream. Rows are also checked against the scope in process, so a scope
 //!   that does not map (too many subjects) is filtered here.
-//! - Ids are put into the stored bodies ([`wire::with_id`]) from each
-//!   message's sequence and timestamp; live delivery (`live.rs`) computes
-//!   the same ids from the same messages.
+//! - Ids are put into the stored bodies from each message's sequence and
+//!   timestamp (`message.rs`); live delivery (`live.rs`) decodes messages
+//!   the same way, so a message has one id on every edge.
 //! - Retention: the stream deletes from its start (max age), so "events
 //!   after sequence `s` may be gone" is `s + 1 < first sequence`.
 //!
@@ -33,15 +34,13 @@ use futures::StreamExt;
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
-use super::cursor::{self, Position, SequenceTooLarge, StreamTag};
-use super::wire::{self, Names, NotAnEvent};
+use super::cursor::{self, Position, StreamTag};
+use super::message::{ms_of_nanos, Message};
+use super::scope::{in_scope, Filter};
+use super::wire::Names;
 use super::Cluster;
 use crate::event::SourceType;
 use crate::log::{CursorCheck, EventLog, LogError, LogRow, ReadScope, CURSOR_CLOCK_SKEW};
-
-/// Most filter subjects one read consumer gets; a scope that needs more is
-/// pushed down coarser (by source only, or by type only) and filtered here.
-pub const MAX_FILTER_SUBJECTS: usize = 64;
 
 /// Most messages one fetch asks for.
 const FETCH_MAX: usize = 2048;
@@ -441,176 +440,6 @@ struct Bounds {
     created_ms: u64,
 }
 
-/// The consumer filter of a read: subjects, and whether they express the
-/// scope exactly (every message they let through is a row).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Filter {
-    /// Filter subjects; empty = the whole stream.
-    pub(super) subjects: Vec<String>,
-    /// Whether the subjects are the scope.
-    pub(super) exact: bool,
-}
-
-impl Filter {
-    /// The finest filter of at most [`MAX_FILTER_SUBJECTS`] subjects for
-    /// `scope`: types × sources, else sources of any type, else types, else
-    /// everything. Subjects never overlap (JetStream refuses that): a source
-    /// or prefix inside another prefix is left out.
-    pub(super) fn of(names: &Names, scope: &ReadScope) -> Self {
-        let mut types: Vec<SourceType> = Vec::new();
-        for t in &scope.types {
-            if !types.contains(t) {
-                types.push(*t);
-            }
-        }
-        let ids = id_patterns(scope);
-        let by_ids = !scope.sources.is_empty() || !scope.prefixes.is_empty();
-        let all_types = types.is_empty() || types.len() == SourceType::ALL.len();
-        if by_ids {
-            if let Some(ids) = &ids {
-                if !all_types && types.len() * ids.len() <= MAX_FILTER_SUBJECTS {
-                    let subjects = types
-                        .iter()
-                        .flat_map(|t| ids.iter().map(|i| names.filter(Some(*t), i)))
-                        .collect();
-                    return Self {
-                        subjects,
-                        exact: true,
-                    };
-                }
-                if ids.len() <= MAX_FILTER_SUBJECTS {
-                    return Self {
-                        subjects: ids.iter().map(|i| names.filter(None, i)).collect(),
-                        exact: all_types,
-                    };
-                }
-            }
-        }
-        if !all_types {
-            return Self {
-                subjects: types.iter().map(|t| names.type_subjects(*t)).collect(),
-                exact: !by_ids,
-            };
-        }
-        Self {
-            subjects: Vec::new(),
-            exact: !by_ids,
-        }
-    }
-}
-
-/// The source-id part of the filter subjects of `scope`: exact ids and
-/// `prefix.>`, none inside another; None when one cannot be a subject
-/// (an empty token — no event subject has one, the in-process check then
-/// decides).
-fn id_patterns(scope: &ReadScope) -> Option<Vec<String>> {
-    let mut prefixes: Vec<&str> = scope.prefixes.iter().map(String::as_str).collect();
-    prefixes.sort_by_key(|p| p.len());
-    let mut kept: Vec<&str> = Vec::new();
-    for p in prefixes {
-        let stem = p.strip_suffix('.')?;
-        if !is_subject_tokens(stem) {
-            return None;
-        }
-        if !kept.iter().any(|k| p.starts_with(k)) {
-            kept.push(p);
-        }
-    }
-    let mut out: Vec<String> = kept.iter().map(|p| format!("{p}>")).collect();
-    for s in &scope.sources {
-        if !is_subject_tokens(s) {
-            return None;
-        }
-        if !kept.iter().any(|k| s.starts_with(k)) && !out.contains(s) {
-            out.push(s.clone());
-        }
-    }
-    Some(out)
-}
-
-/// Dot-separated tokens, none empty, no wildcard or space.
-fn is_subject_tokens(s: &str) -> bool {
-    s.split('.').all(|t| {
-        !t.is_empty()
-            && !t
-                .bytes()
-                .any(|b| matches!(b, b'*' | b'>' | b' ' | b'\t' | b'\r' | b'\n'))
-    })
-}
-
-/// The scope, checked in process (what the SQL of one node does).
-pub(super) fn in_scope(scope: &ReadScope, source_id: &str, source_type: SourceType) -> bool {
-    (scope.types.is_empty() || scope.types.contains(&source_type))
-        && ((scope.sources.is_empty() && scope.prefixes.is_empty())
-            || scope.sources.iter().any(|s| s == source_id)
-            || scope
-                .prefixes
-                .iter()
-                .any(|p| source_id.starts_with(p.as_str())))
-}
-
-/// A stored message as readers see it: its event id, where it is from and
-/// its JSON with the id put in.
-pub(super) struct Message<'a> {
-    pub(super) id: Uuid,
-    pub(super) source_id: &'a str,
-    pub(super) source_type: SourceType,
-    pub(super) json: String,
-}
-
-impl<'a> Message<'a> {
-    /// Decodes message `seq` on `subject`, stamped `ms` by the stream.
-    pub(super) fn decode(
-        names: &Names,
-        tag: StreamTag,
-        subject: &'a str,
-        seq: u64,
-        ms: u64,
-        payload: &[u8],
-    ) -> Result<Self, BadMessage> {
-        let (source_type, source_id) = names
-            .parse_subject(subject)
-            .ok_or_else(|| BadMessage::Subject(subject.to_owned()))?;
-        let body = std::str::from_utf8(payload).map_err(|_| BadMessage::Utf8)?;
-        let id = cursor::encode(tag, seq, ms)?;
-        let json = wire::with_id(body, id)?;
-        Ok(Self {
-            id,
-            source_id,
-            source_type,
-            json,
-        })
-    }
-}
-
-/// A message of the event stream that is not an event: reported and passed
-/// over (a poison message must not stop every reader of the stream).
-#[derive(Debug, thiserror::Error)]
-pub(super) enum BadMessage {
-    /// Not `<prefix>.ev.<type>.<source id>`.
-    #[error("subject {0:?} is not an event subject")]
-    Subject(String),
-    /// The body is not UTF-8.
-    #[error("the body is not UTF-8")]
-    Utf8,
-    /// The body is not a published StreamEvent.
-    #[error(transparent)]
-    NotAnEvent(#[from] NotAnEvent),
-    /// The sequence does not fit an id.
-    #[error(transparent)]
-    Sequence(#[from] SequenceTooLarge),
-    /// The body with its id is not a StreamEvent.
-    #[error("the body is not a StreamEvent: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-impl BadMessage {
-    /// Logs that message `seq` is passed over, and why.
-    pub(super) fn report(&self, seq: u64) {
-        tracing::error!(sequence = seq, error = %self, "event stream message is not an event; passed over");
-    }
-}
-
 /// A failure of a JetStream read.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ReadError {
@@ -655,95 +484,8 @@ pub(super) fn unavailable(e: ReadError) -> LogError {
     LogError::Unavailable(Box::new(e))
 }
 
-/// Milliseconds since the epoch of a stream timestamp (0 before it).
-pub(super) fn ms_of_nanos(nanos: i128) -> u64 {
-    u64::try_from(nanos.div_euclid(1_000_000)).unwrap_or(0)
-}
-
 /// The timestamp at the start of millisecond `ms`.
 fn time_of_ms(ms: u64) -> Result<time::OffsetDateTime, LogError> {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map_err(|_| unavailable(ReadError::Time(ms)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scope(sources: &[&str], prefixes: &[&str], types: &[SourceType]) -> ReadScope {
-        ReadScope {
-            sources: sources.iter().map(|s| s.to_string()).collect(),
-            prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
-            types: types.to_vec(),
-        }
-    }
-
-    #[test]
-    fn scopes_map_to_non_overlapping_filter_subjects() {
-        let n = Names::new("L");
-        let all = Filter::of(&n, &ReadScope::default());
-        assert_eq!(all.subjects, Vec::<String>::new());
-        assert!(all.exact);
-
-        let f = Filter::of(&n, &scope(&["a.b", "c", "c"], &["a."], &[]));
-        assert_eq!(f.subjects, vec!["L.ev.*.a.>", "L.ev.*.c"]);
-        assert!(f.exact);
-
-        let f = Filter::of(
-            &n,
-            &scope(
-                &["c"],
-                &["k.s.", "k."],
-                &[SourceType::Rss, SourceType::Html],
-            ),
-        );
-        assert_eq!(
-            f.subjects,
-            vec!["L.ev.rss.k.>", "L.ev.rss.c", "L.ev.html.k.>", "L.ev.html.c"]
-        );
-        assert!(f.exact);
-
-        let f = Filter::of(&n, &scope(&[], &[], &[SourceType::Json]));
-        assert_eq!(f.subjects, vec!["L.ev.json.>"]);
-        assert!(f.exact);
-    }
-
-    #[test]
-    fn a_scope_too_wide_for_subjects_is_pushed_down_coarser() {
-        let n = Names::new("L");
-        let many: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
-        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-        // 2 types × 40 sources > 64: by source only, types checked here.
-        let f = Filter::of(&n, &scope(&refs, &[], &[SourceType::Rss, SourceType::Json]));
-        assert_eq!(f.subjects.len(), 40);
-        assert!(f.subjects.iter().all(|s| s.starts_with("L.ev.*.")));
-        assert!(!f.exact);
-        // 100 sources and a type: by type only.
-        let many: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
-        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-        let f = Filter::of(&n, &scope(&refs, &[], &[SourceType::Rss]));
-        assert_eq!(f.subjects, vec!["L.ev.rss.>"]);
-        assert!(!f.exact);
-        // An id that cannot be a subject: the in-process check decides.
-        let f = Filter::of(&n, &scope(&["a..b"], &[], &[]));
-        assert!(f.subjects.is_empty());
-        assert!(!f.exact);
-    }
-
-    #[test]
-    fn the_in_process_check_is_the_scope() {
-        let s = scope(&["x"], &["k."], &[SourceType::Rss]);
-        assert!(in_scope(&s, "x", SourceType::Rss));
-        assert!(in_scope(&s, "k.a.b", SourceType::Rss));
-        assert!(!in_scope(&s, "k", SourceType::Rss));
-        assert!(!in_scope(&s, "kx", SourceType::Rss));
-        assert!(!in_scope(&s, "x", SourceType::Html));
-        assert!(in_scope(&ReadScope::default(), "any", SourceType::Html));
-    }
-
-    #[test]
-    fn stream_timestamps_become_milliseconds() {
-        assert_eq!(ms_of_nanos(1_795_000_000_123_999_999), 1_795_000_000_123);
-        assert_eq!(ms_of_nanos(-5), 0);
-    }
 }
