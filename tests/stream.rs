@@ -10,6 +10,7 @@ use chrono::Utc;
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use livestrom_edge::{AppState, Settings};
+use livestrom_engine::cluster::cursor::{self, Position, StreamTag};
 use livestrom_engine::event::uuid_floor_at;
 use livestrom_engine::keys::{self, NewKey};
 use livestrom_engine::log::{LogError, LogRow, ReadScope};
@@ -1146,5 +1147,124 @@ async fn events_without_a_cursor_on_an_empty_log_returns_a_cursor_that_misses_no
     assert_eq!(res.status(), 200);
     let v: serde_json::Value = res.json().await?;
     assert_eq!(json_ids(&v), vec![written[0].event.id.to_string()]);
+    Ok(())
+}
+
+/// A log ordered by the stream sequence its ids carry (as a cluster's
+/// are), not by the ids: their timestamps may step back.
+struct SeqLog {
+    tag: StreamTag,
+    rows: std::sync::Mutex<Vec<LogRow>>,
+}
+
+impl SeqLog {
+    fn seq(&self, id: Uuid) -> u64 {
+        match cursor::decode(self.tag, id) {
+            Position::AfterSeq(s) => s,
+            _ => 0,
+        }
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, Vec<LogRow>> {
+        self.rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores message `seq` stamped `ms`, as the live feed would carry it.
+    fn commit(
+        &self,
+        seq: u64,
+        ms: u64,
+    ) -> Result<Arc<CommittedEvent>, Box<dyn std::error::Error + Send + Sync>> {
+        let mut e = event("s", SourceType::Rss, &[], &format!("e{seq}"), "").event;
+        e.id = cursor::encode(self.tag, seq, ms)?;
+        let e = CommittedEvent::new(e);
+        self.rows().push(LogRow {
+            id: e.event.id,
+            source_id: "s".into(),
+            source_type: SourceType::Rss,
+            json: e.json.clone(),
+        });
+        Ok(Arc::new(e))
+    }
+}
+
+impl EventLog for SeqLog {
+    fn read_after(
+        &self,
+        after: Uuid,
+        limit: usize,
+        _scope: &ReadScope,
+    ) -> Result<Vec<LogRow>, LogError> {
+        let after = self.seq(after);
+        Ok(self
+            .rows()
+            .iter()
+            .filter(|r| self.seq(r.id) > after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+    fn retention_floor(&self) -> Uuid {
+        Uuid::nil()
+    }
+    fn head(&self) -> Result<Option<Uuid>, LogError> {
+        Ok(self.rows().last().map(|r| r.id))
+    }
+    fn pruned_below(&self) -> Result<Uuid, LogError> {
+        Ok(Uuid::nil())
+    }
+    fn watermark(&self) -> Result<Uuid, LogError> {
+        Ok(self.head()?.unwrap_or(Uuid::nil()))
+    }
+    fn is_after(&self, id: Uuid, pos: Uuid) -> bool {
+        self.seq(id) > self.seq(pos)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_that_step_back_in_time_reach_streams_in_the_logs_order() -> TestResult {
+    let log = Arc::new(SeqLog {
+        tag: StreamTag::of("LIVESTROM", 1),
+        rows: std::sync::Mutex::new(Vec::new()),
+    });
+    let edge_log = log.clone();
+    let app = spawn_app_with(
+        Duration::from_secs(25),
+        20,
+        Duration::from_secs(3600),
+        move |_| edge_log,
+    )
+    .await?;
+    let bus = app.store.bus().clone();
+    let mut live = app.sse("", None).await?;
+    let now = Utc::now().timestamp_millis() as u64;
+    // The stream's clock steps back 50 ms between the first two messages.
+    let first: Vec<Arc<CommittedEvent>> = vec![
+        log.commit(1, now)?,
+        log.commit(2, now - 50)?,
+        log.commit(3, now + 1)?,
+    ];
+    for e in &first {
+        bus.publish(Arc::from(vec![e.clone()]));
+    }
+    for e in &first {
+        let got = next_event(&mut live).await?.ok_or("stream ended")?;
+        assert_eq!(got.id, e.event.id.to_string());
+    }
+    // Resuming after the first replays the other two, then goes live with
+    // a message stamped before all of them.
+    let mut resumed = app.sse("", Some(&first[0].event.id.to_string())).await?;
+    for e in &first[1..] {
+        let got = next_event(&mut resumed).await?.ok_or("stream ended")?;
+        assert_eq!(got.id, e.event.id.to_string());
+    }
+    let back = log.commit(4, now - 100)?;
+    bus.publish(Arc::from(vec![back.clone()]));
+    for s in [&mut live, &mut resumed] {
+        let got = next_event(s).await?.ok_or("stream ended")?;
+        assert_eq!(got.id, back.event.id.to_string());
+    }
     Ok(())
 }

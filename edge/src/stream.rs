@@ -10,7 +10,9 @@
 //! 2. replay from the log in pages until a page comes back short — every
 //!    event the hub fanned out *before* step 1 was committed before it, so
 //!    the log has it;
-//! 3. drain the queue, skipping ids at or below the last replayed position.
+//! 3. drain the queue, skipping events at or before the last replayed
+//!    position — in the log's order ([`EventLog::is_after`]): a cluster's
+//!    ids carry a stream sequence while their timestamps may step back.
 //!
 //! If the queue overflowed during the replay it is re-armed and the replay
 //! simply continues from the log (never skip); once live, an overflow means
@@ -241,7 +243,8 @@ struct Conn {
     phase: Phase,
     /// `:connected` comment, sent first.
     hello: Option<Bytes>,
-    /// Every event at or below this id has been handled (sent or filtered out).
+    /// Every event up to this position, in the log's order
+    /// ([`EventLog::is_after`]), has been handled (sent or filtered out).
     pos: Uuid,
     /// The id the client will resume from (last event or checkpoint sent).
     last_sent: Uuid,
@@ -423,7 +426,7 @@ impl Conn {
             }
             // A page cut short by its byte budget is not the end of the log.
             page.rows = if full { REPLAY_PAGE } else { read };
-            if page.skipped >= CHECKPOINT_AFTER_SKIPPED && page.pos > page.last_sent {
+            if page.skipped >= CHECKPOINT_AFTER_SKIPPED && log.is_after(page.pos, page.last_sent) {
                 write_checkpoint(&mut page.buf, page.pos);
                 page.last_sent = page.pos;
                 page.skipped = 0;
@@ -435,8 +438,9 @@ impl Conn {
     /// Appends queued frames newer than `pos`, then advances `pos` to the
     /// hub position read before the drain (everything up to it is handled).
     fn write_frames(&mut self, buf: &mut BytesMut, frames: &mut Vec<Frame>, hub_pos: Option<Uuid>) {
+        let log = self.state.log.clone();
         for f in frames.drain(..) {
-            if f.id > self.pos {
+            if log.is_after(f.id, self.pos) {
                 buf.put_slice(&f.bytes);
                 self.pos = f.id;
                 self.last_sent = f.id;
@@ -444,7 +448,7 @@ impl Conn {
             }
         }
         if let Some(p) = hub_pos {
-            if p > self.pos {
+            if log.is_after(p, self.pos) {
                 self.pos = p;
             }
         }
@@ -465,13 +469,16 @@ impl Conn {
             Drained::Ended => return None,
         }
         // Fast path: exactly one new frame and nothing else to say.
-        if !tick && frames.len() == 1 && frames[0].id > self.pos {
+        let log = &self.state.log;
+        if !tick && frames.len() == 1 && log.is_after(frames[0].id, self.pos) {
             let f = frames.pop()?;
             self.pos = f.id;
             self.last_sent = f.id;
             self.sent_seq = self.sent_seq.max(f.seq);
             if let Some(p) = p {
-                self.pos = self.pos.max(p.id);
+                if log.is_after(p.id, self.pos) {
+                    self.pos = p.id;
+                }
             }
             self.spare = frames;
             return Some(f.bytes);
@@ -482,7 +489,9 @@ impl Conn {
         self.spare = frames;
         if let Some(p) = p {
             let skipped = p.seq.saturating_sub(self.sent_seq);
-            if self.pos > self.last_sent && (tick || skipped >= CHECKPOINT_AFTER_SKIPPED) {
+            if self.state.log.is_after(self.pos, self.last_sent)
+                && (tick || skipped >= CHECKPOINT_AFTER_SKIPPED)
+            {
                 write_checkpoint(&mut buf, self.pos);
                 self.last_sent = self.pos;
                 self.sent_seq = p.seq;

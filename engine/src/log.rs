@@ -127,6 +127,16 @@ pub trait EventLog: Send + Sync + 'static {
     /// head it keeps up with the clock on an idle log (a cursor taken from
     /// it stays inside the retention window as long as a fresh one would).
     fn watermark(&self) -> Result<Uuid, LogError>;
+    /// Whether a read after position `pos` would return the event `id`: the
+    /// log's order, which readers that compare positions (the edge's hub
+    /// and streams) must use. On one node an id is its position (`id >
+    /// pos`, the default). A log whose ids carry their position elsewhere
+    /// — a stream sequence, while the id's timestamp comes from a clock
+    /// that may step back — overrides it. Called per event on the live
+    /// path: cheap, no IO.
+    fn is_after(&self, id: Uuid, pos: Uuid) -> bool {
+        id > pos
+    }
     /// What `cursor` means to this log, before reading after it: inside the
     /// retained window, expired, an id of another log, or ahead of it.
     ///

@@ -246,6 +246,15 @@ async fn cursors_are_checked_by_sequence_foreign_expired_and_ahead() -> TestResu
             Err(e) if e.downcast_ref::<LogError>().is_some_and(|e| matches!(e, LogError::Cursor(_)))
         ));
     }
+    // The log's order is the sequence, whatever the stamps say (the
+    // leader's clock may step back); a time cursor orders by time.
+    let stepped_back = cursor::encode(cluster.tag(), p6.seq + 1, ms_of(p[0].id) - 1000)?;
+    assert!(stepped_back < p6.id);
+    assert!(log.is_after(stepped_back, p6.id));
+    assert!(!log.is_after(p6.id, stepped_back));
+    assert!(log.is_after(p[1].id, p[0].id) && !log.is_after(p[0].id, p[1].id));
+    assert!(log.is_after(p[0].id, uuid_floor_at(ms_of(p[0].id))));
+    assert!(!log.is_after(p[0].id, uuid_floor_at(ms_of(p[0].id) + 1)));
     // Past the newest message: no event has been there.
     let ahead = cursor::position(cluster.tag(), p6.seq + 5, ms_of(p6.id))?;
     assert_eq!(

@@ -56,8 +56,9 @@ pub(super) struct HubInner {
 pub(super) struct HubTask {
     pub(super) inner: Arc<HubInner>,
     pub(super) log: Arc<dyn EventLog>,
-    /// Newest event fanned out (or the start floor): events at or below it
-    /// are skipped, which de-duplicates a catch-up against the bus.
+    /// Newest event fanned out (or the start floor): events not after it in
+    /// the log's order ([`EventLog::is_after`]) are skipped, which
+    /// de-duplicates a catch-up against the bus.
     pub(super) last: Uuid,
     pub(super) seq: u64,
 }
@@ -149,7 +150,9 @@ impl HubTask {
     pub(super) fn process<'a>(&mut self, events: impl Iterator<Item = &'a CommittedEvent>) {
         let mut newest = None;
         for ev in events {
-            if ev.event.id <= self.last {
+            // In the log's order, not the ids' (a cluster's ids carry a
+            // stream sequence; their timestamps may step back).
+            if !self.log.is_after(ev.event.id, self.last) {
                 continue;
             }
             self.seq += 1;
@@ -194,7 +197,9 @@ impl HubTask {
             self.process(events.iter());
             // Past a trailing undecodable row too, so the next page starts after it.
             if let Some(id) = newest {
-                self.last = self.last.max(id);
+                if self.log.is_after(id, self.last) {
+                    self.last = id;
+                }
             }
             if n < CATCH_UP_PAGE {
                 return Ok(());

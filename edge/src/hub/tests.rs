@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use livestrom_engine::bus::Batch;
+use livestrom_engine::cluster::cursor::{self, Position, StreamTag};
 use livestrom_engine::log::{LogError, LogRow, ReadScope};
 use livestrom_engine::{Bus, CommittedEvent, EventLog, SourceType, StreamEvent};
 use tokio_util::sync::CancellationToken;
@@ -342,4 +343,100 @@ fn frames_keep_feed_text_inside_data() {
     assert!(text.starts_with(&format!("id: {}\nevent: rss\ndata: {{", e.event.id)));
     let b = render_event(e.event.id, SourceType::Rss, "{\"a\":\"x\r\nid: 9\"}");
     assert_eq!(String::from_utf8_lossy(&b).matches('\n').count(), 4);
+}
+
+/// A log ordered by the stream sequence its ids carry (as a cluster's
+/// are), not by the ids: their timestamps may step back.
+struct SeqLog {
+    tag: StreamTag,
+    rows: Mutex<Vec<LogRow>>,
+}
+
+impl SeqLog {
+    fn seq(&self, id: Uuid) -> u64 {
+        match cursor::decode(self.tag, id) {
+            Position::AfterSeq(s) => s,
+            _ => 0,
+        }
+    }
+
+    /// Appends message `seq` stamped `ms`, as the feed would carry it.
+    fn commit(&self, seq: u64, ms: u64) -> Arc<CommittedEvent> {
+        let mut e = committed(1, "s", SourceType::Rss, &[], &format!("e{seq}"));
+        e.event.id = cursor::encode(self.tag, seq, ms).expect("sequence fits");
+        let e = CommittedEvent::new(e.event);
+        lock(&self.rows).push(LogRow {
+            id: e.event.id,
+            source_id: "s".into(),
+            source_type: SourceType::Rss,
+            json: e.json.clone(),
+        });
+        Arc::new(e)
+    }
+}
+
+impl EventLog for SeqLog {
+    fn read_after(
+        &self,
+        after: Uuid,
+        limit: usize,
+        _scope: &ReadScope,
+    ) -> Result<Vec<LogRow>, LogError> {
+        let after = self.seq(after);
+        Ok(lock(&self.rows)
+            .iter()
+            .filter(|r| self.seq(r.id) > after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+    fn retention_floor(&self) -> Uuid {
+        Uuid::nil()
+    }
+    fn head(&self) -> Result<Option<Uuid>, LogError> {
+        Ok(lock(&self.rows).last().map(|r| r.id))
+    }
+    fn pruned_below(&self) -> Result<Uuid, LogError> {
+        Ok(Uuid::nil())
+    }
+    fn watermark(&self) -> Result<Uuid, LogError> {
+        Ok(self.head()?.unwrap_or(Uuid::nil()))
+    }
+    fn is_after(&self, id: Uuid, pos: Uuid) -> bool {
+        self.seq(id) > self.seq(pos)
+    }
+}
+
+#[tokio::test]
+async fn events_whose_ids_step_back_in_time_are_fanned_out_in_log_order() {
+    // Live, and through a catch-up (a bus of one batch: the hub lags).
+    for capacity in [4096, 1] {
+        let bus = Bus::with_capacity(capacity);
+        let log = Arc::new(SeqLog {
+            tag: StreamTag::of("LIVESTROM", 1),
+            rows: Mutex::new(Vec::new()),
+        });
+        let cancel = CancellationToken::new();
+        let hub = Hub::start(&bus, log.clone(), cancel.clone())
+            .await
+            .expect("start");
+        let sub = hub
+            .subscribe(Arc::new(Filter::default()))
+            .expect("the hub accepts streams");
+        let now = Utc::now().timestamp_millis() as u64;
+        // The stream's clock steps back 50 ms between the first two.
+        let events = [
+            log.commit(1, now),
+            log.commit(2, now - 50),
+            log.commit(3, now + 1),
+        ];
+        for e in &events {
+            bus.publish(Batch::from(vec![e.clone()]));
+        }
+        let want: Vec<Uuid> = events.iter().map(|e| e.event.id).collect();
+        let (got, ended) = receive_until(&sub, want[2]).await;
+        assert!(!ended);
+        assert_eq!(got, want, "bus capacity {capacity}");
+        cancel.cancel();
+    }
 }

@@ -365,6 +365,18 @@ impl EventLog for JetStreamLog {
         }
     }
 
+    /// By sequence when both are this stream's ids (their timestamps come
+    /// from the leader's clock and may step back); a time cursor by time.
+    fn is_after(&self, id: Uuid, pos: Uuid) -> bool {
+        match (
+            cursor::decode(self.tag(), id),
+            cursor::decode(self.tag(), pos),
+        ) {
+            (Position::AfterSeq(a), Position::AfterSeq(b)) => a > b,
+            _ => id > pos,
+        }
+    }
+
     fn check_cursor(&self, cursor: Uuid) -> Result<CursorCheck, LogError> {
         let pos = cursor::decode(self.tag(), cursor);
         if let Position::Foreign(theirs) = pos {
