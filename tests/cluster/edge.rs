@@ -268,3 +268,35 @@ async fn an_edge_on_jetstream_refuses_foreign_and_expired_cursors_with_410() -> 
     expect_events(&mut s, &p[3..]).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_survive_a_nats_restart_and_miss_nothing() -> TestResult {
+    let Some(mut nats) = start_nats() else {
+        return Ok(());
+    };
+    let cluster = connect(&nats).await?;
+    let edge = spawn_edge(&cluster).await?;
+    let mut s = edge.sse("", None).await?;
+    let before = publish_all(&cluster, &[("a", SourceType::Rss), ("b", SourceType::Rss)]).await?;
+    expect_events(&mut s, &before).await?;
+
+    // NATS dies and comes back; the stream stays open meanwhile.
+    nats.stop();
+    nats.start_again();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cluster.stream().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "NATS never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = publish_all(
+        &cluster,
+        &[("a", SourceType::Json), ("c", SourceType::Html)],
+    )
+    .await?;
+    // The same connection gets exactly what was published since, in order.
+    expect_events(&mut s, &after).await?;
+    Ok(())
+}

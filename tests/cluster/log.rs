@@ -364,6 +364,9 @@ async fn the_live_feed_delivers_new_messages_once_in_order_to_every_follower() -
             assert_is(&e.json, p)?;
         }
     }
+    // Both followers share the feed's one consumer.
+    let consumers = cluster.stream().await?.info().await?.state.consumer_count;
+    assert_eq!(consumers, 1);
     // Stopping the feed ends its followers.
     cancel.cancel();
     let ended = tokio::time::timeout(WAIT, a.next()).await?;

@@ -12,9 +12,13 @@ use crate::event::SourceType;
 /// A stored message as readers see it: its event id, where it is from and
 /// its JSON with the id put in.
 pub(crate) struct Message<'a> {
+    /// The event id: this stream's tag, the sequence, the stamp's millisecond.
     pub(crate) id: Uuid,
+    /// From the subject.
     pub(crate) source_id: &'a str,
+    /// From the subject.
     pub(crate) source_type: SourceType,
+    /// The published JSON with `id` put in.
     pub(crate) json: String,
 }
 
