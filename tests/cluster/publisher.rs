@@ -14,7 +14,7 @@ use livestrom_engine::config::ClusterConfig;
 use livestrom_engine::{CommittedEvent, SourceType, StreamEvent};
 use uuid::Uuid;
 
-use super::nats::Nats;
+use super::nats::{Nats, WAIT};
 use super::TestResult;
 
 /// Connects to `nats` as a node would, with the stream prefix `LIVESTROM`.
@@ -36,6 +36,31 @@ pub(crate) async fn connect_to(
         lease: Duration::from_secs(30),
     };
     Ok(Cluster::connect(&config, Duration::from_secs(24 * 3600)).await?)
+}
+
+/// Connects to the JetStream cluster at `url` with a stream of `replicas`
+/// copies, retrying while the cluster is still forming (bounded by WAIT).
+pub(crate) async fn connect_replicated(
+    url: &str,
+    replicas: usize,
+) -> Result<Cluster, Box<dyn std::error::Error + Send + Sync>> {
+    let config = ClusterConfig {
+        nats: vec![url.to_owned()],
+        stream: "LIVESTROM".to_owned(),
+        replicas,
+        lease: Duration::from_secs(30),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Cluster::connect(&config, Duration::from_secs(24 * 3600)).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("cluster not ready yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// What was published, and the id readers must give it.
