@@ -9,14 +9,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use livestrom_engine::cluster::poller::{self, new_node_id};
+use livestrom_engine::cluster::live::JetStreamFeed;
+use livestrom_engine::cluster::log::JetStreamLog;
+use livestrom_engine::cluster::poller::{self, new_node_id, NodeInfo};
 use livestrom_engine::cluster::sink::{ClusterSink, Holdings};
+use livestrom_engine::cluster::status::ClusterSourceStates;
+use livestrom_engine::cluster::wire::Bucket;
 use livestrom_engine::cluster::Cluster;
 use livestrom_engine::config::ClusterConfig;
+use livestrom_engine::keys::NatsKeys;
 use livestrom_engine::Config;
 use tokio_util::sync::CancellationToken;
 
-use super::run::{raise_open_file_limit, reloads, spawn_signal_handler, Role};
+use super::run::{
+    raise_open_file_limit, reloads, spawn_signal_handler, start_edge as start_edge_on, Role,
+};
 
 /// Runs the node's `role` in the cluster until a signal (or `stop`).
 pub(crate) async fn run(
@@ -129,14 +136,53 @@ async fn start_engine(
     }))
 }
 
-/// The edge on the cluster's log, live feed, keys and source state.
+/// The edge on the cluster's log, live feed, keys and source state, with
+/// its heartbeat in the nodes bucket.
 async fn start_edge(
-    _cluster: &Cluster,
-    _config: &Config,
-    _node_id: &str,
-    _cancel: CancellationToken,
+    cluster: &Cluster,
+    config: &Config,
+    node_id: &str,
+    cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
-    anyhow::bail!(
-        "serving streams from the cluster is not available yet in this build: run `--role engine`"
+    let log = JetStreamLog::new(cluster.clone(), tokio::runtime::Handle::current());
+    let live = JetStreamFeed::start(cluster.clone(), cancel.clone())
+        .await
+        .context("cannot follow the cluster's event stream")?;
+    let keys_kv = cluster
+        .bucket(Bucket::Keys, Duration::ZERO)
+        .await
+        .context("cannot open the cluster's keys bucket")?;
+    let keys = NatsKeys::open(keys_kv)
+        .await
+        .context("cannot read the cluster's API keys")?;
+    let sources = ClusterSourceStates::open(cluster, config.engine.retention)
+        .await
+        .context("cannot open the cluster's sources bucket")?;
+    let backend = livestrom_engine::Backend {
+        log: Arc::new(log),
+        live: Arc::new(live),
+        keys: Arc::new(keys),
+        sources: Arc::new(sources),
+    };
+    let served = start_edge_on(
+        config,
+        backend,
+        &format!("events in JetStream stream {}", cluster.names().stream()),
+        cancel.clone(),
     )
+    .await?;
+    let beat = tokio::spawn(poller::heartbeat(
+        cluster.clone(),
+        NodeInfo::this_process("edge", node_id),
+        cancel,
+    ));
+    Ok(tokio::spawn(async move {
+        let out = served.await;
+        let _ = beat.await;
+        match out {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("edge stopped with an error")),
+            Err(e) => Err(anyhow::Error::new(e).context("edge task failed")),
+        }
+    }))
 }

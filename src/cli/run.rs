@@ -196,13 +196,9 @@ pub(super) async fn start_edge(
         keepalive: config.edge.keepalive,
         cors_origins: config.edge.cors_origins.clone(),
     };
-    let state = livestrom_edge::AppState::new(
-        backend,
-        settings,
-        cancel.clone(),
-    )
-    .await
-    .context("cannot start the edge")?;
+    let state = livestrom_edge::AppState::new(backend, settings, cancel.clone())
+        .await
+        .context("cannot start the edge")?;
     tracing::info!(
         "livestrom {} listening on http://{local} — {} sources, {log}",
         env!("CARGO_PKG_VERSION"),

@@ -10,6 +10,7 @@ use livestrom_engine::cluster::bucket::LeaseBucket;
 use livestrom_engine::cluster::lease::{plan, pollable, Lease, LeaseTiming};
 use tokio::time::Instant;
 
+mod e2e;
 mod edge;
 mod failover;
 mod faults;
