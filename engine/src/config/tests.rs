@@ -1321,3 +1321,58 @@ fn fetch_proxy_is_an_http_url_with_a_host_and_nothing_after() -> Result<(), Conf
     }
     Ok(())
 }
+
+#[test]
+fn a_cluster_table_is_read_with_its_defaults() -> Result<(), ConfigError> {
+    let c = load("[cluster]\nnats = [\"nats://a:4222\", \"tls://u:p@b:4222\"]\n")?;
+    let cl = c.cluster.unwrap_or_else(|| panic!("no cluster"));
+    assert_eq!(cl.nats, vec!["nats://a:4222", "tls://u:p@b:4222"]);
+    assert_eq!(cl.stream, "LIVESTROM");
+    assert_eq!(cl.replicas, 1);
+    assert_eq!(cl.lease, Duration::from_secs(30));
+    let c = load(
+        "[cluster]\nnats = [\"nats://a\"]\nstream = \"EV_1-x\"\nreplicas = 3\nlease = \"5s\"\n",
+    )?;
+    let cl = c.cluster.unwrap_or_else(|| panic!("no cluster"));
+    assert_eq!(
+        (cl.stream.as_str(), cl.replicas, cl.lease),
+        ("EV_1-x", 3, Duration::from_secs(5))
+    );
+    assert!(load("")?.cluster.is_none(), "no table, no cluster");
+    Ok(())
+}
+
+#[test]
+fn every_cluster_problem_is_reported_at_its_line() {
+    let text = "[cluster]\nstream = \"my.stream\"\nreplicas = 7\nlease = \"0s\"\nleases = \"1s\"\n";
+    let all = issues(text);
+    assert_issue(&all, text, "cluster.nats", "[cluster]", "is required");
+    assert_issue(
+        &all,
+        text,
+        "cluster.stream",
+        "my.stream",
+        "`.` is not allowed",
+    );
+    assert_issue(
+        &all,
+        text,
+        "cluster.replicas",
+        "replicas = 7",
+        "between 1 and 5",
+    );
+    assert_issue(&all, text, "cluster.lease", "lease = \"0s\"", "");
+    assert_issue(&all, text, "cluster.leases", "leases", "unknown field");
+    let text = "[cluster]\nnats = [\"http://a:4222\", \"nats://\"]\n";
+    let all = issues(text);
+    assert_issue(&all, text, "cluster.nats[0]", "http://a", "nats://, tls://");
+    assert_eq!(all.len(), 2, "{all:?}");
+    let text = "[cluster]\nnats = []\n";
+    assert_issue(
+        &issues(text),
+        text,
+        "cluster.nats",
+        "[cluster]",
+        "at least one server",
+    );
+}
