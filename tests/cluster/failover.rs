@@ -125,6 +125,17 @@ pub(crate) async fn stream_events(
     Ok(out)
 }
 
+/// The newest item number in the stream (0: none).
+pub(crate) async fn newest(js: &jetstream::Context) -> u64 {
+    stream_events(js)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(_, e)| e.item_id.strip_prefix("item-")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
 /// The pid of the engine holding `source`'s lease, from the leases and
 /// nodes buckets.
 pub(crate) async fn holder_pid(js: &jetstream::Context, source: &str) -> Option<u32> {

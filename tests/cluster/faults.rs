@@ -11,7 +11,7 @@ use async_nats::jetstream;
 use tokio::time::Instant;
 
 use super::failover::{
-    assert_each_item_once, growing_feed, start_node, stream_events, write_config,
+    assert_each_item_once, growing_feed, newest, start_node, stream_events, write_config,
 };
 use super::nats::{start_nats, start_nats_at, WAIT};
 
@@ -31,17 +31,6 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The newest item number in the stream (0: none).
-async fn newest(js: &jetstream::Context) -> u64 {
-    stream_events(js)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|(_, e)| e.item_id.strip_prefix("item-")?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

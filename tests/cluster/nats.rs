@@ -94,6 +94,16 @@ fn binary_or_skip() -> Option<PathBuf> {
 /// Spawns nats-server with JetStream on 127.0.0.1:`port` (0: random) and
 /// waits until it listens; returns the child and its address.
 fn spawn(bin: &std::path::Path, port: u16, dir: &std::path::Path) -> (Child, String) {
+    spawn_with(bin, port, dir, &[])
+}
+
+/// [`spawn`] with extra arguments (cluster routes, a server name).
+fn spawn_with(
+    bin: &std::path::Path,
+    port: u16,
+    dir: &std::path::Path,
+    extra: &[String],
+) -> (Child, String) {
     let port_arg = if port == 0 {
         "-1".to_owned()
     } else {
@@ -102,6 +112,7 @@ fn spawn(bin: &std::path::Path, port: u16, dir: &std::path::Path) -> (Child, Str
     let mut child = Command::new(bin)
         .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -157,41 +168,17 @@ pub(crate) fn start_trio() -> Option<Trio> {
     let mut nodes = Vec::new();
     for (i, route) in routes.iter().enumerate() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let mut child = Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(dir.path())
-            .args([
-                "-server_name",
-                &format!("n{i}"),
-                "-cluster_name",
-                "livestrom-test",
-            ])
-            .args([
-                "-cluster",
-                &format!("nats://127.0.0.1:{route}"),
-                "-routes",
-                &route_list,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
-                        let _ = tx.send(addr.trim().to_owned());
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|e| panic!("nats-server n{i} never said where it listens: {e}"));
+        let extra = [
+            "-server_name".to_owned(),
+            format!("n{i}"),
+            "-cluster_name".to_owned(),
+            "livestrom-test".to_owned(),
+            "-cluster".to_owned(),
+            format!("nats://127.0.0.1:{route}"),
+            "-routes".to_owned(),
+            route_list.clone(),
+        ];
+        let (child, addr) = spawn_with(&bin, 0, dir.path(), &extra);
         nodes.push(Nats {
             child,
             url: format!("nats://{addr}"),

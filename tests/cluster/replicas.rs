@@ -9,21 +9,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tokio::time::Instant;
 
-use super::failover::{assert_each_item_once, growing_feed, start_node, stream_events};
+use super::failover::{assert_each_item_once, growing_feed, newest, start_node, stream_events};
 use super::nats::{start_trio, WAIT};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// The newest item number in the stream (0: none), read through `js`.
-async fn newest(js: &jetstream::Context) -> u64 {
-    stream_events(js)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|(_, e)| e.item_id.strip_prefix("item-")?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_stream_leader_of_three_replicas_loses_no_event() -> TestResult {
