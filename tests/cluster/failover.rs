@@ -321,3 +321,79 @@ pub(crate) fn assert_each_item_once(events: &[(u64, StreamEvent)], last: u64) {
         "items lost across the failover: {missing:?}"
     );
 }
+
+/// Sends `signal` (e.g. `-STOP`) to `pid` with kill(1).
+fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {signal} {pid} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_paused_past_its_lease_wakes_up_without_doubling_or_losing() -> TestResult {
+    let Some(nats) = start_nats() else {
+        return Ok(());
+    };
+    let count = Arc::new(AtomicU64::new(5));
+    let upstream = growing_feed(count.clone(), Arc::default()).await;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sources.toml");
+    write_config(&config, &nats.url, upstream)?;
+    let _a = start_node(&config, "engine", None, &dir.path().join("a.log"));
+    let _b = start_node(&config, "engine", None, &dir.path().join("b.log"));
+    let js = jetstream::new(async_nats::connect(&nats.url).await?);
+    let grower = {
+        let count = count.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    let pid = loop {
+        if let Some(pid) = holder_pid(&js, "grow.feed").await {
+            if newest(&js).await >= 5 {
+                break pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "no engine ever published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The holder freezes (SIGSTOP) mid-work until the other engine has
+    // taken the source over (which needs the lease TTL to pass) and
+    // published ten more items.
+    signal(pid, "-STOP");
+    let stopped_at = count.load(Ordering::SeqCst);
+    let deadline = Instant::now() + WAIT;
+    while newest(&js).await < stopped_at + 10 {
+        assert!(
+            Instant::now() < deadline,
+            "nobody took over from the paused engine"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // It wakes up with its old view of the lease and whatever poll it was in.
+    signal(pid, "-CONT");
+    let woke_at = count.load(Ordering::SeqCst);
+    let deadline = Instant::now() + WAIT;
+    while newest(&js).await < woke_at + 15 {
+        assert!(
+            Instant::now() < deadline,
+            "publishing stopped after the wake-up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    grower.abort();
+    let last = count.load(Ordering::SeqCst);
+    let deadline = Instant::now() + WAIT;
+    while newest(&js).await < last {
+        assert!(Instant::now() < deadline, "item {last} never published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_each_item_once(&stream_events(&js).await?, last);
+    Ok(())
+}
