@@ -9,17 +9,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use livestrom_engine::cluster::wire::Bucket;
-use livestrom_engine::cluster::{Cluster, ClusterError};
 use livestrom_engine::config::{ClusterConfig, ConfigError};
 use livestrom_engine::keys::{self, KeyAdmin, KeyUpdate, NewKey};
 use livestrom_engine::Config;
 
 use super::ConfigArgs;
-
-/// Longest `apikey` waits to reach the cluster (the client tries each
-/// server once with a 5 s connect timeout; JetStream requests time out
-/// after 5 s): an unreachable or half-up cluster is an error, never a hang.
-const CLUSTER_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ApikeyCommand {
@@ -209,31 +203,13 @@ async fn open(args: &ConfigArgs) -> Result<KeyAdmin> {
     }
 }
 
-/// Connects to the cluster and opens its keys bucket, within [`CLUSTER_WAIT`].
+/// Connects to the cluster and opens its keys bucket.
 async fn keys_bucket(cluster: &ClusterConfig, retention: Duration) -> Result<KeyAdmin> {
-    let servers = cluster
-        .nats
-        .iter()
-        .map(|u| livestrom_engine::redact::redact_url_text(u))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let opened = tokio::time::timeout(CLUSTER_WAIT, async {
-        let c = Cluster::connect(cluster, retention).await?;
-        // The keys bucket has no max age; the second argument is for items.
-        c.bucket(Bucket::Keys, Duration::ZERO).await
-    })
-    .await;
-    match opened {
-        Ok(Ok(kv)) => Ok(KeyAdmin::cluster(kv)),
-        Ok(Err(ClusterError::Connect { source, .. })) => Err(anyhow!(
-            "cannot reach the cluster at {servers}: {source}; is nats-server running there (with JetStream, -js)?"
-        )),
-        Ok(Err(e)) => Err(anyhow!(
-            "cannot use the cluster at {servers}: {e} (is JetStream enabled, nats-server -js, and may this user manage streams and buckets?)"
-        )),
-        Err(_) => Err(anyhow!(
-            "cannot reach the cluster at {servers}: no answer within {}s; is nats-server running there (with JetStream, -js)?",
-            CLUSTER_WAIT.as_secs()
-        )),
-    }
+    let c = super::cluster::connect_to(cluster, retention).await?;
+    // The keys bucket has no max age; the second argument is for items.
+    let kv = c
+        .bucket(Bucket::Keys, Duration::ZERO)
+        .await
+        .map_err(|e| anyhow!("cannot open the cluster's keys bucket: {e}; {}", e.hint()))?;
+    Ok(KeyAdmin::cluster(kv))
 }

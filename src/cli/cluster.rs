@@ -5,16 +5,17 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Subcommand;
 use livestrom_engine::cluster::status::ClusterStatus;
-use livestrom_engine::cluster::Cluster;
+use livestrom_engine::cluster::{Cluster, ClusterError};
+use livestrom_engine::config::ClusterConfig;
 use livestrom_engine::Config;
 
 use super::{load_config, ConfigArgs};
 
 /// How long a one-shot command waits for the cluster.
-const CLI_CONNECT: Duration = Duration::from_secs(15);
+const CLI_CONNECT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClusterCommand {
@@ -47,16 +48,30 @@ pub(crate) async fn connect(config: &Config) -> Result<Cluster> {
             config.engine.database.display()
         );
     };
-    let servers = cc
+    connect_to(cc, config.engine.retention).await
+}
+
+/// Connects to `cluster` within [`CLI_CONNECT`]; the error names the
+/// servers (credentials redacted), the cause and what to check.
+pub(crate) async fn connect_to(cluster: &ClusterConfig, retention: Duration) -> Result<Cluster> {
+    let servers = cluster
         .nats
         .iter()
         .map(|u| livestrom_engine::redact::redact_url_text(u))
         .collect::<Vec<_>>()
         .join(", ");
-    match tokio::time::timeout(CLI_CONNECT, Cluster::connect(cc, config.engine.retention)).await {
-        Ok(r) => r.with_context(|| format!("cannot reach the cluster at {servers}; is nats-server running with JetStream (-js)?")),
+    match tokio::time::timeout(CLI_CONNECT, Cluster::connect(cluster, retention)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e @ ClusterError::Connect { .. })) => {
+            let hint = e.hint();
+            let ClusterError::Connect { source, .. } = e else {
+                unreachable!("matched above")
+            };
+            bail!("cannot reach the cluster at {servers}: {source}; {hint}")
+        }
+        Ok(Err(e)) => bail!("cannot use the cluster at {servers}: {e}; {}", e.hint()),
         Err(_) => bail!(
-            "cannot reach the cluster at {servers} within {}s; is nats-server running with JetStream (-js)?",
+            "cannot reach the cluster at {servers}: no answer within {}s; is nats-server running there (with JetStream, -js)?",
             CLI_CONNECT.as_secs()
         ),
     }

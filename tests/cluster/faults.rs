@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::failover::{
     assert_each_item_once, growing_feed, newest, start_node, stream_events, write_config,
 };
-use super::nats::{start_nats, start_nats_at, WAIT};
+use super::nats::{start_nats, start_nats_at, start_nats_with, WAIT};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
@@ -107,5 +107,53 @@ async fn engines_stop_polling_while_nats_is_gone_and_resume_without_loss() -> Te
     })
     .await;
     assert_each_item_once(&stream_events(&js).await?, last);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_are_used_and_a_wrong_password_is_a_clear_error_without_it(
+) -> TestResult {
+    let Some(nats) = start_nats_with(&[
+        "--user".into(),
+        "lv".into(),
+        "--pass".into(),
+        "s3cret-pw".into(),
+    ]) else {
+        return Ok(());
+    };
+    let upstream = growing_feed(Arc::new(AtomicU64::new(5)), Arc::default()).await;
+    let dir = tempfile::tempdir()?;
+    let hostport = nats.url.trim_start_matches("nats://").to_owned();
+
+    let wrong = dir.path().join("wrong.toml");
+    write_config(&wrong, &format!("nats://lv:wr0ng-pw@{hostport}"), upstream)?;
+    let log = dir.path().join("wrong.log");
+    let mut engine = start_node(&wrong, "engine", None, &log);
+    let text = eventually("the engine to say why it cannot connect", || async {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("cluster unavailable"))
+    })
+    .await;
+    assert!(text.to_lowercase().contains("authoriz"), "{text}");
+    assert!(
+        !text.contains("wr0ng-pw"),
+        "the password reached the log: {text}"
+    );
+    engine.child.kill()?;
+    engine.child.wait()?;
+
+    let right = dir.path().join("right.toml");
+    write_config(&right, &format!("nats://lv:s3cret-pw@{hostport}"), upstream)?;
+    let _engine = start_node(&right, "engine", None, &dir.path().join("right.log"));
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("lv".into(), "s3cret-pw".into())
+            .connect(hostport.as_str())
+            .await?;
+    let js = jetstream::new(client);
+    eventually("events with the right credentials", || async {
+        (newest(&js).await >= 5).then_some(())
+    })
+    .await;
     Ok(())
 }

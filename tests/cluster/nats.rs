@@ -45,6 +45,19 @@ pub(crate) fn start_nats() -> Option<Nats> {
     start_nats_at(0, dir)
 }
 
+/// Starts nats-server on a random port with `extra` arguments (e.g.
+/// `--user`, `--pass`); None as [`start_nats`].
+pub(crate) fn start_nats_with(extra: &[String]) -> Option<Nats> {
+    let bin = binary_or_skip()?;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (child, addr) = spawn_with(&bin, 0, dir.path(), extra);
+    Some(Nats {
+        child,
+        url: format!("nats://{addr}"),
+        _dir: dir,
+    })
+}
+
 /// Starts nats-server on `port` (0: a random one) with its store in `dir`;
 /// None as [`start_nats`].
 pub(crate) fn start_nats_at(port: u16, dir: tempfile::TempDir) -> Option<Nats> {

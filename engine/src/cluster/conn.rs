@@ -59,6 +59,28 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// What the operator should check, in one sentence.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::Connect { source, .. }
+                if matches!(
+                    source.kind(),
+                    async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Authentication
+                ) =>
+            {
+                "NATS refused the credentials: check the user:password@ (or token@) in the [cluster] nats URLs, or the file named by LIVESTROM_NATS_CREDS"
+            }
+            Self::Creds { .. } => "LIVESTROM_NATS_CREDS must name a readable NATS .creds file",
+            Self::Connect { .. } => {
+                "is nats-server running at the [cluster] nats URLs, and reachable from here?"
+            }
+            Self::JetStream { .. } => {
+                "is JetStream enabled on the servers (nats-server -js), with room for the stream and buckets?"
+            }
+        }
+    }
+
     fn js(action: impl Into<String>, source: impl Into<async_nats::Error>) -> Self {
         Self::JetStream {
             action: action.into(),
@@ -172,11 +194,7 @@ impl Cluster {
                 Ok(c) => return Some(c),
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    tracing::error!(
-                        error = %e,
-                        retry_in = ?wait,
-                        "cluster unavailable: is nats-server running with JetStream (-js) at the [cluster] nats URLs?"
-                    );
+                    tracing::error!(error = %e, retry_in = ?wait, "cluster unavailable: {}", e.hint());
                     tokio::select! {
                         _ = cancel.cancelled() => return None,
                         _ = tokio::time::sleep(wait) => {}
@@ -274,6 +292,14 @@ async fn connect_client(config: &ClusterConfig) -> Result<async_nats::Client, Cl
                 other => tracing::debug!(event = %other, "NATS client event"),
             }
         });
+    // The client does not read credentials written in a URL: take them
+    // from the first URL that has some (`user:password@` or `token@`).
+    if let Some((user, pass)) = config.nats.iter().find_map(|u| url_credentials(u)) {
+        opts = match pass {
+            Some(pass) => opts.user_and_password(user, pass),
+            None => opts.token(user),
+        };
+    }
     if let Some(path) = std::env::var_os(CREDS_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         opts = opts
@@ -294,4 +320,37 @@ async fn connect_client(config: &ClusterConfig) -> Result<async_nats::Client, Cl
                 .join(", "),
             source,
         })
+}
+
+/// `(user, Some(password))` or `(token, None)` written in a NATS URL.
+fn url_credentials(url: &str) -> Option<(String, Option<String>)> {
+    let u = url::Url::parse(url.trim()).ok()?;
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    if u.username().is_empty() {
+        return None;
+    }
+    Some((decode(u.username()), u.password().map(decode)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_credentials;
+
+    #[test]
+    fn credentials_are_read_from_a_nats_url() {
+        assert_eq!(
+            url_credentials("nats://lv:s3%40cret@h:4222"),
+            Some(("lv".into(), Some("s3@cret".into())))
+        );
+        assert_eq!(
+            url_credentials("nats://tok@h:4222"),
+            Some(("tok".into(), None))
+        );
+        assert_eq!(url_credentials("nats://h:4222"), None);
+    }
 }
