@@ -6,7 +6,8 @@
 //! (nats-server, JetStream); the same with two edges (subscribers split).
 //! Run: `LIVESTROM_NATS_SERVER=/path/to/nats-server cargo bench --bench cluster_delivery`
 //! Environment: `BENCH_SUBS` (default 200), `BENCH_RATE` (default 100),
-//! `BENCH_SECS` (default 10).
+//! `BENCH_SECS` (default 10), `BENCH_LIVESTROM_BIN` (the binary to run instead
+//! of this build's, for a before/after comparison in one session).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -24,7 +25,12 @@ use futures::StreamExt;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const BIN: &str = env!("CARGO_BIN_EXE_livestrom");
+/// The binary under test: `BENCH_LIVESTROM_BIN` (e.g. an older build, for a
+/// before/after comparison), else the one cargo built.
+fn bin() -> String {
+    std::env::var("BENCH_LIVESTROM_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_livestrom").to_owned())
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -136,7 +142,7 @@ fn config(dir: &Path, name: &str, upstream: SocketAddr, nats: Option<&str>) -> B
 }
 
 fn node(config: &Path, role: &str, listen: Option<SocketAddr>, log: &Path) -> BoxResult<Proc> {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args(["run", "--role", role, "-c"])
         .arg(config)
         .env("LIVESTROM_LOG", "warn")
@@ -149,7 +155,7 @@ fn node(config: &Path, role: &str, listen: Option<SocketAddr>, log: &Path) -> Bo
 }
 
 fn key(config: &Path) -> BoxResult<String> {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args([
             "apikey",
             "create",

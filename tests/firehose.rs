@@ -834,3 +834,65 @@ async fn time_blocked_on_a_full_channel_does_not_count_as_idle() {
         drained_at.elapsed()
     );
 }
+
+/// Group commit on the upstream side: an item that arrives while the store
+/// has nothing queued goes out at once (no batch window); items arriving
+/// while a batch waits for the store gather into one batch, sent as soon as
+/// the store takes the queued one — long before the window ends.
+#[tokio::test(start_paused = true)]
+async fn an_item_for_an_idle_store_goes_out_at_once_and_a_busy_store_gets_one_batch() {
+    let s = settings("format = \"sse\"");
+    let (tx, mut rx) = mpsc::channel(8);
+    let (htx, _hrx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let (feed_tx, feed_rx) = mpsc::channel::<Result<Bytes, String>>(8);
+    let source = tokio_stream_from(feed_rx);
+    let c = cancel.clone();
+    let opts = UpstreamOptions {
+        batch_window: Duration::from_secs(10),
+        ..UpstreamOptions::default()
+    };
+    let driver = tokio::spawn(async move {
+        let mut dec = StreamDecoder::new(&s, base(), None, 1 << 20);
+        let mut health = Health::new(htx);
+        drive_stream(source, &mut dec, &tx, &mut health, &opts, &c).await
+    });
+    let start = tokio::time::Instant::now();
+    let item = |n: u32| {
+        Ok(Bytes::from(format!(
+            "id: {n}\ndata: {{\"id\":\"i{n}\"}}\n\n"
+        )))
+    };
+    feed_tx.send(item(1)).await.expect("feed");
+    // Nothing queued for the store: out at once, not after the window.
+    let first = rx.recv().await.expect("batch");
+    assert_eq!(first.items.len(), 1);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "waited {:?}",
+        start.elapsed()
+    );
+    // The store is busy: item 2 goes out and stays queued (not received)…
+    feed_tx.send(item(2)).await.expect("feed");
+    tokio::task::yield_now().await;
+    // …and items 3..=5 arrive while it is queued.
+    for n in 3..=5 {
+        feed_tx.send(item(n)).await.expect("feed");
+    }
+    // Let the reader absorb them (paused time: these sleeps are instant and
+    // far shorter than the window).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = rx.recv().await.expect("batch");
+    assert_eq!(second.cursor.as_deref(), Some("2"));
+    // The store took the queued batch: the three gathered items follow as one.
+    let third = rx.recv().await.expect("batch");
+    assert_eq!((third.items.len(), third.cursor.as_deref()), (3, Some("5")));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "waited {:?}",
+        start.elapsed()
+    );
+    cancel.cancel();
+    drop(feed_tx);
+    let _ = driver.await;
+}

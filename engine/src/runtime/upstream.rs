@@ -1,6 +1,6 @@
 //! The long-lived upstream connection of an `ndjson`/`sse` firehose: feed
 //! the bytes to the source's decoder as they arrive, batch what arrives
-//! within a few milliseconds, send batches on a bounded channel
+//! while the store is busy (at once when it is idle), send batches on a bounded channel
 //! (backpressure reaches the socket), time out an idle connection, and
 //! reconnect with capped exponential backoff and jitter, resuming SSE from
 //! the last event id.
@@ -69,7 +69,12 @@ pub const RECONNECT: BackoffPolicy = BackoffPolicy {
 pub struct UpstreamOptions {
     /// Most items in one batch.
     pub max_batch: usize,
-    /// How long the first item of a batch waits for company before it is sent.
+    /// The longest the first item of a batch waits for company while the
+    /// store is busy. An item that arrives while the store is idle (nothing
+    /// queued for it) is sent at once; items arriving while it is busy
+    /// gather into the next batch, sent as soon as the store has taken
+    /// everything queued (group commit: batches grow with load, latency
+    /// stays low without it).
     pub batch_window: Duration,
     /// No bytes for this long (SSE comments count) → reconnect.
     pub idle_timeout: Duration,
@@ -197,6 +202,7 @@ where
         pending_bytes: 0,
         cursor: None,
         flush_at: None,
+        deadline: None,
         sent: 0,
     };
     let mut decoded = Vec::new();
@@ -213,6 +219,9 @@ where
             biased;
             () = cancel.cancelled() => return (StreamEnd::Cancelled, batch.sent),
             () = flush_timer => {
+                if !batch.due(out) {
+                    continue;
+                }
                 if let Err(end) = batch.flush(out, cancel).await {
                     return (end, batch.sent);
                 }
@@ -238,8 +247,15 @@ where
                         return (end, batch.sent);
                     }
                     idle_deadline = idle_deadline.max(Instant::now() + opts.idle_timeout);
-                    if !batch.pending.is_empty() && batch.flush_at.is_none() {
-                        batch.flush_at = Some(Instant::now() + opts.batch_window);
+                    if !batch.pending.is_empty() {
+                        if batch.deadline.is_none() {
+                            batch.deadline = Some(Instant::now() + opts.batch_window);
+                        }
+                        if batch.due(out) {
+                            if let Err(end) = batch.flush(out, cancel).await {
+                                return (end, batch.sent);
+                            }
+                        }
                     }
                     continue;
                 }
@@ -279,13 +295,33 @@ struct Batcher {
     pending_bytes: usize,
     /// Resume cursor after the last pending item.
     cursor: Option<String>,
-    /// When the pending batch must go out.
+    /// When to look again whether the pending batch can go out.
     flush_at: Option<Instant>,
+    /// When the pending batch goes out at the latest (the batch window).
+    deadline: Option<Instant>,
     /// Items sent so far on this connection.
     sent: u64,
 }
 
+/// While the store is busy, how often a pending batch checks whether it
+/// has taken everything queued.
+const STORE_BUSY_RECHECK: Duration = Duration::from_millis(1);
+
 impl Batcher {
+    /// True when the pending batch should go out now: the store has taken
+    /// everything queued for it (idle, or about to be), or the batch window
+    /// is over. Otherwise schedules the next look.
+    fn due(&mut self, out: &mpsc::Sender<UpstreamBatch>) -> bool {
+        let now = Instant::now();
+        let idle = out.capacity() == out.max_capacity();
+        if idle || self.deadline.is_some_and(|d| now >= d) {
+            return true;
+        }
+        let next = now + STORE_BUSY_RECHECK;
+        self.flush_at = Some(self.deadline.map_or(next, |d| d.min(next)));
+        false
+    }
+
     /// Moves decoded items into the batch, sending full batches on the way.
     async fn absorb(
         &mut self,
@@ -313,6 +349,7 @@ impl Batcher {
         cancel: &CancellationToken,
     ) -> Result<(), StreamEnd> {
         self.flush_at = None;
+        self.deadline = None;
         if self.pending.is_empty() {
             return Ok(());
         }
