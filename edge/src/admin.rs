@@ -1,7 +1,9 @@
 //! Operator endpoints for keys with the `admin` scope (SPEC §4):
 //! `GET /v1/admin/sources` — each source's health as the engine stored it
-//! (what `livestrom sources list` prints, as JSON) — and `GET /v1/admin/stats`
-//! — live subscribers, the live position and the resumable window.
+//! (what `livestrom sources list` prints, as JSON), with its type and tags
+//! from the config — and `GET /v1/admin/stats` — live subscribers, the live
+//! position and the resumable window. `GET /v1/admin/activity` (events per
+//! minute) is in [`crate::activity`].
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -11,6 +13,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use livestrom_engine::health::{shown_error, Health};
 use livestrom_engine::keys::Scope;
+use livestrom_engine::SourceType;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -38,6 +41,11 @@ impl FromRequestParts<AppState> for AdminKey {
 pub struct SourceHealth {
     /// Source id.
     pub source_id: String,
+    /// Its type, from the config (None: not in the config the edge was
+    /// given, e.g. a source removed since it last ran).
+    pub source_type: Option<SourceType>,
+    /// Its tags, from the config.
+    pub tags: Vec<String>,
     /// `ok` (last poll succeeded), `failing` (it did not) or `new` (never succeeded yet).
     pub health: &'static str,
     /// Start of the last poll (or upstream connect).
@@ -59,7 +67,7 @@ pub struct SourceHealth {
 /// The body of `GET /v1/admin/sources`.
 #[derive(Debug, Serialize)]
 pub struct Sources {
-    /// Every source the engine has stored state for, by id.
+    /// Every source the engine has stored state for or the config names, by id.
     pub sources: Vec<SourceHealth>,
 }
 
@@ -70,20 +78,48 @@ pub async fn sources(_: AdminKey, State(state): State<AppState>) -> Result<Respo
         .await
         .map_err(internal)?
         .map_err(internal)?;
-    let sources = states
+    let catalog = state.catalog.snapshot();
+    let mut sources: Vec<SourceHealth> = states
         .into_iter()
-        .map(|s| SourceHealth {
-            health: Health::of(Some(&s)).as_str(),
-            last_error: shown_error(&s),
-            source_id: s.source_id,
-            last_poll_at: s.last_poll_at,
-            last_success_at: s.last_success_at,
-            next_poll_at: s.next_poll_at,
-            consecutive_failures: s.consecutive_failures,
-            events: s.event_count,
-            items: s.item_count,
+        .map(|s| {
+            let meta = catalog.get(&s.source_id);
+            SourceHealth {
+                health: Health::of(Some(&s)).as_str(),
+                last_error: shown_error(&s),
+                source_type: meta.map(|m| m.source_type),
+                tags: meta.map(|m| m.tags.clone()).unwrap_or_default(),
+                source_id: s.source_id,
+                last_poll_at: s.last_poll_at,
+                last_success_at: s.last_success_at,
+                next_poll_at: s.next_poll_at,
+                consecutive_failures: s.consecutive_failures,
+                events: s.event_count,
+                items: s.item_count,
+            }
         })
         .collect();
+    // Configured sources that have no state yet (never polled) are still
+    // sources: an operator looking for one must find it, as `new`.
+    let stored: std::collections::HashSet<String> =
+        sources.iter().map(|s| s.source_id.clone()).collect();
+    for (id, meta) in catalog.iter() {
+        if !stored.contains(id) {
+            sources.push(SourceHealth {
+                source_id: id.clone(),
+                source_type: Some(meta.source_type),
+                tags: meta.tags.clone(),
+                health: Health::of(None).as_str(),
+                last_poll_at: None,
+                last_success_at: None,
+                next_poll_at: None,
+                last_error: None,
+                consecutive_failures: 0,
+                events: 0,
+                items: 0,
+            });
+        }
+    }
+    sources.sort_by(|a, b| a.source_id.cmp(&b.source_id));
     Ok(no_store(Json(Sources { sources }).into_response()))
 }
 
@@ -117,7 +153,7 @@ pub async fn stats(_: AdminKey, State(state): State<AppState>) -> Result<Respons
     Ok(no_store(Json(body).into_response()))
 }
 
-fn no_store(mut res: Response) -> Response {
+pub(crate) fn no_store(mut res: Response) -> Response {
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res

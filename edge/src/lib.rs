@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 use livestrom_engine::backend::SourceStates;
 use livestrom_engine::keys::{KeyCache, KeyError};
@@ -22,14 +23,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod access;
+pub mod activity;
 pub mod admin;
 pub mod auth;
+pub mod catalog;
 pub mod events;
 pub mod filter;
 pub mod hub;
 pub mod limits;
+pub mod openapi;
 pub mod problem;
 pub mod server;
+pub mod status;
 pub mod stream;
 pub mod whoami;
 
@@ -54,6 +59,9 @@ pub struct StateInner {
     pub log: Arc<dyn EventLog>,
     /// The sources' stored state, for operator views (`admin`).
     pub sources: Arc<dyn SourceStates>,
+    /// The configured sources' type and tags, for operator views; filled
+    /// (and refilled on reload) by whoever loads the config.
+    pub catalog: catalog::Catalog,
     /// Live fan-out of committed events to subscribers.
     pub hub: hub::Hub,
     /// API keys, cached and refreshed from the key backend.
@@ -101,6 +109,7 @@ impl AppState {
             inner: Arc::new(StateInner {
                 log: backend.log,
                 sources: backend.sources,
+                catalog: catalog::Catalog::default(),
                 hub,
                 keys,
                 limits: limits::Limits::new(),
@@ -111,16 +120,33 @@ impl AppState {
     }
 }
 
+/// Every route of the edge, by path. [`app`] builds its router from this
+/// list, and a test checks the OpenAPI document (`/v1/openapi.json`)
+/// against it, so a route cannot be added without being documented.
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/", get(status::index)),
+        (status::SCRIPT_PATH, get(status::script)),
+        (status::STYLE_PATH, get(status::style)),
+        ("/v1/openapi.json", get(openapi::handler)),
+        ("/v1/stream", get(stream::handler)),
+        ("/v1/events", get(events::handler)),
+        ("/v1/whoami", get(whoami::handler)),
+        ("/v1/admin/sources", get(admin::sources)),
+        ("/v1/admin/stats", get(admin::stats)),
+        ("/v1/admin/activity", get(activity::handler)),
+        ("/healthz", get(|| async { "ok\n" })),
+    ]
+}
+
 /// The edge's router.
 pub fn app(state: AppState) -> Router {
     let cors = problem::cors_layer(&state.settings.cors_origins);
-    Router::new()
-        .route("/v1/stream", axum::routing::get(stream::handler))
-        .route("/v1/events", axum::routing::get(events::handler))
-        .route("/v1/whoami", axum::routing::get(whoami::handler))
-        .route("/v1/admin/sources", axum::routing::get(admin::sources))
-        .route("/v1/admin/stats", axum::routing::get(admin::stats))
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(cors)

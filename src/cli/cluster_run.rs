@@ -102,7 +102,9 @@ async fn start_engine(
         "engine started: polling the sources whose leases it holds"
     );
     let (to_runtime, from_leases) = tokio::sync::mpsc::channel(4);
-    let watched = reloads(&config, overrides, cancel.clone());
+    // The edge's catalog keeps the config it started with: in a cluster the
+    // engine and the edge may be different processes.
+    let watched = reloads(&config, overrides, None, cancel.clone());
     let mut nothing = config.clone();
     nothing.sources.clear();
     let stop = cancel.clone();
@@ -164,7 +166,7 @@ async fn start_edge(
         keys: Arc::new(keys),
         sources: Arc::new(sources),
     };
-    let served = start_edge_on(
+    let (served, _catalog) = start_edge_on(
         config,
         backend,
         &format!("events in JetStream stream {}", cluster.names().stream()),

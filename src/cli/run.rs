@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use livestrom_edge::catalog::Catalog;
 use livestrom_engine::{Bus, Config, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -104,7 +105,7 @@ pub(crate) async fn run(
     let bus = Bus::new();
     let store = Store::open(&config.engine.database, config.engine.retention, bus)
         .with_context(|| "cannot start: the database is unusable")?;
-    let edge = match role {
+    let (edge, catalog) = match role {
         Role::Engine => {
             tracing::info!(
                 "livestrom {} engine only (no HTTP listener) — {} sources, database {}",
@@ -112,19 +113,20 @@ pub(crate) async fn run(
                 config.sources.len(),
                 config.engine.database.display()
             );
-            None
+            (None, None)
         }
-        Role::All | Role::Edge => Some(
-            start_edge(
+        Role::All | Role::Edge => {
+            let (edge, catalog) = start_edge(
                 &config,
                 livestrom_engine::Backend::sqlite(&store),
                 &format!("database {}", config.engine.database.display()),
                 cancel.clone(),
             )
-            .await?,
-        ),
+            .await?;
+            (Some(edge), Some(catalog))
+        }
     };
-    let reload = reloads(&config, overrides, cancel.clone());
+    let reload = reloads(&config, overrides, catalog, cancel.clone());
     let engine =
         livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
     cancel.cancel();
@@ -147,10 +149,12 @@ pub(crate) async fn run(
 
 /// The config file's changes (file watch, SIGHUP), each given the same
 /// flag/env overrides as the first load; None (logged) when the file
-/// cannot be watched.
+/// cannot be watched. Each config that loaded also refreshes `catalog`
+/// (the edge's list of sources with their type and tags), if there is one.
 pub(super) fn reloads(
     config: &Config,
     overrides: (Option<PathBuf>, Option<SocketAddr>),
+    catalog: Option<Catalog>,
     cancel: CancellationToken,
 ) -> Option<tokio::sync::mpsc::Receiver<Result<Config, livestrom_engine::config::ConfigError>>> {
     match livestrom_engine::config::watch::watch(config.path.clone(), cancel) {
@@ -160,6 +164,9 @@ pub(super) fn reloads(
                 while let Some(mut update) = rx.recv().await {
                     if let Ok(c) = &mut update {
                         c.apply_overrides(overrides.0.clone(), overrides.1);
+                        if let Some(catalog) = &catalog {
+                            catalog.set(&c.sources);
+                        }
                     }
                     if tx.send(update).await.is_err() {
                         break;
@@ -176,13 +183,15 @@ pub(super) fn reloads(
 }
 
 /// Binds the edge's listener and serves `backend` until `cancel` fires;
-/// `log` says where the events are kept (for the start-up line).
+/// `log` says where the events are kept (for the start-up line). Returns
+/// the server task and the edge's catalog of sources (filled from
+/// `config`; the caller refreshes it on reload).
 pub(super) async fn start_edge(
     config: &Config,
     backend: livestrom_engine::Backend,
     log: &str,
     cancel: CancellationToken,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+) -> Result<(tokio::task::JoinHandle<std::io::Result<()>>, Catalog)> {
     let listener = tokio::net::TcpListener::bind(config.edge.listen)
         .await
         .with_context(|| {
@@ -199,6 +208,8 @@ pub(super) async fn start_edge(
     let state = livestrom_edge::AppState::new(backend, settings, cancel.clone())
         .await
         .context("cannot start the edge")?;
+    state.catalog.set(&config.sources);
+    let catalog = state.catalog.clone();
     tracing::info!(
         "livestrom {} listening on http://{local} — {} sources, {log}",
         env!("CARGO_PKG_VERSION"),
@@ -218,7 +229,7 @@ pub(super) async fn start_edge(
         )
         .await
     });
-    Ok(edge)
+    Ok((edge, catalog))
 }
 
 /// One `livestrom run` per database: a second one would double-poll every

@@ -1,0 +1,211 @@
+//! `GET /v1/admin/activity?minutes=N`: events per minute per source type
+//! over the last `N` minutes (default 60), counted from the event log — the
+//! status page's chart and its events/min figure.
+//!
+//! Counting reads the log from `N` minutes ago, so it is bounded: at most
+//! [`MAX_SCAN`] events are counted per request, and `truncated` says when
+//! the window held more (the newest minutes are then the ones missing).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use livestrom_engine::event::uuid_floor_at;
+use livestrom_engine::log::{CursorCheck, LogError, ReadScope};
+use livestrom_engine::{EventLog, SourceType};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::admin::{no_store, AdminKey};
+use crate::problem::Problem;
+use crate::stream::internal;
+use crate::AppState;
+
+/// Minutes counted when `minutes` is not given.
+pub const DEFAULT_MINUTES: u32 = 60;
+/// The longest window a request may ask for (a day).
+pub const MAX_MINUTES: u32 = 1440;
+/// Most events one request counts.
+pub const MAX_SCAN: usize = 200_000;
+/// Rows per log read.
+const PAGE: usize = 2048;
+
+/// One minute of the window.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Minute {
+    /// The minute's start (UTC, whole minute).
+    pub start: DateTime<Utc>,
+    /// Events in it by source type; every type is present, zeros included.
+    pub counts: TypeCounts,
+}
+
+/// Events per source type.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct TypeCounts {
+    /// `rss` events.
+    pub rss: u64,
+    /// `json` events.
+    pub json: u64,
+    /// `html` events.
+    pub html: u64,
+    /// `firehose` events.
+    pub firehose: u64,
+}
+
+impl TypeCounts {
+    fn add(&mut self, t: SourceType) {
+        match t {
+            SourceType::Rss => self.rss += 1,
+            SourceType::Json => self.json += 1,
+            SourceType::Html => self.html += 1,
+            SourceType::Firehose => self.firehose += 1,
+        }
+    }
+}
+
+/// The body of `GET /v1/admin/activity`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Activity {
+    /// The window's length in minutes (= `per_minute.len()`).
+    pub minutes: u32,
+    /// Oldest first; the last entry is the current, unfinished minute.
+    pub per_minute: Vec<Minute>,
+    /// Events counted in the window.
+    pub events: u64,
+    /// Events in the 60 seconds before the answer: the current events/min.
+    pub last_minute: u64,
+    /// True when the window held more than [`MAX_SCAN`] events and the
+    /// newest ones were not counted.
+    pub truncated: bool,
+}
+
+/// `GET /v1/admin/activity`.
+pub async fn handler(
+    _: AdminKey,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Problem> {
+    let minutes = parse_minutes(query.as_deref())?;
+    let log = state.log.clone();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64;
+    let body = tokio::task::spawn_blocking(move || count(&*log, now_ms, minutes, MAX_SCAN))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(no_store(Json(body).into_response()))
+}
+
+/// `minutes` from the query (the key may also be there: `api_key` is allowed).
+fn parse_minutes(raw: Option<&str>) -> Result<u32, Problem> {
+    let mut minutes = None;
+    for (name, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match &*name {
+            "minutes" if minutes.is_some() => {
+                return Err(Problem::bad_param("minutes", "`minutes` given twice"))
+            }
+            "minutes" => {
+                let n = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_MINUTES).contains(n))
+                    .ok_or_else(|| {
+                        Problem::bad_param(
+                            "minutes",
+                            format!("`minutes` must be a whole number from 1 to {MAX_MINUTES}"),
+                        )
+                    })?;
+                minutes = Some(n);
+            }
+            crate::auth::QUERY_PARAM => {}
+            other => {
+                return Err(Problem::bad_param(
+                    other,
+                    format!("unknown parameter `{other}`; this endpoint takes `minutes`"),
+                ))
+            }
+        }
+    }
+    Ok(minutes.unwrap_or(DEFAULT_MINUTES))
+}
+
+/// Counts the log's events of the `minutes` whole minutes up to `now_ms`
+/// (the last one unfinished), at most `max_scan` of them. Blocking.
+pub fn count(
+    log: &dyn EventLog,
+    now_ms: u64,
+    minutes: u32,
+    max_scan: usize,
+) -> Result<Activity, LogError> {
+    const MINUTE_MS: u64 = 60_000;
+    let minutes = minutes.max(1);
+    let current = now_ms - now_ms % MINUTE_MS;
+    let start_ms = current.saturating_sub(u64::from(minutes - 1) * MINUTE_MS);
+    let mut per_minute: Vec<Minute> = (0..u64::from(minutes))
+        .map(|i| Minute {
+            start: DateTime::from_timestamp_millis((start_ms + i * MINUTE_MS) as i64)
+                .unwrap_or_default(),
+            counts: TypeCounts::default(),
+        })
+        .collect();
+    // Where to start reading is the log's call (in a cluster an id's order
+    // is its stream sequence): a time cursor, or the oldest retained event
+    // when the window reaches back past retention.
+    let from = uuid_floor_at(start_ms);
+    let mut after = match log.check_cursor(from)? {
+        CursorCheck::Ok => from,
+        CursorCheck::Expired { floor } => floor,
+        CursorCheck::Foreign { .. } | CursorCheck::Ahead { .. } => log.retention_floor(),
+    };
+    let (mut events, mut last_minute, mut scanned) = (0u64, 0u64, 0usize);
+    let last_minute_from = now_ms.saturating_sub(MINUTE_MS);
+    let mut truncated = false;
+    loop {
+        let want = PAGE.min(max_scan - scanned);
+        if want == 0 {
+            // Only a look-ahead of one row tells whether anything was left out.
+            truncated = !log.read_after(after, 1, &ReadScope::default())?.is_empty();
+            break;
+        }
+        let mut last: Option<Uuid> = None;
+        let n = log.read_after_with(after, want, &ReadScope::default(), &mut |id, _, t, _| {
+            last = Some(id);
+            let Some(ms) = timestamp_ms(id) else { return };
+            if ms < start_ms {
+                return;
+            }
+            // A timestamp past `now` (another node's clock) counts in the
+            // current minute rather than being dropped.
+            let i = ((ms - start_ms) / MINUTE_MS).min(u64::from(minutes) - 1) as usize;
+            if let Some(m) = per_minute.get_mut(i) {
+                m.counts.add(t);
+                events += 1;
+            }
+            if ms >= last_minute_from {
+                last_minute += 1;
+            }
+        })?;
+        scanned += n;
+        match last {
+            Some(id) if n == want => after = id,
+            _ => break,
+        }
+    }
+    Ok(Activity {
+        minutes,
+        per_minute,
+        events,
+        last_minute,
+        truncated,
+    })
+}
+
+/// The millisecond timestamp of a UUIDv7 (None for other versions).
+fn timestamp_ms(id: Uuid) -> Option<u64> {
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
