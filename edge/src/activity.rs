@@ -12,7 +12,7 @@ use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use livestrom_engine::event::uuid_floor_at;
+use livestrom_engine::event::{ms_of, uuid_floor_at};
 use livestrom_engine::log::{CursorCheck, LogError, ReadScope};
 use livestrom_engine::{EventLog, SourceType};
 use serde::Serialize;
@@ -174,7 +174,7 @@ pub fn count(
         let mut last: Option<Uuid> = None;
         let n = log.read_after_with(after, want, &ReadScope::default(), &mut |id, _, t, _| {
             last = Some(id);
-            let Some(ms) = timestamp_ms(id) else { return };
+            let ms = ms_of(id);
             if ms < start_ms {
                 return;
             }
@@ -204,8 +204,140 @@ pub fn count(
     })
 }
 
-/// The millisecond timestamp of a UUIDv7 (None for other versions).
-fn timestamp_ms(id: Uuid) -> Option<u64> {
-    let (secs, nanos) = id.get_timestamp()?.to_unix();
-    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use livestrom_engine::event::compose_v7;
+    use livestrom_engine::log::LogRow;
+
+    use super::*;
+
+    /// A log of rows in id order; nothing pruned.
+    struct Rows(Vec<LogRow>);
+
+    impl EventLog for Rows {
+        fn read_after(
+            &self,
+            after: Uuid,
+            limit: usize,
+            _: &ReadScope,
+        ) -> Result<Vec<LogRow>, LogError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|r| r.id > after)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        fn retention_floor(&self) -> Uuid {
+            Uuid::nil()
+        }
+        fn head(&self) -> Result<Option<Uuid>, LogError> {
+            Ok(self.0.last().map(|r| r.id))
+        }
+        fn pruned_below(&self) -> Result<Uuid, LogError> {
+            Ok(Uuid::nil())
+        }
+        fn watermark(&self) -> Result<Uuid, LogError> {
+            Ok(self.head()?.unwrap_or_default())
+        }
+    }
+
+    fn log(events: &[(u64, SourceType)]) -> Rows {
+        Rows(
+            events
+                .iter()
+                .enumerate()
+                .map(|(i, &(ms, t))| LogRow {
+                    id: compose_v7(ms, i as u128),
+                    source_id: "s".into(),
+                    source_type: t,
+                    json: Arc::from("{}"),
+                })
+                .collect(),
+        )
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    #[test]
+    fn counts_each_minute_by_type_and_ignores_events_before_the_window() {
+        let now = now_ms();
+        let minute = now - now % 60_000;
+        let rows = log(&[
+            (minute - 10 * 60_000, SourceType::Rss), // before a 3-minute window
+            (minute - 2 * 60_000, SourceType::Rss),
+            (minute - 2 * 60_000 + 59_999, SourceType::Html),
+            (minute - 60_000 + 5, SourceType::Rss),
+            (minute, SourceType::Firehose),
+            (now, SourceType::Json),
+        ]);
+        let a = count(&rows, now, 3, MAX_SCAN).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.minutes, 3);
+        let per: Vec<TypeCounts> = a.per_minute.iter().map(|m| m.counts).collect();
+        assert_eq!(
+            per,
+            [
+                TypeCounts {
+                    rss: 1,
+                    html: 1,
+                    ..Default::default()
+                },
+                TypeCounts {
+                    rss: 1,
+                    ..Default::default()
+                },
+                TypeCounts {
+                    firehose: 1,
+                    json: 1,
+                    ..Default::default()
+                },
+            ]
+        );
+        assert_eq!(a.per_minute[2].start.timestamp_millis() as u64, minute);
+        assert_eq!(a.events, 5);
+        assert!(!a.truncated);
+        // `last_minute` is the 60 s before `now`, across the minute boundary.
+        let expected = [minute - 60_000 + 5, minute, now]
+            .iter()
+            .filter(|&&ms| ms >= now - 60_000)
+            .count() as u64;
+        assert_eq!(a.last_minute, expected);
+    }
+
+    #[test]
+    fn stops_at_the_scan_bound_and_says_so() {
+        let now = now_ms();
+        let rows = log(&[(now - 1000, SourceType::Rss); 10]);
+        let a = count(&rows, now, 60, 4).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.events, 4);
+        assert!(a.truncated);
+        let exact = count(&rows, now, 60, 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(exact.events, 10);
+        assert!(!exact.truncated);
+    }
+
+    #[test]
+    fn minutes_are_checked() {
+        assert_eq!(parse_minutes(None).ok(), Some(DEFAULT_MINUTES));
+        assert_eq!(parse_minutes(Some("minutes=5&api_key=x")).ok(), Some(5));
+        for bad in [
+            "minutes=0",
+            "minutes=1441",
+            "minutes=x",
+            "minutes=1&minutes=2",
+            "hours=1",
+        ] {
+            let p = parse_minutes(Some(bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(p.status, 400, "{bad}");
+        }
+    }
 }

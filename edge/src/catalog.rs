@@ -52,9 +52,6 @@ impl Catalog {
 
     /// The current contents.
     pub fn snapshot(&self) -> Arc<BTreeMap<String, SourceMeta>> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

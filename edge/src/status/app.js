@@ -312,6 +312,14 @@ async function runLive() {
   const res = await fetch(`/v1/stream${live.query ? "?" + live.query : ""}`, {
     headers, signal: ctrl.signal, cache: "no-store",
   });
+  if (res.status === 403) {
+    // An admin key without `stream:read` still shows everything else.
+    const p = await res.clone().json().catch(() => ({}));
+    if (String(p.type).endsWith("/missing-scope")) {
+      liveStatus("The live view needs a key that also has the stream:read scope (livestrom apikey update NAME --scopes admin,stream:read).", true);
+      return "stop";
+    }
+  }
   if (res.status === 401 || res.status === 403) await refuse(res);
   if (res.status === 410) {
     live.lastId = null;
@@ -319,10 +327,8 @@ async function runLive() {
   }
   if (res.status === 400) {
     const msg = await problemText(res);
-    live.paused = true;
-    syncToggle();
     liveStatus(`Filter refused (400): ${msg}`, true);
-    return;
+    return "stop";
   }
   if (!res.ok) throw new Error(`${res.status} ${await problemText(res)}`);
   liveStatus(live.query ? `Live, filtered: ${decodeURIComponent(live.query)}` : "Live: every event.");
@@ -345,8 +351,7 @@ async function runLive() {
 async function liveLoop(gen) {
   while (key && !live.paused && live.gen === gen) {
     try {
-      await runLive();
-      if (live.paused) break;
+      if ((await runLive()) === "stop" || live.paused) break;
     } catch (e) {
       if (e instanceof KeyError || e.name === "AbortError" || live.paused || !key || live.gen !== gen) break;
       liveStatus(`Reconnecting in 2 s (${e.message})…`, true);
