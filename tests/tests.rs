@@ -14,6 +14,8 @@ mod fetch;
 mod firehose;
 mod html;
 mod ingest;
+mod openapi;
 mod replay;
+mod status_page;
 mod stream;
 mod wire;
