@@ -419,3 +419,73 @@ impl App {
         }
     }
 }
+
+/// What the page reads, over HTTP without a browser: the sources carry
+/// their type and tags from the config, a configured source that was never
+/// polled is listed as `new`, and the activity endpoint is admin-only with
+/// a checked window.
+#[tokio::test]
+async fn admin_views_carry_type_and_tags_and_list_never_polled_sources() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("admin.db");
+    let (admin, reader) = {
+        let conn = livestrom_engine::store::open_and_migrate(&db)?;
+        let mut nk = NewKey::new("ops");
+        nk.scopes = vec![Scope::Admin];
+        (
+            keys::create(&conn, &nk)?,
+            keys::create(&conn, &NewKey::new("r"))?,
+        )
+    };
+    let toml = format!(
+        "[engine]\ndatabase = {db:?}\n\
+         [[source]]\nid = \"later.page\"\ntype = \"html\"\nurl = \"http://127.0.0.1:9/\"\ntags = [\"kommun\", \"press\"]\ninterval = \"1h\"\nselector = \"main\"\n"
+    );
+    let config = Config::from_toml(Path::new("admin.toml"), &toml)?;
+    let store = Store::open(&db, Duration::from_secs(3600), Bus::new())?;
+    let cancel = CancellationToken::new();
+    let state = AppState::new(
+        livestrom_engine::Backend::sqlite(&store),
+        Settings {
+            keepalive: Duration::from_secs(25),
+            cors_origins: vec![],
+        },
+        cancel.clone(),
+    )
+    .await?;
+    state.catalog.set(&config.sources);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(livestrom_edge::serve(listener, state, cancel.clone()));
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let get = |path: &str, key: &str| {
+        http.get(format!("{base}{path}"))
+            .header("X-API-Key", key)
+            .send()
+    };
+
+    let body: serde_json::Value = get("/v1/admin/sources", &admin).await?.json().await?;
+    assert_eq!(
+        body["sources"],
+        serde_json::json!([{
+            "source_id": "later.page", "source_type": "html", "tags": ["kommun", "press"],
+            "health": "new", "last_poll_at": null, "last_success_at": null,
+            "next_poll_at": null, "last_error": null, "consecutive_failures": 0,
+            "events": 0, "items": 0
+        }])
+    );
+
+    let res = get("/v1/admin/activity?minutes=5", &admin).await?;
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await?;
+    assert_eq!(body["minutes"], 5);
+    assert_eq!(body["per_minute"].as_array().map(Vec::len), Some(5));
+    assert_eq!(body["events"], 0);
+    assert_eq!(body["truncated"], false);
+    let res = get("/v1/admin/activity?minutes=0", &admin).await?;
+    assert_eq!(res.status(), 400);
+    let res = get("/v1/admin/activity", &reader).await?;
+    assert_eq!(res.status(), 403);
+    cancel.cancel();
+    Ok(())
+}
