@@ -10,6 +10,7 @@ mod cluster;
 mod config;
 mod corpus;
 mod cors;
+mod crash;
 mod fetch;
 mod firehose;
 mod html;
