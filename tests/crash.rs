@@ -27,7 +27,7 @@ use futures::StreamExt;
 const BIN: &str = env!("CARGO_BIN_EXE_livestrom");
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Upstream rate: one item every this long.
+/// Upstream rate of the crash test: one item every this long.
 const EVERY: Duration = Duration::from_millis(2);
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -35,6 +35,8 @@ type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 /// The upstream's clock: items 1..=`max()` exist; frozen once `frozen`.
 struct Upstream {
     start: Instant,
+    /// One item every this long.
+    every: Duration,
     frozen: AtomicBool,
     frozen_at: AtomicU64,
 }
@@ -44,7 +46,7 @@ impl Upstream {
         if self.frozen.load(Ordering::SeqCst) {
             return self.frozen_at.load(Ordering::SeqCst);
         }
-        (self.start.elapsed().as_micros() / EVERY.as_micros()) as u64
+        (self.start.elapsed().as_micros() / self.every.as_micros()) as u64
     }
 
     fn freeze(&self) -> u64 {
@@ -70,7 +72,7 @@ async fn firehose(up: Arc<Upstream>) -> SocketAddr {
             + 1;
         let stream = futures::stream::unfold((up, from), |(up, next)| async move {
             while next > up.max() {
-                tokio::time::sleep(EVERY).await;
+                tokio::time::sleep(up.every).await;
             }
             let ev = Event::default().id(next.to_string()).data(format!(
                 "{{\"id\":\"item-{next}\",\"title\":\"item {next}\"}}"
@@ -205,21 +207,13 @@ fn stored(db: &Path) -> Result<Vec<(uuid::Uuid, u64)>, Box<dyn std::error::Error
     Ok(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_at_random_moments_loses_nothing_acknowledged_and_resumes_exactly() -> TestResult {
-    let rounds: u32 = std::env::var("LIVESTROM_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let up = Arc::new(Upstream {
-        start: Instant::now(),
-        frozen: AtomicBool::new(false),
-        frozen_at: AtomicU64::new(0),
-    });
-    let upstream = firehose(up.clone()).await;
-    let dir = tempfile::tempdir()?;
-    let db = dir.path().join("crash.db");
-    let config = dir.path().join("sources.toml");
+/// A config for one firehose source at `upstream` with its database in `dir`.
+fn write_config(
+    dir: &Path,
+    upstream: SocketAddr,
+) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let db = dir.join("crash.db");
+    let config = dir.join("sources.toml");
     std::fs::write(
         &config,
         format!(
@@ -229,18 +223,41 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged_and_resumes_exactly
             db.display()
         ),
     )?;
+    Ok((config, db))
+}
+
+/// Mints a key through the CLI.
+fn mint_key(config: &Path) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let created = Command::new(BIN)
         .args([
             "apikey", "create", "--name", "crash", "--rate", "1000/s", "--config",
         ])
-        .arg(&config)
+        .arg(config)
         .output()?;
     assert!(
         created.status.success(),
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
-    let key = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    Ok(String::from_utf8_lossy(&created.stdout).trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_nothing_acknowledged_and_resumes_exactly() -> TestResult {
+    let rounds: u32 = std::env::var("LIVESTROM_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let up = Arc::new(Upstream {
+        start: Instant::now(),
+        every: EVERY,
+        frozen: AtomicBool::new(false),
+        frozen_at: AtomicU64::new(0),
+    });
+    let upstream = firehose(up.clone()).await;
+    let dir = tempfile::tempdir()?;
+    let (config, db) = write_config(dir.path(), upstream)?;
+    let key = mint_key(&config)?;
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
 
     let got: Got = Arc::default();
@@ -314,6 +331,101 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged_and_resumes_exactly
     eprintln!(
         "{rounds} kill -9 rounds, {} events, all checks passed",
         kept.len()
+    );
+    Ok(())
+}
+
+/// Reads the stream, dropping the connection after a random 1–200 events,
+/// `drops` times, resuming each time with `Last-Event-ID`; then reads to
+/// `until`. Returns what it got.
+async fn dropping_client(
+    addr: SocketAddr,
+    key: &str,
+    drops: u32,
+    until: u64,
+) -> Vec<(uuid::Uuid, u64)> {
+    let http = reqwest::Client::new();
+    let mut got: Vec<(uuid::Uuid, u64)> = Vec::new();
+    let mut dropped = 0;
+    let deadline = Instant::now() + WAIT * 2;
+    while got.last().map_or(0, |(_, n)| *n) < until {
+        assert!(Instant::now() < deadline, "never reached item {until}");
+        let mut req = http
+            .get(format!("http://{addr}/v1/stream"))
+            .header("X-API-Key", key);
+        if let Some((id, _)) = got.last() {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let Ok(res) = req.send().await else { continue };
+        assert_eq!(res.status(), 200);
+        let take = if dropped < drops {
+            1 + random() % 200
+        } else {
+            u64::MAX
+        };
+        let mut events = res.bytes_stream().eventsource();
+        let mut n_here = 0;
+        while let Some(Ok(ev)) = events.next().await {
+            if ev.data.is_empty() {
+                continue;
+            }
+            let id: uuid::Uuid = ev
+                .id
+                .parse()
+                .unwrap_or_else(|e| panic!("bad id {}: {e}", ev.id));
+            let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap_or_default();
+            let n = v
+                .get("item_id")
+                .and_then(|i| i.as_str())
+                .and_then(|i| i.strip_prefix("item-"))
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(0);
+            got.push((id, n));
+            n_here += 1;
+            if n_here >= take || n >= until {
+                break;
+            }
+        }
+        // The response is dropped here: the connection closes mid-stream.
+        dropped += 1;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropping_100_times_gets_exactly_the_stored_events_in_order() -> TestResult {
+    let up = Arc::new(Upstream {
+        start: Instant::now(),
+        every: Duration::from_millis(1),
+        frozen: AtomicBool::new(false),
+        frozen_at: AtomicU64::new(0),
+    });
+    let upstream = firehose(up.clone()).await;
+    let dir = tempfile::tempdir()?;
+    let (config, db) = write_config(dir.path(), upstream)?;
+    let key = mint_key(&config)?;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let node = start(&config, listen);
+    // From "now" on the first connection; exact from there on.
+    let got = dropping_client(listen, &key, 100, 10_000).await;
+    up.freeze();
+    drop(node);
+    let kept = stored(&db)?;
+    let have: Vec<uuid::Uuid> = got.iter().map(|(id, _)| *id).collect();
+    let first = kept
+        .iter()
+        .position(|(id, _)| Some(id) == have.first())
+        .unwrap_or_else(|| panic!("the first id received is not stored"));
+    let want: Vec<uuid::Uuid> = kept[first..]
+        .iter()
+        .map(|(id, _)| *id)
+        .take(have.len())
+        .collect();
+    assert!(got.len() >= 9_000, "got {}", got.len());
+    assert_eq!(have.len(), want.len());
+    assert!(
+        have == want,
+        "the union of 100 resumed reads is not exactly the stored events in order"
     );
     Ok(())
 }
