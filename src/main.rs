@@ -19,8 +19,22 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Debug, Parser)]
 #[command(name = "livestrom", version, about, propagate_version = true)]
 struct Cli {
+    /// Log format on stderr: `text` for people, `json` for one JSON object
+    /// per line (log shippers; field names in docs/OPERATIONS.md).
+    #[arg(long, global = true, env = "LIVESTROM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`
+    /// and the event's own fields at the top level.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,7 +70,7 @@ pub const MAX_BLOCKING_THREADS: usize = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -94,10 +108,23 @@ fn error_chain(e: &anyhow::Error) -> String {
 /// Logs to stderr, filtered by `LIVESTROM_LOG` (or `RUST_LOG`), `info` by
 /// default (the NATS client's own connection lines at `warn`: Livestrom logs
 /// connection changes itself).
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIVESTROM_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    if format == LogFormat::Json {
+        // Flat objects with fixed names (docs/OPERATIONS.md, "JSON logs"):
+        // the event's fields beside `message`, no span lists.
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
     // Colours only on a terminal: a log file or journald gets plain text
     // (`NO_COLOR` is honoured by tracing-subscriber on top of this).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

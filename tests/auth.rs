@@ -63,6 +63,7 @@ pub(crate) mod app {
         let settings = Settings {
             keepalive: Duration::from_secs(25),
             cors_origins: vec!["*".into()],
+            metrics_token: None,
         };
         let state = AppState::new(
             livestrom_engine::Backend::sqlite(&store),

@@ -34,6 +34,7 @@ async fn edge(origins: &[&str]) -> Edge {
     let settings = Settings {
         keepalive: Duration::from_secs(25),
         cors_origins: origins.iter().map(|s| s.to_string()).collect(),
+        metrics_token: None,
     };
     let state = AppState::new(
         livestrom_engine::Backend::sqlite(&store),

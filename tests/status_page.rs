@@ -376,6 +376,7 @@ impl App {
             Settings {
                 keepalive: Duration::from_secs(25),
                 cors_origins: vec![],
+                metrics_token: None,
             },
             cancel.clone(),
         )
@@ -449,6 +450,7 @@ async fn admin_views_carry_type_and_tags_and_list_never_polled_sources() -> Test
         Settings {
             keepalive: Duration::from_secs(25),
             cors_origins: vec![],
+            metrics_token: None,
         },
         cancel.clone(),
     )

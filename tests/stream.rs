@@ -76,6 +76,7 @@ async fn spawn_app_with(
     let settings = Settings {
         keepalive,
         cors_origins: vec!["*".into()],
+        metrics_token: None,
     };
     let state = AppState::new(
         livestrom_engine::Backend {

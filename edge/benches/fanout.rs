@@ -91,6 +91,7 @@ async fn server() -> BoxResult<()> {
         Settings {
             keepalive: Duration::from_secs(25),
             cors_origins: vec!["*".into()],
+            metrics_token: None,
         },
         shutdown.clone(),
     )

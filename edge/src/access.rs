@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Uri};
 use axum::middleware::Next;
@@ -20,6 +20,7 @@ use axum::response::Response;
 use livestrom_engine::keys::KEY_PREFIX;
 
 use crate::auth::{KeyNote, QUERY_PARAM};
+use crate::metrics::{EdgeMetrics, ROUTES};
 
 /// The request id header (request and response).
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -48,8 +49,13 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
-/// Middleware: assigns the request id, logs one access line per response.
-pub async fn middleware(mut req: Request, next: Next) -> Response {
+/// Middleware: assigns the request id, logs one access line per response
+/// and counts refusals by route.
+pub async fn middleware(
+    State(metrics): State<EdgeMetrics>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let id: Arc<str> = req
         .headers()
@@ -62,6 +68,12 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(note.clone());
     let method = req.method().clone();
     let uri = redact_uri(req.uri());
+    // A fixed set of route labels: a scanner's paths must not make series.
+    let route = ROUTES
+        .iter()
+        .find(|r| **r == req.uri().path())
+        .copied()
+        .unwrap_or("other");
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -73,6 +85,7 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
         res.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     let status = res.status().as_u16();
+    metrics.response(route, status);
     let key = note.name().unwrap_or("-");
     let peer = peer.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     let ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -79,6 +79,7 @@ pub async fn handler(
     if key.revoked.is_cancelled() {
         return Err(Problem::forbidden("the API key was revoked"));
     }
+    state.metrics.replayed_page(page.events.len() as u64);
     let mut res = (StatusCode::OK, render(&page)).into_response();
     let h = res.headers_mut();
     h.insert(

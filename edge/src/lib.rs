@@ -18,7 +18,8 @@ use axum::Router;
 use livestrom_engine::backend::SourceStates;
 use livestrom_engine::keys::{KeyCache, KeyError};
 use livestrom_engine::log::LogError;
-use livestrom_engine::{Backend, EventLog};
+use livestrom_engine::readiness::Readiness;
+use livestrom_engine::{Backend, EventLog, Metrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +32,10 @@ pub mod events;
 pub mod filter;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod ready;
 pub mod server;
 pub mod status;
 pub mod stream;
@@ -45,6 +48,19 @@ pub struct Settings {
     pub keepalive: Duration,
     /// Allowed CORS origins (`*` = any).
     pub cors_origins: Vec<String>,
+    /// `GET /metrics` needs `Authorization: Bearer <token>` when set
+    /// (`edge.metrics_token`); open when None.
+    pub metrics_token: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(25),
+            cors_origins: vec!["*".to_owned()],
+            metrics_token: None,
+        }
+    }
 }
 
 /// Shared state of every handler. Cheap to clone.
@@ -72,6 +88,15 @@ pub struct StateInner {
     pub settings: Settings,
     /// Fires on shutdown: open streams end cleanly.
     pub shutdown: CancellationToken,
+    /// The engine side's readiness checks (`GET /readyz`).
+    pub readiness: Arc<dyn Readiness>,
+    /// The process's registry, rendered by `GET /metrics`.
+    pub registry: Metrics,
+    /// The edge's own series.
+    pub metrics: metrics::EdgeMetrics,
+    /// Open connections, counted by the server loop ([`serve`] and
+    /// [`server::serve_counted`] with this counter).
+    pub connections: Arc<metrics::Connections>,
 }
 
 impl std::ops::Deref for AppState {
@@ -101,7 +126,9 @@ impl AppState {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Result<Self, EdgeError> {
+        let edge_metrics = metrics::EdgeMetrics::register(&backend.metrics);
         let hub = hub::Hub::start(&*backend.live, backend.log.clone(), shutdown.clone()).await?;
+        hub.set_metrics(edge_metrics.clone());
         let keys = KeyCache::open(backend.keys, shutdown.clone())
             .await
             .map_err(EdgeError::Keys)?;
@@ -115,6 +142,10 @@ impl AppState {
                 limits: limits::Limits::new(),
                 settings,
                 shutdown,
+                readiness: backend.readiness,
+                registry: backend.metrics,
+                metrics: edge_metrics,
+                connections: Arc::new(metrics::Connections::default()),
             }),
         })
     }
@@ -136,6 +167,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/admin/stats", get(admin::stats)),
         ("/v1/admin/activity", get(activity::handler)),
         ("/healthz", get(|| async { "ok\n" })),
+        ("/readyz", get(ready::handler)),
+        ("/metrics", get(metrics::handler)),
     ]
 }
 
@@ -152,7 +185,10 @@ pub fn app(state: AppState) -> Router {
         .layer(cors)
         // Outermost: every response (CORS preflights, 404s) gets a request id
         // and an access-log line with keys redacted.
-        .layer(axum::middleware::from_fn(access::middleware))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            access::middleware,
+        ))
         .with_state(state)
 }
 
@@ -163,5 +199,13 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    server::serve(listener, app(state), shutdown).await
+    let connections = state.connections.clone();
+    server::serve_counted(
+        listener,
+        app(state),
+        shutdown,
+        server::Options::default(),
+        connections,
+    )
+    .await
 }

@@ -110,6 +110,21 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     opts: Options,
 ) -> io::Result<()> {
+    let counted = std::sync::Arc::new(crate::metrics::Connections::default());
+    serve_counted(listener, app, shutdown, opts, counted).await
+}
+
+/// [`serve_with`], counting open connections in `counted` (the edge's
+/// `AppState::connections`, read by `/readyz` and `/metrics`); sets its
+/// maximum to `opts.max_connections`.
+pub async fn serve_counted(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    opts: Options,
+    counted: std::sync::Arc<crate::metrics::Connections>,
+) -> io::Result<()> {
+    counted.set_max(opts.max_connections);
     let conns = tokio_util::task::TaskTracker::new();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
         opts.max_connections
@@ -153,8 +168,10 @@ pub async fn serve_with(
             opts,
         };
         let app = app.clone();
+        let open = counted.opened();
         conns.spawn(async move {
             connection(sock, peer, app, ctx).await;
+            drop(open);
             drop(slot);
         });
     }

@@ -36,6 +36,7 @@ use crate::auth::Authenticated;
 use crate::filter::{parse_cursor, parse_query, Endpoint, Filter};
 use crate::hub::{write_checkpoint, write_event, Drained, Frame, Subscription};
 use crate::limits::StreamGuard;
+use crate::metrics::{now_ms, Disconnect};
 use crate::problem::Problem;
 use crate::AppState;
 
@@ -110,6 +111,7 @@ pub async fn handler(
         keepalive,
         spare: Vec::new(),
         ahead: None,
+        ended: None,
     };
     let body = futures::stream::unfold(conn, |mut c| async move {
         c.next_chunk()
@@ -257,6 +259,16 @@ struct Conn {
     spare: Vec<Frame>,
     /// The next replay page, already being read.
     ahead: Option<tokio::task::JoinHandle<Result<ReplayPage, LogError>>>,
+    /// Why the server ended the stream; None while it runs. A stream
+    /// dropped without one was closed by its client (counted on drop).
+    ended: Option<Disconnect>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let why = self.ended.unwrap_or(Disconnect::Client);
+        self.state.metrics.disconnect(why);
+    }
 }
 
 /// A rendered replay page and the replay state after it.
@@ -267,6 +279,8 @@ struct ReplayPage {
     skipped: u64,
     /// Rows read (a short page means the log is exhausted).
     rows: usize,
+    /// Events rendered into `buf`.
+    events: u64,
     /// Events after the page's start may have been pruned while the stream
     /// replayed (the log's prune mark passed it): the page is not sent and
     /// the stream ends with the 410 problem instead of a silent gap.
@@ -302,14 +316,18 @@ impl Conn {
                         _ = self.keepalive.tick() => Wake::Tick,
                     };
                     let chunk = match wake {
-                        Wake::Stop => None,
+                        Wake::Stop => {
+                            let why = self.stop_reason();
+                            self.end(why);
+                            None
+                        }
                         Wake::Queue => self.drain_live(false),
                         Wake::Tick => self.drain_live(true),
                     };
                     match chunk {
                         Some(c) if !c.is_empty() => return Some(c),
                         Some(_) => {}
-                        None => self.phase = Phase::Done,
+                        None => self.end(Disconnect::HubEnded),
                     }
                 }
             }
@@ -320,6 +338,21 @@ impl Conn {
         self.state.shutdown.is_cancelled() || self.key.revoked.is_cancelled()
     }
 
+    /// Why a stopped stream stopped: shutdown, else its key's revocation.
+    fn stop_reason(&self) -> Disconnect {
+        if self.state.shutdown.is_cancelled() {
+            Disconnect::Shutdown
+        } else {
+            Disconnect::Revoked
+        }
+    }
+
+    /// Ends the stream for `why` (the first reason recorded wins).
+    fn end(&mut self, why: Disconnect) {
+        self.phase = Phase::Done;
+        self.ended.get_or_insert(why);
+    }
+
     /// One replay page. Returns bytes to send, or None when there is nothing
     /// to send yet (phase may have changed).
     ///
@@ -328,7 +361,8 @@ impl Conn {
     /// already being read (one page of read-ahead).
     async fn replay_step(&mut self) -> Option<Bytes> {
         if self.stopped() {
-            self.phase = Phase::Done;
+            let why = self.stop_reason();
+            self.end(why);
             return None;
         }
         let read = match self.ahead.take() {
@@ -337,18 +371,19 @@ impl Conn {
         };
         let page: ReplayPage = tokio::select! {
             biased;
-            _ = self.state.shutdown.cancelled() => { self.phase = Phase::Done; return None; }
-            _ = self.key.revoked.cancelled() => { self.phase = Phase::Done; return None; }
+            _ = self.state.shutdown.cancelled() => { self.end(Disconnect::Shutdown); return None; }
+            _ = self.key.revoked.cancelled() => { self.end(Disconnect::Revoked); return None; }
             r = read => match r {
                 Ok(Ok(page)) => page,
-                Ok(Err(e)) => { tracing::error!(error = %e, "replay read failed; ending stream"); self.phase = Phase::Done; return None; }
-                Err(e) => { tracing::error!(error = %e, "replay task failed; ending stream"); self.phase = Phase::Done; return None; }
+                Ok(Err(e)) => { tracing::error!(error = %e, "replay read failed; ending stream"); self.end(Disconnect::Error); return None; }
+                Err(e) => { tracing::error!(error = %e, "replay task failed; ending stream"); self.end(Disconnect::Error); return None; }
             },
         };
         if let Some(floor) = page.gone {
-            self.phase = Phase::Done;
+            self.end(Disconnect::Gone);
             return Some(gone_frame(floor));
         }
+        self.state.metrics.replayed_stream(page.events);
         let mut buf = page.buf;
         self.pos = page.pos;
         self.last_sent = page.last_sent;
@@ -363,7 +398,14 @@ impl Conn {
                     // reading the log from `pos` with a fresh queue.
                     self.sub.rearm();
                 }
-                Drained::Ended => self.phase = Phase::Done,
+                Drained::Ended => {
+                    let why = if self.state.shutdown.is_cancelled() {
+                        Disconnect::Shutdown
+                    } else {
+                        Disconnect::HubEnded
+                    };
+                    self.end(why);
+                }
                 Drained::Frames => {
                     self.phase = Phase::Live;
                     self.sent_seq = p.map_or(0, |p| p.seq);
@@ -376,7 +418,8 @@ impl Conn {
         }
         // A replay never delivers what the key may no longer see.
         if self.stopped() {
-            self.phase = Phase::Done;
+            let why = self.stop_reason();
+            self.end(why);
             return None;
         }
         (!buf.is_empty()).then(|| buf.freeze())
@@ -393,6 +436,7 @@ impl Conn {
             last_sent: self.last_sent,
             skipped: self.skipped_in_replay,
             rows: 0,
+            events: 0,
             gone: None,
         };
         tokio::task::spawn_blocking(move || {
@@ -411,6 +455,7 @@ impl Conn {
                             page.buf.reserve(page_reserve(json.len()));
                         }
                         write_event(&mut page.buf, id, st, json);
+                        page.events += 1;
                         page.last_sent = id;
                         page.skipped = 0;
                         full = page.buf.len() >= REPLAY_PAGE_BYTES;
@@ -439,8 +484,10 @@ impl Conn {
     /// hub position read before the drain (everything up to it is handled).
     fn write_frames(&mut self, buf: &mut BytesMut, frames: &mut Vec<Frame>, hub_pos: Option<Uuid>) {
         let log = self.state.log.clone();
+        let now = now_ms();
         for f in frames.drain(..) {
             if log.is_after(f.id, self.pos) {
+                self.state.metrics.delivered(f.committed_ms, now);
                 buf.put_slice(&f.bytes);
                 self.pos = f.id;
                 self.last_sent = f.id;
@@ -464,14 +511,24 @@ impl Conn {
             Drained::Frames => {}
             Drained::Overflowed => {
                 tracing::info!(key = %self.key.name, "slow subscriber disconnected: its queue exceeded the bound");
+                self.end(Disconnect::Slow);
                 return None;
             }
-            Drained::Ended => return None,
+            Drained::Ended => {
+                let why = if self.state.shutdown.is_cancelled() {
+                    Disconnect::Shutdown
+                } else {
+                    Disconnect::HubEnded
+                };
+                self.end(why);
+                return None;
+            }
         }
         // Fast path: exactly one new frame and nothing else to say.
         let log = &self.state.log;
         if !tick && frames.len() == 1 && log.is_after(frames[0].id, self.pos) {
             let f = frames.pop()?;
+            self.state.metrics.delivered(f.committed_ms, now_ms());
             self.pos = f.id;
             self.last_sent = f.id;
             self.sent_seq = self.sent_seq.max(f.seq);

@@ -2,13 +2,16 @@
 //! key store and the sources' stored state — four traits. One node
 //! implements them with SQLite and the in-process bus ([`Backend::sqlite`]);
 //! a cluster backend implements the same four, and the edge, which only
-//! ever holds a [`Backend`], never knows which.
+//! ever holds a [`Backend`], never knows which. Beside the four, it carries
+//! the engine's readiness checks and the process's metrics registry.
 
 use std::sync::Arc;
 
 use crate::bus::LiveFeed;
 use crate::keys::{KeyBackend, SqliteKeys};
 use crate::log::{EventLog, LogError};
+use crate::metrics::Metrics;
+use crate::readiness::{Readiness, SqliteReadiness};
 use crate::store::{SourceState, Store};
 
 /// The sources' stored state, for operator views (`/v1/admin/sources`).
@@ -35,6 +38,12 @@ pub struct Backend {
     pub keys: Arc<dyn KeyBackend>,
     /// Source health for operators.
     pub sources: Arc<dyn SourceStates>,
+    /// Whether the engine side can do its job (`GET /readyz`): the log
+    /// takes writes, the scheduler turns, the cluster is connected.
+    pub readiness: Arc<dyn Readiness>,
+    /// The process's metrics registry; the edge registers its series here
+    /// and renders all of them at `GET /metrics`.
+    pub metrics: Metrics,
 }
 
 impl Backend {
@@ -46,6 +55,8 @@ impl Backend {
             live: Arc::new(store.bus().clone()),
             keys: Arc::new(SqliteKeys::with_store(store)),
             sources: Arc::new(store.clone()),
+            readiness: Arc::new(SqliteReadiness::new(store.clone(), true)),
+            metrics: store.metrics().clone(),
         }
     }
 }

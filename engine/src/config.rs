@@ -180,6 +180,51 @@ pub struct EdgeConfig {
     /// Open client connections at most (any state: reading a head,
     /// streaming, idle keep-alive); past it new connections get a 503.
     pub max_connections: usize,
+    /// `GET /metrics` needs `Authorization: Bearer <token>` when set; open
+    /// when None.
+    pub metrics_token: Option<Secret>,
+}
+
+/// A configured secret: compared and used, never printed (`Debug` shows
+/// `REDACTED`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// A bearer token for `/metrics` (`edge.metrics_token`,
+    /// `LIVESTROM_METRICS_TOKEN`): 16 to 256 printable ASCII characters
+    /// without spaces. The message never repeats the value.
+    pub fn metrics_token(t: &str) -> Result<Self, String> {
+        if t.len() < 16 || t.len() > 256 {
+            return Err(format!(
+                "must be 16 to 256 characters long (it has {}); e.g. the output of `openssl rand -hex 24`",
+                t.chars().count()
+            ));
+        }
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "must be printable ASCII without spaces (it is sent as `Authorization: Bearer <token>`)"
+                    .to_owned(),
+            );
+        }
+        Ok(Self(t.to_owned()))
+    }
+
+    /// The value, to compare or send.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("REDACTED")
+    }
 }
 
 /// `[fetch]`.

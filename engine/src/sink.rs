@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::event::CommittedEvent;
+use crate::metrics::Metrics;
 use crate::store::{ItemState, SourceState, Store, StoreError, WriteBatch};
 
 /// The engine's store: append events with their state, read state back.
@@ -49,6 +50,9 @@ pub trait Sink: Send + Sync + 'static {
         &'a self,
         configured: &'a HashSet<String>,
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
+    /// The process's metrics, where the runtime counts polls and events and
+    /// beats the scheduler's heartbeat.
+    fn metrics(&self) -> &Metrics;
 }
 
 impl Sink for Store {
@@ -91,6 +95,9 @@ impl Sink for Store {
         configured: &'a HashSet<String>,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(Store::prune_items(self, configured))
+    }
+    fn metrics(&self) -> &Metrics {
+        Store::metrics(self)
     }
 }
 

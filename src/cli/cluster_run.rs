@@ -22,7 +22,8 @@ use livestrom_engine::Config;
 use tokio_util::sync::CancellationToken;
 
 use super::run::{
-    raise_open_file_limit, reloads, spawn_signal_handler, start_edge as start_edge_on, Role,
+    apikey_command, raise_open_file_limit, reloads, spawn_signal_handler,
+    start_edge as start_edge_on, Loaded, Role,
 };
 
 /// Runs the node's `role` in the cluster until a signal (or `stop`).
@@ -54,16 +55,34 @@ pub(crate) async fn run(
         "cluster connected"
     );
     let node_id = new_node_id();
+    // One registry for the process: an `all` node's edge renders the
+    // engine's series too.
+    let metrics = livestrom_engine::Metrics::new();
     let mut tasks = Vec::new();
     if matches!(role, Role::Edge | Role::All) {
+        let scheduler = (role == Role::All).then(|| metrics.clone());
         tasks.push((
             "edge",
-            start_edge(&cluster, &config, &node_id, cancel.clone()).await?,
+            start_edge(
+                &cluster,
+                &config,
+                &node_id,
+                (metrics.clone(), scheduler),
+                cancel.clone(),
+            )
+            .await?,
         ));
     }
     if matches!(role, Role::Engine | Role::All) {
-        let engine =
-            start_engine(cluster.clone(), config, overrides, node_id, cancel.clone()).await?;
+        let engine = start_engine(
+            cluster.clone(),
+            config,
+            overrides,
+            node_id,
+            metrics,
+            cancel.clone(),
+        )
+        .await?;
         tasks.push(("engine", engine));
     }
     cancel.cancelled().await;
@@ -85,6 +104,7 @@ async fn start_engine(
     config: Config,
     overrides: (Option<PathBuf>, Option<SocketAddr>),
     node_id: String,
+    metrics: livestrom_engine::Metrics,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let holdings = Arc::new(Holdings::default());
@@ -95,7 +115,8 @@ async fn start_engine(
         config.engine.retention,
     )
     .await
-    .context("cannot open the cluster's buckets")?;
+    .context("cannot open the cluster's buckets")?
+    .with_metrics(metrics);
     tracing::info!(
         engine = node_id,
         sources = config.sources.len(),
@@ -139,11 +160,14 @@ async fn start_engine(
 }
 
 /// The edge on the cluster's log, live feed, keys and source state, with
-/// its heartbeat in the nodes bucket.
+/// its heartbeat in the nodes bucket. `metrics` is the process's registry
+/// and, when this process also runs the engine, the one whose scheduler
+/// heartbeat readiness checks.
 async fn start_edge(
     cluster: &Cluster,
     config: &Config,
     node_id: &str,
+    metrics: (livestrom_engine::Metrics, Option<livestrom_engine::Metrics>),
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let log = JetStreamLog::new(cluster.clone(), tokio::runtime::Handle::current());
@@ -165,11 +189,19 @@ async fn start_edge(
         live: Arc::new(live),
         keys: Arc::new(keys),
         sources: Arc::new(sources),
+        readiness: Arc::new(livestrom_engine::readiness::ClusterReadiness::new(
+            cluster.clone(),
+            metrics.1,
+        )),
+        metrics: metrics.0,
     };
     let (served, _catalog) = start_edge_on(
         config,
         backend,
-        &format!("events in JetStream stream {}", cluster.names().stream()),
+        Loaded {
+            log: format!("events in JetStream stream {}", cluster.names().stream()),
+            apikey: apikey_command(config, None),
+        },
         cancel.clone(),
     )
     .await?;

@@ -108,9 +108,13 @@ pub(crate) async fn run(
     let (edge, catalog) = match role {
         Role::Engine => {
             tracing::info!(
-                "livestrom {} engine only (no HTTP listener) — {} sources, database {}",
+                sources = config.sources.len(),
+                by_type = %sources_by_type(&config),
+                database = %config.engine.database.display(),
+                "livestrom {} engine only (no HTTP listener) — {} sources ({}), database {}",
                 env!("CARGO_PKG_VERSION"),
                 config.sources.len(),
+                sources_by_type(&config),
                 config.engine.database.display()
             );
             (None, None)
@@ -119,7 +123,10 @@ pub(crate) async fn run(
             let (edge, catalog) = start_edge(
                 &config,
                 livestrom_engine::Backend::sqlite(&store),
-                &format!("database {}", config.engine.database.display()),
+                Loaded {
+                    log: format!("database {}", config.engine.database.display()),
+                    apikey: apikey_command(&config, overrides.0.as_deref()),
+                },
                 cancel.clone(),
             )
             .await?;
@@ -182,14 +189,83 @@ pub(super) fn reloads(
     }
 }
 
+/// What the start-up lines say beyond the config: where events are kept
+/// and the command that mints a key for this node.
+pub(super) struct Loaded {
+    /// `database <path>` or `events in JetStream stream <name>`.
+    pub(super) log: String,
+    /// The `livestrom apikey create …` command line for this config.
+    pub(super) apikey: String,
+}
+
+/// `rss 3, html 1` — the configured sources per type, in a fixed order.
+pub(super) fn sources_by_type(config: &Config) -> String {
+    let parts: Vec<String> = livestrom_engine::SourceType::ALL
+        .iter()
+        .filter_map(|t| {
+            let n = config
+                .sources
+                .iter()
+                .filter(|s| s.source_type == *t)
+                .count();
+            (n > 0).then(|| format!("{t} {n}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The exact command that mints a stream key for this node's config (and
+/// database, when it came from `--db`/`LIVESTROM_DB`).
+pub(super) fn apikey_command(config: &Config, db: Option<&std::path::Path>) -> String {
+    let mut cmd = format!(
+        "livestrom apikey create --config {}",
+        shell_quote(&config.path.display().to_string())
+    );
+    if let Some(db) = db {
+        cmd.push_str(" --db ");
+        cmd.push_str(&shell_quote(&db.display().to_string()));
+    }
+    cmd.push_str(" --name reader");
+    cmd
+}
+
+/// `s` quoted for a POSIX shell when it needs it.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@,".contains(&b))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The address a client on this machine reaches `local` at (a wildcard
+/// listen address is reached on loopback).
+fn reachable(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, local.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port()))
+        }
+        _ => local,
+    }
+}
+
 /// Binds the edge's listener and serves `backend` until `cancel` fires;
-/// `log` says where the events are kept (for the start-up line). Returns
-/// the server task and the edge's catalog of sources (filled from
-/// `config`; the caller refreshes it on reload).
+/// `loaded` is what the start-up lines say about the node. Returns the
+/// server task and the edge's catalog of sources (filled from `config`;
+/// the caller refreshes it on reload).
 pub(super) async fn start_edge(
     config: &Config,
     backend: livestrom_engine::Backend,
-    log: &str,
+    loaded: Loaded,
     cancel: CancellationToken,
 ) -> Result<(tokio::task::JoinHandle<std::io::Result<()>>, Catalog)> {
     let listener = tokio::net::TcpListener::bind(config.edge.listen)
@@ -204,32 +280,71 @@ pub(super) async fn start_edge(
     let settings = livestrom_edge::Settings {
         keepalive: config.edge.keepalive,
         cors_origins: config.edge.cors_origins.clone(),
+        metrics_token: metrics_token(config)?,
     };
+    let metrics_open = settings.metrics_token.is_none();
     let state = livestrom_edge::AppState::new(backend, settings, cancel.clone())
         .await
         .context("cannot start the edge")?;
     state.catalog.set(&config.sources);
     let catalog = state.catalog.clone();
+    let Loaded { log, apikey } = loaded;
+    let by_type = sources_by_type(config);
     tracing::info!(
-        "livestrom {} listening on http://{local} — {} sources, {log}",
+        listen = %local,
+        sources = config.sources.len(),
+        by_type = %by_type,
+        log = %log,
+        "livestrom {} listening on http://{local} — {} sources ({by_type}), {log}",
         env!("CARGO_PKG_VERSION"),
         config.sources.len(),
+    );
+    let at = reachable(local);
+    let subscribe = format!("curl -N -H \"X-API-Key: $KEY\" http://{at}/v1/stream");
+    let mint = format!("KEY=$({apikey})");
+    tracing::info!(command = %mint, "mint a stream key: {mint}");
+    tracing::info!(command = %subscribe, "subscribe: {subscribe}");
+    tracing::info!(
+        metrics = %format!("http://{at}/metrics"),
+        ready = %format!("http://{at}/readyz"),
+        metrics_open,
+        "probes: GET /healthz (alive), GET /readyz (ready), GET /metrics ({})",
+        if metrics_open { "open" } else { "bearer token: edge.metrics_token" }
     );
     let edge_cancel = cancel.clone();
     let server_opts = livestrom_edge::server::Options {
         max_connections: config.edge.max_connections,
         ..Default::default()
     };
+    let connections = state.connections.clone();
     let edge = tokio::spawn(async move {
-        livestrom_edge::server::serve_with(
+        livestrom_edge::server::serve_counted(
             listener,
             livestrom_edge::app(state),
             edge_cancel,
             server_opts,
+            connections,
         )
         .await
     });
     Ok((edge, catalog))
+}
+
+/// The `/metrics` bearer token: `LIVESTROM_METRICS_TOKEN` over
+/// `edge.metrics_token`; None leaves `/metrics` open.
+fn metrics_token(config: &Config) -> Result<Option<String>> {
+    match std::env::var("LIVESTROM_METRICS_TOKEN") {
+        Ok(t) if !t.is_empty() => {
+            let token = livestrom_engine::config::Secret::metrics_token(&t)
+                .map_err(|e| anyhow::anyhow!("LIVESTROM_METRICS_TOKEN {e}"))?;
+            Ok(Some(token.expose().to_owned()))
+        }
+        _ => Ok(config
+            .edge
+            .metrics_token
+            .as_ref()
+            .map(|t| t.expose().to_owned())),
+    }
 }
 
 /// One `livestrom run` per database: a second one would double-poll every

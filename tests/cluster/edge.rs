@@ -52,11 +52,14 @@ async fn spawn_edge(cluster: &Cluster) -> Result<Edge, BoxError> {
         log: Arc::new(JetStreamLog::new(cluster.clone(), Handle::current())),
         live: Arc::new(JetStreamFeed::start(cluster.clone(), cancel.clone()).await?),
         keys: Arc::new(SqliteKeys::with_store(&store)),
+        readiness: Arc::new(livestrom_engine::readiness::AlwaysReady),
+        metrics: store.metrics().clone(),
         sources: Arc::new(store),
     };
     let settings = Settings {
         keepalive: Duration::from_secs(25),
         cors_origins: vec!["*".into()],
+        metrics_token: None,
     };
     let state = AppState::new(backend, settings, cancel.clone()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -14,6 +14,9 @@ pub struct Frame {
     pub seq: u64,
     /// `id: …\nevent: …\ndata: …\n\n`, shared by every subscriber.
     pub bytes: Bytes,
+    /// When the event was committed (its `emitted_at`, Unix milliseconds):
+    /// the start of the ingest-to-delivery latency.
+    pub committed_ms: i64,
 }
 
 /// Renders one event frame: `id: <id>\nevent: <type>\ndata: <json>\n\n`.

@@ -92,6 +92,7 @@ impl Hub {
             position: Mutex::new(None),
             queue_limit: AtomicUsize::new(DEFAULT_QUEUE_BYTES),
             closed: AtomicBool::new(false),
+            metrics: std::sync::OnceLock::new(),
         });
         let task = HubTask {
             inner: inner.clone(),
@@ -137,6 +138,18 @@ impl Hub {
         self.inner
             .queue_limit
             .store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// Records the hub's lag and fan-out delay in `metrics` from now on
+    /// (the first call wins).
+    pub fn set_metrics(&self, metrics: crate::metrics::EdgeMetrics) {
+        let _ = self.inner.metrics.set(metrics);
+    }
+
+    /// Whether the hub has stopped (shutdown or its feed closed): no
+    /// stream can go live.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     /// Number of registered subscribers.

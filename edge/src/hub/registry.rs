@@ -236,6 +236,7 @@ impl Offer<'_> {
             id: ev.event.id,
             seq,
             bytes: render_event(ev.event.id, ev.event.source_type, &ev.json),
+            committed_ms: ev.event.emitted_at.timestamp_millis(),
         });
         if slot.sub.push(frame) {
             self.dead.push((s, slot.sub.clone()));

@@ -50,6 +50,9 @@ pub(super) struct HubInner {
     pub(super) position: Mutex<Option<Position>>,
     pub(super) queue_limit: AtomicUsize,
     pub(super) closed: AtomicBool,
+    /// Where the task counts lag episodes and fan-out delays (set once,
+    /// right after start).
+    pub(super) metrics: std::sync::OnceLock<crate::metrics::EdgeMetrics>,
 }
 
 /// The task owning the bus receiver.
@@ -74,6 +77,9 @@ impl HubTask {
             match r {
                 Some(Live::Batch(batch)) => self.process(batch.iter().map(|e| &**e)),
                 Some(Live::Lagged(n)) => {
+                    if let Some(m) = self.inner.metrics.get() {
+                        m.hub_lagged();
+                    }
                     tracing::warn!(
                         missed_batches = n,
                         "hub lagged behind the bus; re-reading from the log"
@@ -149,6 +155,7 @@ impl HubTask {
 
     pub(super) fn process<'a>(&mut self, events: impl Iterator<Item = &'a CommittedEvent>) {
         let mut newest = None;
+        let mut committed_ms = None;
         for ev in events {
             // In the log's order, not the ids' (a cluster's ids carry a
             // stream sequence; their timestamps may step back).
@@ -163,9 +170,14 @@ impl HubTask {
                 id: ev.event.id,
                 seq: self.seq,
             });
+            committed_ms = Some(ev.event.emitted_at.timestamp_millis());
         }
         if let Some(p) = newest {
             *lock(&self.inner.position) = Some(p);
+        }
+        // Once per batch, for its newest event: the hub's lag behind commits.
+        if let (Some(m), Some(at)) = (self.inner.metrics.get(), committed_ms) {
+            m.hub_fanned_out(at, crate::metrics::now_ms());
         }
     }
 

@@ -95,6 +95,7 @@ fn overflow_drops_the_queue_and_rearm_restarts_it() {
         id: Uuid::nil(),
         seq: 1,
         bytes: Bytes::from(vec![b'x'; 60]),
+        committed_ms: 0,
     };
     s.push(&f);
     s.push(&f);
@@ -109,6 +110,7 @@ fn one_frame_larger_than_the_bound_fits_an_empty_queue() {
         id: Uuid::nil(),
         seq: 1,
         bytes: Bytes::from(vec![b'x'; 500]),
+        committed_ms: 0,
     };
     assert!(!s.push(&big), "a big frame alone is not an overflow");
     assert_eq!(lock(&s.queue).frames.len(), 1);

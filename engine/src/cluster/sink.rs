@@ -195,6 +195,8 @@ pub struct ClusterSink {
     /// Per source: the last sequence on its subject this engine knows (the
     /// fence of its next publish).
     fences: Mutex<HashMap<String, u64>>,
+    /// The process's metrics (shared with the edge of an `all` node).
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for ClusterSink {
@@ -233,7 +235,14 @@ impl ClusterSink {
             holdings,
             engine_id: engine_id.to_owned(),
             fences: Mutex::default(),
+            metrics: crate::metrics::Metrics::new(),
         })
+    }
+
+    /// Records into `metrics` (the process's registry) instead of its own.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn fences(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
@@ -704,6 +713,10 @@ impl Sink for ClusterSink {
         _configured: &'a HashSet<String>,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(async { Ok(0) })
+    }
+
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 }
 

@@ -156,6 +156,10 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             "edge.cors_origins",
             a.edge.cors_origins != b.edge.cors_origins,
         ),
+        (
+            "edge.metrics_token",
+            a.edge.metrics_token != b.edge.metrics_token,
+        ),
         ("fetch.user_agent", a.fetch.user_agent != b.fetch.user_agent),
         ("fetch.timeout", a.fetch.timeout != b.fetch.timeout),
         (

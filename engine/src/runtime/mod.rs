@@ -44,6 +44,10 @@ pub use self::poll::{PollError, PollFailed};
 /// Polls in flight at most; further due sources wait in the queue.
 const MAX_IN_FLIGHT: usize = 256;
 
+/// How often the loop beats its heartbeat when nothing else wakes it
+/// (readiness calls it stale after [`crate::readiness::SCHEDULER_STALE`]).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
 /// How long shutdown waits for in-flight polls to store their results.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -68,8 +72,11 @@ pub async fn run(
     let mut commands = commands.map(|c| c.rx);
     let mut engine = Engine::start(config, &store, cancel.clone()).await?;
     let pruner = prune::spawn(store.clone(), engine.configured.clone(), cancel.clone());
+    let heartbeat = store.metrics().heartbeat();
     loop {
+        heartbeat.beat();
         let wake_at = engine.start_due_polls();
+        let wake_at = wake_at.min(Instant::now() + HEARTBEAT_EVERY);
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep_until(wake_at) => {}

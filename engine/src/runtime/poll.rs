@@ -11,6 +11,7 @@ use tokio::task::{JoinError, JoinSet};
 use super::ctx::{known_items, plan_off_runtime, Ctx};
 use crate::config::SourceConfig;
 use crate::fetch::{redact_urls_in, FetchError, FetchRequest, FetchResponse, Fetched};
+use crate::metrics::{ErrorKind, PollOutcome};
 use crate::scheduler::{self, PollTiming};
 use crate::sources::{Body, Kind, Parse, SourceError};
 use crate::store::{SourceState, StoreError, WriteBatch};
@@ -96,7 +97,9 @@ pub(super) async fn poll_once(
     // turn: come back shortly rather than wait in an in-flight slot (nothing
     // is read or written, so skipping is cheap).
     let host = src.url.host_str().unwrap_or_default();
+    let metrics = ctx.store.metrics().engine();
     if let Some(wait) = ctx.fetcher.politeness().crowded(host) {
+        metrics.poll(src.source_type, PollOutcome::Skipped);
         return PollResult {
             outcome: Err(PollError::Crowded {
                 host: host.to_owned(),
@@ -107,6 +110,7 @@ pub(super) async fn poll_once(
         };
     }
     let started = Utc::now();
+    let clock = std::time::Instant::now();
     let mut state = match ctx.store.source_state(src.id.as_str()).await {
         Ok(s) => s.unwrap_or_else(|| SourceState {
             source_id: src.id.as_str().to_owned(),
@@ -114,6 +118,8 @@ pub(super) async fn poll_once(
         }),
         Err(e) => {
             // Not even the state could be read: retry on the source's cadence.
+            metrics.poll(src.source_type, PollOutcome::Error);
+            metrics.error(ErrorKind::Store);
             return PollResult {
                 outcome: Err(PollError::Store(e).into()),
                 next_in: scheduler::base_delay(&src.cadence, started),
@@ -124,11 +130,14 @@ pub(super) async fn poll_once(
     state.last_poll_at = Some(started);
     let outcome = poll_inner(ctx, src, kind, &mut state).await;
     let now = Utc::now();
+    let mut counted = PollOutcome::Ok;
+    let mut error_kind = None;
     let (timing, batch_events, touch, unchanged, result) = match outcome {
         Err(PollError::Deferred(wait)) => {
             // The domain asked everyone to wait (429/503 Retry-After): not this
             // source's failure; try again when the domain allows.
             tracing::debug!(source = %src.id, ?wait, "domain deferred by Retry-After; rescheduling");
+            counted = PollOutcome::Deferred;
             let timing = PollTiming {
                 ok: true,
                 consecutive_failures: state.consecutive_failures,
@@ -139,6 +148,9 @@ pub(super) async fn poll_once(
             (timing, Vec::new(), Vec::new(), false, Ok(()))
         }
         Ok(done) => {
+            if done.not_modified {
+                counted = PollOutcome::NotModified;
+            }
             state.last_success_at = Some(now);
             state.last_error = None;
             state.consecutive_failures = 0;
@@ -154,6 +166,8 @@ pub(super) async fn poll_once(
         }
         Err(e) => {
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            counted = PollOutcome::Error;
+            error_kind = Some(ErrorKind::of_poll(&e));
             let retry_after = match &e {
                 PollError::Fetch(f) => f.retry_after(),
                 _ => None,
@@ -185,14 +199,30 @@ pub(super) async fn poll_once(
     let delay = scheduler::next_delay(&src.cadence, now, &timing, rand::random::<f64>());
     state.next_poll_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
     let n = batch_events.len();
+    let failures = state.consecutive_failures;
     let batch = WriteBatch {
         events: batch_events,
         source: Some(state),
         touch_items: touch,
         refresh_items: unchanged,
     };
-    match ctx.store.write(batch).await {
-        Ok(_) if n > 0 => tracing::info!(source = %src.id, events = n, "stored new events"),
+    let written = ctx.store.write(batch).await;
+    // Counted once the poll's result is known, including its commit.
+    let (counted, error_kind) = match &written {
+        Ok(_) => (counted, error_kind),
+        Err(_) => (PollOutcome::Error, Some(ErrorKind::Store)),
+    };
+    metrics.poll(src.source_type, counted);
+    if let Some(kind) = error_kind {
+        metrics.error(kind);
+    }
+    metrics.poll_duration(src.source_type, clock.elapsed());
+    metrics.source_failures(src.id.as_str(), failures);
+    match written {
+        Ok(evs) if n > 0 => {
+            metrics.events_emitted(src.source_type, evs.len());
+            tracing::info!(source = %src.id, events = n, "stored new events");
+        }
         Ok(_) => {}
         Err(e) => {
             tracing::error!(source = %src.id, error = %e, "cannot store poll result");
@@ -217,6 +247,8 @@ struct PollDone {
     /// The content is what the last 200 had (304, or a page without a
     /// significant change): its items are still there.
     unchanged: bool,
+    /// The upstream answered 304.
+    not_modified: bool,
     ttl: Option<Duration>,
     cache: Option<Duration>,
 }
@@ -247,6 +279,7 @@ async fn poll_inner(
                 events: Vec::new(),
                 touch: Vec::new(),
                 unchanged: true,
+                not_modified: true,
                 ttl: None,
                 cache: hints.not_before,
             });
@@ -260,6 +293,10 @@ async fn poll_inner(
         remember,
         unchanged,
     } = parse(kind, &fetched, state.snapshot.clone()).await?;
+    ctx.store
+        .metrics()
+        .engine()
+        .items_parsed(src.source_type, items.len());
     let known = known_items(ctx, src, kind.lookup(), &items).await?;
     let first_poll = !state.initialized;
     let fetched_at = fetched.fetched_at;
@@ -274,6 +311,7 @@ async fn poll_inner(
         events: plan.events,
         touch: plan.touch,
         unchanged,
+        not_modified: false,
         ttl,
         cache,
     })
@@ -389,6 +427,10 @@ pub(super) async fn record_poll_failure(
         }
     };
     state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+    let metrics = ctx.store.metrics().engine();
+    metrics.poll(src.source_type, PollOutcome::Error);
+    metrics.error(ErrorKind::of_poll(failed.error()));
+    metrics.source_failures(src.id.as_str(), state.consecutive_failures);
     state.last_poll_at = Some(now);
     state.last_error = Some(failed.to_string());
     let timing = PollTiming {

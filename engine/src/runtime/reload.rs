@@ -91,6 +91,11 @@ pub(super) fn apply_reload(
         |slot, s| {
             removed += 1;
             queue.remove(slot);
+            // Its per-source series goes with it (bounded by the config).
+            ctx.store
+                .metrics()
+                .engine()
+                .forget_source(s.src.id.as_str());
             if let Some(t) = s.upstream {
                 t.cancel();
             }

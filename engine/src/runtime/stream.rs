@@ -147,7 +147,8 @@ async fn store_upstream_batch(
         next.upstream_cursor.clone_from(&batch.cursor);
     }
     let n = plan.events.len();
-    ctx.store
+    let stored = ctx
+        .store
         .write(WriteBatch {
             events: plan.events,
             source: Some(next.clone()),
@@ -155,6 +156,10 @@ async fn store_upstream_batch(
             refresh_items: false,
         })
         .await?;
+    // Counted once the batch is stored (a failed batch is retried whole).
+    let metrics = ctx.store.metrics().engine();
+    metrics.items_parsed(src.source_type, batch.items.len());
+    metrics.events_emitted(src.source_type, stored.len());
     *state = next;
     tracing::debug!(source = %src.id, events = n, "stored upstream items");
     Ok(())

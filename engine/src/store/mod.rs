@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use crate::bus::Bus;
 use crate::event::{CommittedEvent, IdGenerator};
+use crate::metrics::Metrics;
 
 mod error;
 mod log;
@@ -74,6 +75,9 @@ struct Inner {
     /// mints for a transaction until that transaction ended, so whoever
     /// holds it sees no event minted but uncommitted (see [`EventLog::watermark`]).
     ids: Arc<Mutex<IdGenerator>>,
+    /// The process's metrics (the writer records its commits; the runtime
+    /// and the edge take theirs from here on one node).
+    metrics: Metrics,
     /// Unit tests only: consulted by [`Store::write`] before a batch is
     /// queued, so a test can make one batch fail (or panic in the writing
     /// task) the way a failed commit would, through the real runtime.
@@ -99,6 +103,16 @@ impl Store {
     /// Opens (creating if needed) the database, migrates it, seeds the id
     /// generator from the newest stored id and starts the writer thread.
     pub fn open(path: &Path, retention: Duration, bus: Bus) -> Result<Self, StoreError> {
+        Self::open_with_metrics(path, retention, bus, Metrics::new())
+    }
+
+    /// [`Store::open`] recording into `metrics`.
+    pub fn open_with_metrics(
+        path: &Path,
+        retention: Duration,
+        bus: Bus,
+        metrics: Metrics,
+    ) -> Result<Self, StoreError> {
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA).map_err(|e| StoreError::Open {
             path: path.to_owned(),
@@ -146,6 +160,7 @@ impl Store {
             ids: ids.clone(),
             bus: bus.clone(),
             retention,
+            metrics: metrics.clone(),
         };
         std::thread::Builder::new()
             .name("livestrom-store-writer".into())
@@ -162,6 +177,7 @@ impl Store {
                 writer: tx,
                 bus,
                 ids,
+                metrics,
                 #[cfg(test)]
                 write_fault: Mutex::new(None),
             }),
@@ -176,6 +192,11 @@ impl Store {
     /// The live feed this store publishes to.
     pub fn bus(&self) -> &Bus {
         &self.inner.bus
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The retention window.
@@ -232,6 +253,22 @@ impl Store {
             .await
             .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Proves the database takes writes: one tiny write (the `ready_probe`
+    /// row of `meta`) through the writer, the way every write goes. Used by
+    /// readiness (`GET /readyz`); a full disk, a read-only file or a stuck
+    /// writer fail it.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        self.check_write_fault(&WriteBatch::default())?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job::Probe(tx))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Records API keys' `last_used_at` (key id, RFC 3339 time) through the

@@ -15,6 +15,7 @@ use super::error::StoreError;
 use super::types::{WriteBatch, SEEN_REFRESH};
 use crate::bus::{Batch, Bus};
 use crate::event::{uuid_floor_at, CommittedEvent, IdGenerator};
+use crate::metrics::Metrics;
 
 /// Work for the writer thread, each with where to send the outcome.
 pub(super) enum Job {
@@ -29,6 +30,8 @@ pub(super) enum Job {
     Flush(oneshot::Sender<()>),
     /// `last_used_at` of API keys: (key id, RFC 3339 time).
     KeyUsage(Vec<(i64, String)>, oneshot::Sender<Result<(), StoreError>>),
+    /// Readiness: one tiny write proves the database takes writes.
+    Probe(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// Sets API keys' `last_used_at` (key id, RFC 3339 time) inside the
@@ -69,6 +72,8 @@ pub(super) struct WriterThread {
     pub(super) ids: Arc<Mutex<IdGenerator>>,
     pub(super) bus: Bus,
     pub(super) retention: Duration,
+    /// Commit durations and sizes are recorded here.
+    pub(super) metrics: Metrics,
 }
 
 /// Where a submitter of a batch waits for its committed events.
@@ -82,6 +87,7 @@ impl WriterThread {
             let mut item_steps = Vec::new();
             let mut flushes = Vec::new();
             let mut key_usage = Vec::new();
+            let mut probes = Vec::new();
             let mut n = 0;
             let mut next = Some(job);
             while let Some(job) = next.take() {
@@ -94,6 +100,7 @@ impl WriterThread {
                     Job::PruneItems(step, r) => item_steps.push((step, r)),
                     Job::Flush(r) => flushes.push(r),
                     Job::KeyUsage(used, r) => key_usage.push((used, r)),
+                    Job::Probe(r) => probes.push(r),
                 }
                 if n < MAX_GROUP_EVENTS {
                     next = rx.try_recv().ok();
@@ -111,11 +118,27 @@ impl WriterThread {
             for (used, r) in key_usage {
                 let _ = r.send(self.record_key_usage(&used));
             }
+            for r in probes {
+                let _ = r.send(self.probe());
+            }
             for r in flushes {
                 let _ = r.send(());
             }
         }
         tracing::debug!("store writer stopped: all handles dropped");
+    }
+
+    /// The readiness probe's write, in its own short transaction.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('ready_probe', ?1) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            [Utc::now().to_rfc3339()],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Writes API keys' `last_used_at` in one transaction.
@@ -130,11 +153,14 @@ impl WriterThread {
 
     fn commit_group(&mut self, mut group: Vec<(WriteBatch, Reply)>) {
         let now = Utc::now();
+        let started = std::time::Instant::now();
         // The events are moved into the transaction (no copy); on failure
         // every submitter gets the error and nothing was committed.
         let result = self.apply(&mut group, now);
         match result {
             Ok(per_batch) => {
+                let events = per_batch.iter().map(Vec::len).sum();
+                self.metrics.engine().commit(started.elapsed(), events);
                 let all: Vec<Arc<CommittedEvent>> = per_batch.iter().flatten().cloned().collect();
                 if !all.is_empty() {
                     self.bus.publish(Batch::from(all));

@@ -58,6 +58,8 @@ pub(super) struct RawEdge {
     pub(super) cors_origins: Option<Vec<S<String>>>,
     /// Default 50,000.
     pub(super) max_connections: Option<S<i64>>,
+    /// Default none (`/metrics` open).
+    pub(super) metrics_token: Option<S<String>>,
 }
 
 /// `[fetch]`.
@@ -174,6 +176,7 @@ pub(super) fn read(issues: &mut Issues<'_>, text: &str) -> Option<RawConfig> {
             keepalive: t.string(issues, "keepalive", DURATION),
             cors_origins: t.strings(issues, "cors_origins").map(Spanned::into_inner),
             max_connections: t.integer(issues, "max_connections"),
+            metrics_token: t.string(issues, "metrics_token", "a token string"),
         };
         t.finish(issues);
     }

@@ -362,7 +362,13 @@ fn belongs_elsewhere(path: &str, key: &str) -> Option<&'static str> {
         ("[engine]", &["database", "retention"]),
         (
             "[edge]",
-            &["listen", "keepalive", "cors_origins", "max_connections"],
+            &[
+                "listen",
+                "keepalive",
+                "cors_origins",
+                "max_connections",
+                "metrics_token",
+            ],
         ),
         (
             "[fetch]",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::Validator;
 use crate::config::raw::{truncate, RawEdge};
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, Secret};
 
 /// Bounds of `edge.keepalive`: proxies drop idle connections after about a minute.
 const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
@@ -46,6 +46,16 @@ impl Validator<'_, '_> {
             }
             None => vec!["*".to_owned()],
         };
+        let metrics_token =
+            raw.metrics_token
+                .as_ref()
+                .and_then(|t| match Secret::metrics_token(t.get_ref()) {
+                    Ok(token) => Some(token),
+                    Err(e) => {
+                        self.push(t, "edge.metrics_token", e);
+                        None
+                    }
+                });
         EdgeConfig {
             listen,
             keepalive: self.duration(
@@ -61,6 +71,7 @@ impl Validator<'_, '_> {
                 DEFAULT_MAX_CONNECTIONS as i64,
                 MAX_CONNECTIONS,
             ) as usize,
+            metrics_token,
         }
     }
 }
