@@ -16,6 +16,7 @@ mod firehose;
 mod html;
 mod ingest;
 mod openapi;
+mod ops;
 mod replay;
 mod status_page;
 mod stream;
