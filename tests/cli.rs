@@ -569,3 +569,90 @@ fn apikey_manages_keys_in_the_database_without_a_cluster() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --db"));
 }
+
+#[tokio::test]
+async fn run_with_json_logs_writes_one_object_per_line_and_says_what_it_loaded() {
+    let upstream = growing_feed();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, db) = write_config(dir.path(), &upstream.url("/feed.xml"));
+    let run = Running::start_with(&config, &["--log-format", "json"], "subscribe: ");
+    run.wait_log("\"message\":\"stored new events\"");
+    run.signal("TERM");
+    let log = run.log.clone();
+    assert!(run.wait(), "livestrom run did not exit cleanly");
+    let lines = log.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut objects = Vec::new();
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line is not one JSON object ({e}): {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(v[field].is_string(), "no string `{field}` in {line}");
+        }
+        let ts = v["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
+            "timestamp {ts:?} is not RFC 3339"
+        );
+        assert!(
+            ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                .contains(&v["level"].as_str().unwrap_or_default()),
+            "{line}"
+        );
+        objects.push(v);
+    }
+    let find = |needle: &str| {
+        objects
+            .iter()
+            .find(|v| v["message"].as_str().unwrap_or_default().contains(needle))
+            .unwrap_or_else(|| panic!("no log line with {needle:?} in {lines:#?}"))
+    };
+    // What it loaded: sources per type, the database, the listen address.
+    let start = find("listening on http://");
+    assert_eq!(start["sources"], 1, "{start}");
+    assert_eq!(start["by_type"], "rss 1", "{start}");
+    assert_eq!(
+        start["log"],
+        format!("database {}", db.display()),
+        "{start}"
+    );
+    let listen = start["listen"].as_str().unwrap_or_default().to_owned();
+    assert!(listen.starts_with("127.0.0.1:"), "{start}");
+    // How to mint a key and subscribe, as commands that work.
+    let mint = find("mint a stream key")["command"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let create = mint
+        .strip_prefix("KEY=$(")
+        .and_then(|c| c.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{mint}"));
+    assert!(
+        create.starts_with("livestrom apikey create --config "),
+        "{create}"
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(create.replacen("livestrom", BIN, 1))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{create}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .starts_with("lstr_"));
+    let subscribe = find("subscribe: ")["command"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        subscribe,
+        format!("curl -N -H \"X-API-Key: $KEY\" http://{listen}/v1/stream")
+    );
+    // An event's own fields sit beside the message.
+    let stored = find("stored new events");
+    assert_eq!(stored["source"], "news.grow", "{stored}");
+    assert!(stored["events"].as_u64().unwrap_or(0) >= 1, "{stored}");
+}
