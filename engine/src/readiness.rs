@@ -154,13 +154,13 @@ mod tests {
     use crate::bus::Bus;
 
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = Store::open(
             &dir.path().join("t.db"),
             Duration::from_secs(3600),
             Bus::new(),
         )
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}"));
         (dir, store)
     }
 
