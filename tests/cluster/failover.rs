@@ -274,7 +274,9 @@ async fn killing_the_engine_that_holds_a_source_loses_and_doubles_nothing() -> T
     Ok(())
 }
 
-/// A cluster config for one growing feed, lease 2 s, polled every second.
+/// A cluster config for one growing feed, lease 4 s (renewals keep up on a
+/// loaded 2-core machine running the whole suite), polled every second.
+/// loaded 2-core machine running the whole suite), polled every second.
 pub(crate) fn write_config(path: &Path, nats: &str, upstream: SocketAddr) -> std::io::Result<()> {
     std::fs::write(
         path,
@@ -287,7 +289,7 @@ allow_private_networks = true
 per_host_rps = 100
 [cluster]
 nats = ["{nats}"]
-lease = "2s"
+lease = "4s"
 [tiers]
 rss = "1s"
 [[source]]
