@@ -276,7 +276,6 @@ async fn killing_the_engine_that_holds_a_source_loses_and_doubles_nothing() -> T
 
 /// A cluster config for one growing feed, lease 4 s (renewals keep up on a
 /// loaded 2-core machine running the whole suite), polled every second.
-/// loaded 2-core machine running the whole suite), polled every second.
 pub(crate) fn write_config(path: &Path, nats: &str, upstream: SocketAddr) -> std::io::Result<()> {
     std::fs::write(
         path,
