@@ -1269,3 +1269,310 @@ async fn ids_that_step_back_in_time_reach_streams_in_the_logs_order() -> TestRes
     }
     Ok(())
 }
+
+/// A small deterministic generator (xorshift64*), so the garbage is the same
+/// on every run and a failure names a reproducible case.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// One garbage cursor as raw bytes (what goes on the wire, before any
+/// encoding): kind `i % 12` picks the family so every family is exercised.
+fn garbage_cursor(i: usize, rng: &mut Rng) -> Vec<u8> {
+    let v7 = uuid_floor_at(Utc::now().timestamp_millis() as u64).as_u128() | 0xabcd;
+    let with_version = |v: u128, version: u128| (v & !(0xf << 76)) | (version << 76);
+    match i % 12 {
+        // Not a UUID at all: random printable ASCII of random length.
+        0 => (0..1 + rng.below(60))
+            .map(|_| b' ' + rng.below(95) as u8)
+            .collect(),
+        // 10 KB (fits the edge's 16 KB request head).
+        1 => vec![b'a' + rng.below(26) as u8; 10 * 1024],
+        // A v7 far in the future (beyond the 5-minute skew and the head).
+        2 => {
+            let ahead_ms = 3_600_000 * (1 + rng.below(10_000) as u64);
+            let t = uuid_floor_at(Utc::now().timestamp_millis() as u64 + ahead_ms);
+            Uuid::from_u128(t.as_u128() | u128::from(rng.next() & 0xfff))
+                .to_string()
+                .into_bytes()
+        }
+        // Other versions (1, 2, 3, 4, 5, 6, 8) of an otherwise valid id.
+        3 => {
+            let version = [1u128, 2, 3, 4, 5, 6, 8][rng.below(7)];
+            Uuid::from_u128(with_version(v7, version))
+                .to_string()
+                .into_bytes()
+        }
+        // Nil, max, and upper-case / braced / simple / urn forms of a v4.
+        4 => {
+            let v4 = Uuid::from_u128(with_version(
+                u128::from(rng.next()) << 64 | 0x8000_0000_0000_0000,
+                4,
+            ));
+            match rng.below(6) {
+                0 => Uuid::nil().to_string(),
+                1 => Uuid::max().to_string(),
+                2 => v4.to_string().to_uppercase(),
+                3 => v4.braced().to_string(),
+                4 => v4.simple().to_string(),
+                _ => v4.urn().to_string(),
+            }
+            .into_bytes()
+        }
+        // A v7 with the wrong variant bits (not an RFC 4122 UUID).
+        5 => Uuid::from_u128(v7 & !(0b11 << 62)).to_string().into_bytes(),
+        // A valid v7 with one character cut, added, or replaced by a non-hex one.
+        6 => {
+            let mut s = Uuid::from_u128(v7).to_string().into_bytes();
+            let at = rng.below(s.len());
+            match rng.below(3) {
+                0 => {
+                    s.remove(at);
+                }
+                1 => s.insert(at, b'0'),
+                _ => s[at] = b"gxz!{ "[rng.below(6)],
+            }
+            if s.iter().all(|b| b.is_ascii_whitespace()) {
+                s = b"x".to_vec();
+            }
+            s
+        }
+        // Control bytes, NUL among them.
+        7 => {
+            let mut s = Uuid::from_u128(v7).to_string().into_bytes();
+            // Inside the id: leading or trailing blanks are trimmed.
+            let at = 1 + rng.below(s.len() - 1);
+            s.insert(at, rng.below(32) as u8);
+            s
+        }
+        // Bytes that are not UTF-8.
+        8 => (0..1 + rng.below(40))
+            .map(|_| 0x80 + rng.below(128) as u8)
+            .collect(),
+        // A valid v7 followed by junk (SQL, a second id, a frame break).
+        9 => {
+            let tail = [
+                "' OR 1=1 --",
+                ",00000000-0000-7000-8000-000000000000",
+                "\r\nid: 1",
+                "%",
+                "/..",
+            ];
+            let mut s = Uuid::from_u128(v7).to_string();
+            s.push_str(tail[rng.below(tail.len())]);
+            s.into_bytes()
+        }
+        // Numbers: an event sequence, negative, huge, float.
+        10 => ["0", "-1", "18446744073709551616", "1e9", "NaN"][rng.below(5)]
+            .to_owned()
+            .into_bytes(),
+        // Percent-sign junk that survives one decoding.
+        _ => format!("%{:02x}%zz%{}", rng.below(256), rng.below(10)).into_bytes(),
+    }
+}
+
+/// `bytes` as a query value: unreserved ASCII as is (so 10 KB of letters
+/// stays 10 KB on the wire), everything else percent-encoded.
+fn percent_encode(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Whether `bytes` can travel as an HTTP header value at all (no NUL, CR,
+/// LF or other control bytes but tab; obs-text 0x80-0xFF is allowed).
+fn header_safe(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+        && !bytes.iter().all(|b| b.is_ascii_whitespace())
+}
+
+#[tokio::test]
+async fn a_thousand_garbage_cursors_are_400_on_both_endpoints_and_both_carriers() -> TestResult {
+    let app = spawn_app(Duration::from_secs(30), 20).await?;
+    let before = write(
+        &app.store,
+        vec![event("a", SourceType::Rss, &[], "before", "")],
+    )
+    .await?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut header_cases = 0;
+    for i in 0..1000 {
+        let raw = garbage_cursor(i, &mut rng);
+        let shown = String::from_utf8_lossy(&raw)
+            .chars()
+            .take(80)
+            .collect::<String>();
+        for path in ["/v1/stream", "/v1/events"] {
+            let pq = format!("{path}?since={}", percent_encode(&raw));
+            let (status, body) = app.problem(&pq, None).await?;
+            assert_eq!(
+                (status, body["parameter"].as_str()),
+                (400, Some("since")),
+                "case {i} ({shown:?}) as since= on {path}: {body}"
+            );
+            if header_safe(&raw) {
+                header_cases += 1;
+                let res = app
+                    .http
+                    .get(format!("{}{path}", app.base))
+                    .header("X-API-Key", &app.key)
+                    .header(
+                        "Last-Event-ID",
+                        reqwest::header::HeaderValue::from_bytes(&raw)?,
+                    )
+                    .send()
+                    .await?;
+                let status = res.status().as_u16();
+                let ct = res
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let body: serde_json::Value = res.json().await?;
+                assert_eq!(
+                    (status, ct.as_str(), body["parameter"].as_str()),
+                    (400, "application/problem+json", Some("Last-Event-ID")),
+                    "case {i} ({shown:?}) as Last-Event-ID on {path}: {body}"
+                );
+            }
+        }
+    }
+    // Most families fit a header; the count guards against a generator bug
+    // that would silently skip the header carrier.
+    assert!(header_cases > 1200, "only {header_cases} header cases");
+    // Still serving: a valid cursor replays what was written.
+    let since = uuid_floor_at(livestrom_engine::event::ms_of(before[0].event.id) - 1);
+    let page = app.events(&format!("since={since}")).await?;
+    assert_eq!(json_ids(&page), vec![before[0].event.id.to_string()]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn any_standard_spelling_of_a_v7_cursor_is_the_same_position() -> TestResult {
+    // STREAM-API.md: the cursor is a UUIDv7 in any standard text form
+    // (hyphenated, simple, braced, urn, either case, surrounding blanks).
+    let app = spawn_app(Duration::from_secs(30), 20).await?;
+    let written = write(
+        &app.store,
+        (0..3)
+            .map(|i| event("a", SourceType::Rss, &[], &format!("s{i}"), ""))
+            .collect(),
+    )
+    .await?;
+    let cursor = written[0].event.id;
+    let want: Vec<String> = written[1..]
+        .iter()
+        .map(|e| e.event.id.to_string())
+        .collect();
+    for form in [
+        cursor.to_string(),
+        cursor.to_string().to_uppercase(),
+        cursor.simple().to_string(),
+        cursor.braced().to_string(),
+        cursor.urn().to_string(),
+        format!(" {cursor} "),
+    ] {
+        let page = app
+            .events(&format!("since={}", percent_encode(form.as_bytes())))
+            .await?;
+        assert_eq!(json_ids(&page), want, "since={form}");
+        let res = app.get("/v1/events", Some(&form)).await?;
+        assert_eq!(res.status(), 200, "Last-Event-ID: {form}");
+        let page: serde_json::Value = res.json().await?;
+        assert_eq!(json_ids(&page), want, "Last-Event-ID: {form}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_oldest_retained_id_replays_fully_and_the_newest_pruned_one_is_410() -> TestResult {
+    // Retention is real (the store's clock-based floor and its prune), so the
+    // test waits for the clock to move past the first batch.
+    let retention = Duration::from_secs(5);
+    let app = spawn_app_with(Duration::from_secs(30), 20, retention, |store| {
+        Arc::new(store.clone())
+    })
+    .await?;
+    let old = write(
+        &app.store,
+        (0..3)
+            .map(|i| event("a", SourceType::Rss, &[], &format!("old{i}"), ""))
+            .collect(),
+    )
+    .await?;
+    let old_ms = livestrom_engine::event::ms_of(old[2].event.id) as i64;
+    crate::helpers::wait_for(
+        "the clock to pass the first batch's retention",
+        WAIT,
+        || async { Utc::now().timestamp_millis() > old_ms + retention.as_millis() as i64 + 1 },
+    )
+    .await;
+    let kept = write(
+        &app.store,
+        (0..4)
+            .map(|i| event("a", SourceType::Rss, &[], &format!("kept{i}"), ""))
+            .collect(),
+    )
+    .await?;
+    assert_eq!(
+        app.store.prune().await?,
+        3,
+        "only the first batch is pruned"
+    );
+    let oldest = kept[0].event.id;
+    let newest_pruned = old[2].event.id;
+    let kept_ids: Vec<String> = kept.iter().map(|e| e.event.id.to_string()).collect();
+
+    // Just below the oldest retained id: every retained event, the oldest included.
+    let below_oldest = Uuid::from_u128(oldest.as_u128() - 1);
+    let page = app
+        .events(&format!("since={below_oldest}&limit=100"))
+        .await?;
+    assert_eq!(json_ids(&page), kept_ids);
+    // At the oldest retained id: everything after it, on both endpoints.
+    let page = app.events(&format!("since={oldest}&limit=100")).await?;
+    assert_eq!(json_ids(&page), kept_ids[1..]);
+    let mut s = app.sse("", Some(&oldest.to_string())).await?;
+    let got = collect_until(&mut s, kept[3].event.id).await?;
+    assert_eq!(got, ids_of(&kept[1..]));
+    drop(s);
+    // The newest pruned id (one older than the oldest retained): 410.
+    for (pq, header) in [
+        (format!("/v1/events?since={newest_pruned}"), None),
+        (format!("/v1/stream?since={newest_pruned}"), None),
+        ("/v1/stream".to_owned(), Some(newest_pruned.to_string())),
+    ] {
+        let (status, body) = app.problem(&pq, header.as_deref()).await?;
+        assert_eq!(status, 410, "{pq} {header:?}: {body}");
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("cursor-expired")),
+            "{body}"
+        );
+    }
+    // The window still held the kept batch throughout (else the 200s above
+    // were luck, not the boundary).
+    assert!(
+        app.store.retention_floor() <= below_oldest,
+        "the box was too slow: the kept batch left the window during the test"
+    );
+    Ok(())
+}
