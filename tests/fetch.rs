@@ -768,3 +768,163 @@ async fn configured_headers_do_not_follow_a_redirect_to_another_origin() -> Test
     );
     Ok(())
 }
+
+/// One SSRF target: a URL template (`{port}` is the local server's port)
+/// and the reason class the guard must name when it refuses it.
+struct Target {
+    url: &'static str,
+    why: &'static str,
+    /// Whether, with private networks allowed, a direct fetch lands on the
+    /// local server on 127.0.0.1 (loopback spellings). The others are
+    /// checked through a forward proxy on 127.0.0.1, since nothing listens
+    /// on them.
+    reaches_local: bool,
+}
+
+const fn t(url: &'static str, why: &'static str, reaches_local: bool) -> Target {
+    Target {
+        url,
+        why,
+        reaches_local,
+    }
+}
+
+/// The SSRF matrix of docs/RELIABILITY.md: special ranges of both families,
+/// embedded-IPv4 forms, odd IPv4 spellings and local names.
+const SSRF_TARGETS: &[Target] = &[
+    // IPv4 special ranges.
+    t("http://0.0.0.0:{port}/", "unspecified", false),
+    t("http://0.1.2.3/", "this-network (0.0.0.0/8)", false),
+    t("http://10.0.0.1/", "private", false),
+    t("http://10.255.255.254/", "private", false),
+    t("http://100.64.0.1/", "shared address space (cgnat)", false),
+    t(
+        "http://100.127.255.254/",
+        "shared address space (cgnat)",
+        false,
+    ),
+    t("http://127.0.0.1:{port}/", "loopback", true),
+    t("http://127.255.255.254/", "loopback", false),
+    t(
+        "http://169.254.169.254/latest/meta-data/",
+        "link-local",
+        false,
+    ),
+    t("http://169.254.0.1/", "link-local", false),
+    t("http://172.16.0.1/", "private", false),
+    t("http://172.31.255.254/", "private", false),
+    t("http://192.168.0.1/", "private", false),
+    t("http://192.168.255.254/", "private", false),
+    t("http://198.18.0.1/", "reserved (benchmarking)", false),
+    t("http://198.19.255.254/", "reserved (benchmarking)", false),
+    t("http://224.0.0.1/", "multicast", false),
+    t("http://239.255.255.250/", "multicast", false),
+    t("http://240.0.0.1/", "reserved", false),
+    t("http://255.255.255.255/", "broadcast", false),
+    t(
+        "http://192.0.0.8/",
+        "reserved (ietf protocol assignments)",
+        false,
+    ),
+    t("http://192.0.2.1/", "documentation", false),
+    // IPv6 special ranges and IPv4 embedded in IPv6.
+    t("http://[::1]/", "loopback", false),
+    t("http://[::]/", "unspecified", false),
+    t("http://[fc00::1]/", "private (unique local)", false),
+    t("http://[fd00:ec2::254]/", "private (unique local)", false),
+    t("http://[fe80::1]/", "link-local", false),
+    t("http://[ff02::1]/", "multicast", false),
+    t("http://[ff05::1:3]/", "multicast", false),
+    t("http://[::ffff:127.0.0.1]:{port}/", "loopback", true),
+    t("http://[::ffff:169.254.169.254]/", "link-local", false),
+    t("http://[::ffff:a00:1]/", "private", false),
+    t("http://[::127.0.0.1]/", "loopback", false),
+    t("http://[64:ff9b::7f00:1]/", "loopback", false),
+    t("http://[64:ff9b::a9fe:a9fe]/", "link-local", false),
+    t("http://[2002:7f00:1::]/", "loopback", false),
+    t("http://[2002:c0a8:1::1]/", "private", false),
+    t(
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
+        "reserved (ietf protocol assignments, teredo)",
+        false,
+    ),
+    // Decimal, octal, hex and short spellings of IPv4 addresses.
+    t("http://2130706433:{port}/", "loopback", true),
+    t("http://0x7f.1:{port}/", "loopback", true),
+    t("http://0177.0.0.1:{port}/", "loopback", true),
+    t("http://127.1:{port}/", "loopback", true),
+    t("http://0x7f000001:{port}/", "loopback", true),
+    t("http://017700000001:{port}/", "loopback", true),
+    t("http://0/", "unspecified", false),
+    t("http://3232235521/", "private", false),
+    t("http://0xa9.0xfe.0xa9.0xfe/", "link-local", false),
+    t("http://0xA.1/", "private", false),
+    // Names that resolve to loopback (the system resolver's /etc/hosts).
+    t("http://localhost:{port}/", "loopback", true),
+    t("http://LOCALHOST:{port}/", "loopback", true),
+    t("http://LocalHost.:{port}/", "loopback", true),
+    t("http://localhost.:{port}/", "loopback", true),
+    t("http://app.localhost:{port}/", "loopback", true),
+];
+
+#[tokio::test]
+async fn ssrf_matrix_is_refused_by_default_and_allowed_when_private_networks_are() -> TestResult {
+    assert!(SSRF_TARGETS.len() >= 40, "{} targets", SSRF_TARGETS.len());
+    let (local, local_seen) = recording_server("127.0.0.1").await?;
+    let (proxy, proxy_seen) = recording_server("127.0.0.1").await?;
+    let guarded = Fetcher::new(&FetchConfig {
+        allow_private_networks: false,
+        timeout: Duration::from_secs(10),
+        ..config()
+    })?;
+    let open = Fetcher::new(&FetchConfig {
+        timeout: Duration::from_secs(10),
+        ..config()
+    })?;
+    let open_via_proxy = Fetcher::new(&FetchConfig {
+        proxy: Some(Url::parse(&format!("http://{proxy}"))?),
+        ..config()
+    })?;
+    let mut direct = 0;
+    for target in SSRF_TARGETS {
+        let url = Url::parse(&target.url.replace("{port}", &local.port().to_string()))?;
+        let req = FetchRequest::get(url.clone());
+        // Refused by default, for polls and for upstream streams (firehose
+        // sources open theirs with open_stream), naming the class and the
+        // setting that would allow it.
+        for (kind, got) in [
+            ("fetch", guarded.fetch(&req).await.map(|_| ())),
+            ("stream", guarded.open_stream(&req).await.map(|_| ())),
+        ] {
+            match got {
+                Err(e @ FetchError::Blocked { why, .. }) => {
+                    assert_eq!(why, target.why, "{kind} {url}");
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains(target.why) && msg.contains("allow_private_networks"),
+                        "{kind} {url}: {msg}"
+                    );
+                }
+                other => panic!("{kind} {url}: expected blocked, got {other:?}"),
+            }
+        }
+        // Allowed when private networks are: the request leaves the fetcher
+        // (through the proxy, which answers for any target).
+        let got =
+            body(open_via_proxy.fetch(&req).await).map_err(|e| format!("{url} via proxy: {e}"))?;
+        assert_eq!(&got.body[..], b"landed", "{url} via proxy");
+        // Loopback spellings reach the local server directly, by poll and by stream.
+        if target.reaches_local {
+            let before = seen(&local_seen).len();
+            let got = body(open.fetch(&req).await).map_err(|e| format!("{url}: {e}"))?;
+            assert_eq!(&got.body[..], b"landed", "{url}");
+            let resp = open.open_stream(&req).await?;
+            assert_eq!(&resp.bytes().await?[..], b"landed", "{url} stream");
+            assert_eq!(seen(&local_seen).len(), before + 2, "{url}");
+            direct += 1;
+        }
+    }
+    assert_eq!(seen(&proxy_seen).len(), SSRF_TARGETS.len());
+    assert!(direct >= 10, "{direct} direct targets");
+    Ok(())
+}

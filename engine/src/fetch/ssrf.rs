@@ -253,12 +253,23 @@ impl GuardedResolver {
 
     /// Resolves `host` and applies the guard.
     pub(crate) async fn resolve_host(&self, host: String) -> Result<Vec<IpAddr>, ResolveError> {
-        let ips = self.lookup.lookup(host.clone()).await.map_err(|e| {
-            ResolveError::Lookup(LookupFailed {
-                host: host.clone(),
-                reason: e.to_string(),
-            })
-        })?;
+        let ips = if is_localhost_name(&host) {
+            // RFC 6761: `localhost` names are loopback whatever DNS says, so
+            // `localhost.` and `app.localhost` are refused as loopback (not
+            // a confusing lookup failure on resolvers that do not know
+            // them) and reach loopback when private networks are allowed.
+            vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ]
+        } else {
+            self.lookup.lookup(host.clone()).await.map_err(|e| {
+                ResolveError::Lookup(LookupFailed {
+                    host: host.clone(),
+                    reason: e.to_string(),
+                })
+            })?
+        };
         if ips.is_empty() {
             return Err(ResolveError::Lookup(LookupFailed {
                 host,
@@ -284,6 +295,13 @@ impl GuardedResolver {
             _ => Ok(allowed),
         }
     }
+}
+
+/// Whether `host` is `localhost` or a name under it (RFC 6761 §6.3), in
+/// any case and with or without the trailing root dot.
+fn is_localhost_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 /// What the guarded resolver reports.
