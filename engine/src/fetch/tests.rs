@@ -283,3 +283,83 @@ async fn retry_after_is_recorded_for_the_registrable_domain() {
     );
     assert_eq!(f.politeness().deferred_for("example.org"), None);
 }
+
+/// A public→private redirect matrix: the test server stands in for a public
+/// host (its address is exempt), and every hop it redirects to is a private
+/// target that is refused by default and reached when private networks are
+/// allowed (a landing server on 127.0.0.2, which the exemption does not cover).
+#[tokio::test]
+async fn public_to_private_redirects_are_refused_unless_private_networks_are_allowed() {
+    let landing = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind 127.0.0.2: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let app = Router::new().fallback(get(|| async { "landed" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
+    let port = landing.port();
+    let targets = [
+        format!("http://127.0.0.2:{port}/"),
+        format!("http://2130706434:{port}/"),
+        format!("http://0x7f.2:{port}/"),
+        format!("http://127.2:{port}/"),
+        format!("http://0177.0.0.2:{port}/"),
+        format!("http://[::ffff:127.0.0.2]:{port}/"),
+        format!("http://internal2.test:{port}/"),
+    ];
+    let app = Router::new().route(
+        "/go/{n}",
+        get(
+            |axum::extract::Path(n): axum::extract::Path<usize>,
+             State(targets): State<Arc<Vec<String>>>| async move {
+                Redirect::temporary(&targets[n])
+            },
+        ),
+    );
+    let public = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let app = app.with_state(Arc::new(targets.to_vec()));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
+    let dns = Arc::new(FakeDns(HashMap::from([(
+        "internal2.test",
+        vec![IpAddr::from([127, 0, 0, 2])],
+    )])));
+    let exempt = |allow_private| Guard {
+        allow_private,
+        exempt: Some(loopback()),
+    };
+    let guarded = Fetcher::with_guard(&config(false), dns.clone(), exempt(false))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let open =
+        Fetcher::with_guard(&config(true), dns, exempt(true)).unwrap_or_else(|e| panic!("{e}"));
+    for (n, target) in targets.iter().enumerate() {
+        let req = FetchRequest::get(url(&format!("http://{public}/go/{n}")));
+        match guarded.fetch(&req).await {
+            Err(FetchError::Blocked {
+                why: "loopback", ..
+            }) => {}
+            other => panic!("{target}: expected blocked loopback, got {other:?}"),
+        }
+        match guarded.open_stream(&req).await {
+            Err(FetchError::Blocked {
+                why: "loopback", ..
+            }) => {}
+            other => panic!("{target} (stream): expected blocked loopback, got {other:?}"),
+        }
+        match open.fetch(&req).await {
+            Ok(FetchResponse::Body(b)) => assert_eq!(&b.body[..], b"landed", "{target}"),
+            other => panic!("{target}: expected the landing page, got {other:?}"),
+        }
+    }
+}
