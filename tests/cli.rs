@@ -11,15 +11,15 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use livestrom::replay::{ReplayServer, Scenario, Step};
 
-const BIN: &str = env!("CARGO_BIN_EXE_livestrom");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_livestrom");
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A `livestrom run` child process and the address it listens on.
-struct Running {
+pub(crate) struct Running {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     /// Every stderr line so far (logs), for assertions.
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub(crate) log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Running {
@@ -31,12 +31,22 @@ impl Running {
     /// Starts `livestrom run` with `extra` arguments and waits for a log
     /// line containing `ready`; `addr` is what follows "listening on", if any.
     fn start_with(config: &Path, extra: &[&str], ready: &'static str) -> Running {
+        Self::start_logging(config, extra, ready, "info")
+    }
+
+    /// [`start_with`](Self::start_with) with `LIVESTROM_LOG` set to `level`.
+    pub(crate) fn start_logging(
+        config: &Path,
+        extra: &[&str],
+        ready: &'static str,
+        level: &str,
+    ) -> Running {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("LIVESTROM_LOG", "info")
+            .env("LIVESTROM_LOG", level)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -71,7 +81,7 @@ impl Running {
     }
 
     /// Waits until a log line contains `needle`.
-    fn wait_log(&self, needle: &str) {
+    pub(crate) fn wait_log(&self, needle: &str) {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             if self
@@ -90,7 +100,7 @@ impl Running {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
@@ -102,7 +112,7 @@ impl Running {
     }
 
     /// Waits for the process to exit; returns whether it exited successfully.
-    fn wait(mut self) -> bool {
+    pub(crate) fn wait(mut self) -> bool {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             match self.child.try_wait() {
@@ -123,7 +133,7 @@ impl Drop for Running {
     }
 }
 
-fn write_config(dir: &Path, feed_url: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn write_config(dir: &Path, feed_url: &str) -> (PathBuf, PathBuf) {
     let db = dir.join("live.db");
     let config = dir.join("sources.toml");
     let text = format!(
@@ -136,7 +146,7 @@ fn write_config(dir: &Path, feed_url: &str) -> (PathBuf, PathBuf) {
 }
 
 /// A feed that gains one item on every request: item N is `story-N`.
-fn growing_feed() -> ReplayServer {
+pub(crate) fn growing_feed() -> ReplayServer {
     let scenario = Scenario::new("growing").dynamic("/feed.xml", |req| {
         let n = req.hit;
         let mut body = String::from("<?xml version=\"1.0\"?><rss version=\"2.0\"><channel><title>grow</title><link>https://example.org/</link><description>d</description>");
