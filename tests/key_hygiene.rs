@@ -168,10 +168,6 @@ async fn no_key_reaches_the_database_its_wal_trace_logs_or_response_bodies() -> 
                 .any(|l| l.contains("TRACE") || l.contains("DEBUG")),
         "the log is not at trace level: {text}"
     );
-    assert!(
-        text.contains("api_key=REDACTED"),
-        "the query form was never logged"
-    );
     assert!(!text.contains("panicked"), "{text}");
     for key in canaries {
         for secret in secrets_of(key) {
@@ -180,6 +176,12 @@ async fn no_key_reaches_the_database_its_wal_trace_logs_or_response_bodies() -> 
             }
         }
     }
+    // After the scan, so a leak is reported as one: the query form was
+    // seen and logged (redacted).
+    assert!(
+        text.contains("api_key=REDACTED"),
+        "the query form was never logged"
+    );
     assert_eq!(requests, 4 * 5 * 3);
     Ok(())
 }
@@ -343,11 +345,12 @@ fn rss_bytes() -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
 
 #[tokio::test]
 async fn bogus_keys_do_not_grow_memory() -> TestResult {
-    // LIVESTROM_BOGUS_KEYS=1000000 is the long version (docs/RELIABILITY.md).
+    // The full million takes about 2 s on a debug build; LIVESTROM_BOGUS_KEYS
+    // runs another count (docs/RELIABILITY.md).
     let n: usize = std::env::var("LIVESTROM_BOGUS_KEYS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("keys.db");
     {
