@@ -122,6 +122,16 @@ async fn no_key_reaches_the_database_its_wal_trace_logs_or_response_bodies() -> 
         assert!(!body.contains(&secret), "{body}");
     }
     run.wait_log("hygiene-last-request");
+    // Metrics labels: the scrape after all those requests names no key.
+    let res = http.get(format!("{base}/metrics")).send().await?;
+    assert_eq!(res.status(), 200);
+    let metrics = res.text().await?;
+    assert!(metrics.contains("livestrom_"), "{metrics}");
+    for key in canaries {
+        for secret in secrets_of(key) {
+            assert!(!metrics.contains(&secret), "/metrics names a key");
+        }
+    }
 
     // The database and its WAL while the server runs, then after shutdown.
     let wal = db.with_extension("db-wal");
@@ -297,6 +307,7 @@ async fn ten_thousand_one_character_typos_are_refused_before_any_lookup() -> Tes
         Settings {
             keepalive: Duration::from_secs(30),
             cors_origins: vec![],
+            metrics_token: None,
         },
         cancel.clone(),
     )
