@@ -18,6 +18,7 @@ pub mod scan;
 pub mod scope;
 pub mod sink;
 pub mod status;
+mod stored;
 pub mod wire;
 
 pub use conn::{Cluster, ClusterError};
