@@ -18,7 +18,7 @@ use futures::StreamExt;
 use livestrom_engine::StreamEvent;
 use tokio::time::Instant;
 
-use super::failover::{growing_feed, holder_pid, start_node, write_config};
+use super::failover::{grow_every, growing_feed, holder_pid, start_node, write_config};
 use super::nats::{start_nats, WAIT};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -140,15 +140,7 @@ async fn a_client_resumes_on_another_edge_and_survives_an_engine_failover() -> T
     let js = jetstream::new(async_nats::connect(&nats.url).await?);
 
     // The feed grows by one item every 250 ms for the whole test.
-    let grower = {
-        let count = count.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
+    let grower = grow_every(count.clone(), Duration::from_millis(250));
 
     // On edge A until 8 events arrived, then edge A dies mid-stream.
     let mut got = Vec::new();

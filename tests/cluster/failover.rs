@@ -136,6 +136,26 @@ pub(crate) async fn newest(js: &jetstream::Context) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits (at most `within`) until the stream holds item `n` or a later
+/// one; panics with `what` otherwise.
+pub(crate) async fn wait_for_item(js: &jetstream::Context, n: u64, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while newest(js).await < n {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Grows the feed by one item every `period` until aborted.
+pub(crate) fn grow_every(count: Arc<AtomicU64>, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+}
+
 /// The pid of the engine holding `source`'s lease, from the leases and
 /// nodes buckets.
 pub(crate) async fn holder_pid(js: &jetstream::Context, source: &str) -> Option<u32> {
@@ -163,15 +183,7 @@ async fn killing_the_engine_that_holds_a_source_loses_and_doubles_nothing() -> T
     let js = jetstream::new(async_nats::connect(&nats.url).await?);
 
     // The feed grows by one item every 200 ms for the whole test.
-    let grower = {
-        let count = count.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
+    let grower = grow_every(count.clone(), Duration::from_millis(200));
     let deadline = Instant::now() + WAIT;
     // Wait for the first events and a holder.
     let pid = loop {
@@ -345,15 +357,7 @@ async fn an_engine_paused_past_its_lease_wakes_up_without_doubling_or_losing() -
     let _a = start_node(&config, "engine", None, &dir.path().join("a.log"));
     let _b = start_node(&config, "engine", None, &dir.path().join("b.log"));
     let js = jetstream::new(async_nats::connect(&nats.url).await?);
-    let grower = {
-        let count = count.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
+    let grower = grow_every(count.clone(), Duration::from_millis(200));
     let deadline = Instant::now() + WAIT;
     let pid = loop {
         if let Some(pid) = holder_pid(&js, "grow.feed").await {
@@ -369,32 +373,26 @@ async fn an_engine_paused_past_its_lease_wakes_up_without_doubling_or_losing() -
     // published ten more items.
     signal(pid, "-STOP");
     let stopped_at = count.load(Ordering::SeqCst);
-    let deadline = Instant::now() + WAIT;
-    while newest(&js).await < stopped_at + 10 {
-        assert!(
-            Instant::now() < deadline,
-            "nobody took over from the paused engine"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_item(
+        &js,
+        stopped_at + 10,
+        WAIT,
+        "nobody took over from the paused engine",
+    )
+    .await;
     // It wakes up with its old view of the lease and whatever poll it was in.
     signal(pid, "-CONT");
     let woke_at = count.load(Ordering::SeqCst);
-    let deadline = Instant::now() + WAIT;
-    while newest(&js).await < woke_at + 15 {
-        assert!(
-            Instant::now() < deadline,
-            "publishing stopped after the wake-up"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_item(
+        &js,
+        woke_at + 15,
+        WAIT,
+        "publishing stopped after the wake-up",
+    )
+    .await;
     grower.abort();
     let last = count.load(Ordering::SeqCst);
-    let deadline = Instant::now() + WAIT;
-    while newest(&js).await < last {
-        assert!(Instant::now() < deadline, "item {last} never published");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_item(&js, last, WAIT, &format!("item {last} never published")).await;
     assert_each_item_once(&stream_events(&js).await?, last);
     Ok(())
 }

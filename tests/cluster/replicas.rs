@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use tokio::time::Instant;
 
-use super::failover::{assert_each_item_once, growing_feed, newest, start_node, stream_events};
+use super::failover::{
+    assert_each_item_once, grow_every, growing_feed, start_node, stream_events, wait_for_item,
+};
 use super::nats::{start_trio, WAIT};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -57,14 +58,7 @@ url = "http://{upstream}/feed.xml"
         .connect(urls.as_slice())
         .await?;
     let js = jetstream::new(client);
-    let deadline = Instant::now() + WAIT * 2;
-    while newest(&js).await < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "no events on the three-node cluster"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_item(&js, 5, WAIT * 2, "no events on the three-node cluster").await;
     let info = js.get_stream("LIVESTROM").await?.info().await?.clone();
     assert_eq!(info.config.num_replicas, 3);
     let leader = info
@@ -76,33 +70,20 @@ url = "http://{upstream}/feed.xml"
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unexpected leader name {leader}"));
     // The feed grows while the leader dies.
-    let grower = {
-        let count = count.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
+    let grower = grow_every(count.clone(), Duration::from_millis(200));
     tokio::time::sleep(Duration::from_millis(600)).await;
     trio.nodes[i].stop();
     let killed_at = count.load(Ordering::SeqCst);
-    let deadline = Instant::now() + WAIT * 2;
-    while newest(&js).await < killed_at + 10 {
-        assert!(
-            Instant::now() < deadline,
-            "nothing published after the leader {leader} died"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_item(
+        &js,
+        killed_at + 10,
+        WAIT * 2,
+        &format!("nothing published after the leader {leader} died"),
+    )
+    .await;
     grower.abort();
     let last = count.load(Ordering::SeqCst);
-    let deadline = Instant::now() + WAIT;
-    while newest(&js).await < last {
-        assert!(Instant::now() < deadline, "item {last} never published");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_item(&js, last, WAIT, &format!("item {last} never published")).await;
     assert_each_item_once(&stream_events(&js).await?, last);
     Ok(())
 }
