@@ -8,6 +8,10 @@
 //! Environment: `BENCH_SUBS` (default 200), `BENCH_RATE` (default 100),
 //! `BENCH_SECS` (default 10), `BENCH_LIVESTROM_BIN` (the binary to run instead
 //! of this build's, for a before/after comparison in one session).
+//! `BENCH_SLOW=1` adds, on one node, the same case again with one more
+//! subscriber that reads about one event a second (a raw socket with a
+//! 4 KiB receive buffer), alternating without/with it `BENCH_SLOW_ROUNDS`
+//! times (default 3): what a slow consumer does to everyone else's latency.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -240,6 +244,31 @@ async fn measure(edges: &[SocketAddr], key: &str, subs: u64, secs: u64) -> BoxRe
     Ok(v)
 }
 
+/// A subscriber reading about one event a second for `secs` (512 bytes a
+/// second through a 4 KiB receive buffer); returns the bytes it read
+/// before the server cut it off or the time was up.
+async fn slow_reader(edge: SocketAddr, key: String, secs: u64) -> BoxResult<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut s = socket.connect(edge).await?;
+    s.write_all(
+        format!("GET /v1/stream HTTP/1.1\r\nHost: {edge}\r\nX-API-Key: {key}\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let mut buf = [0u8; 512];
+    let mut read = 0;
+    while Instant::now() < stop {
+        match s.read(&mut buf).await? {
+            0 => break,
+            n => read += n,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(read)
+}
+
 fn report(name: &str, lat: &[u64], secs: u64) {
     let q = |p: f64| {
         lat.get(((lat.len() as f64 - 1.0) * p) as usize)
@@ -278,6 +307,26 @@ fn main() -> BoxResult<()> {
             let _n = node(&cfg, "all", Some(edge), &dir.path().join("single.log"))?;
             ready(edge).await?;
             report("one node (SQLite)", &measure(&[edge], &k, subs, secs).await?, secs);
+        }
+        if env_or("BENCH_SLOW", 0) == 1 {
+            for round in 0..env_or("BENCH_SLOW_ROUNDS", 3) {
+                for with_slow in [false, true] {
+                    let up = upstream(rate, Arc::default()).await?;
+                    let name = format!("slow{round}{with_slow}");
+                    let cfg = config(dir.path(), &name, up, None)?;
+                    let k = key(&cfg)?;
+                    let edge = free_addr()?;
+                    let _n = node(&cfg, "all", Some(edge), &dir.path().join(format!("{name}.log")))?;
+                    ready(edge).await?;
+                    let slow = with_slow.then(|| tokio::spawn(slow_reader(edge, k.clone(), secs)));
+                    let label = if with_slow { "one node + a slow consumer" } else { "one node, no slow consumer" };
+                    report(label, &measure(&[edge], &k, subs, secs).await?, secs);
+                    if let Some(slow) = slow {
+                        let read = slow.await??;
+                        println!("    (the slow consumer read {read} bytes before it was cut off or the case ended)");
+                    }
+                }
+            }
         }
         let Some(bin) = nats_server() else {
             println!("  (cluster cases skipped: set LIVESTROM_NATS_SERVER)");

@@ -33,7 +33,7 @@ const EVERY: Duration = Duration::from_millis(2);
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// The upstream's clock: items 1..=`max()` exist; frozen once `frozen`.
-struct Upstream {
+pub(crate) struct Upstream {
     start: Instant,
     /// One item every this long.
     every: Duration,
@@ -42,6 +42,16 @@ struct Upstream {
 }
 
 impl Upstream {
+    /// Items from now on, one every `every`.
+    pub(crate) fn new(every: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            every,
+            frozen: AtomicBool::new(false),
+            frozen_at: AtomicU64::new(0),
+        }
+    }
+
     fn max(&self) -> u64 {
         if self.frozen.load(Ordering::SeqCst) {
             return self.frozen_at.load(Ordering::SeqCst);
@@ -49,7 +59,7 @@ impl Upstream {
         (self.start.elapsed().as_micros() / self.every.as_micros()) as u64
     }
 
-    fn freeze(&self) -> u64 {
+    pub(crate) fn freeze(&self) -> u64 {
         let m = self.max();
         self.frozen_at.store(m, Ordering::SeqCst);
         self.frozen.store(true, Ordering::SeqCst);
@@ -59,7 +69,7 @@ impl Upstream {
 
 /// An SSE firehose: items from `Last-Event-ID + 1` up to the clock, then
 /// new ones as they come.
-async fn firehose(up: Arc<Upstream>) -> SocketAddr {
+pub(crate) async fn firehose(up: Arc<Upstream>) -> SocketAddr {
     async fn events(
         State(up): State<Arc<Upstream>>,
         headers: HeaderMap,
@@ -91,7 +101,7 @@ async fn firehose(up: Arc<Upstream>) -> SocketAddr {
 }
 
 /// A `livestrom run` child; SIGKILLed on drop.
-struct Node(Child);
+pub(crate) struct Node(pub(crate) Child);
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -100,7 +110,7 @@ impl Drop for Node {
 }
 
 /// Starts `livestrom run` on `listen` and waits until it listens.
-fn start(config: &Path, listen: SocketAddr) -> Node {
+pub(crate) fn start(config: &Path, listen: SocketAddr) -> Node {
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(config)
@@ -133,11 +143,11 @@ fn random() -> u64 {
 }
 
 /// What the client got: (id, item number), in arrival order.
-type Got = Arc<Mutex<Vec<(uuid::Uuid, u64)>>>;
+pub(crate) type Got = Arc<Mutex<Vec<(uuid::Uuid, u64)>>>;
 
 /// A resuming SSE client: reconnects with `Last-Event-ID` whenever the
 /// connection ends, until `stop`.
-async fn client(addr: SocketAddr, key: String, got: Got, stop: Arc<AtomicBool>) {
+pub(crate) async fn client(addr: SocketAddr, key: String, got: Got, stop: Arc<AtomicBool>) {
     let http = reqwest::Client::new();
     while !stop.load(Ordering::SeqCst) {
         let last = got
@@ -185,7 +195,9 @@ async fn client(addr: SocketAddr, key: String, got: Got, stop: Arc<AtomicBool>) 
 }
 
 /// The stored events: (id, item number), in id order.
-fn stored(db: &Path) -> Result<Vec<(uuid::Uuid, u64)>, Box<dyn std::error::Error + Send + Sync>> {
+pub(crate) fn stored(
+    db: &Path,
+) -> Result<Vec<(uuid::Uuid, u64)>, Box<dyn std::error::Error + Send + Sync>> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut stmt = conn.prepare("SELECT id, json FROM events ORDER BY id")?;
@@ -208,30 +220,48 @@ fn stored(db: &Path) -> Result<Vec<(uuid::Uuid, u64)>, Box<dyn std::error::Error
 }
 
 /// A config for one firehose source at `upstream` with its database in `dir`.
-fn write_config(
+pub(crate) fn write_config(
     dir: &Path,
     upstream: SocketAddr,
 ) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
     let db = dir.join("crash.db");
     let config = dir.join("sources.toml");
+    write_firehose_config(&config, &db, upstream)?;
+    Ok((config, db))
+}
+
+/// Writes `config`: one SSE firehose source `crash.fire` at `upstream`,
+/// its database at `db`.
+pub(crate) fn write_firehose_config(
+    config: &Path,
+    db: &Path,
+    upstream: SocketAddr,
+) -> std::io::Result<()> {
     std::fs::write(
-        &config,
+        config,
         format!(
             "[engine]\ndatabase = \"{}\"\nretention = \"1h\"\n[fetch]\nallow_private_networks = true\n\
              [[source]]\nid = \"crash.fire\"\ntype = \"firehose\"\nformat = \"sse\"\nurl = \"http://{upstream}/events\"\n\
              fields = {{ id = \"/id\", title = \"/title\" }}\n",
             db.display()
         ),
-    )?;
-    Ok((config, db))
+    )
 }
 
 /// Mints a key through the CLI.
 fn mint_key(config: &Path) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    mint(config, &["--name", "crash", "--rate", "1000/s"])
+}
+
+/// Mints a key through the CLI with `args` (name, scopes, …); returns it.
+pub(crate) fn mint(
+    config: &Path,
+    args: &[&str],
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let created = Command::new(BIN)
-        .args([
-            "apikey", "create", "--name", "crash", "--rate", "1000/s", "--config",
-        ])
+        .args(["apikey", "create"])
+        .args(args)
+        .arg("--config")
         .arg(config)
         .output()?;
     assert!(
@@ -248,12 +278,7 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged_and_resumes_exactly
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let up = Arc::new(Upstream {
-        start: Instant::now(),
-        every: EVERY,
-        frozen: AtomicBool::new(false),
-        frozen_at: AtomicU64::new(0),
-    });
+    let up = Arc::new(Upstream::new(EVERY));
     let upstream = firehose(up.clone()).await;
     let dir = tempfile::tempdir()?;
     let (config, db) = write_config(dir.path(), upstream)?;
@@ -394,12 +419,7 @@ async fn dropping_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_dropping_100_times_gets_exactly_the_stored_events_in_order() -> TestResult {
-    let up = Arc::new(Upstream {
-        start: Instant::now(),
-        every: Duration::from_millis(1),
-        frozen: AtomicBool::new(false),
-        frozen_at: AtomicU64::new(0),
-    });
+    let up = Arc::new(Upstream::new(Duration::from_millis(1)));
     let upstream = firehose(up.clone()).await;
     let dir = tempfile::tempdir()?;
     let (config, db) = write_config(dir.path(), upstream)?;

@@ -366,6 +366,38 @@ async fn redirects_are_followed_up_to_the_limit() -> TestResult {
     Ok(())
 }
 
+/// A redirect loop (a page redirecting to itself, and two pages to each
+/// other) and a 20-hop chain stop at the hop cap with the same error, and
+/// the loop is not followed further than the cap (counted on the server).
+#[tokio::test]
+async fn redirect_loops_and_long_chains_fail_at_the_hop_cap() -> TestResult {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route("/hop/{n}", get(hop))
+        .route(
+            "/self",
+            get(|State(h): State<Arc<AtomicUsize>>| async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                Redirect::temporary("/self")
+            }),
+        )
+        .route("/ping", get(|| async { Redirect::permanent("/pong") }))
+        .route("/pong", get(|| async { Redirect::permanent("/ping") }))
+        .with_state(hits.clone());
+    let addr = serve(app).await?;
+    let f = Fetcher::new(&config())?;
+    for path in ["/self", "/ping", "/hop/20"] {
+        let err = f.fetch(&request(addr, path)?).await;
+        assert!(
+            matches!(err, Err(FetchError::TooManyRedirects(5))),
+            "{path}: {err:?}"
+        );
+    }
+    // The first request and 5 followed hops.
+    assert_eq!(hits.load(Ordering::SeqCst), 6);
+    Ok(())
+}
+
 async fn limited(Path(kind): Path<String>, State(hits): State<Arc<AtomicUsize>>) -> Response {
     hits.fetch_add(1, Ordering::SeqCst);
     match kind.as_str() {

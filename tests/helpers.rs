@@ -118,3 +118,24 @@ pub(crate) fn with_test_defaults(toml_body: &str) -> String {
     }
     toml::to_string(&table).unwrap_or_else(|e| panic!("cannot re-serialise the test config: {e}"))
 }
+
+/// The value of one series (`name` or `name{labels}` exactly as exposed)
+/// in `GET /metrics` of the server at `addr`; None if unreachable or absent.
+pub(crate) async fn metric(
+    http: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    series: &str,
+) -> Option<f64> {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}

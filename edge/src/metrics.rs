@@ -107,6 +107,10 @@ struct Inner {
     subscribers: Gauge,
     /// `edge_connections`, set at each scrape.
     connections: Gauge,
+    /// `runtime_tasks`, set at each scrape: tasks alive on the process's
+    /// async runtime, so a leak (of fetches, streams, connections) shows as
+    /// growth that never comes back down.
+    tasks: Gauge,
 }
 
 impl std::fmt::Debug for EdgeMetrics {
@@ -185,6 +189,12 @@ impl EdgeMetrics {
             "Client connections open (any state)",
             connections.clone(),
         );
+        let tasks = Gauge::default();
+        registry.register(
+            "runtime_tasks",
+            "Tasks alive on the process's async runtime (growth that never comes back down is a leak)",
+            tasks.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 responses,
@@ -196,6 +206,7 @@ impl EdgeMetrics {
                 hub_delay,
                 subscribers,
                 connections,
+                tasks,
             }),
         }
     }
@@ -260,6 +271,12 @@ impl EdgeMetrics {
         self.inner
             .connections
             .set(i64::try_from(connections).unwrap_or(i64::MAX));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let alive = rt.metrics().num_alive_tasks();
+            self.inner
+                .tasks
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
     }
 }
 

@@ -48,6 +48,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// A response extension: when the token is cancelled the server gives up
+/// the write in progress and closes the connection. A stream sets it to its
+/// subscriber's overflow signal, so a client that reads a little at a time
+/// is cut off when its queue overflows, not after it has slowly read
+/// everything already handed to the socket.
+#[derive(Debug, Clone)]
+pub struct AbortWrite(pub CancellationToken);
+
 /// Timeouts of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
@@ -369,6 +377,7 @@ async fn respond(
     ctx: &Ctx,
 ) -> io::Result<bool> {
     let (parts, body) = res.into_parts();
+    let abort = parts.extensions.get::<AbortWrite>().map(|a| a.0.clone());
     let status = parts.status;
     let no_body = status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -498,9 +507,9 @@ async fn respond(
                 Buf::chain(Buf::chain(head, &size[..n]), bytes),
                 &b"\r\n"[..],
             );
-            write_all(sock, &mut frame, ctx).await?;
+            write_all_unless(sock, &mut frame, ctx, abort.as_ref()).await?;
         } else {
-            write_all(sock, &mut Buf::chain(head, bytes), ctx).await?;
+            write_all_unless(sock, &mut Buf::chain(head, bytes), ctx, abort.as_ref()).await?;
         }
     }
     let mut last = Buf::chain(
@@ -543,8 +552,30 @@ fn client_closed(sock: &TcpStream) -> io::Result<bool> {
 /// progress for [`Options::write_stall`] (or [`Options::shutdown_write_grace`]
 /// once shutdown began).
 async fn write_all(sock: &mut TcpStream, buf: &mut impl Buf, ctx: &Ctx) -> io::Result<()> {
+    write_all_unless(sock, buf, ctx, None).await
+}
+
+/// [`write_all`] that gives up (an error) as soon as `abort` is cancelled.
+async fn write_all_unless(
+    sock: &mut TcpStream,
+    buf: &mut impl Buf,
+    ctx: &Ctx,
+    abort: Option<&CancellationToken>,
+) -> io::Result<()> {
     let stop = &ctx.stop;
+    let aborted = async {
+        match abort {
+            Some(a) => a.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut aborted = std::pin::pin!(aborted);
     while buf.has_remaining() {
+        if abort.is_some_and(CancellationToken::is_cancelled) {
+            return Err(io::Error::other(
+                "write given up: the client reads too slowly",
+            ));
+        }
         let limit = if stop.is_cancelled() {
             ctx.opts.shutdown_write_grace
         } else {
@@ -561,6 +592,9 @@ async fn write_all(sock: &mut TcpStream, buf: &mut impl Buf, ctx: &Ctx) -> io::R
                 })??,
                 // Shutdown while waiting: retry with the shorter grace.
                 _ = stop.cancelled(), if !stop.is_cancelled() => continue,
+                () = &mut aborted => {
+                    return Err(io::Error::other("write given up: the client reads too slowly"));
+                }
             }
         };
         if n == 0 {

@@ -113,12 +113,14 @@ pub async fn handler(
         ahead: None,
         ended: None,
     };
+    let abort = crate::server::AbortWrite(conn.sub.overflow_signal());
     let body = futures::stream::unfold(conn, |mut c| async move {
         c.next_chunk()
             .await
             .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), c))
     });
     let mut res = axum::body::Body::from_stream(body).into_response();
+    res.extensions_mut().insert(abort);
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -266,7 +268,15 @@ struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        let why = self.ended.unwrap_or(Disconnect::Client);
+        let why = match self.ended {
+            Some(why) => why,
+            // The server gave up a write because the queue overflowed.
+            None if self.sub.overflow_signal().is_cancelled() => {
+                tracing::info!(key = %self.key.name, "slow subscriber disconnected: its queue exceeded the bound while a write to it was stalled");
+                Disconnect::Slow
+            }
+            None => Disconnect::Client,
+        };
         self.state.metrics.disconnect(why);
     }
 }

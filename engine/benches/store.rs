@@ -1,14 +1,18 @@
 //! Store benchmark: batched inserts (events/s through the writer thread,
 //! group commit, JSON serialisation included) and log replay (events/s of
-//! `read_after` pages). Run: `cargo bench -p livestrom-engine --bench store`.
+//! `read_after` pages), plus one-event commits one after another (what a
+//! quiet poll or an idle firehose costs: commit latency).
+//! Run: `cargo bench -p livestrom-engine --bench store`;
+//! `BENCH_SYNCHRONOUS=full` measures `[engine] synchronous = "full"`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use livestrom_engine::config::Synchronous;
 use livestrom_engine::event::SourceType;
 use livestrom_engine::store::{NewEvent, ReadScope, WriteBatch};
-use livestrom_engine::{Bus, EventLog, Store, StreamEvent};
+use livestrom_engine::{Bus, EventLog, Metrics, Store, StreamEvent};
 use uuid::Uuid;
 
 fn total() -> usize {
@@ -54,7 +58,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rt.block_on(async {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("bench.db");
-        let store = Store::open(&path, Duration::from_secs(7 * 86400), Bus::new())?;
+        let synchronous = match std::env::var("BENCH_SYNCHRONOUS").as_deref() {
+            Ok("full") => Synchronous::Full,
+            _ => Synchronous::Normal,
+        };
+        println!("synchronous = {}", synchronous.pragma());
+        let store = Store::open_synchronous(
+            &path,
+            Duration::from_secs(7 * 86400),
+            synchronous,
+            Bus::new(),
+            Metrics::new(),
+        )?;
+
+        // One-event commits, one at a time: each pays a whole commit (and
+        // with FULL an fsync of the WAL).
+        let singles = 2_000;
+        let mut lat = Vec::with_capacity(singles);
+        let start = Instant::now();
+        for i in 0..singles {
+            let t = Instant::now();
+            store.write(WriteBatch { events: vec![event(10_000_000 + i)], ..Default::default() }).await?;
+            lat.push(t.elapsed());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        lat.sort();
+        println!(
+            "single commits: {singles} in {secs:.2} s = {:.0} commits/s, latency p50 {:.3} ms p99 {:.3} ms",
+            singles as f64 / secs,
+            lat[singles / 2].as_secs_f64() * 1e3,
+            lat[singles * 99 / 100].as_secs_f64() * 1e3
+        );
 
         // Pre-build batches so the measurement is the store, not the generator.
         let batches: Vec<Vec<NewEvent>> = (0..total() / BATCH).map(|b| (0..BATCH).map(|i| event(b * BATCH + i)).collect()).collect();

@@ -166,6 +166,35 @@ pub struct EngineConfig {
     pub database: PathBuf,
     /// How long events are kept for resume.
     pub retention: Duration,
+    /// When a commit reaches the disk (`synchronous`): what a power loss
+    /// can take back.
+    pub synchronous: Synchronous,
+}
+
+/// `[engine] synchronous`: SQLite's `PRAGMA synchronous` for the writer,
+/// in WAL mode. Neither setting loses or corrupts anything on a crash of
+/// the process (kill -9); they differ only on power loss or an OS crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `NORMAL` (default): the WAL is synced at checkpoints, not at every
+    /// commit, so a power loss can roll back the last commits (events
+    /// already sent to subscribers); the database stays consistent.
+    #[default]
+    Normal,
+    /// `FULL`: every commit is synced before it is acknowledged and
+    /// announced, so a power loss loses nothing acknowledged (one fsync per
+    /// commit; the cost is measured in docs/PERFORMANCE.md).
+    Full,
+}
+
+impl Synchronous {
+    /// The pragma's value.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+        }
+    }
 }
 
 /// `[edge]`.

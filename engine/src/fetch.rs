@@ -438,23 +438,20 @@ impl From<UrlRefused> for FetchError {
 
 /// Reads the (already decompressed) body, failing as soon as it exceeds
 /// `limit`: at most `limit` bytes plus one chunk are ever held, whatever the
-/// compression ratio.
+/// compression ratio. Chunks are kept as they arrive and joined once at the
+/// end (a body that grew by reallocation would hold its old and new buffers
+/// at once, and the allocator keeps freed ones for a while: a body cut off
+/// at the cap would then cost about twice the cap).
 async fn read_capped(resp: &mut Response, limit: u64) -> Result<Bytes, FetchError> {
-    /// Preallocation is bounded too: a lying Content-Length costs nothing.
-    const PREALLOC_MAX: u64 = 1 << 20;
     if resp.content_length().is_some_and(|len| len > limit) {
         return Err(FetchError::TooLarge { limit });
     }
-    let capacity = resp
-        .content_length()
-        .unwrap_or(0)
-        .min(limit)
-        .min(PREALLOC_MAX);
-    let mut body = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len: u64 = 0;
     loop {
         let chunk = match resp.chunk().await {
             Ok(Some(chunk)) => chunk,
-            Ok(None) => return Ok(body.freeze()),
+            Ok(None) => break,
             Err(e) if e.is_decode() => {
                 return Err(FetchError::Other(format!(
                     "cannot decode the response body: {}",
@@ -468,11 +465,25 @@ async fn read_capped(resp: &mut Response, limit: u64) -> Result<Bytes, FetchErro
                 )))
             }
         };
-        if body.len() as u64 + chunk.len() as u64 > limit {
+        len += chunk.len() as u64;
+        if len > limit {
             return Err(FetchError::TooLarge { limit });
         }
-        body.extend_from_slice(&chunk);
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
     }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut body = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+            for c in chunks.drain(..) {
+                body.extend_from_slice(&c);
+            }
+            body.freeze()
+        }
+    })
 }
 
 /// "outer: inner: innermost", skipping links that repeat their predecessor.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use livestrom_edge::catalog::Catalog;
-use livestrom_engine::{Bus, Config, Store};
+use livestrom_engine::{Bus, Config, Metrics, Store};
 use tokio_util::sync::CancellationToken;
 
 use super::{load_config, ConfigArgs};
@@ -103,8 +103,14 @@ pub(crate) async fn run(
     raise_open_file_limit();
     let _instance = lock_instance(&config.engine.database)?;
     let bus = Bus::new();
-    let store = Store::open(&config.engine.database, config.engine.retention, bus)
-        .with_context(|| "cannot start: the database is unusable")?;
+    let store = Store::open_synchronous(
+        &config.engine.database,
+        config.engine.retention,
+        config.engine.synchronous,
+        bus,
+        Metrics::new(),
+    )
+    .with_context(|| "cannot start: the database is unusable")?;
     let (edge, catalog) = match role {
         Role::Engine => {
             tracing::info!(

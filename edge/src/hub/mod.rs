@@ -159,6 +159,12 @@ impl Hub {
 }
 
 impl Subscription {
+    /// Cancelled once the queue overflowed while live (the client reads too
+    /// slowly): the server gives up a write in progress on it.
+    pub fn overflow_signal(&self) -> tokio_util::sync::CancellationToken {
+        self.sub.overflowed_live.clone()
+    }
+
     /// Resolves when frames were queued (or the queue overflowed or ended)
     /// since the last drain. May resolve spuriously; always drain after it.
     pub async fn notified(&self) {

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::frame::Frame;
 use crate::filter::Filter;
@@ -24,6 +25,10 @@ pub(super) struct Subscriber {
     pub(super) filter: Arc<Filter>,
     pub(super) queue: Mutex<Queue>,
     pub(super) notify: Notify,
+    /// Cancelled when the queue overflows while live: the connection may be
+    /// in the middle of writing an earlier chunk to a client that reads
+    /// slowly, and must give up that write rather than finish it first.
+    pub(super) overflowed_live: CancellationToken,
 }
 
 pub(super) struct Queue {
@@ -51,6 +56,7 @@ impl Subscriber {
                 live: false,
             }),
             notify: Notify::new(),
+            overflowed_live: CancellationToken::new(),
         }
     }
 
@@ -94,6 +100,9 @@ impl Subscriber {
             q.bytes = 0;
             let live = q.live;
             drop(q);
+            if live {
+                self.overflowed_live.cancel();
+            }
             self.notify.notify_one();
             return live;
         }

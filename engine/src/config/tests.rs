@@ -83,6 +83,7 @@ fn empty_file_is_all_defaults() -> Result<(), ConfigError> {
         "relative to the file"
     );
     assert_eq!(c.engine.retention, Duration::from_secs(7 * 86_400));
+    assert_eq!(c.engine.synchronous, crate::config::Synchronous::Normal);
     assert_eq!(c.edge.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
     assert_eq!(c.edge.keepalive, Duration::from_secs(25));
     assert_eq!(c.edge.cors_origins, vec!["*".to_owned()]);
@@ -110,6 +111,7 @@ const EVERY_FIELD: &str = r#"
 [engine]
 database = "/var/lib/livestrom/events.db"
 retention = "3d"
+synchronous = "full"
 
 [edge]
 listen = "0.0.0.0:9090"
@@ -186,6 +188,7 @@ fn every_field_is_accepted_and_read() -> Result<(), ConfigError> {
         PathBuf::from("/var/lib/livestrom/events.db")
     );
     assert_eq!(c.engine.retention, Duration::from_secs(3 * 86_400));
+    assert_eq!(c.engine.synchronous, crate::config::Synchronous::Full);
     assert_eq!(c.edge.listen, SocketAddr::from(([0, 0, 0, 0], 9090)));
     assert_eq!(c.edge.keepalive, Duration::from_secs(15));
     assert_eq!(
@@ -1374,5 +1377,20 @@ fn every_cluster_problem_is_reported_at_its_line() {
         "cluster.nats",
         "[cluster]",
         "at least one server",
+    );
+}
+
+#[test]
+fn synchronous_is_normal_or_full_and_anything_else_is_named() {
+    let err = Config::from_toml(
+        Path::new("sources.toml"),
+        "[engine]\nsynchronous = \"always\"\n",
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        err.contains("sources.toml:2: engine.synchronous: must be \"normal\""),
+        "{err}"
     );
 }

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::bus::Bus;
+use crate::config::Synchronous;
 use crate::event::{CommittedEvent, IdGenerator};
 use crate::metrics::Metrics;
 
@@ -113,7 +114,25 @@ impl Store {
         bus: Bus,
         metrics: Metrics,
     ) -> Result<Self, StoreError> {
+        Self::open_synchronous(path, retention, Synchronous::Normal, bus, metrics)
+    }
+
+    /// [`Store::open_with_metrics`] whose writer commits with `synchronous`
+    /// (`[engine] synchronous`; `Full` syncs every commit before it is
+    /// acknowledged, so a power loss cannot take back an announced event).
+    pub fn open_synchronous(
+        path: &Path,
+        retention: Duration,
+        synchronous: Synchronous,
+        bus: Bus,
+        metrics: Metrics,
+    ) -> Result<Self, StoreError> {
         let conn = open_connection(path)?;
+        conn.execute_batch(&format!("PRAGMA synchronous={};", synchronous.pragma()))
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                reason: describe_open_error(&e),
+            })?;
         conn.execute_batch(SCHEMA).map_err(|e| StoreError::Open {
             path: path.to_owned(),
             reason: describe_open_error(&e),
@@ -266,6 +285,18 @@ impl Store {
         self.inner
             .writer
             .send(Job::Probe(tx))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Tests: the writer connection's `PRAGMA synchronous` (1 NORMAL, 2 FULL).
+    #[cfg(test)]
+    pub(crate) async fn writer_synchronous(&self) -> Result<i64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job::Synchronous(tx))
             .await
             .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?

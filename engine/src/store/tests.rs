@@ -268,3 +268,30 @@ fn garbage_file_is_a_clear_open_error() {
         .unwrap_or_default();
     assert!(err.contains("not a SQLite database"), "{err}");
 }
+
+/// `[engine] synchronous` reaches the writer's connection: `normal` by
+/// default, `full` when configured (what a power loss can take back depends
+/// on it; RELIABILITY.md *Power loss*).
+#[tokio::test]
+async fn the_writer_commits_with_the_configured_synchronous_level() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("s.db");
+    let store = Store::open(&path, Duration::from_secs(3600), Bus::new())?;
+    assert_eq!(store.writer_synchronous().await?, 1, "NORMAL by default");
+    drop(store);
+    let store = Store::open_synchronous(
+        &path,
+        Duration::from_secs(3600),
+        crate::config::Synchronous::Full,
+        Bus::new(),
+        crate::Metrics::new(),
+    )?;
+    assert_eq!(store.writer_synchronous().await?, 2, "FULL when configured");
+    store
+        .write(WriteBatch {
+            events: vec![ev("a", "1")],
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}

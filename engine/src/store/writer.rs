@@ -32,6 +32,9 @@ pub(super) enum Job {
     KeyUsage(Vec<(i64, String)>, oneshot::Sender<Result<(), StoreError>>),
     /// Readiness: one tiny write proves the database takes writes.
     Probe(oneshot::Sender<Result<(), StoreError>>),
+    /// Tests: the writer connection's `PRAGMA synchronous` (1 NORMAL, 2 FULL).
+    #[cfg(test)]
+    Synchronous(oneshot::Sender<Result<i64, StoreError>>),
 }
 
 /// Sets API keys' `last_used_at` (key id, RFC 3339 time) inside the
@@ -101,6 +104,14 @@ impl WriterThread {
                     Job::Flush(r) => flushes.push(r),
                     Job::KeyUsage(used, r) => key_usage.push((used, r)),
                     Job::Probe(r) => probes.push(r),
+                    #[cfg(test)]
+                    Job::Synchronous(r) => {
+                        let _ = r.send(
+                            self.conn
+                                .query_row("PRAGMA synchronous", [], |row| row.get(0))
+                                .map_err(StoreError::from),
+                        );
+                    }
                 }
                 if n < MAX_GROUP_EVENTS {
                     next = rx.try_recv().ok();

@@ -45,6 +45,8 @@ pub(super) struct RawEngine {
     pub(super) database: Option<S<String>>,
     /// Default `7d`.
     pub(super) retention: Option<S<String>>,
+    /// Default `normal`.
+    pub(super) synchronous: Option<S<String>>,
 }
 
 /// `[edge]`.
@@ -167,6 +169,7 @@ pub(super) fn read(issues: &mut Issues<'_>, text: &str) -> Option<RawConfig> {
         raw.engine = RawEngine {
             database: t.string(issues, "database", "a file path like \"livestrom.db\""),
             retention: t.string(issues, "retention", DURATION),
+            synchronous: t.string(issues, "synchronous", "\"normal\" or \"full\""),
         };
         t.finish(issues);
     }

@@ -359,7 +359,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Where a key that is unknown in `path` would be valid, for the hint.
 fn belongs_elsewhere(path: &str, key: &str) -> Option<&'static str> {
     const HOMES: &[(&str, &[&str])] = &[
-        ("[engine]", &["database", "retention"]),
+        ("[engine]", &["database", "retention", "synchronous"]),
         (
             "[edge]",
             &[

@@ -1,12 +1,12 @@
 //! `[engine]`: the database file (relative to the config file's folder)
-//! and how long events are kept.
+//! how long events are kept, and when a commit reaches the disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Validator;
 use crate::config::raw::RawEngine;
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, Synchronous};
 
 /// Shortest retention: resume needs a window.
 const MIN_RETENTION: Duration = Duration::from_secs(60);
@@ -43,6 +43,21 @@ impl Validator<'_, '_> {
                 Duration::from_secs(7 * 86_400),
                 (MIN_RETENTION, MAX_RETENTION),
             ),
+            synchronous: match &raw.synchronous {
+                None => Synchronous::Normal,
+                Some(v) => match v.get_ref().trim().to_ascii_lowercase().as_str() {
+                    "normal" => Synchronous::Normal,
+                    "full" => Synchronous::Full,
+                    _ => {
+                        self.push(
+                            v,
+                            "engine.synchronous",
+                            "must be \"normal\" (the default) or \"full\" (every commit synced to disk)",
+                        );
+                        Synchronous::Normal
+                    }
+                },
+            },
         }
     }
 }
