@@ -39,7 +39,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::http::{header, Method, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -47,6 +47,10 @@ use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+pub mod head;
+
+use head::{parse_head, Head, Parsed};
 
 /// A response extension: when the token is cancelled the server gives up
 /// the write in progress and closes the connection. A stream sets it to its
@@ -98,7 +102,7 @@ struct Ctx {
 /// applies its own limits.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Header slots for a request head; more headers go to hyper.
-const MAX_HEADERS: usize = 64;
+pub const MAX_HEADERS: usize = 64;
 
 /// Serves `app` on `listener` with default [`Options`] until `shutdown`
 /// fires; open streams end and in-flight requests finish (writes to clients
@@ -265,18 +269,6 @@ struct Framing {
     head_request: bool,
 }
 
-/// A parsed request head this loop serves.
-struct Head {
-    /// Bytes of the head (including the blank line).
-    len: usize,
-    method: Method,
-    uri: Uri,
-    version: axum::http::Version,
-    headers: HeaderMap,
-    /// The client allows the connection to stay open after the response.
-    keep_alive: bool,
-}
-
 /// Reads until a whole request head is buffered (`buf` may already hold
 /// one). `Ok(Some)`: a request served here; `Ok(None)`: EOF, or a request
 /// for hyper (everything read so far is in `buf`).
@@ -299,73 +291,6 @@ async fn read_head(sock: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Optio
             return Ok(None);
         }
     }
-}
-
-enum Parsed {
-    Partial,
-    /// For hyper (including malformed heads: hyper produces the error).
-    Other,
-    Request(Box<Head>),
-}
-
-fn parse_head(bytes: &[u8]) -> Parsed {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(bytes) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
-    };
-    let method = match req.method.map(|m| Method::from_bytes(m.as_bytes())) {
-        Some(Ok(m)) if m != Method::CONNECT => m,
-        _ => return Parsed::Other,
-    };
-    let version = match req.version {
-        Some(0) => axum::http::Version::HTTP_10,
-        Some(1) => axum::http::Version::HTTP_11,
-        _ => return Parsed::Other,
-    };
-    let Some(uri) = req.path.and_then(|p| p.parse::<Uri>().ok()) else {
-        return Parsed::Other;
-    };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    let mut close = false;
-    let mut keep_alive_token = false;
-    for h in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Parsed::Other;
-        };
-        let Ok(value) = HeaderValue::from_bytes(h.value) else {
-            return Parsed::Other;
-        };
-        if name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || name == header::UPGRADE
-            || (name == header::CONTENT_LENGTH && value.as_bytes() != b"0")
-        {
-            return Parsed::Other;
-        }
-        if name == header::CONNECTION {
-            for token in value.as_bytes().split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
-        headers.append(name, value);
-    }
-    let keep_alive = match version {
-        axum::http::Version::HTTP_10 => keep_alive_token && !close,
-        _ => !close,
-    };
-    Parsed::Request(Box::new(Head {
-        len,
-        method,
-        uri,
-        version,
-        headers,
-        keep_alive,
-    }))
 }
 
 /// Writes `res` to the socket. Returns whether the connection may carry

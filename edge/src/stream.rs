@@ -34,7 +34,9 @@ use uuid::Uuid;
 use crate::access::RequestId;
 use crate::auth::Authenticated;
 use crate::filter::{parse_cursor, parse_query, Endpoint, Filter};
-use crate::hub::{write_checkpoint, write_event, Drained, Frame, Subscription};
+use crate::hub::{
+    write_checkpoint, write_comment, write_error_event, write_event, Drained, Frame, Subscription,
+};
 use crate::limits::StreamGuard;
 use crate::metrics::{now_ms, Disconnect};
 use crate::problem::Problem;
@@ -82,9 +84,7 @@ pub async fn handler(
 
     // The id is sanitised by `access` (no CR/LF): safe inside a comment line.
     let mut hello = BytesMut::with_capacity(64);
-    hello.put_slice(b":connected request_id=");
-    hello.put_slice(request_id.as_bytes());
-    hello.put_slice(b"\n\n");
+    write_comment(&mut hello, &format!("connected request_id={request_id}"));
 
     let period = state.settings.keepalive.max(Duration::from_millis(10));
     let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
@@ -565,7 +565,7 @@ impl Conn {
             }
         }
         if tick {
-            buf.put_slice(b": keepalive\n\n");
+            write_comment(&mut buf, " keepalive");
         }
         Some(buf.freeze())
     }
@@ -581,9 +581,7 @@ fn gone_frame(floor: Uuid) -> Bytes {
     ));
     let json = serde_json::to_string(&p).unwrap_or_else(|_| String::from("{\"status\":410}"));
     let mut b = BytesMut::with_capacity(json.len() + 24);
-    b.put_slice(b"event: error\ndata: ");
-    b.put_slice(json.as_bytes());
-    b.put_slice(b"\n\n");
+    write_error_event(&mut b, &json);
     b.freeze()
 }
 

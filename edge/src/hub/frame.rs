@@ -1,5 +1,7 @@
 //! The bytes a subscriber gets: one event's SSE frame, rendered once and
-//! shared, and the id-only checkpoint frame.
+//! shared, the id-only checkpoint frame, comments (the greeting and
+//! keep-alives) and the `error` event. Every SSE byte the edge writes is
+//! rendered here, so one round-trip test covers them all.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use livestrom_engine::SourceType;
@@ -51,5 +53,31 @@ pub fn write_checkpoint(b: &mut BytesMut, id: Uuid) {
     let mut idbuf = [0u8; 36];
     b.put_slice(b"id: ");
     b.put_slice(id.hyphenated().encode_lower(&mut idbuf).as_bytes());
+    b.put_slice(b"\n\n");
+}
+
+/// Appends a comment frame (`:<text>\n\n`): ignored by clients, it keeps
+/// the connection alive and flushes proxies. A CR or LF in `text` would end
+/// the comment early and start a field, so each becomes a space.
+pub fn write_comment(b: &mut BytesMut, text: &str) {
+    b.put_u8(b':');
+    if text.bytes().any(|c| c == b'\n' || c == b'\r') {
+        b.put_slice(text.replace(['\n', '\r'], " ").as_bytes());
+    } else {
+        b.put_slice(text.as_bytes());
+    }
+    b.put_slice(b"\n\n");
+}
+
+/// Appends an `error` event (`event: error\ndata: <json>\n\n`) with no
+/// `id:`, so the client's last-event-id stays where it was. `json` is one
+/// line, as in [`write_event`].
+pub fn write_error_event(b: &mut BytesMut, json: &str) {
+    b.put_slice(b"event: error\ndata: ");
+    if json.bytes().any(|c| c == b'\n' || c == b'\r') {
+        b.put_slice(json.replace(['\n', '\r'], " ").as_bytes());
+    } else {
+        b.put_slice(json.as_bytes());
+    }
     b.put_slice(b"\n\n");
 }

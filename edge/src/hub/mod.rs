@@ -41,7 +41,9 @@ mod task;
 #[cfg(test)]
 mod tests;
 
-pub use frame::{render_event, write_checkpoint, write_event, Frame};
+pub use frame::{
+    render_event, write_checkpoint, write_comment, write_error_event, write_event, Frame,
+};
 pub use queue::Drained;
 pub use task::Position;
 

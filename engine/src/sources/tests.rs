@@ -191,3 +191,48 @@ fn skipped_messages_are_counted_with_the_last_reason_and_taken_once() {
         "skipped a malformed message: dropped an NDJSON line longer than 16 bytes"
     );
 }
+
+/// Found by fuzzing: an item's resume cursor and the skip count depended on
+/// how the SSE bytes were split into reads (an id-only event between two
+/// reads moved the cursor only when it ended a read; dropped lines were
+/// counted once per read).
+#[test]
+fn sse_cursors_and_skip_counts_do_not_depend_on_chunking() {
+    let Some(spec) = kind_of("firehose", "format = \"sse\"").stream().cloned() else {
+        panic!("sse is streamed")
+    };
+    let whole: &[u8] = b"id: 1\ndata: {\"id\":\"a\"}\n\nid: 2\n\nid: 3\ndata: [{\"id\":\"b\"},{\"id\":\"c\"}]\n\n\
+        data: {\"title\":\"far too long for the limit\"}\n\ndata: {\"title\":\"this one is also far too long\"}\n\n";
+    let decode = |parts: &[&[u8]]| {
+        let mut decoder = spec.decoder(url(), None, 40);
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for p in parts {
+            decoder.feed(p, &mut out);
+            skipped += decoder.take_problem().map_or(0, |s| s.count);
+        }
+        let cursors: Vec<(Option<String>, Option<String>)> =
+            out.into_iter().map(|(item, c)| (item.guid, c)).collect();
+        (cursors, skipped)
+    };
+    let expected = (
+        vec![
+            (Some("a".into()), Some("1".into())),
+            // Not the last item of its event: the cursor from before the
+            // event, which the id-only event 2 moved.
+            (Some("b".into()), Some("2".into())),
+            (Some("c".into()), Some("3".into())),
+        ],
+        2,
+    );
+    assert_eq!(decode(&[whole]), expected);
+    for cut in 0..=whole.len() {
+        assert_eq!(
+            decode(&[&whole[..cut], &whole[cut..]]),
+            expected,
+            "cut at {cut}"
+        );
+    }
+    let bytes: Vec<&[u8]> = whole.chunks(1).collect();
+    assert_eq!(decode(&bytes), expected, "byte by byte");
+}

@@ -18,6 +18,10 @@ pub struct SseEvent {
     pub data: String,
     /// The last-event-id after this event (what a reconnect sends).
     pub id: Option<String>,
+    /// The last-event-id before this event: what a reconnect sends to get
+    /// this event again. An id-only event before it moves it too, so it is
+    /// not always the previous dispatched event's `id`.
+    pub previous_id: Option<String>,
 }
 
 /// What feeding bytes produced besides events.
@@ -126,7 +130,7 @@ impl SseDecoder {
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
-        self.last_id.clone_from(&self.id_buffer);
+        let previous_id = std::mem::replace(&mut self.last_id, self.id_buffer.clone());
         let event = std::mem::take(&mut self.event);
         let mut data = std::mem::take(&mut self.data);
         if std::mem::replace(&mut self.poisoned, false) || data.is_empty() {
@@ -141,6 +145,7 @@ impl SseDecoder {
             },
             data,
             id: self.last_id.clone(),
+            previous_id,
         });
     }
 }
@@ -173,7 +178,8 @@ mod tests {
             SseEvent {
                 event: "add".into(),
                 data: String::new(),
-                id: Some("7".into())
+                id: Some("7".into()),
+                previous_id: None,
             }
         );
         assert_eq!(d.retry(), Some(Duration::from_millis(250)));
@@ -200,5 +206,26 @@ mod tests {
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].id.as_deref(), Some("5"));
         assert_eq!(d.last_event_id(), Some("5"));
+    }
+
+    #[test]
+    fn previous_id_counts_id_only_events_whatever_the_chunking() {
+        let whole: &[u8] = b"id: 1\ndata: a\n\nid: 2\n\nid: 3\ndata: b\n\ndata: c\n\n";
+        for cut in 0..=whole.len() {
+            let (ev, _) = parse(&[&whole[..cut], &whole[cut..]]);
+            let ids: Vec<_> = ev
+                .iter()
+                .map(|e| (e.previous_id.as_deref(), e.id.as_deref()))
+                .collect();
+            assert_eq!(
+                ids,
+                vec![
+                    (None, Some("1")),
+                    (Some("2"), Some("3")),
+                    (Some("3"), Some("3"))
+                ],
+                "cut at {cut}"
+            );
+        }
     }
 }

@@ -171,7 +171,11 @@ struct Problems {
 
 impl Problems {
     fn push(&mut self, why: MessageProblem) {
-        self.count += 1;
+        self.push_many(1, why);
+    }
+
+    fn push_many(&mut self, n: usize, why: MessageProblem) {
+        self.count += n;
         self.last = Some(why);
     }
 }
@@ -232,20 +236,22 @@ impl StreamDecoder {
                 });
             }
             Format::Sse(dec) => {
-                let before = dec.last_event_id().map(str::to_owned);
                 dec.feed(chunk, &mut self.events);
                 let too_long = dec.take_problems().too_long;
                 if too_long > 0 {
-                    self.problems.push(MessageProblem::SseTooLong {
-                        count: too_long,
-                        max: self.max_line,
-                    });
+                    // One skip per dropped line, so the count does not
+                    // depend on how many reads the lines arrived in.
+                    self.problems.push_many(
+                        too_long,
+                        MessageProblem::SseTooLong {
+                            count: too_long,
+                            max: self.max_line,
+                        },
+                    );
                 }
-                let mut cursor = before;
                 let events = std::mem::take(&mut self.events);
                 for ev in &events {
-                    self.sse_event(ev, cursor.as_deref(), out);
-                    cursor.clone_from(&ev.id);
+                    self.sse_event(ev, out);
                 }
                 self.events = events;
                 self.events.clear();
@@ -284,12 +290,7 @@ impl StreamDecoder {
         Some(Skipped { count, last: last? })
     }
 
-    fn sse_event(
-        &mut self,
-        ev: &SseEvent,
-        cursor_before: Option<&str>,
-        out: &mut Vec<(Item, Option<String>)>,
-    ) {
+    fn sse_event(&mut self, ev: &SseEvent, out: &mut Vec<(Item, Option<String>)>) {
         if ev.data.trim().is_empty() {
             return;
         }
@@ -312,7 +313,8 @@ impl StreamDecoder {
             Err(e) => self.problems.push(MessageProblem::SseUnmapped(e)),
         }
         // Only the event's last item carries the event's id: storing an earlier
-        // one must not let a resume skip the rest of the event.
+        // one must not let a resume skip the rest of the event, so the earlier
+        // ones carry the id from before the event.
         let n = items.len();
         let single = n == 1;
         for (i, mut item) in items.into_iter().enumerate() {
@@ -322,7 +324,7 @@ impl StreamDecoder {
             let cursor = if i + 1 == n {
                 ev.id.clone()
             } else {
-                cursor_before.map(str::to_owned)
+                ev.previous_id.clone()
             };
             out.push((item, cursor));
         }

@@ -1,0 +1,39 @@
+//! `feed`: RSS / Atom / JSON Feed bytes through the real parse, then
+//! through `normalize`.
+
+use livestrom_engine::sources::feed;
+use livestrom_engine::SourceType;
+use url::Url;
+
+/// Parses `data` as a feed twice (same result, items or error text), then
+/// checks the items' identities ([`crate::normalise::check_items`]).
+pub fn check(data: &[u8]) {
+    let base = Url::parse("https://feeds.example.test/dir/feed.xml")
+        .unwrap_or_else(|e| panic!("fixed url: {e}"));
+    let first = feed::parse_at(data, None, &base, crate::now());
+    let second = feed::parse_at(data, None, &base, crate::now());
+    let parsed = match (first, second) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a, b, "two parses of the same feed differ");
+            a
+        }
+        (Err(a), Err(b)) => {
+            assert_eq!(a.to_string(), b.to_string(), "two parses fail differently");
+            assert!(!a.to_string().is_empty(), "an empty error message");
+            return;
+        }
+        (a, b) => panic!("one parse failed, the other did not: {a:?} / {b:?}"),
+    };
+    for item in &parsed.items {
+        assert!(!item.is_blank(), "a blank item was kept: {item:?}");
+        assert!(
+            item.published
+                .is_none_or(|p| p <= crate::now() + feed::FUTURE_TOLERANCE),
+            "a date beyond the future tolerance: {item:?}"
+        );
+    }
+    crate::normalise::check_items(
+        &crate::normalise::source(SourceType::Rss, &base),
+        &parsed.items,
+    );
+}
