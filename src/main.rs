@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{apikey, cluster, demo, run, sources, tail};
+use cli::{apikey, cluster, demo, run, sources, tail, webhook};
 
 /// jemalloc keeps an idle SSE connection's untouched buffer pages out of RSS
 /// (docs/PERFORMANCE.md, "Edge" (d)); the fanout bench's server uses it too.
@@ -45,6 +45,12 @@ enum Command {
     Apikey {
         #[command(subcommand)]
         command: apikey::ApikeyCommand,
+    },
+    /// Manage webhook endpoints: signed push delivery of the stream's events
+    /// (works while `livestrom run` is running).
+    Webhook {
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
     },
     /// Validate the config or show each source's health.
     Sources {
@@ -140,6 +146,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::main(args).await,
         Command::Sources { command } => sources::main(command).await,
         Command::Apikey { command } => apikey::main(command).await,
+        Command::Webhook { command } => webhook::main(command).await,
         Command::Cluster { command } => cluster::main(command).await,
         Command::Tail(args) => tail::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Demo(args) => demo::main(args).await,

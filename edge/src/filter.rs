@@ -2,24 +2,19 @@
 //! `source_type`, `tag`, `keyword`; OR within a name, AND across names.
 //!
 //! The query string is parsed once per request into a [`Query`] (filter,
-//! cursor, page size). Every rejection is a 400 [`Problem`] naming the
-//! parameter, so a typo (`sources=`) is never silently "match everything".
+//! cursor, page size). The filter terms and cursors are checked by the
+//! engine's one parser ([`livestrom_engine::filter`], which webhooks use
+//! too); every rejection is a 400 [`Problem`] naming the parameter, so a
+//! typo (`sources=`) is never silently "match everything".
 
-use std::borrow::Cow;
-
-use livestrom_engine::config::is_valid_id;
-use livestrom_engine::event::is_uuid_v7;
-use livestrom_engine::log::ReadScope;
-use livestrom_engine::SourceType;
-use serde::Deserialize;
+use livestrom_engine::filter::printable;
+pub use livestrom_engine::filter::{
+    fold, BodyFields, Filter, FilterError, Lowered, MAX_KEYWORD_BYTES, MAX_TAG_BYTES,
+};
 use uuid::Uuid;
 
 use crate::problem::Problem;
 
-/// Longest accepted `keyword`, in bytes.
-pub const MAX_KEYWORD_BYTES: usize = 256;
-/// Longest accepted `tag`, in bytes (the config's limit).
-pub const MAX_TAG_BYTES: usize = 64;
 /// `/v1/events` page size when `limit` is absent.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Largest `/v1/events` page.
@@ -45,156 +40,9 @@ pub struct Query {
     pub limit: Option<usize>,
 }
 
-/// A subscriber's filter. Empty lists mean "no constraint on this name".
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Exact source ids.
-    pub sources: Vec<String>,
-    /// Source id prefixes *including* the trailing dot (`kommun.*` → `kommun.`).
-    pub prefixes: Vec<String>,
-    /// Source types.
-    pub types: Vec<SourceType>,
-    /// Tags (exact, case-sensitive, as written in `sources.toml`).
-    pub tags: Vec<String>,
-    /// Keywords, already case-folded ([`fold`]).
-    pub keywords: Vec<String>,
-}
-
-/// The text fields keyword filters look at, case-folded once per event and
-/// shared by every subscriber that has a keyword.
-#[derive(Debug, Clone)]
-pub struct Lowered {
-    /// `fold(title)`.
-    pub title: String,
-    /// `fold(content)`.
-    pub content: String,
-}
-
-impl Lowered {
-    /// Case-folds an event's title and content ([`fold`]).
-    pub fn new(title: &str, content: &str) -> Self {
-        Self {
-            title: fold(title),
-            content: fold(content),
-        }
-    }
-}
-
-/// Text as keyword matching compares it: Unicode full case folding
-/// (`ß` → `ss`, final `ς` → `σ`, `ﬁ` → `fi`) between NFC normalisations, so
-/// case and composed/decomposed accents do not matter. ASCII takes a fast path.
-pub fn fold(text: &str) -> String {
-    if text.is_ascii() {
-        return text.to_ascii_lowercase();
-    }
-    let folded = caseless::default_case_fold_str(&nfc(text));
-    match nfc(&folded) {
-        std::borrow::Cow::Borrowed(_) => folded,
-        std::borrow::Cow::Owned(recomposed) => recomposed,
-    }
-}
-
-/// NFC, skipping the rewrite when a quick check proves the text already is
-/// (most real text): folding runs once per event on the hub task.
-fn nfc(text: &str) -> std::borrow::Cow<'_, str> {
-    use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
-    if is_nfc_quick(text.chars()) == IsNormalized::Yes {
-        std::borrow::Cow::Borrowed(text)
-    } else {
-        std::borrow::Cow::Owned(text.nfc().collect())
-    }
-}
-
-/// The parts of a stored event's JSON that tag and keyword filters need,
-/// borrowed from the JSON text where possible.
-#[derive(Debug, Deserialize)]
-pub struct BodyFields<'a> {
-    /// Title text.
-    #[serde(borrow, default)]
-    pub title: Cow<'a, str>,
-    /// Content text.
-    #[serde(borrow, default)]
-    pub content: Cow<'a, str>,
-    /// Tags.
-    #[serde(borrow, default)]
-    pub tags: Vec<Cow<'a, str>>,
-}
-
-impl Filter {
-    /// Number of terms (what `max_filters` caps).
-    pub fn terms(&self) -> usize {
-        self.sources.len()
-            + self.prefixes.len()
-            + self.types.len()
-            + self.tags.len()
-            + self.keywords.len()
-    }
-
-    /// True when the filter lets everything through.
-    pub fn is_empty(&self) -> bool {
-        self.terms() == 0
-    }
-
-    /// True when matching needs the event's tags, title or content (not just
-    /// its source id and type, which log rows carry unparsed).
-    pub fn needs_body(&self) -> bool {
-        !self.tags.is_empty() || !self.keywords.is_empty()
-    }
-
-    /// The `source` and `source_type` conditions.
-    pub fn matches_source(&self, source_id: &str, source_type: SourceType) -> bool {
-        let source_ok = (self.sources.is_empty() && self.prefixes.is_empty())
-            || self.sources.iter().any(|s| s == source_id)
-            || self
-                .prefixes
-                .iter()
-                .any(|p| source_id.len() > p.len() && source_id.starts_with(p.as_str()));
-        source_ok && (self.types.is_empty() || self.types.contains(&source_type))
-    }
-
-    /// The `tag` condition.
-    pub fn matches_tags<'t>(&self, mut tags: impl Iterator<Item = &'t str>) -> bool {
-        self.tags.is_empty() || tags.any(|t| self.tags.iter().any(|f| f == t))
-    }
-
-    /// The `keyword` condition against lowercased title and content.
-    pub fn matches_keywords(&self, l: &Lowered) -> bool {
-        self.keywords.is_empty()
-            || self
-                .keywords
-                .iter()
-                .any(|k| l.title.contains(k.as_str()) || l.content.contains(k.as_str()))
-    }
-
-    /// Every condition against a stored event's JSON (parsed only when a tag
-    /// or keyword filter needs it). Unparseable JSON never matches a body filter.
-    pub fn matches_json(&self, source_id: &str, source_type: SourceType, json: &str) -> bool {
-        if !self.matches_source(source_id, source_type) {
-            return false;
-        }
-        if !self.needs_body() {
-            return true;
-        }
-        match serde_json::from_str::<BodyFields<'_>>(json) {
-            Ok(b) => {
-                self.matches_tags(b.tags.iter().map(|t| t.as_ref()))
-                    && (self.keywords.is_empty()
-                        || self.matches_keywords(&Lowered::new(&b.title, &b.content)))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "stored event json does not parse; filtered out");
-                false
-            }
-        }
-    }
-
-    /// What of this filter a log read can do in SQL (sources, prefixes, types).
-    pub fn read_scope(&self) -> ReadScope {
-        ReadScope {
-            sources: self.sources.clone(),
-            prefixes: self.prefixes.clone(),
-            types: self.types.clone(),
-        }
+impl From<FilterError> for Problem {
+    fn from(e: FilterError) -> Self {
+        Problem::bad_param(&e.parameter, e.detail)
     }
 }
 
@@ -215,47 +63,11 @@ pub fn parse_query(
                 format!("`{name}` must not be empty"),
             ));
         }
+        if q.filter.add(name, &value)? {
+            q.filter.check_cap(name, max_filters)?;
+            continue;
+        }
         match name {
-            "source" => {
-                if let Some(prefix) = value.strip_suffix(".*") {
-                    if !is_valid_id(prefix) {
-                        return Err(bad_source(&value));
-                    }
-                    push_unique(&mut q.filter.prefixes, format!("{prefix}."));
-                } else if is_valid_id(&value) {
-                    push_unique(&mut q.filter.sources, value.into_owned());
-                } else {
-                    return Err(bad_source(&value));
-                }
-            }
-            "source_type" => {
-                let t: SourceType = value
-                    .parse()
-                    .map_err(|e: String| Problem::bad_param(name, e))?;
-                if !q.filter.types.contains(&t) {
-                    q.filter.types.push(t);
-                }
-            }
-            "tag" => {
-                if value.len() > MAX_TAG_BYTES
-                    || value.chars().any(|c| c.is_control() || c.is_whitespace())
-                {
-                    return Err(Problem::bad_param(
-                        name,
-                        format!("`{}` is not a valid tag: use 1-{MAX_TAG_BYTES} bytes without spaces or control characters", printable(&value)),
-                    ));
-                }
-                push_unique(&mut q.filter.tags, value.into_owned());
-            }
-            "keyword" => {
-                if value.len() > MAX_KEYWORD_BYTES || value.chars().any(char::is_control) {
-                    return Err(Problem::bad_param(
-                        name,
-                        format!("a keyword is 1-{MAX_KEYWORD_BYTES} bytes of text without control characters"),
-                    ));
-                }
-                push_unique(&mut q.filter.keywords, fold(&value));
-            }
             "since" => {
                 if q.since.is_some() {
                     return Err(Problem::bad_param(name, "`since` given more than once"));
@@ -299,12 +111,6 @@ pub fn parse_query(
                 ));
             }
         }
-        if q.filter.terms() > max_filters {
-            return Err(Problem::bad_param(
-                name,
-                format!("more than {max_filters} filter terms; this API key allows at most {max_filters}"),
-            ));
-        }
     }
     if endpoint == Endpoint::Events && q.limit.is_none() {
         q.limit = Some(DEFAULT_LIMIT);
@@ -314,49 +120,13 @@ pub fn parse_query(
 
 /// Parses a cursor (`since=` or `Last-Event-ID`): a UUIDv7, else 400 naming `param`.
 pub fn parse_cursor(param: &str, value: &str) -> Result<Uuid, Problem> {
-    match Uuid::try_parse(value.trim()) {
-        Ok(id) if is_uuid_v7(id) => Ok(id),
-        Ok(_) => Err(Problem::bad_param(
-            param,
-            format!("`{param}` must be a UUIDv7 event id; this UUID is not version 7"),
-        )),
-        Err(_) => Err(Problem::bad_param(
-            param,
-            format!(
-                "`{param}` must be a UUIDv7 event id such as 018f9c2e-1a2b-7c3d-8e4f-5a6b7c8d9e0f"
-            ),
-        )),
-    }
-}
-
-fn bad_source(value: &str) -> Problem {
-    Problem::bad_param(
-        "source",
-        format!(
-            "`{}` is not a source id or prefix: use 1-128 characters of [a-z0-9._-] starting with a letter or digit, optionally ending in `.*` for a prefix",
-            printable(value)
-        ),
-    )
-}
-
-/// Quotes user input safely inside an error message (escapes controls, caps length).
-fn printable(s: &str) -> String {
-    let mut out: String = s.chars().take(80).flat_map(char::escape_debug).collect();
-    if s.chars().count() > 80 {
-        out.push('…');
-    }
-    out
-}
-
-fn push_unique(v: &mut Vec<String>, s: String) {
-    if !v.contains(&s) {
-        v.push(s);
-    }
+    Ok(livestrom_engine::filter::parse_cursor(param, value)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use livestrom_engine::SourceType;
 
     fn parse(q: &str) -> Result<Query, Problem> {
         parse_query(Some(q), Endpoint::Stream, 20)

@@ -13,6 +13,7 @@ use crate::log::{EventLog, LogError};
 use crate::metrics::Metrics;
 use crate::readiness::{Readiness, SqliteReadiness};
 use crate::store::{SourceState, Store};
+use crate::webhooks::WebhookAdmin;
 
 /// The sources' stored state, for operator views (`/v1/admin/sources`).
 /// Blocking: call from `spawn_blocking`.
@@ -44,6 +45,9 @@ pub struct Backend {
     /// The process's metrics registry; the edge registers its series here
     /// and renders all of them at `GET /metrics`.
     pub metrics: Metrics,
+    /// Webhook endpoints for operators (`/v1/admin/webhooks`): through the
+    /// store's writer on one node, refused on a cluster.
+    pub webhooks: WebhookAdmin,
 }
 
 impl Backend {
@@ -57,6 +61,7 @@ impl Backend {
             sources: Arc::new(store.clone()),
             readiness: Arc::new(SqliteReadiness::new(store.clone(), true)),
             metrics: store.metrics().clone(),
+            webhooks: WebhookAdmin::with_store(store),
         }
     }
 }

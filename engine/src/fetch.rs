@@ -9,6 +9,7 @@
 //! redirect loop with its per-hop header rules.
 
 mod headers;
+mod post;
 mod redirect;
 mod ssrf;
 #[cfg(test)]
@@ -27,6 +28,7 @@ use reqwest::{Client, Response, StatusCode};
 use url::Url;
 
 pub use self::headers::{parse_http_date, MAX_HEADER_WAIT};
+pub use self::post::{Posted, POST_RESPONSE_CAP};
 pub use self::ssrf::classify_ip;
 use self::ssrf::{Guard, GuardedResolver, Lookup, LookupFailed, Refused, SystemLookup, UrlRefused};
 use crate::config::FetchConfig;

@@ -6,7 +6,8 @@
 //! `sources::{feed,html,firehose}` (bytes → items, pure) → `normalize`
 //! (identity, versions) → `store` (commit, ids) → `bus` (live feed).
 //! `keys` holds everything about API keys (format, model, the SQLite side,
-//! the cache the edge verifies against).
+//! the cache the edge verifies against); `webhooks` pushes the same events,
+//! filtered, to signed HTTP endpoints.
 
 pub mod backend;
 pub mod bus;
@@ -14,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod fetch;
+pub mod filter;
 pub mod health;
 #[cfg(test)]
 mod invariants;
@@ -29,6 +31,7 @@ pub mod scheduler;
 pub mod sink;
 pub mod sources;
 pub mod store;
+pub mod webhooks;
 
 pub use backend::Backend;
 pub use bus::Bus;

@@ -194,6 +194,9 @@ async fn start_edge(
             metrics.1,
         )),
         metrics: metrics.0,
+        webhooks: livestrom_engine::webhooks::WebhookAdmin::unsupported(
+            livestrom_engine::webhooks::CLUSTER_UNSUPPORTED,
+        ),
     };
     let (served, _catalog) = start_edge_on(
         config,

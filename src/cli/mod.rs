@@ -15,6 +15,7 @@ pub(crate) mod demo;
 pub(crate) mod run;
 pub(crate) mod sources;
 pub(crate) mod tail;
+pub(crate) mod webhook;
 
 #[derive(Debug, Args, Clone)]
 pub(crate) struct ConfigArgs {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -139,6 +140,11 @@ pub(crate) async fn run(
             (Some(edge), Some(catalog))
         }
     };
+    // Webhooks are the engine's: they deliver what this node stores.
+    let fetcher = livestrom_engine::fetch::Fetcher::new(&config.fetch)
+        .context("cannot start the webhooks' http client")?;
+    let webhooks =
+        livestrom_engine::webhooks::spawn(store.clone(), Arc::new(fetcher), cancel.clone());
     let reload = reloads(&config, overrides, catalog, cancel.clone());
     let engine =
         livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
@@ -150,6 +156,12 @@ pub(crate) async fn run(
             Ok(Err(e)) => tracing::error!(error = %e, "edge task failed"),
             Err(_) => tracing::warn!("edge did not stop within 10 s"),
         }
+    }
+    if tokio::time::timeout(Duration::from_secs(10), webhooks)
+        .await
+        .is_err()
+    {
+        tracing::warn!("webhooks did not stop within 10 s");
     }
     store
         .flush()

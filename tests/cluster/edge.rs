@@ -54,6 +54,7 @@ async fn spawn_edge(cluster: &Cluster) -> Result<Edge, BoxError> {
         keys: Arc::new(SqliteKeys::with_store(&store)),
         readiness: Arc::new(livestrom_engine::readiness::AlwaysReady),
         metrics: store.metrics().clone(),
+        webhooks: livestrom_engine::webhooks::WebhookAdmin::unsupported("cluster"),
         sources: Arc::new(store),
     };
     let settings = Settings {

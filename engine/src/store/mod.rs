@@ -314,6 +314,27 @@ impl Store {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Runs `f` on the writer's connection, on the writer thread, between
+    /// group commits: how a running node writes anything that is not a
+    /// poll's batch (webhook endpoints). `f` opens and ends its own
+    /// transaction (`BEGIN IMMEDIATE`); it must be short, ingestion waits.
+    pub async fn exec<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: writer::ExecFn = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        self.inner
+            .writer
+            .send(Job::Exec(job))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)
+    }
+
     /// Runs `f` with a pooled read connection on a blocking thread.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where

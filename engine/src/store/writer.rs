@@ -35,7 +35,15 @@ pub(super) enum Job {
     /// Tests: the writer connection's `PRAGMA synchronous` (1 NORMAL, 2 FULL).
     #[cfg(test)]
     Synchronous(oneshot::Sender<Result<i64, StoreError>>),
+    /// Someone else's statements on the writer's connection, run between
+    /// groups (webhook endpoints' cursors and state, operator changes made
+    /// through the edge): every write of a running node goes through this
+    /// thread. The closure sends its own outcome.
+    Exec(ExecFn),
 }
+
+/// What [`Job::Exec`] runs: it opens and ends its own transaction.
+pub(super) type ExecFn = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// Sets API keys' `last_used_at` (key id, RFC 3339 time) inside the
 /// caller's transaction: the writer's job, and `SqliteKeys` without a store.
@@ -91,6 +99,7 @@ impl WriterThread {
             let mut flushes = Vec::new();
             let mut key_usage = Vec::new();
             let mut probes = Vec::new();
+            let mut execs = Vec::new();
             let mut n = 0;
             let mut next = Some(job);
             while let Some(job) = next.take() {
@@ -112,6 +121,7 @@ impl WriterThread {
                                 .map_err(StoreError::from),
                         );
                     }
+                    Job::Exec(f) => execs.push(f),
                 }
                 if n < MAX_GROUP_EVENTS {
                     next = rx.try_recv().ok();
@@ -131,6 +141,9 @@ impl WriterThread {
             }
             for r in probes {
                 let _ = r.send(self.probe());
+            }
+            for f in execs {
+                f(&mut self.conn);
             }
             for r in flushes {
                 let _ = r.send(());

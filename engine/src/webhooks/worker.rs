@@ -1,0 +1,459 @@
+//! The delivery worker of one endpoint: reads the event log after the
+//! endpoint's cursor with its filter, POSTs each matching event (in id
+//! order, one at a time unless `concurrency` allows more), retries on the
+//! Standard Webhooks schedule, and moves the cursor only past events that
+//! got a 2xx (and past events that do not match). Its state changes —
+//! failing when the schedule runs out, disabled on a 410 or after 5 days
+//! failing, paused when events after its cursor were pruned — are logged
+//! and saved with its progress.
+//!
+//! It never skips: the cursor is the position before the first event that
+//! is not delivered yet, whatever happens (a crash repeats what was in
+//! flight, with the same `webhook-id`). It only reads and sends; its
+//! progress goes to a [`ProgressSink`] (the store's writer, coalesced), so
+//! a slow receiver holds up nothing but its own endpoint.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::deliver::{Request, Response, Transport};
+use super::model::{Endpoint, Progress, State};
+use super::schedule::{retry_delay, Verdict, DISABLE_AFTER_FAILING};
+use crate::filter::Filter;
+use crate::log::{EventLog, LogError, LogRow};
+
+/// Events read from the log at a time (and held at most, beside the ones in flight).
+pub(crate) const PAGE: usize = 256;
+/// A caught-up worker reads again after this even without a commit signal.
+const IDLE_READ: Duration = Duration::from_secs(10);
+/// A failed read of the log is tried again after this.
+const READ_RETRY: Duration = Duration::from_secs(1);
+/// A cursor that only moved past events that do not match is saved at most
+/// this often (it only needs to stay inside the retention window).
+const SKIP_SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Where a worker's progress goes (the store's writer, coalesced; a
+/// recorder in tests).
+pub(crate) trait ProgressSink: Send + Sync + 'static {
+    /// Saves `progress` of endpoint `id` unless an operator changed its
+    /// progress since `epoch`.
+    fn save(&self, id: i64, epoch: i64, progress: &Progress);
+}
+
+/// What every worker shares.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    /// The event log, read after the cursor.
+    pub(crate) log: Arc<dyn EventLog>,
+    /// Sends the attempts.
+    pub(crate) transport: Arc<dyn Transport>,
+    /// Takes the progress.
+    pub(crate) sink: Arc<dyn ProgressSink>,
+    /// Changes when a batch of events was committed: a caught-up worker reads again.
+    pub(crate) head: watch::Receiver<u64>,
+    /// Stops the worker (shutdown, endpoint deleted).
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Why a phase of the worker ended.
+enum Stop {
+    /// Shut down or the endpoint was deleted.
+    Quit,
+    /// The operator changed the endpoint: take the new settings.
+    Settings,
+    /// The endpoint's state changed (its progress says to what).
+    State,
+}
+
+/// Runs the endpoint whose settings `config` carries until `ctx.cancel`.
+pub(crate) async fn run(mut config: watch::Receiver<Arc<Endpoint>>, mut ctx: Ctx) {
+    let mut ep = config.borrow_and_update().clone();
+    let mut progress = ep.progress.clone();
+    loop {
+        let stop = match progress.state {
+            State::Active => {
+                Session::new(ep.clone(), &mut progress)
+                    .run(&mut config, &mut ctx)
+                    .await
+            }
+            State::Failing => failing(&ep, &mut progress, &mut config, &ctx).await,
+            State::Paused | State::Disabled => idle(&mut config, &ctx).await,
+        };
+        match stop {
+            Stop::Quit => return,
+            Stop::State => {}
+            Stop::Settings => {
+                let new = config.borrow_and_update().clone();
+                if new.epoch != ep.epoch {
+                    progress = new.progress.clone();
+                }
+                ep = new;
+            }
+        }
+    }
+}
+
+/// A paused or disabled endpoint waits for the operator.
+async fn idle(config: &mut watch::Receiver<Arc<Endpoint>>, ctx: &Ctx) -> Stop {
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => Stop::Quit,
+        changed = config.changed() => if changed.is_ok() { Stop::Settings } else { Stop::Quit },
+    }
+}
+
+/// A failing endpoint waits for the operator, and is disabled when its
+/// first failure is [`DISABLE_AFTER_FAILING`] old.
+async fn failing(
+    ep: &Endpoint,
+    progress: &mut Progress,
+    config: &mut watch::Receiver<Arc<Endpoint>>,
+    ctx: &Ctx,
+) -> Stop {
+    let since = progress
+        .failing_since
+        .or(progress.state_since)
+        .unwrap_or_else(Utc::now);
+    let deadline = since + chrono::Duration::from_std(DISABLE_AFTER_FAILING).unwrap_or_default();
+    let wait = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => return Stop::Quit,
+        changed = config.changed() => return if changed.is_ok() { Stop::Settings } else { Stop::Quit },
+        _ = tokio::time::sleep(wait) => {}
+    }
+    let reason = format!(
+        "failing since {} (5 days): disabled; its cursor is kept — `livestrom webhook enable {}` once the receiver works",
+        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ep.name
+    );
+    set_state(progress, State::Disabled, reason, ep, ctx);
+    Stop::State
+}
+
+/// Moves the endpoint to `state`, saves, and says so in the log.
+fn set_state(progress: &mut Progress, state: State, reason: String, ep: &Endpoint, ctx: &Ctx) {
+    tracing::warn!(
+        webhook = %ep.name,
+        state = state.as_str(),
+        reason = %reason,
+        cursor = %progress.cursor,
+        "webhook {} is {}: {reason}",
+        ep.name,
+        state.as_str()
+    );
+    progress.state = state;
+    progress.state_reason = Some(reason);
+    progress.state_since = Some(Utc::now());
+    progress.next_attempt_at = None;
+    ctx.sink.save(ep.id, ep.epoch, progress);
+}
+
+/// One event read and not yet behind the cursor.
+struct Slot {
+    id: Uuid,
+    json: Arc<str>,
+    started: bool,
+    done: bool,
+    /// Failed attempts of this event.
+    failures: u32,
+}
+
+/// An attempt that came back.
+struct Done {
+    id: Uuid,
+    started: DateTime<Utc>,
+    response: Response,
+}
+
+/// An active endpoint delivering, until its settings or state change.
+struct Session<'p> {
+    ep: Arc<Endpoint>,
+    progress: &'p mut Progress,
+    /// Every matching event up to here is in `window` or delivered.
+    read_pos: Uuid,
+    /// The last read found nothing more: wait for a commit.
+    caught_up: bool,
+    /// Matching events read and not yet behind the cursor, in id order.
+    window: VecDeque<Slot>,
+    inflight: FuturesUnordered<BoxFuture<'static, Done>>,
+    /// A restart during a retry wait: the first attempt waits out the rest.
+    first_delay: Option<Duration>,
+    /// When a cursor moved only past unmatched events was last saved.
+    skip_saved_at: Option<Instant>,
+}
+
+impl<'p> Session<'p> {
+    fn new(ep: Arc<Endpoint>, progress: &'p mut Progress) -> Self {
+        let first_delay = progress
+            .next_attempt_at
+            .filter(|_| progress.failures > 0)
+            .and_then(|at| (at - Utc::now()).to_std().ok());
+        Self {
+            read_pos: progress.cursor,
+            ep,
+            progress,
+            caught_up: false,
+            window: VecDeque::new(),
+            inflight: FuturesUnordered::new(),
+            first_delay,
+            skip_saved_at: None,
+        }
+    }
+
+    async fn run(mut self, config: &mut watch::Receiver<Arc<Endpoint>>, ctx: &mut Ctx) -> Stop {
+        let filter = match &self.ep.filter {
+            Ok(f) => f.clone(),
+            Err(e) => {
+                let reason = format!("its filters no longer parse ({e}); update them to resume");
+                set_state(self.progress, State::Paused, reason, &self.ep, ctx);
+                return Stop::State;
+            }
+        };
+        // A restart inside a retry wait continues the event's schedule.
+        let mut seed_failures = self.progress.failures;
+        loop {
+            self.start_attempts(config, ctx);
+            let wants_read = !self.caught_up
+                && self.window.iter().all(|s| s.started)
+                && self.window.len() < PAGE;
+            if wants_read {
+                // Seen before reading: a commit after this wakes the wait below.
+                ctx.head.borrow_and_update();
+                match self.read(&filter, ctx).await {
+                    Ok(()) => {
+                        if let Some(first) = self.window.front_mut().filter(|_| seed_failures > 0) {
+                            first.failures = seed_failures;
+                            seed_failures = 0;
+                        }
+                        continue;
+                    }
+                    Err(ReadFailed::Pruned { after, floor }) => {
+                        let reason = format!(
+                            "its cursor {after} fell out of the retention window: events after it were pruned before they were delivered (the oldest retained position is {floor}); nothing was skipped — choose where to resume with `livestrom webhook replay {} --since <id>`",
+                            self.ep.name
+                        );
+                        set_state(self.progress, State::Paused, reason, &self.ep, ctx);
+                        return Stop::State;
+                    }
+                    Err(ReadFailed::Log(e)) => {
+                        tracing::warn!(webhook = %self.ep.name, error = %e, "webhook cannot read the event log; retrying");
+                        tokio::select! {
+                            _ = ctx.cancel.cancelled() => return Stop::Quit,
+                            _ = tokio::time::sleep(READ_RETRY) => continue,
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Stop::Quit,
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        return Stop::Quit;
+                    }
+                    let new = config.borrow().clone();
+                    if new.epoch != self.ep.epoch
+                        || new.filter != self.ep.filter
+                        || new.concurrency != self.ep.concurrency
+                    {
+                        return Stop::Settings;
+                    }
+                    // URL, secrets and timeout: the next attempt reads them.
+                    self.ep = new;
+                }
+                Some(done) = self.inflight.next() => {
+                    if let Some(stop) = self.finish(done, config, ctx) {
+                        return stop;
+                    }
+                }
+                _ = ctx.head.changed(), if self.caught_up => self.caught_up = false,
+                _ = tokio::time::sleep(IDLE_READ), if self.caught_up => self.caught_up = false,
+            }
+        }
+    }
+
+    /// Starts attempts of events not started yet, up to the concurrency.
+    fn start_attempts(&mut self, config: &watch::Receiver<Arc<Endpoint>>, ctx: &Ctx) {
+        while self.inflight.len() < self.ep.concurrency {
+            let Some(slot) = self.window.iter_mut().find(|s| !s.started) else {
+                return;
+            };
+            slot.started = true;
+            let delay = self.first_delay.take().unwrap_or_default();
+            let attempt = attempt(slot.id, slot.json.clone(), delay, config.clone(), ctx);
+            self.inflight.push(attempt);
+        }
+    }
+
+    /// Reads the next page after `read_pos`.
+    async fn read(&mut self, filter: &Filter, ctx: &Ctx) -> Result<(), ReadFailed> {
+        let log = ctx.log.clone();
+        let after = self.read_pos;
+        let scope = filter.read_scope();
+        let read = tokio::task::spawn_blocking(move || -> Result<_, LogError> {
+            // Taken first: every event at or below it is committed and so
+            // in what the read sees.
+            let watermark = log.watermark()?;
+            let rows = log.read_after(after, PAGE, &scope)?;
+            let missed = log.missed_after(after)?;
+            Ok((watermark, rows, missed))
+        })
+        .await
+        .map_err(|e| ReadFailed::Log(LogError::Task(e)))?;
+        let (watermark, rows, missed): (Uuid, Vec<LogRow>, Option<Uuid>) =
+            read.map_err(ReadFailed::Log)?;
+        if let Some(floor) = missed {
+            return Err(ReadFailed::Pruned { after, floor });
+        }
+        let full = rows.len() == PAGE;
+        let last = rows.last().map(|r| r.id);
+        for row in rows {
+            if filter.matches_json(&row.source_id, row.source_type, &row.json) {
+                self.window.push_back(Slot {
+                    id: row.id,
+                    json: row.json,
+                    started: false,
+                    done: false,
+                    failures: 0,
+                });
+            }
+        }
+        self.read_pos = match (full, last) {
+            (true, Some(last)) => last,
+            (_, last) => last.map_or(watermark, |l| l.max(watermark)).max(after),
+        };
+        self.caught_up = !full;
+        if self.window.is_empty() && self.read_pos > self.progress.cursor {
+            self.progress.cursor = self.read_pos;
+            if self
+                .skip_saved_at
+                .is_none_or(|at| at.elapsed() >= SKIP_SAVE_EVERY)
+            {
+                self.skip_saved_at = Some(Instant::now());
+                ctx.sink.save(self.ep.id, self.ep.epoch, self.progress);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes an attempt's answer: the cursor moves, a retry is scheduled,
+    /// or the endpoint's state changes (returned).
+    fn finish(
+        &mut self,
+        done: Done,
+        config: &watch::Receiver<Arc<Endpoint>>,
+        ctx: &Ctx,
+    ) -> Option<Stop> {
+        let now = Utc::now();
+        self.progress.last_attempt_at = Some(done.started);
+        let url = config.borrow().url.clone();
+        let (verdict, why) = done.response.judge(&url);
+        // Not found: the session started over since (nothing to do).
+        let slot = self.window.iter_mut().find(|s| s.id == done.id)?;
+        match verdict {
+            Verdict::Delivered => {
+                slot.done = true;
+                if self.progress.failures > 0 {
+                    tracing::info!(
+                        webhook = %self.ep.name,
+                        failures = self.progress.failures,
+                        "webhook {} delivers again after {} failed attempts",
+                        self.ep.name,
+                        self.progress.failures
+                    );
+                }
+                self.progress.failures = 0;
+                self.progress.failing_since = None;
+                self.progress.next_attempt_at = None;
+                self.progress.last_success_at = Some(now);
+                self.progress.delivered += 1;
+                while self.window.front().is_some_and(|s| s.done) {
+                    if let Some(s) = self.window.pop_front() {
+                        self.progress.cursor = s.id;
+                    }
+                }
+                if self.window.is_empty() {
+                    self.progress.cursor = self.progress.cursor.max(self.read_pos);
+                }
+                ctx.sink.save(self.ep.id, self.ep.epoch, self.progress);
+                None
+            }
+            Verdict::Gone => {
+                let why = why.unwrap_or_default();
+                self.progress.last_error = Some(why.clone());
+                self.progress.last_error_at = Some(now);
+                let reason = format!(
+                    "the receiver answered 410 Gone to event {} ({why}); its cursor is kept — `livestrom webhook enable {}` to deliver again",
+                    done.id, self.ep.name
+                );
+                set_state(self.progress, State::Disabled, reason, &self.ep, ctx);
+                Some(Stop::State)
+            }
+            Verdict::Retry { retry_after } => {
+                slot.failures += 1;
+                let failures = slot.failures;
+                let why = why.unwrap_or_default();
+                self.progress.failures += 1;
+                self.progress.failing_since.get_or_insert(now);
+                self.progress.last_error = Some(why.clone());
+                self.progress.last_error_at = Some(now);
+                let Some(delay) = retry_delay(failures, retry_after, rand::random::<f64>()) else {
+                    let reason = format!(
+                        "{failures} attempts to deliver event {} failed (the last: {why}); paused with its cursor kept, nothing skipped — `livestrom webhook enable {}` once the receiver works",
+                        done.id, self.ep.name
+                    );
+                    set_state(self.progress, State::Failing, reason, &self.ep, ctx);
+                    return Some(Stop::State);
+                };
+                tracing::debug!(webhook = %self.ep.name, event = %done.id, failures, delay = ?delay, error = %why, "webhook attempt failed; retrying");
+                self.progress.next_attempt_at =
+                    Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
+                ctx.sink.save(self.ep.id, self.ep.epoch, self.progress);
+                let again = attempt(done.id, slot.json.clone(), delay, config.clone(), ctx);
+                self.inflight.push(again);
+                None
+            }
+        }
+    }
+}
+
+/// Why a read of the log gave no page.
+enum ReadFailed {
+    /// Events after `after` may have been pruned: delivering on would skip them.
+    Pruned { after: Uuid, floor: Uuid },
+    /// The log could not be read (retried).
+    Log(LogError),
+}
+
+/// One attempt after `delay`, with the endpoint's settings at that moment
+/// (a rotated secret or a new URL applies from the next attempt on).
+fn attempt(
+    id: Uuid,
+    json: Arc<str>,
+    delay: Duration,
+    config: watch::Receiver<Arc<Endpoint>>,
+    ctx: &Ctx,
+) -> BoxFuture<'static, Done> {
+    let transport = ctx.transport.clone();
+    Box::pin(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let ep = config.borrow().clone();
+        let started = Utc::now();
+        let response = transport.send(Request::new(&ep, id, json, started)).await;
+        Done {
+            id,
+            started,
+            response,
+        }
+    })
+}
