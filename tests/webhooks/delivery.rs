@@ -252,7 +252,7 @@ async fn filters_are_the_streams_refused_in_its_words_and_applied_as_it_applies_
     Ok(())
 }
 
-fn event(title: &str) -> NewEvent {
+pub(crate) fn event(title: &str) -> NewEvent {
     NewEvent {
         event: StreamEvent {
             id: uuid::Uuid::nil(),

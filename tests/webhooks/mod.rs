@@ -6,6 +6,7 @@
 //! stream's, the SSRF guard and redirects, kill -9 mid-delivery, and the
 //! admin API.
 
+mod admin;
 mod crash;
 mod delivery;
 mod harness;
