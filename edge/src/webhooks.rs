@@ -1,6 +1,6 @@
 //! `/v1/admin/webhooks`: what `livestrom webhook` does, over HTTP, for keys
 //! with the `admin` scope. The edge writes nothing itself: every call goes
-//! to the engine's [`WebhookAdmin`] (through the store's writer on one
+//! to the engine's `WebhookAdmin` (through the store's writer on one
 //! node; refused on a cluster), which checks filters with the stream's
 //! parser — a bad filter is the stream's 400, word for word.
 //!

@@ -11,6 +11,7 @@ use livestrom_engine::keys::{self, NewKey, Scope};
 use livestrom_engine::store::WriteBatch;
 use livestrom_engine::webhooks::{SigningSecret, WebhookAdmin, CLUSTER_UNSUPPORTED};
 use livestrom_engine::{Backend, Bus, Config, Store};
+use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -93,7 +94,6 @@ impl Edge {
     }
 }
 
-use reqwest::Method;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_webhook_operation_over_http_for_admin_keys() -> TestResult {
