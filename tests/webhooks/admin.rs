@@ -94,7 +94,6 @@ impl Edge {
     }
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_webhook_operation_over_http_for_admin_keys() -> TestResult {
     let edge = edge(None).await?;
