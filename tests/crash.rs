@@ -135,7 +135,7 @@ pub(crate) fn start(config: &Path, listen: SocketAddr) -> Node {
 }
 
 /// A random number (std's randomly seeded hasher; no extra crate).
-fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0);

@@ -150,9 +150,22 @@ async fn openapi_documents_every_route_and_every_documented_path_is_served() -> 
 
     for path in &documented {
         // The key goes along so admin paths answer 200 rather than 401; a
-        // path the router does not know answers the `not-found` problem.
-        let url = format!("{}{path}", edge.base);
-        let mut req = edge.http.get(&url).header("X-API-Key", &edge.admin_key);
+        // path the router does not know answers the `not-found` problem,
+        // a method it does not route there `method-not-allowed`.
+        let ops = &doc["paths"][path.as_str()];
+        let method = ["get", "post", "patch", "delete"]
+            .into_iter()
+            .find(|m| ops.get(*m).is_some())
+            .unwrap_or("get");
+        let templated = path.contains('{');
+        let url = format!("{}{}", edge.base, path.replace("{name}", "no-such-webhook"));
+        let mut req = match method {
+            "get" => edge.http.get(&url),
+            "post" => edge.http.post(&url).body("{}"),
+            "patch" => edge.http.patch(&url).body("{}"),
+            _ => edge.http.delete(&url),
+        }
+        .header("X-API-Key", &edge.admin_key);
         if path == "/v1/stream" {
             // Only the head matters; the body would never end.
             req = req.timeout(Duration::from_secs(30));
@@ -164,12 +177,26 @@ async fn openapi_documents_every_route_and_every_documented_path_is_served() -> 
             continue;
         }
         let body: Value = res.json().await.unwrap_or(Value::Null);
-        let not_found = status == 404 && body["type"] == "https://livestrom.dev/problems/not-found";
-        assert!(!not_found, "{path} is documented but not served");
-        assert!(
-            status.is_success() || path == "/readyz",
-            "{path} answered {status}: {body}"
-        );
+        for routing in ["not-found", "method-not-allowed"] {
+            let problem = format!("https://livestrom.dev/problems/{routing}");
+            assert!(
+                body["type"] != problem.as_str(),
+                "{method} {path} is documented but not served: {body}"
+            );
+        }
+        if method == "get" && !templated {
+            assert!(
+                status.is_success() || path == "/readyz",
+                "{path} answered {status}: {body}"
+            );
+        } else {
+            // A made-up name or an empty body: a documented answer.
+            let code = status.as_str();
+            assert!(
+                ops[method]["responses"].get(code).is_some(),
+                "{method} {path} answered {status}, which it does not document: {body}"
+            );
+        }
     }
     Ok(())
 }
@@ -278,9 +305,11 @@ fn status_code(name: &str) -> Option<u64> {
         "FORBIDDEN" => 403,
         "NOT_FOUND" => 404,
         "METHOD_NOT_ALLOWED" => 405,
+        "CONFLICT" => 409,
         "GONE" => 410,
         "TOO_MANY_REQUESTS" => 429,
         "INTERNAL_SERVER_ERROR" => 500,
+        "NOT_IMPLEMENTED" => 501,
         "SERVICE_UNAVAILABLE" => 503,
         _ => return None,
     })

@@ -27,4 +27,5 @@ mod slow_consumer;
 mod sse_roundtrip;
 mod status_page;
 mod stream;
+mod webhooks;
 mod wire;

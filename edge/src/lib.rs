@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::{get, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use livestrom_engine::backend::SourceStates;
 use livestrom_engine::keys::{KeyCache, KeyError};
@@ -39,6 +39,7 @@ pub mod ready;
 pub mod server;
 pub mod status;
 pub mod stream;
+pub mod webhooks;
 pub mod whoami;
 
 /// Edge settings from `[edge]`.
@@ -94,6 +95,8 @@ pub struct StateInner {
     pub registry: Metrics,
     /// The edge's own series.
     pub metrics: metrics::EdgeMetrics,
+    /// Webhook endpoints (`/v1/admin/webhooks`), managed through the engine.
+    pub webhooks: livestrom_engine::webhooks::WebhookAdmin,
     /// Open connections, counted by the server loop ([`serve`] and
     /// [`server::serve_counted`] with this counter).
     pub connections: Arc<metrics::Connections>,
@@ -145,6 +148,7 @@ impl AppState {
                 readiness: backend.readiness,
                 registry: backend.metrics,
                 metrics: edge_metrics,
+                webhooks: backend.webhooks,
                 connections: Arc::new(metrics::Connections::default()),
             }),
         })
@@ -166,6 +170,23 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/admin/sources", get(admin::sources)),
         ("/v1/admin/stats", get(admin::stats)),
         ("/v1/admin/activity", get(activity::handler)),
+        (
+            "/v1/admin/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        ),
+        (
+            "/v1/admin/webhooks/{name}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        ),
+        ("/v1/admin/webhooks/{name}/enable", post(webhooks::enable)),
+        ("/v1/admin/webhooks/{name}/disable", post(webhooks::disable)),
+        (
+            "/v1/admin/webhooks/{name}/rotate-secret",
+            post(webhooks::rotate_secret),
+        ),
+        ("/v1/admin/webhooks/{name}/replay", post(webhooks::replay)),
         ("/healthz", get(|| async { "ok\n" })),
         ("/readyz", get(ready::handler)),
         ("/metrics", get(metrics::handler)),
