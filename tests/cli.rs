@@ -130,6 +130,19 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the node said (its last lines).
+        if std::thread::panicking() {
+            if let Ok(log) = self.log.lock() {
+                let tail = &log[log.len().saturating_sub(200)..];
+                eprintln!(
+                    "--- the last {} lines of livestrom run's log ---",
+                    tail.len()
+                );
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
     }
 }
 

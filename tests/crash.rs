@@ -7,7 +7,7 @@
 //! client's ids increase strictly with no duplicate, and its resumes got
 //! exactly what is stored.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -100,12 +100,28 @@ pub(crate) async fn firehose(up: Arc<Upstream>) -> SocketAddr {
     addr
 }
 
-/// A `livestrom run` child; SIGKILLed on drop.
-pub(crate) struct Node(pub(crate) Child);
+/// Lines of a node's log (access lines left out) kept for a failing test's report.
+const LOG_TAIL: usize = 200;
+
+/// A `livestrom run` child; SIGKILLed on drop. If the test is failing
+/// (dropped while panicking), the last lines of its log are printed, so a
+/// failure on CI shows what the node said.
+pub(crate) struct Node(pub(crate) Child, pub(crate) Arc<Mutex<VecDeque<String>>>);
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if std::thread::panicking() {
+            if let Ok(tail) = self.1.lock() {
+                eprintln!(
+                    "--- the last {} lines of livestrom run's log ---",
+                    tail.len()
+                );
+                for line in tail.iter() {
+                    eprintln!("{line}");
+                }
+            }
+        }
     }
 }
 
@@ -122,16 +138,29 @@ pub(crate) fn start(config: &Path, listen: SocketAddr) -> Node {
         .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
     let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
     let (tx, rx) = std::sync::mpsc::channel();
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
+    let lines = tail.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("listening on http://") {
                 let _ = tx.send(());
             }
+            // Access lines would crowd out what matters.
+            if line.contains("livestrom::access") {
+                continue;
+            }
+            if let Ok(mut lines) = lines.lock() {
+                if lines.len() == LOG_TAIL {
+                    lines.pop_front();
+                }
+                lines.push_back(line);
+            }
         }
     });
+    let node = Node(child, tail);
     rx.recv_timeout(WAIT)
         .unwrap_or_else(|e| panic!("livestrom run never listened: {e}"));
-    Node(child)
+    node
 }
 
 /// A random number (std's randomly seeded hasher; no extra crate).

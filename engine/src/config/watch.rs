@@ -58,21 +58,17 @@ pub fn watch(
 
     // Capacity 1: a pending "something changed" is all the loop needs to know.
     let (changed_tx, changed_rx) = mpsc::channel::<()>(1);
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if is_relevant(&event, &name) => {
-                let _ = changed_tx.try_send(());
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "config file watcher error; reloading to be safe");
-                let _ = changed_tx.try_send(());
-            }
-        })
-        .map_err(|e| fail(notify_to_io(e)))?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| fail(notify_to_io(e)))?;
+    let handler = move |event: notify::Result<notify::Event>| match event {
+        Ok(event) if is_relevant(&event, &name) => {
+            let _ = changed_tx.try_send(());
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "config file watcher error; reloading to be safe");
+            let _ = changed_tx.try_send(());
+        }
+    };
+    let watcher = watch_folder(&dir, &path, handler).map_err(fail)?;
 
     #[cfg(unix)]
     let hangup = {
@@ -197,6 +193,61 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     d
 }
 
+/// How often the fallback watcher looks at the folder.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watches `dir` with the platform's notifications (inotify, FSEvents, …);
+/// where those cannot be had — inotify's per-user instance or watch limit
+/// reached, a file system that sends none — falls back to looking at the
+/// config file `file` every [`POLL_INTERVAL`] (contents compared), with a
+/// warning.
+fn watch_folder<H>(dir: &Path, file: &Path, handler: H) -> io::Result<Box<dyn Watcher + Send>>
+where
+    H: notify::EventHandler + Clone,
+{
+    if !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the folder does not exist or is not a folder",
+        ));
+    }
+    let native = notify::recommended_watcher(handler.clone()).and_then(|mut w| {
+        w.watch(dir, RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match native {
+        Ok(w) => Ok(Box::new(w)),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                folder = %dir.display(),
+                interval = ?POLL_INTERVAL,
+                "file change notifications unavailable; looking at the config file on an interval instead"
+            );
+            poll_file(file, handler)
+        }
+    }
+}
+
+/// The fallback of [`watch_folder`]: a polling watcher on the config file
+/// alone (by path, so a rename over it is seen), comparing contents.
+///
+/// Never the folder: the database may live beside the config, and opening
+/// and closing a SQLite file in the process that holds it releases SQLite's
+/// POSIX locks on it.
+fn poll_file<H>(file: &Path, handler: H) -> io::Result<Box<dyn Watcher + Send>>
+where
+    H: notify::EventHandler,
+{
+    let config = notify::Config::default()
+        .with_poll_interval(POLL_INTERVAL)
+        .with_compare_contents(true);
+    let mut w = notify::PollWatcher::new(handler, config).map_err(notify_to_io)?;
+    w.watch(file, RecursiveMode::NonRecursive)
+        .map_err(notify_to_io)?;
+    Ok(Box::new(w))
+}
+
 /// Why a reload happened: a file change is deduplicated, a SIGHUP never is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
@@ -217,7 +268,7 @@ struct Reloader {
     /// Bytes of the last file-change reload sent, to drop no-op events.
     last_sent: Option<Vec<u8>>,
     /// Kept alive for as long as the loop runs; dropping it stops the watch.
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Box<dyn Watcher + Send>,
 }
 
 impl Reloader {
@@ -320,5 +371,57 @@ fn notify_to_io(e: notify::Error) -> io::Error {
     match e.kind {
         notify::ErrorKind::Io(io) => io,
         _ => io::Error::other(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fallback sees a write and a rename over the file, without any
+    /// notification from the kernel.
+    #[tokio::test]
+    async fn the_polling_fallback_sees_a_change() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("sources.toml");
+        std::fs::write(&path, "# one\n")?;
+        let name = OsString::from("sources.toml");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let file = path.clone();
+        let _watcher = poll_file(&path, move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                if is_relevant(&event, &name) {
+                    let _ = tx.send(std::fs::read_to_string(&file).unwrap_or_default());
+                }
+            }
+        })?;
+        std::fs::write(&path, "# two, longer\n")?;
+        assert!(
+            seen(&mut rx, "# two, longer\n").await,
+            "no write seen within 30 s"
+        );
+
+        // Editors rename a temporary file over the config.
+        let tmp = dir.path().join(".sources.toml.swp");
+        std::fs::write(&tmp, "# three\n")?;
+        std::fs::rename(&tmp, &path)?;
+        assert!(
+            seen(&mut rx, "# three\n").await,
+            "no rename seen within 30 s"
+        );
+        Ok(())
+    }
+
+    /// Whether the file's text `want` arrives within a generous bound.
+    async fn seen(rx: &mut mpsc::UnboundedReceiver<String>, want: &str) -> bool {
+        let wait = async {
+            while let Some(text) = rx.recv().await {
+                if text == want {
+                    return true;
+                }
+            }
+            false
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait).await == Ok(true)
     }
 }
