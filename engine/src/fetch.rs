@@ -49,6 +49,12 @@ pub const DEFAULT_ACCEPT: &str =
 /// send the client's own (gzip and deflate).
 const ACCEPT_ENCODING_WITH_BR: &str = "gzip, deflate, br";
 
+/// Brotli is offered only under a cap of at least this: the window most
+/// encoders use by default (lgwin 22: the reference library, Node, Python,
+/// Go's and Rust's encoders). Under a smaller cap such streams would be
+/// refused for their window, so the upstream is asked for gzip instead.
+const COMMON_BROTLI_WINDOW: u64 = 4 << 20;
+
 /// What to fetch.
 #[derive(Debug, Clone)]
 pub struct FetchRequest {
@@ -355,7 +361,10 @@ impl Fetcher {
     /// Request, status handling and capped body read: everything the total
     /// timeout covers.
     async fn exchange(&self, req: &FetchRequest) -> Result<FetchResponse, FetchError> {
-        let mut resp = self.send(req, Some(ACCEPT_ENCODING_WITH_BR)).await?;
+        let offer_br = self.inner.cfg.max_body >= COMMON_BROTLI_WINDOW;
+        let mut resp = self
+            .send(req, offer_br.then_some(ACCEPT_ENCODING_WITH_BR))
+            .await?;
         let hints = CacheHints {
             not_before: headers::freshness(resp.headers(), Utc::now()),
         };
