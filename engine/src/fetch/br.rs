@@ -301,7 +301,7 @@ pub(crate) fn size(bytes: u64) -> String {
         (1_000, "KB"),
     ];
     for (unit, name) in UNITS {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{} {name}", bytes / unit);
         }
     }
