@@ -5,9 +5,12 @@
 //!
 //! Everything HTTP-specific that a source kind should never have to know
 //! lives here (STYLE practice 4); `politeness` holds the per-domain waits,
-//! `fetch::ssrf` the address guard and `fetch::redirect` the hop-by-hop
-//! redirect loop with its per-hop header rules.
+//! `fetch::ssrf` the address guard, `fetch::redirect` the hop-by-hop
+//! redirect loop with its per-hop header rules and `fetch::br` the brotli
+//! decoder (gzip and deflate are decoded by the HTTP client; brotli is
+//! decoded here, so that a window larger than the cap is refused first).
 
+mod br;
 mod headers;
 mod post;
 mod redirect;
@@ -23,10 +26,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
-use reqwest::header::{HeaderName, CONTENT_TYPE, ETAG, LAST_MODIFIED};
+use reqwest::header::{HeaderMap, HeaderName, CONTENT_ENCODING, CONTENT_TYPE, ETAG, LAST_MODIFIED};
 use reqwest::{Client, Response, StatusCode};
 use url::Url;
 
+use self::br::{BrotliBody, BrotliError};
 pub use self::headers::{parse_http_date, MAX_HEADER_WAIT};
 pub use self::post::{Posted, POST_RESPONSE_CAP};
 pub use self::ssrf::classify_ip;
@@ -39,6 +43,17 @@ pub use crate::redact::{redact_url, redact_url_text, redact_urls_in, REDACTED};
 pub const DEFAULT_ACCEPT: &str =
     "application/atom+xml, application/rss+xml, application/feed+json, \
      application/json;q=0.9, application/xml;q=0.9, text/xml;q=0.9, text/html;q=0.8, */*;q=0.5";
+
+/// `Accept-Encoding` of a fetch, whose body `read_capped` reads: the
+/// client decodes gzip and deflate, `read_capped` brotli. Streams and POSTs
+/// send the client's own (gzip and deflate).
+const ACCEPT_ENCODING_WITH_BR: &str = "gzip, deflate, br";
+
+/// Brotli is offered only under a cap of at least this: the window most
+/// encoders use by default (lgwin 22: the reference library, Node, Python,
+/// Go's and Rust's encoders). Under a smaller cap such streams would be
+/// refused for their window, so the upstream is asked for gzip instead.
+const COMMON_BROTLI_WINDOW: u64 = 4 << 20;
 
 /// What to fetch.
 #[derive(Debug, Clone)]
@@ -162,6 +177,19 @@ pub enum FetchError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// A brotli body whose window (the history its decoder must keep) is
+    /// larger than `fetch.max_body`: refused from its header, before any
+    /// of it is decoded.
+    #[error("{}", BrotliError::WindowOverCap { window: *window, limit: *limit })]
+    BrotliWindow {
+        /// The window in bytes.
+        window: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The body cannot be decoded as its `Content-Encoding` says.
+    #[error("cannot decode the response body: {0}")]
+    Decode(String),
     /// More redirects than allowed.
     #[error("too many redirects (more than {0})")]
     TooManyRedirects(usize),
@@ -244,9 +272,9 @@ impl Fetcher {
                 builder.proxy(p)
             }
         };
+        // Brotli is not the client's: `read_capped` decodes it (see `br`).
         let client = builder
             .gzip(true)
-            .brotli(true)
             .deflate(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(60))
@@ -294,12 +322,21 @@ impl Fetcher {
         let host = self.checked_host(&req.url)?;
         drop(self.inner.politeness.acquire(host).await);
         let limit = self.inner.cfg.timeout;
-        let resp = match tokio::time::timeout(limit, self.send(req)).await {
+        let resp = match tokio::time::timeout(limit, self.send(req, None)).await {
             Ok(resp) => resp?,
             Err(_elapsed) => return Err(FetchError::Timeout(limit)),
         };
         if !resp.status().is_success() {
             return Err(self.status_error(&req.url, &resp));
+        }
+        // Streams are offered gzip and deflate only (the client decodes
+        // those); a brotli stream was not asked for and would read as junk.
+        if is_brotli(resp.headers()) {
+            return Err(FetchError::Decode(
+                "the upstream sent a brotli-encoded stream, which was not asked for \
+                 (streams accept gzip and deflate)"
+                    .to_owned(),
+            ));
         }
         Ok(resp)
     }
@@ -324,7 +361,10 @@ impl Fetcher {
     /// Request, status handling and capped body read: everything the total
     /// timeout covers.
     async fn exchange(&self, req: &FetchRequest) -> Result<FetchResponse, FetchError> {
-        let mut resp = self.send(req).await?;
+        let offer_br = self.inner.cfg.max_body >= COMMON_BROTLI_WINDOW;
+        let mut resp = self
+            .send(req, offer_br.then_some(ACCEPT_ENCODING_WITH_BR))
+            .await?;
         let hints = CacheHints {
             not_before: headers::freshness(resp.headers(), Utc::now()),
         };
@@ -429,6 +469,15 @@ impl Fetcher {
     }
 }
 
+impl From<BrotliError> for FetchError {
+    fn from(e: BrotliError) -> Self {
+        match e {
+            BrotliError::WindowOverCap { window, limit } => Self::BrotliWindow { window, limit },
+            other => Self::Decode(other.to_string()),
+        }
+    }
+}
+
 impl From<UrlRefused> for FetchError {
     fn from(e: UrlRefused) -> Self {
         match e {
@@ -438,54 +487,111 @@ impl From<UrlRefused> for FetchError {
     }
 }
 
-/// Reads the (already decompressed) body, failing as soon as it exceeds
-/// `limit`: at most `limit` bytes plus one chunk are ever held, whatever the
-/// compression ratio. Chunks are kept as they arrive and joined once at the
-/// end (a body that grew by reallocation would hold its old and new buffers
-/// at once, and the allocator keeps freed ones for a while: a body cut off
-/// at the cap would then cost about twice the cap).
+/// Reads the body, decoded, failing as soon as it exceeds `limit`: at most
+/// `limit` bytes plus one chunk are ever held, whatever the compression
+/// ratio. gzip and deflate arrive decoded by the client; a brotli body is
+/// decoded here, after its window was checked against `limit` (see `br`),
+/// so a brotli body cut off at the cap holds at most the cap twice.
 async fn read_capped(resp: &mut Response, limit: u64) -> Result<Bytes, FetchError> {
+    let mut body = CappedBody::new(limit);
+    if is_brotli(resp.headers()) {
+        // Content-Length is the compressed size: only the decoded one counts.
+        let mut decoder = BrotliBody::new(limit);
+        while let Some(chunk) = next_chunk(resp).await? {
+            decoder.push(chunk)?;
+            while let Some(piece) = decoder.next()? {
+                body.push(piece)?;
+                // A small chunk may decode to megabytes: let other tasks
+                // run between pieces.
+                tokio::task::yield_now().await;
+            }
+            if decoder.is_done() {
+                // Whatever follows the stream's end is not read.
+                break;
+            }
+        }
+        decoder.finish()?;
+        return Ok(body.into_bytes());
+    }
     if resp.content_length().is_some_and(|len| len > limit) {
         return Err(FetchError::TooLarge { limit });
     }
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len: u64 = 0;
-    loop {
-        let chunk = match resp.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) if e.is_decode() => {
-                return Err(FetchError::Other(format!(
-                    "cannot decode the response body: {}",
-                    error_chain(&e.without_url())
-                )))
-            }
-            Err(e) => {
-                return Err(FetchError::Other(format!(
-                    "error reading the response body: {}",
-                    error_chain(&e.without_url())
-                )))
-            }
-        };
-        len += chunk.len() as u64;
-        if len > limit {
-            return Err(FetchError::TooLarge { limit });
-        }
-        if !chunk.is_empty() {
-            chunks.push(chunk);
-        }
+    while let Some(chunk) = next_chunk(resp).await? {
+        body.push(chunk)?;
     }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut body = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
-            for c in chunks.drain(..) {
-                body.extend_from_slice(&c);
-            }
-            body.freeze()
+    Ok(body.into_bytes())
+}
+
+/// Whether the response's body is brotli-encoded (`Content-Encoding: br`).
+fn is_brotli(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("br"))
+}
+
+/// The next chunk of the body as the client hands it over (gzip and deflate
+/// decoded), `None` at its end.
+async fn next_chunk(resp: &mut Response) -> Result<Option<Bytes>, FetchError> {
+    resp.chunk().await.map_err(|e| {
+        let e = e.without_url();
+        if e.is_decode() {
+            FetchError::Decode(error_chain(&e))
+        } else {
+            FetchError::Other(format!(
+                "error reading the response body: {}",
+                error_chain(&e)
+            ))
         }
     })
+}
+
+/// A body being read, counted against the cap. Chunks are kept as they
+/// arrive and joined once at the end (a body that grew by reallocation
+/// would hold its old and new buffers at once, and the allocator keeps
+/// freed ones for a while: a body cut off at the cap would then cost about
+/// twice the cap).
+#[derive(Debug)]
+struct CappedBody {
+    limit: u64,
+    chunks: Vec<Bytes>,
+    len: u64,
+}
+
+impl CappedBody {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Adds a chunk; `TooLarge` once the body is over the cap.
+    fn push(&mut self, chunk: Bytes) -> Result<(), FetchError> {
+        self.len += chunk.len() as u64;
+        if self.len > self.limit {
+            return Err(FetchError::TooLarge { limit: self.limit });
+        }
+        if !chunk.is_empty() {
+            self.chunks.push(chunk);
+        }
+        Ok(())
+    }
+
+    fn into_bytes(mut self) -> Bytes {
+        match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut body = BytesMut::with_capacity(usize::try_from(self.len).unwrap_or(0));
+                for c in self.chunks.drain(..) {
+                    body.extend_from_slice(&c);
+                }
+                body.freeze()
+            }
+        }
+    }
 }
 
 /// "outer: inner: innermost", skipping links that repeat their predecessor.

@@ -275,9 +275,9 @@ impl ErrorKind {
                 5 => Self::Http5xx,
                 _ => Self::HttpOther,
             },
-            FetchError::TooLarge { .. } => Self::BodyCap,
+            FetchError::TooLarge { .. } | FetchError::BrotliWindow { .. } => Self::BodyCap,
             FetchError::TooManyRedirects(_) => Self::Redirects,
-            FetchError::Other(_) => Self::Other,
+            FetchError::Decode(_) | FetchError::Other(_) => Self::Other,
         }
     }
 

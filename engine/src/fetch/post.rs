@@ -64,8 +64,11 @@ impl Fetcher {
             .flatten();
             let mut body = BytesMut::new();
             // A body that fails half-way still leaves the status: the
-            // answer counts, the text is only for the operator.
-            while body.len() < POST_RESPONSE_CAP {
+            // answer counts, the text is only for the operator. A POST is
+            // offered gzip and deflate (the client decodes them); a brotli
+            // body was not asked for and is not kept (it would read as junk).
+            let unasked = super::is_brotli(resp.headers());
+            while !unasked && body.len() < POST_RESPONSE_CAP {
                 match resp.chunk().await {
                     Ok(Some(chunk)) => {
                         let room = POST_RESPONSE_CAP - body.len();

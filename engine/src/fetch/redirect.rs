@@ -3,8 +3,8 @@
 //! origin), the SSRF check of each target and the `fetch.max_redirects` count.
 
 use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT, IF_MODIFIED_SINCE, IF_NONE_MATCH, LOCATION,
-    USER_AGENT,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LOCATION, USER_AGENT,
 };
 use reqwest::{Response, StatusCode};
 use url::Url;
@@ -14,7 +14,9 @@ use crate::config::FetchConfig;
 
 impl Fetcher {
     /// Builds the headers and sends, following redirects; returns once the
-    /// final response's headers arrive.
+    /// final response's headers arrive. `accept_encoding`, when given, is
+    /// sent instead of the client's own (which names only the encodings the
+    /// client decodes itself).
     ///
     /// Each hop is checked by the SSRF guard (IP literals here, host names by
     /// the resolver when it connects) and counted against
@@ -22,13 +24,21 @@ impl Fetcher {
     /// the chain stays at the configured URL's origin (scheme, host and
     /// port); after a hop elsewhere, including an https → http downgrade on
     /// the same host, they are dropped for the rest of the chain.
-    pub(super) async fn send(&self, req: &FetchRequest) -> Result<Response, FetchError> {
+    pub(super) async fn send(
+        &self,
+        req: &FetchRequest,
+        accept_encoding: Option<&'static str>,
+    ) -> Result<Response, FetchError> {
         let configured = configured_headers(req)?;
         let mut url = req.url.clone();
         let mut forward = true;
         let mut hops = 0;
         loop {
-            let headers = request_headers(req, &self.inner.cfg, forward.then_some(&configured))?;
+            let mut headers =
+                request_headers(req, &self.inner.cfg, forward.then_some(&configured))?;
+            if let Some(encodings) = accept_encoding {
+                headers.insert(ACCEPT_ENCODING, HeaderValue::from_static(encodings));
+            }
             let resp = self
                 .inner
                 .client

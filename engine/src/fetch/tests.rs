@@ -363,3 +363,159 @@ async fn public_to_private_redirects_are_refused_unless_private_networks_are_all
         }
     }
 }
+
+fn brotli(data: &[u8], lgwin: u32) -> Bytes {
+    let mut out = Vec::new();
+    {
+        use std::io::Write as _;
+        let mut w = ::brotli::CompressorWriter::new(&mut out, 4096, 5, lgwin);
+        w.write_all(data)
+            .unwrap_or_else(|e| panic!("brotli encode: {e}"));
+    }
+    Bytes::from(out)
+}
+
+/// Fetches offer brotli and decode it themselves (in chunks as they
+/// arrive); a window over the cap is refused by name, a decoded size over
+/// it is cut off as any body is, and a body that is not brotli is an error.
+#[tokio::test]
+async fn brotli_bodies_are_decoded_here_with_their_window_checked_against_the_cap() {
+    let text: Vec<u8> = (0..20_000)
+        .flat_map(|n| format!("<item><title>{n}</title></item>\n").into_bytes())
+        .collect();
+    let fits = brotli(&text, 20); // 1 MiB window, the cap below
+    let wide = brotli(&text, 21); // 2 MiB window
+    let bomb = brotli(&vec![0u8; 8 << 20], 20); // 8 MiB of zeros
+    assert!(bomb.len() < 64 * 1024, "bomb is {} bytes", bomb.len());
+    let br = |body: Bytes| {
+        // Dribbled out in small chunks, as a network would.
+        let chunks: Vec<Result<Bytes, std::io::Error>> = body
+            .chunks(1000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        (
+            [(header::CONTENT_ENCODING, "br")],
+            axum::body::Body::from_stream(futures::stream::iter(chunks)),
+        )
+    };
+    let app = Router::new()
+        .route(
+            "/accept-encoding",
+            get(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get(header::ACCEPT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            }),
+        )
+        .route("/fits", get(move || async move { br(fits) }))
+        .route("/wide", get(move || async move { br(wide) }))
+        .route("/bomb", get(move || async move { br(bomb) }))
+        .route(
+            "/junk",
+            get(|| async { ([(header::CONTENT_ENCODING, "br")], "<rss>not brotli</rss>") }),
+        );
+    let addr = serve(app).await;
+    let get =
+        |path: &str| FetchRequest::get(url(&format!("http://127.0.0.1:{}{path}", addr.port())));
+    // Brotli is offered under a cap that holds the usual 4 MiB window (the
+    // default cap, 10 MB), not under a smaller one.
+    let default_cap = guarded_fetcher(&FetchConfig {
+        max_body: 10_000_000,
+        ..config(false)
+    });
+    let f = guarded_fetcher(&config(false)); // max_body = 1 MiB
+    for (fetcher, offered) in [(&default_cap, "gzip,deflate,br"), (&f, "gzip,deflate")] {
+        match fetcher.fetch(&get("/accept-encoding")).await {
+            Ok(FetchResponse::Body(b)) => {
+                assert_eq!(String::from_utf8_lossy(&b.body).replace(' ', ""), offered);
+            }
+            other => panic!("expected the header back, got {other:?}"),
+        }
+    }
+    // An upstream may send brotli unasked: decoded all the same.
+    match f.fetch(&get("/fits")).await {
+        Ok(FetchResponse::Body(b)) => assert!(b.body[..] == text[..], "decoded body differs"),
+        other => panic!("expected the decoded body, got {other:?}"),
+    }
+    let wide = f.fetch(&get("/wide")).await;
+    match &wide {
+        Err(e @ FetchError::BrotliWindow { window, limit }) => {
+            assert_eq!((*window, *limit), (2 << 20, 1 << 20));
+            assert_eq!(
+                e.to_string(),
+                "brotli window of 2 MiB is larger than the body cap of 1 MiB (fetch.max_body)"
+            );
+        }
+        other => panic!("expected the window refused, got {other:?}"),
+    }
+    let bomb = f.fetch(&get("/bomb")).await;
+    match &bomb {
+        Err(e @ FetchError::TooLarge { limit }) => {
+            assert_eq!(*limit, 1 << 20);
+            assert_eq!(
+                e.to_string(),
+                "response body larger than the 1048576-byte limit (fetch.max_body)"
+            );
+        }
+        other => panic!("expected the bomb cut off, got {other:?}"),
+    }
+    match f.fetch(&get("/junk")).await {
+        Err(FetchError::Decode(m)) => assert!(m.contains("brotli"), "{m}"),
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+}
+
+/// Streams and POSTs are offered only what the client decodes itself; a
+/// brotli answer anyway is refused (stream) or its body not kept (POST).
+#[tokio::test]
+async fn streams_and_posts_are_not_offered_brotli() {
+    let app = Router::new()
+        .route(
+            "/accept-encoding",
+            get(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get(header::ACCEPT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            }),
+        )
+        .route(
+            "/br",
+            get(|| async { ([(header::CONTENT_ENCODING, "br")], "\u{b}\u{0}junk") })
+                .post(|| async { ([(header::CONTENT_ENCODING, "br")], "\u{b}\u{0}junk") }),
+        );
+    let addr = serve(app).await;
+    let f = guarded_fetcher(&config(false));
+    let at = |path: &str| url(&format!("http://127.0.0.1:{}{path}", addr.port()));
+
+    let offered = match f
+        .open_stream(&FetchRequest::get(at("/accept-encoding")))
+        .await
+    {
+        Ok(resp) => resp.text().await.unwrap_or_else(|e| panic!("read: {e}")),
+        Err(e) => panic!("open_stream: {e}"),
+    };
+    assert!(
+        offered.contains("gzip") && !offered.contains("br"),
+        "{offered}"
+    );
+    match f.open_stream(&FetchRequest::get(at("/br"))).await {
+        Err(FetchError::Decode(m)) => assert!(m.contains("brotli"), "{m}"),
+        Err(e) => panic!("expected a decode error, got {e}"),
+        Ok(_) => panic!("expected a decode error, got a stream"),
+    }
+    let posted = f
+        .post(
+            &at("/br"),
+            axum::http::HeaderMap::new(),
+            Bytes::from_static(b"{}"),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("post: {e}"));
+    assert_eq!(posted.status, 200);
+    assert!(posted.body.is_empty(), "{:?}", posted.body);
+}
