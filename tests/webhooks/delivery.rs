@@ -3,12 +3,10 @@
 //! `Retry-After`, the stream's filters and their refusals, and — in
 //! process — the SSRF guard and redirects that are not followed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use livestrom_engine::config::Config;
 use livestrom_engine::event::{SourceType, StreamEvent};
-use livestrom_engine::fetch::Fetcher;
 use livestrom_engine::store::{NewEvent, WriteBatch};
 use livestrom_engine::webhooks::{NewEndpoint, SigningSecret, Since, WebhookAdmin};
 use livestrom_engine::{Bus, Store};
@@ -303,7 +301,7 @@ async fn in_process(
     let cancel = CancellationToken::new();
     livestrom_engine::webhooks::spawn(
         store,
-        Arc::new(Fetcher::new(&config.fetch)?),
+        livestrom_engine::webhooks::SharedTransport::fetcher(&config.fetch)?,
         cancel.clone(),
     );
     Ok((dir, admin, cancel))
