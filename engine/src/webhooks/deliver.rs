@@ -261,3 +261,37 @@ impl Transport for Fetcher {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetch(toml: &str) -> FetchConfig {
+        crate::config::Config::from_toml(std::path::Path::new("t/sources.toml"), toml)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .fetch
+    }
+
+    #[test]
+    fn a_reload_replaces_the_fetcher_only_when_what_deliveries_use_changed() {
+        let running = fetch("");
+        let shared = SharedTransport::fetcher(&running).unwrap_or_else(|e| panic!("{e}"));
+        let mut seen = shared.subscribe();
+        assert!(!shared.reload(&running), "the same settings");
+        // Politeness and the poll timeout are not the webhooks'.
+        assert!(!shared.reload(&fetch("[fetch]\nper_host_rps = 5.0\ntimeout = \"25s\"\n")));
+        assert!(!seen.has_changed().unwrap_or(true));
+        for changed in [
+            "[fetch]\nallow_private_networks = true\n",
+            "[fetch]\nallow_private_networks = true\nuser_agent = \"other/1\"\n",
+            "[fetch]\nallow_private_networks = true\nuser_agent = \"other/1\"\nproxy = \"http://127.0.0.1:3128\"\n",
+        ] {
+            assert!(shared.reload(&fetch(changed)), "{changed}");
+            assert!(seen.has_changed().unwrap_or(false), "{changed}");
+            seen.borrow_and_update();
+        }
+        // A transport that is not the fetcher is left alone.
+        let other = SharedTransport::new(seen.borrow().clone());
+        assert!(!other.reload(&running));
+    }
+}
