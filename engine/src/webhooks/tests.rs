@@ -787,3 +787,57 @@ async fn an_endpoint_not_delivering_still_knows_its_oldest_pending_event() {
     })
     .await;
 }
+
+/// A transport replaced while an attempt is in flight on the old one: the
+/// retry of that attempt does not wait out the schedule either.
+#[tokio::test(start_paused = true)]
+async fn a_transport_replaced_during_an_attempt_ends_its_retrys_wait() {
+    struct Gate {
+        calls: Mutex<usize>,
+        release: tokio::sync::Notify,
+    }
+    struct Gated(Arc<Gate>);
+    impl Transport for Gated {
+        fn send(&self, _: Request) -> BoxFuture<'static, Response> {
+            let gate = self.0.clone();
+            Box::pin(async move {
+                let n = {
+                    let mut calls = lock(&gate.calls);
+                    *calls += 1;
+                    *calls
+                };
+                // The second attempt (whose retry waits 5 s) hangs until released.
+                if n == 2 {
+                    gate.release.notified().await;
+                }
+                Response::Failed("refused to connect".into())
+            })
+        }
+    }
+    let log = Arc::new(MemLog::default());
+    let want = events(&log, 1);
+    let gate = Arc::new(Gate {
+        calls: Mutex::new(0),
+        release: tokio::sync::Notify::new(),
+    });
+    let h = start(
+        log,
+        Receiver::new(|_, _| status(500)),
+        endpoint(FilterTerms::default(), 1, Uuid::nil()),
+    );
+    h.transport.replace(Arc::new(Gated(gate.clone())));
+    h.until("the second attempt in flight", |_| *lock(&gate.calls) == 2)
+        .await;
+    let works = Receiver::new(|_, _| status(204));
+    h.transport.replace(Arc::new(Shared(works.clone())));
+    let released = Instant::now();
+    gate.release.notify_one();
+    h.until("delivered", |h| h.cursor() == want.last().copied())
+        .await;
+    assert!(
+        works.times()[0] - released < Duration::from_secs(5),
+        "{:?}",
+        works.times()[0] - released
+    );
+    assert_eq!(*lock(&gate.calls), 2);
+}

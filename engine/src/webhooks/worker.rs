@@ -136,7 +136,8 @@ async fn idle(
 /// Keeps the lag of an endpoint that is not delivering true: when its
 /// worker does not know the oldest matching event after its cursor (it
 /// started in this state, or was caught up when it stopped), the log is
-/// read for it now and after every commit until one is found. Never ends.
+/// read for it now and after every commit until one is found, each read
+/// going on from where the last one stopped. Never ends.
 async fn watch_lag(
     ep: &Endpoint,
     cursor: Uuid,
@@ -147,11 +148,14 @@ async fn watch_lag(
     let Ok(filter) = &ep.filter else {
         return std::future::pending().await;
     };
+    // Every event up to here was read and none matched.
+    let mut scanned = cursor;
     loop {
         if series.pending_now().is_none() {
             head.borrow_and_update();
-            match first_pending(log.clone(), cursor, filter.clone()).await {
-                Ok(found) => series.pending(found),
+            match first_pending(log.clone(), scanned, filter.clone()).await {
+                Ok(Scan::Found(id)) => series.pending(Some(id)),
+                Ok(Scan::Upto(pos)) => scanned = scanned.max(pos),
                 Err(e) => {
                     tracing::debug!(webhook = %ep.name, error = %e, "cannot read the event log for the webhook's lag")
                 }
@@ -163,34 +167,46 @@ async fn watch_lag(
     }
 }
 
-/// Pages read at most looking for the first matching event after a cursor
-/// (the lag of an endpoint that is not delivering; past them it shows 0).
+/// Pages read at most per look for the first matching event after a
+/// cursor (the lag of an endpoint that is not delivering); the next look
+/// goes on from there.
 const LAG_SCAN_PAGES: usize = 16;
 
-/// The first event after `cursor` that `filter` matches, if one is in the
+/// What a look for the first matching event found.
+enum Scan {
+    /// This event.
+    Found(Uuid),
+    /// None up to this position.
+    Upto(Uuid),
+}
+
+/// The first event after `after` that `filter` matches, if one is in the
 /// next [`LAG_SCAN_PAGES`] pages of the log.
 async fn first_pending(
     log: Arc<dyn EventLog>,
-    cursor: Uuid,
+    after: Uuid,
     filter: Filter,
-) -> Result<Option<Uuid>, LogError> {
+) -> Result<Scan, LogError> {
     tokio::task::spawn_blocking(move || {
         let scope = filter.read_scope();
-        let mut after = cursor;
+        let mut after = after;
         for _ in 0..LAG_SCAN_PAGES {
             let rows = log.read_after(after, PAGE, &scope)?;
             if let Some(row) = rows
                 .iter()
                 .find(|r| filter.matches_json(&r.source_id, r.source_type, &r.json))
             {
-                return Ok(Some(row.id));
+                return Ok(Scan::Found(row.id));
             }
             match rows.last() {
-                Some(last) if rows.len() == PAGE => after = last.id,
-                _ => break,
+                Some(last) => after = last.id,
+                None => break,
+            }
+            if rows.len() < PAGE {
+                break;
             }
         }
-        Ok(None)
+        Ok(Scan::Upto(after))
     })
     .await
     .map_err(LogError::Task)?
@@ -274,6 +290,9 @@ struct Done {
     id: Uuid,
     started: DateTime<Utc>,
     response: Response,
+    /// The transport, seen as the attempt was sent: a retry's wait ends
+    /// when it is replaced after that (also while the attempt was in flight).
+    transport: watch::Receiver<Arc<dyn Transport>>,
 }
 
 /// An active endpoint delivering, until its settings or state change.
@@ -406,12 +425,15 @@ impl<'p> Session<'p> {
             };
             slot.started = true;
             let delay = self.first_delay.take().unwrap_or_default();
+            // Only a transport replaced from now on ends the wait.
+            let mut transport = ctx.transport.clone();
+            transport.borrow_and_update();
             let attempt = attempt(
                 slot.id,
                 slot.json.clone(),
                 Wait::Scheduled(delay),
                 config.clone(),
-                ctx,
+                transport,
                 self.series,
             );
             self.inflight.push(attempt);
@@ -567,7 +589,7 @@ impl<'p> Session<'p> {
                     slot.json.clone(),
                     wait,
                     config.clone(),
-                    ctx,
+                    done.transport,
                     self.series,
                 );
                 self.inflight.push(again);
@@ -604,12 +626,9 @@ fn attempt(
     json: Arc<str>,
     wait: Wait,
     config: watch::Receiver<Arc<Endpoint>>,
-    ctx: &Ctx,
+    mut transport: watch::Receiver<Arc<dyn Transport>>,
     series: &EndpointSeries,
 ) -> BoxFuture<'static, Done> {
-    let mut transport = ctx.transport.clone();
-    // Only a transport replaced from now on ends a scheduled wait.
-    transport.borrow_and_update();
     let series = series.clone();
     Box::pin(async move {
         match wait {
@@ -629,7 +648,7 @@ fn attempt(
             Wait::Scheduled(_) | Wait::RetryAfter(_) => {}
         }
         let ep = config.borrow().clone();
-        let send = transport.borrow().clone();
+        let send = transport.borrow_and_update().clone();
         let started = Utc::now();
         let clock = std::time::Instant::now();
         let response = send.send(Request::new(&ep, id, json, started)).await;
@@ -638,6 +657,7 @@ fn attempt(
             id,
             started,
             response,
+            transport,
         }
     })
 }
