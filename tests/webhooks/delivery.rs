@@ -86,10 +86,13 @@ async fn a_410_disables_the_endpoint_and_enable_resumes_from_its_cursor() -> Tes
         "{ep}"
     );
     let want: Vec<String> = stored(&setup.db)?.into_iter().map(|(id, _)| id).collect();
-    assert_eq!(
-        ep["cursor"],
-        want[2].as_str(),
-        "the cursor stays before the refused event"
+    // Past the three delivered, before the refused one (when the three
+    // were committed before it, the cursor may also have moved over
+    // positions with no event after them).
+    let cursor = ep["cursor"].as_str().unwrap_or_default();
+    assert!(
+        cursor >= want[2].as_str() && cursor < want[3].as_str(),
+        "the cursor stays before the refused event: {cursor}, events {want:?}"
     );
     // Nothing more goes to it, while another endpoint gets what follows.
     setup.create("control", &control.url(), &[])?;
