@@ -116,7 +116,8 @@ pub(crate) async fn run(
     }
 }
 
-/// A paused or disabled endpoint waits for the operator.
+/// A paused or disabled endpoint waits for the operator (keeping its lag
+/// true meanwhile).
 async fn idle(
     ep: &Endpoint,
     progress: &Progress,
@@ -124,12 +125,11 @@ async fn idle(
     ctx: &mut Ctx,
     series: &EndpointSeries,
 ) -> Stop {
-    loop {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return Stop::Quit,
-            changed = config.changed() => return if changed.is_ok() { Stop::Settings } else { Stop::Quit },
-            () = watch_lag(ep, progress.cursor, &ctx.log, &mut ctx.head, series) => {}
-        }
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => Stop::Quit,
+        changed = config.changed() => if changed.is_ok() { Stop::Settings } else { Stop::Quit },
+        // Never ends.
+        () = watch_lag(ep, progress.cursor, &ctx.log, &mut ctx.head, series) => Stop::Quit,
     }
 }
 
@@ -212,8 +212,9 @@ async fn first_pending(
     .map_err(LogError::Task)?
 }
 
-/// A failing endpoint waits for the operator, and is disabled when its
-/// first failure is [`DISABLE_AFTER_FAILING`] old.
+/// A failing endpoint waits for the operator (keeping its lag true
+/// meanwhile), and is disabled when its first failure is
+/// [`DISABLE_AFTER_FAILING`] old.
 async fn failing(
     ep: &Endpoint,
     progress: &mut Progress,
@@ -233,7 +234,8 @@ async fn failing(
         _ = ctx.cancel.cancelled() => return Stop::Quit,
         changed = config.changed() => return if changed.is_ok() { Stop::Settings } else { Stop::Quit },
         _ = tokio::time::sleep_until(disable_at) => {}
-        () = watch_lag(ep, cursor, &ctx.log, &mut ctx.head, series) => {}
+        // Never ends.
+        () = watch_lag(ep, cursor, &ctx.log, &mut ctx.head, series) => return Stop::Quit,
     }
     let reason = format!(
         "failing since {} (5 days): disabled; its cursor is kept — `livestrom webhook enable {}` once the receiver works",
