@@ -19,7 +19,6 @@ use axum::Router;
 use chrono::Utc;
 use livestrom_engine::config::Config;
 use livestrom_engine::event::SourceType;
-use livestrom_engine::fetch::Fetcher;
 use livestrom_engine::store::{NewEvent, WriteBatch};
 use livestrom_engine::webhooks::{NewEndpoint, Since, WebhookAdmin};
 use livestrom_engine::{Bus, Store, StreamEvent};
@@ -127,7 +126,7 @@ async fn case(
     let started = Instant::now();
     let runtime = livestrom_engine::webhooks::spawn(
         store.clone(),
-        Arc::new(Fetcher::new(&config.fetch)?),
+        livestrom_engine::webhooks::SharedTransport::fetcher(&config.fetch)?,
         cancel.clone(),
     );
     let mut ingested = None;

@@ -7,7 +7,9 @@
 //! polls and events. Why handles in arrays: the hot paths (a poll, a
 //! commit, an event) increment a pre-created atomic; no label lookup, no
 //! allocation. Every label takes values from a fixed set, except `source`
-//! on the per-source gauge, which is bounded by the configured sources.
+//! on the per-source gauge, which is bounded by the configured sources, and
+//! `endpoint` on the webhooks' series ([`WebhookMetrics`]), bounded by the
+//! webhooks table.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +24,7 @@ use prometheus_client::registry::{Metric, Registry};
 use crate::event::SourceType;
 use crate::fetch::FetchError;
 use crate::runtime::PollError;
+use crate::webhooks::WebhookMetrics;
 
 /// Prefix of every series name.
 pub const PREFIX: &str = "livestrom";
@@ -40,6 +43,7 @@ struct Inner {
     /// Locked to register (at start) and to render (per scrape) only.
     registry: Mutex<Registry>,
     engine: EngineMetrics,
+    webhooks: WebhookMetrics,
     heartbeat: Heartbeat,
 }
 
@@ -60,10 +64,12 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let engine = EngineMetrics::register(&mut registry);
+        let webhooks = WebhookMetrics::register(&mut registry);
         Self {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
                 engine,
+                webhooks,
                 heartbeat: Heartbeat::new(),
             }),
         }
@@ -72,6 +78,11 @@ impl Metrics {
     /// The engine's series.
     pub fn engine(&self) -> &EngineMetrics {
         &self.inner.engine
+    }
+
+    /// The webhooks' series.
+    pub fn webhooks(&self) -> &WebhookMetrics {
+        &self.inner.webhooks
     }
 
     /// The scheduler loop's heartbeat.

@@ -125,7 +125,7 @@ async fn start_engine(
     let (to_runtime, from_leases) = tokio::sync::mpsc::channel(4);
     // The edge's catalog keeps the config it started with: in a cluster the
     // engine and the edge may be different processes.
-    let watched = reloads(&config, overrides, None, cancel.clone());
+    let watched = reloads(&config, overrides, None, None, cancel.clone());
     let mut nothing = config.clone();
     nothing.sources.clear();
     let stop = cancel.clone();

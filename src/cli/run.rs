@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -141,11 +140,12 @@ pub(crate) async fn run(
         }
     };
     // Webhooks are the engine's: they deliver what this node stores.
-    let fetcher = livestrom_engine::fetch::Fetcher::new(&config.fetch)
+    // A reload that changes [fetch] replaces their fetcher too.
+    let transport = livestrom_engine::webhooks::SharedTransport::fetcher(&config.fetch)
         .context("cannot start the webhooks' http client")?;
     let webhooks =
-        livestrom_engine::webhooks::spawn(store.clone(), Arc::new(fetcher), cancel.clone());
-    let reload = reloads(&config, overrides, catalog, cancel.clone());
+        livestrom_engine::webhooks::spawn(store.clone(), transport.clone(), cancel.clone());
+    let reload = reloads(&config, overrides, catalog, Some(transport), cancel.clone());
     let engine =
         livestrom_engine::runtime::run(config, store.clone(), reload, None, cancel.clone()).await;
     cancel.cancel();
@@ -175,11 +175,13 @@ pub(crate) async fn run(
 /// The config file's changes (file watch, SIGHUP), each given the same
 /// flag/env overrides as the first load; None (logged) when the file
 /// cannot be watched. Each config that loaded also refreshes `catalog`
-/// (the edge's list of sources with their type and tags), if there is one.
+/// (the edge's list of sources with their type and tags) and hands its
+/// `[fetch]` to the webhooks' `transport`, where there are.
 pub(super) fn reloads(
     config: &Config,
     overrides: (Option<PathBuf>, Option<SocketAddr>),
     catalog: Option<Catalog>,
+    transport: Option<livestrom_engine::webhooks::SharedTransport>,
     cancel: CancellationToken,
 ) -> Option<tokio::sync::mpsc::Receiver<Result<Config, livestrom_engine::config::ConfigError>>> {
     match livestrom_engine::config::watch::watch(config.path.clone(), cancel) {
@@ -191,6 +193,9 @@ pub(super) fn reloads(
                         c.apply_overrides(overrides.0.clone(), overrides.1);
                         if let Some(catalog) = &catalog {
                             catalog.set(&c.sources);
+                        }
+                        if let Some(transport) = &transport {
+                            transport.reload(&c.fetch);
                         }
                     }
                     if tx.send(update).await.is_err() {

@@ -2,11 +2,9 @@
 //! a node in this process (its writes go through the store's writer), the
 //! stream's 400 for a bad filter, and a cluster's clear refusal.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use livestrom_edge::{AppState, Settings};
-use livestrom_engine::fetch::Fetcher;
 use livestrom_engine::keys::{self, NewKey, Scope};
 use livestrom_engine::store::WriteBatch;
 use livestrom_engine::webhooks::{SigningSecret, WebhookAdmin, CLUSTER_UNSUPPORTED};
@@ -60,7 +58,7 @@ async fn edge(webhooks: Option<WebhookAdmin>) -> Result<Edge, AnyError> {
     )?;
     livestrom_engine::webhooks::spawn(
         store.clone(),
-        Arc::new(Fetcher::new(&config.fetch)?),
+        livestrom_engine::webhooks::SharedTransport::fetcher(&config.fetch)?,
         cancel.clone(),
     );
     Ok(Edge {

@@ -3,12 +3,10 @@
 //! `Retry-After`, the stream's filters and their refusals, and — in
 //! process — the SSRF guard and redirects that are not followed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use livestrom_engine::config::Config;
 use livestrom_engine::event::{SourceType, StreamEvent};
-use livestrom_engine::fetch::Fetcher;
 use livestrom_engine::store::{NewEvent, WriteBatch};
 use livestrom_engine::webhooks::{NewEndpoint, SigningSecret, Since, WebhookAdmin};
 use livestrom_engine::{Bus, Store};
@@ -88,15 +86,13 @@ async fn a_410_disables_the_endpoint_and_enable_resumes_from_its_cursor() -> Tes
         "{ep}"
     );
     let want: Vec<String> = stored(&setup.db)?.into_iter().map(|(id, _)| id).collect();
-    // Past the three delivered, before the refused one: the cursor is the
-    // third event's id, or the store's watermark if the worker found
-    // nothing newer in between (UUIDv7 text sorts as the ids do).
-    let cursor = ep["cursor"].as_str().ok_or("no cursor")?;
+    // Past the three delivered, before the refused one (when the three
+    // were committed before it, the cursor may also have moved over
+    // positions with no event after them).
+    let cursor = ep["cursor"].as_str().unwrap_or_default();
     assert!(
         cursor >= want[2].as_str() && cursor < want[3].as_str(),
-        "the cursor {cursor} stays before the refused event {} and after the delivered {}",
-        want[3],
-        want[2]
+        "the cursor stays before the refused event: {cursor}, events {want:?}"
     );
     // Nothing more goes to it, while another endpoint gets what follows.
     setup.create("control", &control.url(), &[])?;
@@ -308,7 +304,7 @@ async fn in_process(
     let cancel = CancellationToken::new();
     livestrom_engine::webhooks::spawn(
         store,
-        Arc::new(Fetcher::new(&config.fetch)?),
+        livestrom_engine::webhooks::SharedTransport::fetcher(&config.fetch)?,
         cancel.clone(),
     );
     Ok((dir, admin, cancel))

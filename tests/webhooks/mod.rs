@@ -10,4 +10,6 @@ mod admin;
 mod crash;
 mod delivery;
 mod harness;
+mod metrics;
+mod reload;
 mod verify;

@@ -13,7 +13,8 @@
 //! - `admin`: [`WebhookAdmin`], what `livestrom webhook` and the edge's
 //!   `/v1/admin/webhooks` call;
 //! - `deliver`: one attempt — the request, the [`Transport`] (the fetcher's
-//!   guarded client), the answer;
+//!   guarded client, a [`SharedTransport`] a config reload replaces), the answer;
+//! - `metrics`: [`WebhookMetrics`], the series on `GET /metrics`;
 //! - `worker`: one endpoint's delivery loop (read after the cursor, send,
 //!   retry, move the cursor, change state);
 //! - `runtime`: the workers of a running node, the change watch, the
@@ -24,6 +25,7 @@
 
 mod admin;
 mod deliver;
+mod metrics;
 mod model;
 mod runtime;
 mod schedule;
@@ -34,7 +36,8 @@ mod tests;
 mod worker;
 
 pub use admin::{Rotated, WebhookAdmin, CLUSTER_UNSUPPORTED};
-pub use deliver::{Request, Response, Transport};
+pub use deliver::{Request, Response, SharedTransport, Transport};
+pub use metrics::{Outcome, WebhookMetrics};
 pub use model::{
     parse_url, validate_name, EndpointInfo, EndpointUpdate, FilterTerms, NewEndpoint, Progress,
     Since, State, WebhookError, DEFAULT_TIMEOUT, MAX_CONCURRENCY, MAX_FILTER_TERMS, MAX_TIMEOUT,

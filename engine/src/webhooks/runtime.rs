@@ -4,7 +4,9 @@
 //! in another process takes effect within a second), a follower of the
 //! live feed that wakes caught-up workers when events are committed, and
 //! the persister that writes every worker's progress through the store's
-//! writer, coalesced into one transaction per round.
+//! writer, coalesced into one transaction per round. Each worker reports
+//! to its endpoint's series in the store's metrics registry; a deleted
+//! endpoint's series go with its worker.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,7 +17,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::deliver::Transport;
+use super::deliver::SharedTransport;
+use super::metrics::WebhookMetrics;
 use super::model::{Endpoint, Progress, WebhookError};
 use super::sqlite::{load_endpoints, save_progress, ChangeWatch};
 use super::worker::{self, Ctx, ProgressSink};
@@ -30,11 +33,12 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 const SAVE_RETRY: Duration = Duration::from_secs(1);
 
 /// Starts delivering the endpoints of `store`'s database through
-/// `transport` (the fetcher, with its SSRF guard) until `cancel`; the task
-/// ends after the workers stopped and their last progress was written.
+/// `transport` (the fetcher, with its SSRF guard; a config reload replaces
+/// it) until `cancel`; the task ends after the workers stopped and their
+/// last progress was written.
 pub fn spawn(
     store: Store,
-    transport: Arc<dyn Transport>,
+    transport: SharedTransport,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(run(store, transport, cancel))
@@ -49,15 +53,16 @@ struct Worker {
     task: JoinHandle<()>,
 }
 
-async fn run(store: Store, transport: Arc<dyn Transport>, cancel: CancellationToken) {
+async fn run(store: Store, transport: SharedTransport, cancel: CancellationToken) {
     let (head_tx, head_rx) = watch::channel(0u64);
     let follower = tokio::spawn(follow(store.clone(), head_tx, cancel.clone()));
     let persister = Arc::new(Persister::new(store.clone()));
     let persist_stop = CancellationToken::new();
     let persisting = tokio::spawn(persister.clone().run(persist_stop.clone()));
+    let metrics = store.metrics().webhooks().clone();
     let base = Ctx {
         log: Arc::new(store.clone()),
-        transport,
+        transport: transport.subscribe(),
         sink: persister,
         head: head_rx,
         cancel: cancel.clone(),
@@ -94,7 +99,7 @@ async fn run(store: Store, transport: Arc<dyn Transport>, cancel: CancellationTo
             match load(&store).await {
                 Ok(endpoints) => {
                     reload = false;
-                    reconcile(&mut workers, endpoints, &base);
+                    reconcile(&mut workers, endpoints, &base, &metrics);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot load the webhooks; retrying"),
             }
@@ -104,9 +109,14 @@ async fn run(store: Store, transport: Arc<dyn Transport>, cancel: CancellationTo
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
     }
+    let ids: Vec<i64> = workers.keys().copied().collect();
     let stopping = futures::future::join_all(workers.into_values().map(|w| w.task));
     if tokio::time::timeout(STOP_WAIT, stopping).await.is_err() {
         tracing::warn!("webhook workers did not stop within {STOP_WAIT:?}");
+    }
+    // Nothing delivers any more: no series claims otherwise.
+    for id in ids {
+        metrics.forget(id);
     }
     // Last: whatever the workers saved on their way out is written.
     persist_stop.cancel();
@@ -121,13 +131,20 @@ async fn load(store: &Store) -> Result<Vec<Endpoint>, WebhookError> {
 }
 
 /// Starts workers for new endpoints, hands changed settings to running
-/// ones and stops those of deleted endpoints.
-fn reconcile(workers: &mut HashMap<i64, Worker>, endpoints: Vec<Endpoint>, base: &Ctx) {
+/// ones and stops those of deleted endpoints (their series go too, before
+/// a new endpoint of the same name gets its own).
+fn reconcile(
+    workers: &mut HashMap<i64, Worker>,
+    endpoints: Vec<Endpoint>,
+    base: &Ctx,
+    metrics: &WebhookMetrics,
+) {
     let ids: HashSet<i64> = endpoints.iter().map(|e| e.id).collect();
     workers.retain(|id, w| {
         let keep = ids.contains(id);
         if !keep {
             w.cancel.cancel();
+            metrics.forget(*id);
         }
         keep
     });
@@ -149,12 +166,13 @@ fn reconcile(workers: &mut HashMap<i64, Worker>, endpoints: Vec<Endpoint>, base:
         );
         let cancel = base.cancel.child_token();
         let id = ep.id;
+        let series = metrics.endpoint(id, &ep.name, &ep.progress);
         let (config, rx) = watch::channel(Arc::new(ep));
         let ctx = Ctx {
             cancel: cancel.clone(),
             ..base.clone()
         };
-        let task = tokio::spawn(worker::run(rx, ctx));
+        let task = tokio::spawn(worker::run(rx, ctx, series));
         workers.insert(
             id,
             Worker {

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 use uuid::Uuid;
 
-use super::deliver::{Request, Response, Transport};
+use super::deliver::{Request, Response, SharedTransport, Transport};
+use super::metrics::{EndpointSeries, WebhookMetrics};
 use super::model::{Endpoint, FilterTerms, Progress, State};
 use super::schedule::{DISABLE_AFTER_FAILING, RETRY_SCHEDULE};
 use super::signing::SigningSecret;
@@ -182,6 +183,11 @@ struct Harness {
     head: watch::Sender<u64>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// What the worker sends through; tests replace it.
+    transport: SharedTransport,
+    /// The worker's series, and the registry they render in.
+    series: EndpointSeries,
+    registry: prometheus_client::registry::Registry,
 }
 
 impl Drop for Harness {
@@ -213,14 +219,18 @@ fn start(log: Arc<MemLog>, receiver: Arc<Receiver>, ep: Endpoint) -> Harness {
     let (config, config_rx) = watch::channel(Arc::new(ep));
     let (head, head_rx) = watch::channel(0);
     let cancel = CancellationToken::new();
+    let transport = SharedTransport::new(Arc::new(Shared(receiver.clone())));
     let ctx = Ctx {
         log: log.clone(),
-        transport: Arc::new(Shared(receiver.clone())),
+        transport: transport.subscribe(),
         sink: saves.clone(),
         head: head_rx,
         cancel: cancel.clone(),
     };
-    let task = tokio::spawn(worker::run(config_rx, ctx));
+    let mut registry = prometheus_client::registry::Registry::with_prefix("livestrom");
+    let series =
+        WebhookMetrics::register(&mut registry).endpoint(1, "test", &config_rx.borrow().progress);
+    let task = tokio::spawn(worker::run(config_rx, ctx, series.clone()));
     Harness {
         log,
         receiver,
@@ -229,6 +239,9 @@ fn start(log: Arc<MemLog>, receiver: Arc<Receiver>, ep: Endpoint) -> Harness {
         head,
         cancel,
         task,
+        transport,
+        series,
+        registry,
     }
 }
 
@@ -250,6 +263,17 @@ impl Harness {
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    /// The value of one series of the worker's metrics, as rendered.
+    fn metric(&self, series: &str) -> Option<f64> {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     fn state(&self) -> Option<State> {
@@ -590,14 +614,230 @@ async fn a_dead_endpoint_does_not_delay_another() {
         let cancel = CancellationToken::new();
         let ctx = Ctx {
             log: log.clone(),
-            transport: Arc::new(Never),
+            transport: SharedTransport::new(Arc::new(Never)).subscribe(),
             sink: Arc::new(Saves::default()),
             head: head_rx,
             cancel: cancel.clone(),
         };
-        (tokio::spawn(worker::run(rx, ctx)), cancel, _config, _head)
+        let series = EndpointSeries::detached(&rx.borrow().progress);
+        (
+            tokio::spawn(worker::run(rx, ctx, series)),
+            cancel,
+            _config,
+            _head,
+        )
     };
     let h = start(log, stuck, endpoint(FilterTerms::default(), 1, Uuid::nil()));
     h.until("all", |h| h.cursor() == want.last().copied()).await;
     dead.1.cancel();
+}
+
+/// A new transport (a config reload that changed `[fetch]`) ends a wait of
+/// the retry schedule at once, and the retry goes through it; a wait a
+/// receiver asked for (`Retry-After`) is waited out whatever changes here.
+#[tokio::test(start_paused = true)]
+async fn a_new_transport_ends_a_scheduled_retry_wait_but_not_a_retry_after() {
+    let log = Arc::new(MemLog::default());
+    let want = events(&log, 2);
+    let refused = Receiver::new(|_, _| Response::Failed("refused to connect".into()));
+    let h = start(
+        log.clone(),
+        refused,
+        endpoint(FilterTerms::default(), 1, Uuid::nil()),
+    );
+    // Failed at once, at once again, then after 5 s: now waiting 5 min.
+    h.until("three attempts", |h| h.receiver.ids().len() == 3)
+        .await;
+    h.until("the retry scheduled", |h| {
+        h.saves.last().is_some_and(|p| p.failures == 3)
+    })
+    .await;
+    let replaced_at = Instant::now();
+    let works = Receiver::new(|_, _| status(204));
+    h.transport.replace(Arc::new(Shared(works.clone())));
+    h.until("both delivered", |h| h.cursor() == want.last().copied())
+        .await;
+    assert_eq!(works.ids(), want, "the waiting event first, then the next");
+    assert!(
+        works.times()[0] - replaced_at < Duration::from_secs(5),
+        "the 5 min wait ended with the new transport ({:?})",
+        works.times()[0] - replaced_at
+    );
+    assert_eq!(h.receiver.ids().len(), 3, "the old transport got no more");
+
+    // A receiver's Retry-After is its own: a new transport does not cut it.
+    let log = Arc::new(MemLog::default());
+    let want = events(&log, 1);
+    let busy = Receiver::new(|_, _| Response::Status {
+        status: 503,
+        retry_after: Some(Duration::from_secs(600)),
+        body: String::new(),
+    });
+    let h = start(log, busy, endpoint(FilterTerms::default(), 1, Uuid::nil()));
+    h.until("the 503", |h| {
+        h.saves.last().is_some_and(|p| p.failures == 1)
+    })
+    .await;
+    let answered = h.receiver.times()[0];
+    let works = Receiver::new(|_, _| status(204));
+    h.transport.replace(Arc::new(Shared(works.clone())));
+    h.until("delivered", |h| h.cursor() == want.last().copied())
+        .await;
+    assert!(works.times()[0] - answered >= Duration::from_secs(600));
+}
+
+/// The worker's series: attempts by outcome, its state and failures in a
+/// row, and the oldest event it has not delivered (the lag's start).
+#[tokio::test(start_paused = true)]
+async fn the_series_follow_the_worker() {
+    let log = Arc::new(MemLog::default());
+    let want = events(&log, 3);
+    let receiver = Receiver::new(|_, n| if n < 2 { status(500) } else { status(200) });
+    let h = start(
+        log,
+        receiver,
+        endpoint(FilterTerms::default(), 1, Uuid::nil()),
+    );
+    h.until("two failures", |h| {
+        h.saves.last().is_some_and(|p| p.failures == 2)
+    })
+    .await;
+    assert_eq!(h.series.pending_now(), Some(want[0]));
+    assert_eq!(
+        h.metric("livestrom_webhook_consecutive_failures{endpoint=\"test\"}"),
+        Some(2.0)
+    );
+    h.until("all delivered", |h| h.cursor() == want.last().copied())
+        .await;
+    assert_eq!(h.series.pending_now(), None, "caught up");
+    for (series, want) in [
+        (
+            "livestrom_webhook_deliveries_total{endpoint=\"test\",outcome=\"delivered\"}",
+            3.0,
+        ),
+        (
+            "livestrom_webhook_deliveries_total{endpoint=\"test\",outcome=\"failed\"}",
+            2.0,
+        ),
+        (
+            "livestrom_webhook_deliveries_total{endpoint=\"test\",outcome=\"gone\"}",
+            0.0,
+        ),
+        (
+            "livestrom_webhook_delivery_duration_seconds_count{endpoint=\"test\"}",
+            5.0,
+        ),
+        (
+            "livestrom_webhook_consecutive_failures{endpoint=\"test\"}",
+            0.0,
+        ),
+        (
+            "livestrom_webhook_endpoint_state{endpoint=\"test\",state=\"active\"}",
+            1.0,
+        ),
+        (
+            "livestrom_webhook_endpoint_state{endpoint=\"test\",state=\"failing\"}",
+            0.0,
+        ),
+        ("livestrom_webhook_lag_seconds{endpoint=\"test\"}", 0.0),
+    ] {
+        assert_eq!(h.metric(series), Some(want), "{series}");
+    }
+}
+
+/// An endpoint that starts out not delivering (failing, disabled) finds
+/// its oldest matching event for the lag, and one caught up when it
+/// stopped finds the first that arrives later.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_not_delivering_still_knows_its_oldest_pending_event() {
+    let log = Arc::new(MemLog::default());
+    log.push("b.other", &[], "not matched");
+    let first = log.push("a.one", &[], "matched");
+    let terms = FilterTerms {
+        source: vec!["a.*".into()],
+        ..Default::default()
+    };
+    let mut ep = endpoint(terms.clone(), 1, Uuid::nil());
+    ep.progress.state = State::Failing;
+    ep.progress.failing_since = Some(chrono::Utc::now());
+    let h = start(log.clone(), Receiver::new(|_, _| status(200)), ep);
+    h.until("the pending event found", |h| {
+        h.series.pending_now() == Some(first)
+    })
+    .await;
+    assert_eq!(
+        h.metric("livestrom_webhook_endpoint_state{endpoint=\"test\",state=\"failing\"}"),
+        Some(1.0)
+    );
+    assert!(
+        h.receiver.ids().is_empty(),
+        "a failing endpoint sends nothing"
+    );
+
+    let log = Arc::new(MemLog::default());
+    let mut ep = endpoint(terms, 1, Uuid::nil());
+    ep.progress.state = State::Disabled;
+    let h = start(log.clone(), Receiver::new(|_, _| status(200)), ep);
+    log.push("b.other", &[], "not matched");
+    h.commit();
+    let later = log.push("a.one", &[], "matched");
+    h.commit();
+    h.until("the new event pending", |h| {
+        h.series.pending_now() == Some(later)
+    })
+    .await;
+}
+
+/// A transport replaced while an attempt is in flight on the old one: the
+/// retry of that attempt does not wait out the schedule either.
+#[tokio::test(start_paused = true)]
+async fn a_transport_replaced_during_an_attempt_ends_its_retrys_wait() {
+    struct Gate {
+        calls: Mutex<usize>,
+        release: tokio::sync::Notify,
+    }
+    struct Gated(Arc<Gate>);
+    impl Transport for Gated {
+        fn send(&self, _: Request) -> BoxFuture<'static, Response> {
+            let gate = self.0.clone();
+            Box::pin(async move {
+                let n = {
+                    let mut calls = lock(&gate.calls);
+                    *calls += 1;
+                    *calls
+                };
+                // The second attempt (whose retry waits 5 s) hangs until released.
+                if n == 2 {
+                    gate.release.notified().await;
+                }
+                Response::Failed("refused to connect".into())
+            })
+        }
+    }
+    let log = Arc::new(MemLog::default());
+    let want = events(&log, 1);
+    let gate = Arc::new(Gate {
+        calls: Mutex::new(0),
+        release: tokio::sync::Notify::new(),
+    });
+    let h = start(
+        log,
+        Receiver::new(|_, _| status(500)),
+        endpoint(FilterTerms::default(), 1, Uuid::nil()),
+    );
+    h.transport.replace(Arc::new(Gated(gate.clone())));
+    h.until("the second attempt in flight", |_| *lock(&gate.calls) == 2)
+        .await;
+    let works = Receiver::new(|_, _| status(204));
+    h.transport.replace(Arc::new(Shared(works.clone())));
+    let released = Instant::now();
+    gate.release.notify_one();
+    h.until("delivered", |h| h.cursor() == want.last().copied())
+        .await;
+    assert!(
+        works.times()[0] - released < Duration::from_secs(5),
+        "{:?}",
+        works.times()[0] - released
+    );
+    assert_eq!(*lock(&gate.calls), 2);
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::deliver::{Request, Response, Transport};
+use super::metrics::EndpointSeries;
 use super::model::{Endpoint, Progress, State};
 use super::schedule::{retry_delay, Verdict, DISABLE_AFTER_FAILING};
 use crate::filter::Filter;
@@ -55,8 +56,9 @@ pub(crate) trait ProgressSink: Send + Sync + 'static {
 pub(crate) struct Ctx {
     /// The event log, read after the cursor.
     pub(crate) log: Arc<dyn EventLog>,
-    /// Sends the attempts.
-    pub(crate) transport: Arc<dyn Transport>,
+    /// Sends the attempts: the current transport, replaced by a config
+    /// reload that changes `[fetch]` (which also ends scheduled retry waits).
+    pub(crate) transport: watch::Receiver<Arc<dyn Transport>>,
     /// Takes the progress.
     pub(crate) sink: Arc<dyn ProgressSink>,
     /// Changes when a batch of events was committed: a caught-up worker reads again.
@@ -75,19 +77,27 @@ enum Stop {
     State,
 }
 
-/// Runs the endpoint whose settings `config` carries until `ctx.cancel`.
-pub(crate) async fn run(mut config: watch::Receiver<Arc<Endpoint>>, mut ctx: Ctx) {
+/// Runs the endpoint whose settings `config` carries until `ctx.cancel`,
+/// reporting to its `series` as it goes.
+pub(crate) async fn run(
+    mut config: watch::Receiver<Arc<Endpoint>>,
+    mut ctx: Ctx,
+    series: EndpointSeries,
+) {
     let mut ep = config.borrow_and_update().clone();
     let mut progress = ep.progress.clone();
+    series.progress(&progress);
     loop {
         let stop = match progress.state {
             State::Active => {
-                Session::new(ep.clone(), &mut progress)
+                Session::new(ep.clone(), &mut progress, &series)
                     .run(&mut config, &mut ctx)
                     .await
             }
-            State::Failing => failing(&ep, &mut progress, &mut config, &ctx).await,
-            State::Paused | State::Disabled => idle(&mut config, &ctx).await,
+            State::Failing => failing(&ep, &mut progress, &mut config, &mut ctx, &series).await,
+            State::Paused | State::Disabled => {
+                idle(&ep, &progress, &mut config, &mut ctx, &series).await
+            }
         };
         match stop {
             Stop::Quit => return,
@@ -96,6 +106,9 @@ pub(crate) async fn run(mut config: watch::Receiver<Arc<Endpoint>>, mut ctx: Ctx
                 let new = config.borrow_and_update().clone();
                 if new.epoch != ep.epoch {
                     progress = new.progress.clone();
+                    series.progress(&progress);
+                    // Where it starts over is read anew (replay, enable).
+                    series.pending(None);
                 }
                 ep = new;
             }
@@ -103,21 +116,111 @@ pub(crate) async fn run(mut config: watch::Receiver<Arc<Endpoint>>, mut ctx: Ctx
     }
 }
 
-/// A paused or disabled endpoint waits for the operator.
-async fn idle(config: &mut watch::Receiver<Arc<Endpoint>>, ctx: &Ctx) -> Stop {
+/// A paused or disabled endpoint waits for the operator (keeping its lag
+/// true meanwhile).
+async fn idle(
+    ep: &Endpoint,
+    progress: &Progress,
+    config: &mut watch::Receiver<Arc<Endpoint>>,
+    ctx: &mut Ctx,
+    series: &EndpointSeries,
+) -> Stop {
     tokio::select! {
         _ = ctx.cancel.cancelled() => Stop::Quit,
         changed = config.changed() => if changed.is_ok() { Stop::Settings } else { Stop::Quit },
+        // Never ends.
+        () = watch_lag(ep, progress.cursor, &ctx.log, &mut ctx.head, series) => Stop::Quit,
     }
 }
 
-/// A failing endpoint waits for the operator, and is disabled when its
-/// first failure is [`DISABLE_AFTER_FAILING`] old.
+/// Keeps the lag of an endpoint that is not delivering true: when its
+/// worker does not know the oldest matching event after its cursor (it
+/// started in this state, or was caught up when it stopped), the log is
+/// read for it now and after every commit until one is found, each read
+/// going on from where the last one stopped. Never ends.
+async fn watch_lag(
+    ep: &Endpoint,
+    cursor: Uuid,
+    log: &Arc<dyn EventLog>,
+    head: &mut watch::Receiver<u64>,
+    series: &EndpointSeries,
+) {
+    let Ok(filter) = &ep.filter else {
+        return std::future::pending().await;
+    };
+    // Every event up to here was read and none matched.
+    let mut scanned = cursor;
+    loop {
+        if series.pending_now().is_none() {
+            head.borrow_and_update();
+            match first_pending(log.clone(), scanned, filter.clone()).await {
+                Ok(Scan::Found(id)) => series.pending(Some(id)),
+                Ok(Scan::Upto(pos)) => scanned = scanned.max(pos),
+                Err(e) => {
+                    tracing::debug!(webhook = %ep.name, error = %e, "cannot read the event log for the webhook's lag")
+                }
+            }
+        }
+        if head.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Pages read at most per look for the first matching event after a
+/// cursor (the lag of an endpoint that is not delivering); the next look
+/// goes on from there.
+const LAG_SCAN_PAGES: usize = 16;
+
+/// What a look for the first matching event found.
+enum Scan {
+    /// This event.
+    Found(Uuid),
+    /// None up to this position.
+    Upto(Uuid),
+}
+
+/// The first event after `after` that `filter` matches, if one is in the
+/// next [`LAG_SCAN_PAGES`] pages of the log.
+async fn first_pending(
+    log: Arc<dyn EventLog>,
+    after: Uuid,
+    filter: Filter,
+) -> Result<Scan, LogError> {
+    tokio::task::spawn_blocking(move || {
+        let scope = filter.read_scope();
+        let mut after = after;
+        for _ in 0..LAG_SCAN_PAGES {
+            let rows = log.read_after(after, PAGE, &scope)?;
+            if let Some(row) = rows
+                .iter()
+                .find(|r| filter.matches_json(&r.source_id, r.source_type, &r.json))
+            {
+                return Ok(Scan::Found(row.id));
+            }
+            match rows.last() {
+                Some(last) => after = last.id,
+                None => break,
+            }
+            if rows.len() < PAGE {
+                break;
+            }
+        }
+        Ok(Scan::Upto(after))
+    })
+    .await
+    .map_err(LogError::Task)?
+}
+
+/// A failing endpoint waits for the operator (keeping its lag true
+/// meanwhile), and is disabled when its first failure is
+/// [`DISABLE_AFTER_FAILING`] old.
 async fn failing(
     ep: &Endpoint,
     progress: &mut Progress,
     config: &mut watch::Receiver<Arc<Endpoint>>,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
+    series: &EndpointSeries,
 ) -> Stop {
     let since = progress
         .failing_since
@@ -125,22 +228,39 @@ async fn failing(
         .unwrap_or_else(Utc::now);
     let deadline = since + chrono::Duration::from_std(DISABLE_AFTER_FAILING).unwrap_or_default();
     let wait = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    let disable_at = Instant::now() + wait;
+    let cursor = progress.cursor;
     tokio::select! {
         _ = ctx.cancel.cancelled() => return Stop::Quit,
         changed = config.changed() => return if changed.is_ok() { Stop::Settings } else { Stop::Quit },
-        _ = tokio::time::sleep(wait) => {}
+        _ = tokio::time::sleep_until(disable_at) => {}
+        // Never ends.
+        () = watch_lag(ep, cursor, &ctx.log, &mut ctx.head, series) => return Stop::Quit,
     }
     let reason = format!(
         "failing since {} (5 days): disabled; its cursor is kept — `livestrom webhook enable {}` once the receiver works",
         since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ep.name
     );
-    set_state(progress, State::Disabled, reason, ep, ctx);
+    set_state(progress, State::Disabled, reason, ep, ctx, series);
     Stop::State
 }
 
+/// Saves `progress` and shows its state and failures on `/metrics`.
+fn save(progress: &Progress, ep: &Endpoint, ctx: &Ctx, series: &EndpointSeries) {
+    series.progress(progress);
+    ctx.sink.save(ep.id, ep.epoch, progress);
+}
+
 /// Moves the endpoint to `state`, saves, and says so in the log.
-fn set_state(progress: &mut Progress, state: State, reason: String, ep: &Endpoint, ctx: &Ctx) {
+fn set_state(
+    progress: &mut Progress,
+    state: State,
+    reason: String,
+    ep: &Endpoint,
+    ctx: &Ctx,
+    series: &EndpointSeries,
+) {
     tracing::warn!(
         webhook = %ep.name,
         state = state.as_str(),
@@ -154,7 +274,7 @@ fn set_state(progress: &mut Progress, state: State, reason: String, ep: &Endpoin
     progress.state_reason = Some(reason);
     progress.state_since = Some(Utc::now());
     progress.next_attempt_at = None;
-    ctx.sink.save(ep.id, ep.epoch, progress);
+    save(progress, ep, ctx, series);
 }
 
 /// One event read and not yet behind the cursor.
@@ -172,12 +292,16 @@ struct Done {
     id: Uuid,
     started: DateTime<Utc>,
     response: Response,
+    /// The transport, seen as the attempt was sent: a retry's wait ends
+    /// when it is replaced after that (also while the attempt was in flight).
+    transport: watch::Receiver<Arc<dyn Transport>>,
 }
 
 /// An active endpoint delivering, until its settings or state change.
 struct Session<'p> {
     ep: Arc<Endpoint>,
     progress: &'p mut Progress,
+    series: &'p EndpointSeries,
     /// Every matching event up to here is in `window` or delivered.
     read_pos: Uuid,
     /// The last read found nothing more: wait for a commit.
@@ -192,7 +316,7 @@ struct Session<'p> {
 }
 
 impl<'p> Session<'p> {
-    fn new(ep: Arc<Endpoint>, progress: &'p mut Progress) -> Self {
+    fn new(ep: Arc<Endpoint>, progress: &'p mut Progress, series: &'p EndpointSeries) -> Self {
         let first_delay = progress
             .next_attempt_at
             .filter(|_| progress.failures > 0)
@@ -201,6 +325,7 @@ impl<'p> Session<'p> {
             read_pos: progress.cursor,
             ep,
             progress,
+            series,
             caught_up: false,
             window: VecDeque::new(),
             inflight: FuturesUnordered::new(),
@@ -214,7 +339,14 @@ impl<'p> Session<'p> {
             Ok(f) => f.clone(),
             Err(e) => {
                 let reason = format!("its filters no longer parse ({e}); update them to resume");
-                set_state(self.progress, State::Paused, reason, &self.ep, ctx);
+                set_state(
+                    self.progress,
+                    State::Paused,
+                    reason,
+                    &self.ep,
+                    ctx,
+                    self.series,
+                );
                 return Stop::State;
             }
         };
@@ -241,7 +373,14 @@ impl<'p> Session<'p> {
                             "its cursor {after} fell out of the retention window: events after it were pruned before they were delivered (the oldest retained position is {floor}); nothing was skipped — choose where to resume with `livestrom webhook replay {} --since <id>`",
                             self.ep.name
                         );
-                        set_state(self.progress, State::Paused, reason, &self.ep, ctx);
+                        set_state(
+                            self.progress,
+                            State::Paused,
+                            reason,
+                            &self.ep,
+                            ctx,
+                            self.series,
+                        );
                         return Stop::State;
                     }
                     Err(ReadFailed::Log(e)) => {
@@ -288,7 +427,17 @@ impl<'p> Session<'p> {
             };
             slot.started = true;
             let delay = self.first_delay.take().unwrap_or_default();
-            let attempt = attempt(slot.id, slot.json.clone(), delay, config.clone(), ctx);
+            // Only a transport replaced from now on ends the wait.
+            let mut transport = ctx.transport.clone();
+            transport.borrow_and_update();
+            let attempt = attempt(
+                slot.id,
+                slot.json.clone(),
+                Wait::Scheduled(delay),
+                config.clone(),
+                transport,
+                self.series,
+            );
             self.inflight.push(attempt);
         }
     }
@@ -331,6 +480,7 @@ impl<'p> Session<'p> {
             (_, last) => last.map_or(watermark, |l| l.max(watermark)).max(after),
         };
         self.caught_up = !full;
+        self.series.pending(self.window.front().map(|s| s.id));
         if self.window.is_empty() && self.read_pos > self.progress.cursor {
             self.progress.cursor = self.read_pos;
             if self
@@ -338,7 +488,7 @@ impl<'p> Session<'p> {
                 .is_none_or(|at| at.elapsed() >= SKIP_SAVE_EVERY)
             {
                 self.skip_saved_at = Some(Instant::now());
-                ctx.sink.save(self.ep.id, self.ep.epoch, self.progress);
+                save(self.progress, &self.ep, ctx, self.series);
             }
         }
         Ok(())
@@ -383,7 +533,8 @@ impl<'p> Session<'p> {
                 if self.window.is_empty() {
                     self.progress.cursor = self.progress.cursor.max(self.read_pos);
                 }
-                ctx.sink.save(self.ep.id, self.ep.epoch, self.progress);
+                self.series.pending(self.window.front().map(|s| s.id));
+                save(self.progress, &self.ep, ctx, self.series);
                 None
             }
             Verdict::Gone => {
@@ -394,7 +545,14 @@ impl<'p> Session<'p> {
                     "the receiver answered 410 Gone to event {} ({why}); its cursor is kept — `livestrom webhook enable {}` to deliver again",
                     done.id, self.ep.name
                 );
-                set_state(self.progress, State::Disabled, reason, &self.ep, ctx);
+                set_state(
+                    self.progress,
+                    State::Disabled,
+                    reason,
+                    &self.ep,
+                    ctx,
+                    self.series,
+                );
                 Some(Stop::State)
             }
             Verdict::Retry { retry_after } => {
@@ -410,14 +568,32 @@ impl<'p> Session<'p> {
                         "{failures} attempts to deliver event {} failed (the last: {why}); paused with its cursor kept, nothing skipped — `livestrom webhook enable {}` once the receiver works",
                         done.id, self.ep.name
                     );
-                    set_state(self.progress, State::Failing, reason, &self.ep, ctx);
+                    set_state(
+                        self.progress,
+                        State::Failing,
+                        reason,
+                        &self.ep,
+                        ctx,
+                        self.series,
+                    );
                     return Some(Stop::State);
                 };
                 tracing::debug!(webhook = %self.ep.name, event = %done.id, failures, delay = ?delay, error = %why, "webhook attempt failed; retrying");
                 self.progress.next_attempt_at =
                     Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
-                ctx.sink.save(self.ep.id, self.ep.epoch, self.progress);
-                let again = attempt(done.id, slot.json.clone(), delay, config.clone(), ctx);
+                save(self.progress, &self.ep, ctx, self.series);
+                let wait = match retry_after {
+                    Some(_) => Wait::RetryAfter(delay),
+                    None => Wait::Scheduled(delay),
+                };
+                let again = attempt(
+                    done.id,
+                    slot.json.clone(),
+                    wait,
+                    config.clone(),
+                    done.transport,
+                    self.series,
+                );
                 self.inflight.push(again);
                 None
             }
@@ -433,27 +609,57 @@ enum ReadFailed {
     Log(LogError),
 }
 
-/// One attempt after `delay`, with the endpoint's settings at that moment
-/// (a rotated secret or a new URL applies from the next attempt on).
+/// What an attempt waits for before it is made.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// The retry schedule (or nothing): a new transport (a config reload
+    /// that changed `[fetch]`) ends it at once — the failures may have been
+    /// the old settings' (the SSRF guard, the proxy).
+    Scheduled(Duration),
+    /// The receiver's `Retry-After`: waited out whatever changes here.
+    RetryAfter(Duration),
+}
+
+/// One attempt after `wait`, with the endpoint's settings and the
+/// transport at that moment (a rotated secret, a new URL or new fetch
+/// settings apply from the next attempt on), counted in `series`.
 fn attempt(
     id: Uuid,
     json: Arc<str>,
-    delay: Duration,
+    wait: Wait,
     config: watch::Receiver<Arc<Endpoint>>,
-    ctx: &Ctx,
+    mut transport: watch::Receiver<Arc<dyn Transport>>,
+    series: &EndpointSeries,
 ) -> BoxFuture<'static, Done> {
-    let transport = ctx.transport.clone();
+    let series = series.clone();
     Box::pin(async move {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        match wait {
+            Wait::Scheduled(delay) if !delay.is_zero() => {
+                let replaced = async {
+                    if transport.changed().await.is_err() {
+                        // Nobody can replace it any more: the full wait.
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    () = replaced => {}
+                }
+            }
+            Wait::RetryAfter(delay) if !delay.is_zero() => tokio::time::sleep(delay).await,
+            Wait::Scheduled(_) | Wait::RetryAfter(_) => {}
         }
         let ep = config.borrow().clone();
+        let send = transport.borrow_and_update().clone();
         let started = Utc::now();
-        let response = transport.send(Request::new(&ep, id, json, started)).await;
+        let clock = std::time::Instant::now();
+        let response = send.send(Request::new(&ep, id, json, started)).await;
+        series.attempt(&response, clock.elapsed());
         Done {
             id,
             started,
             response,
+            transport,
         }
     })
 }
