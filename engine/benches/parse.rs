@@ -291,6 +291,10 @@ struct FeedFigures {
     mb_per_s: f64,
     items_per_s: f64,
     files_per_s: f64,
+    /// MB and items per second on the CPU (the box is shared: wall time
+    /// includes time this thread waited for a core).
+    cpu_mb_per_s: Option<f64>,
+    cpu_items_per_s: Option<f64>,
     items_per_pass: usize,
     errors: usize,
 }
@@ -342,6 +346,7 @@ fn bench_feeds(src: &SourceConfig, feeds: &[FeedFile], budget: &Budget) -> FeedF
     let mut plan_time = vec![Duration::ZERO; feeds.len()];
     let mut passes = 0u32;
     let mut timed = Duration::ZERO;
+    let clock = Clock::start();
     while !budget.done(passes, timed) {
         for (i, f) in feeds.iter().enumerate() {
             let (_, _, _, parse, plan) = poll_feed(kind.as_ref(), src, f);
@@ -351,13 +356,17 @@ fn bench_feeds(src: &SourceConfig, feeds: &[FeedFile], budget: &Budget) -> FeedF
         passes += 1;
         timed = parse_time.iter().chain(&plan_time).sum();
     }
+    let on_cpu = clock.on_cpu();
     let secs = timed.as_secs_f64();
     let bytes: usize = feeds.iter().map(|f| f.body.len()).sum();
     let parse_secs: f64 = parse_time.iter().map(Duration::as_secs_f64).sum();
+    let n = f64::from(passes);
     let figures = FeedFigures {
-        mb_per_s: mb(bytes) * f64::from(passes) / secs,
-        items_per_s: items_per_pass as f64 * f64::from(passes) / secs,
-        files_per_s: feeds.len() as f64 * f64::from(passes) / secs,
+        mb_per_s: mb(bytes) * n / secs,
+        items_per_s: items_per_pass as f64 * n / secs,
+        files_per_s: feeds.len() as f64 * n / secs,
+        cpu_mb_per_s: on_cpu.map(|(cpu, _)| mb(bytes) * n / cpu),
+        cpu_items_per_s: on_cpu.map(|(cpu, _)| items_per_pass as f64 * n / cpu),
         items_per_pass,
         errors: errors.len(),
     };
@@ -370,6 +379,14 @@ fn bench_feeds(src: &SourceConfig, feeds: &[FeedFile], budget: &Budget) -> FeedF
         "  {:.1} MB/s   {:.0} items/s   {:.0} files/s   ({items_per_pass} items and {events_per_pass} events per pass)",
         figures.mb_per_s, figures.items_per_s, figures.files_per_s
     );
+    if let (Some((cpu, wall)), Some(mbs), Some(items)) =
+        (on_cpu, figures.cpu_mb_per_s, figures.cpu_items_per_s)
+    {
+        println!(
+            "  per CPU-second: {mbs:.1} MB/s   {items:.0} items/s   (on a core {cpu:.2} s of {wall:.2} s, {:.0} %)",
+            100.0 * cpu / wall
+        );
+    }
     println!(
         "  time: parse {:.1} %, normalise {:.1} %",
         100.0 * parse_secs / secs,
@@ -532,6 +549,7 @@ fn bench_pages(src: &SourceConfig, pages: &[PageFile], budget: &Budget) -> BoxRe
     ];
     let mut passes = 0u32;
     let mut timed = Duration::ZERO;
+    let clock = Clock::start();
     while !budget.done(passes, timed) {
         for (i, p) in pages.iter().enumerate() {
             let memory = snapshots[i].as_deref();
@@ -547,6 +565,7 @@ fn bench_pages(src: &SourceConfig, pages: &[PageFile], budget: &Budget) -> BoxRe
         passes += 1;
         timed = step_time.iter().flatten().sum();
     }
+    let on_cpu = clock.on_cpu();
 
     // The diff alone, on the snapshots the steps above compared.
     let mut diff_time = Duration::ZERO;
@@ -602,6 +621,13 @@ fn bench_pages(src: &SourceConfig, pages: &[PageFile], budget: &Budget) -> BoxRe
         "  all three steps: {:.1} MB/s of HTML",
         mb(2 * bytes + edited_bytes) * n / secs
     );
+    if let Some((cpu, wall)) = on_cpu {
+        println!(
+            "  per CPU-second: {:.1} MB/s of HTML   (on a core {cpu:.2} s of {wall:.2} s, {:.0} %)",
+            mb(2 * bytes + edited_bytes) * n / cpu,
+            100.0 * cpu / wall
+        );
+    }
     if !diff_time.is_zero() {
         let pairs = snapshots
             .iter()
@@ -787,37 +813,90 @@ fn compare(ours: &FeedFigures, fp: &FeedparserFigures) {
         }
     }
     println!();
-    let ratio_mb = ours.mb_per_s / fp.num("mb_per_s");
+    let fp_cpu_mb = fp.num("cpu_mb_per_s");
+    let fp_cpu_items = fp.num("cpu_items_per_s");
     println!(
-        "{:<12} {:>10} {:>12} {:>10} {:>14}",
+        "{:<28} {:>10} {:>12} {:>10} {:>12}",
         "", "MB/s", "items/s", "files/s", "items/pass"
     );
     println!(
-        "{:<12} {:>10.2} {:>12.0} {:>10.0} {:>14}",
-        "ours", ours.mb_per_s, ours.items_per_s, ours.files_per_s, ours.items_per_pass
+        "{:<28} {:>10.2} {:>12.0} {:>10.0} {:>12}",
+        "ours (wall)", ours.mb_per_s, ours.items_per_s, ours.files_per_s, ours.items_per_pass
     );
     println!(
-        "{:<12} {:>10.2} {:>12.0} {:>10.0} {:>14}",
-        "feedparser",
+        "{:<28} {:>10.2} {:>12.0} {:>10.0} {:>12}",
+        "feedparser (wall)",
         fp.num("mb_per_s"),
         fp.num("items_per_s"),
         fp.num("files_per_s"),
         fp.num("items_per_pass")
     );
+    let ratio_mb = ours.mb_per_s / fp.num("mb_per_s");
     println!(
-        "{:<12} {:>9.1}× {:>11.1}× {:>9.1}×",
-        "ours/fp",
+        "{:<28} {:>9.1}× {:>11.1}× {:>9.1}×",
+        "ours / feedparser (wall)",
         ratio_mb,
         ours.items_per_s / fp.num("items_per_s"),
         ours.files_per_s / fp.num("files_per_s")
     );
+    let mut cpu_ratio = None;
+    if let (Some(mbs), Some(items)) = (ours.cpu_mb_per_s, ours.cpu_items_per_s) {
+        if fp_cpu_mb.is_finite() {
+            println!(
+                "{:<28} {:>10.2} {:>12.0}",
+                "ours (per CPU-second)", mbs, items
+            );
+            println!(
+                "{:<28} {:>10.2} {:>12.0}",
+                "feedparser (per CPU-second)", fp_cpu_mb, fp_cpu_items
+            );
+            println!(
+                "{:<28} {:>9.1}× {:>11.1}×",
+                "ours / feedparser (CPU)",
+                mbs / fp_cpu_mb,
+                items / fp_cpu_items
+            );
+            cpu_ratio = Some(mbs / fp_cpu_mb);
+        }
+    }
+    let met = |r: f64| if r >= 30.0 { "met" } else { "not met" };
     println!(
-        "target ≥ 30× feedparser's MB/s: {} ({:.1}×; we refused {} files, feedparser raised on {})",
-        if ratio_mb >= 30.0 { "met" } else { "not met" },
-        ratio_mb,
+        "target ≥ 30× feedparser's MB/s: {} by wall time ({ratio_mb:.1}×){}; we refused {} files, feedparser raised on {}",
+        met(ratio_mb),
+        cpu_ratio.map_or_else(String::new, |r| format!(", {} per CPU-second ({r:.1}×)", met(r))),
         ours.errors,
         fp.num("exceptions")
     );
+}
+
+/// Wall time and this thread's time on a core since [`Clock::start`]: the
+/// box is shared, and a measure that waited for a core reads slower by
+/// wall time than it ran.
+struct Clock {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+
+    /// (seconds on a core, seconds of wall time), where the kernel tells.
+    fn on_cpu(&self) -> Option<(f64, f64)> {
+        let cpu = thread_cpu()?.checked_sub(self.cpu?)?;
+        Some((cpu.as_secs_f64(), self.wall.elapsed().as_secs_f64()))
+    }
+}
+
+/// This thread's time on a core so far (Linux `schedstat`, nanoseconds).
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 fn workspace_root() -> PathBuf {
