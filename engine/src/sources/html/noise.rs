@@ -341,7 +341,8 @@ mod tests {
             "at 10:11:12",
             "2024-05-01 10:11:12.5 +02:00",
         ];
-        let rules: [(&Regex, fn(&str) -> bool); 5] = [
+        type Rule = (&'static Regex, fn(&str) -> bool);
+        let rules: [Rule; 5] = [
             (&LABELLED_TOKEN, can_match::labelled_token),
             (&ISO_DATETIME, can_match::clock),
             (&CLOCK_SECONDS, can_match::clock),
