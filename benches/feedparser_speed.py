@@ -1,5 +1,5 @@
 """Python feedparser's parsing speed on the same feed files as
-engine/benches/parse.rs, which runs this script and compares.
+engine/benches/parse/main.rs, which runs this script and compares.
 
 Reads the paths of the feed files from standard input (one per line),
 loads them all into memory, parses each with ``feedparser.parse(bytes)``
