@@ -83,7 +83,7 @@ pub(crate) fn looks_like_markup(s: &str) -> bool {
 /// paragraph breaks, scripts and styles are dropped, entities are decoded.
 /// Iterative (no recursion), so hostile nesting cannot overflow the stack.
 pub(crate) fn html_to_text(html: &str) -> String {
-    if nesting_estimate(html) > MAX_HTML_DEPTH {
+    if nests_deeper_than(html, MAX_HTML_DEPTH) {
         return strip_tags(html);
     }
     let doc = Html::parse_fragment(html);
@@ -195,23 +195,55 @@ const VOID: &[&str] = &[
     "track", "wbr",
 ];
 
-/// Opening tags minus closing tags, at its highest (void and self-closing
-/// tags excluded). Over-estimates for unclosed `<p>`/`<li>`, never under.
-fn nesting_estimate(html: &str) -> usize {
-    static TAG: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"<(/?)([A-Za-z][A-Za-z0-9]*)[^>]*?(/?)>").expect("constant regex")
-    });
-    let (mut depth, mut max) = (0usize, 0usize);
-    for c in TAG.captures_iter(html) {
-        let name = c[2].to_ascii_lowercase();
-        if !c[1].is_empty() {
-            depth = depth.saturating_sub(1);
-        } else if c[3].is_empty() && !VOID.contains(&name.as_str()) {
-            depth += 1;
-            max = max.max(depth);
-        }
+/// Whether the markup nests deeper than `limit`, counting opening tags
+/// minus closing tags (void and self-closing tags excluded; over-estimates
+/// for unclosed `<p>`/`<li>`, never under). A tag is `<`, an optional `/`,
+/// an ASCII letter and then letters or digits, and runs to the next `>`; it
+/// closes itself when that `>` follows a `/`.
+///
+/// This guards every HTML field of every feed item, so it is a plain byte
+/// scan (a regex with captures here cost more than the HTML parse it
+/// guards), and a text with no more than `limit` `<` is not scanned at all:
+/// it cannot open more elements than that.
+fn nests_deeper_than(html: &str, limit: usize) -> bool {
+    let b = html.as_bytes();
+    if b.iter().filter(|&&c| c == b'<').count() <= limit {
+        return false;
     }
-    max
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'<') {
+        let lt = i + off;
+        let mut j = lt + 1;
+        let closing = b.get(j) == Some(&b'/');
+        if closing {
+            j += 1;
+        }
+        if !b.get(j).is_some_and(u8::is_ascii_alphabetic) {
+            i = lt + 1;
+            continue;
+        }
+        let name_start = j;
+        while b.get(j).is_some_and(u8::is_ascii_alphanumeric) {
+            j += 1;
+        }
+        let name = &b[name_start..j];
+        // No `>` after the name: no later `<` has one either.
+        let Some(gt) = b[j..].iter().position(|&c| c == b'>').map(|p| j + p) else {
+            break;
+        };
+        let self_closing = gt > j && b[gt - 1] == b'/';
+        if closing {
+            depth = depth.saturating_sub(1);
+        } else if !self_closing && !VOID.iter().any(|v| v.as_bytes().eq_ignore_ascii_case(name)) {
+            depth += 1;
+            if depth > limit {
+                return true;
+            }
+        }
+        i = gt + 1;
+    }
+    false
 }
 
 /// Flat fallback of [`html_to_text`]: tags removed (block tags become line
@@ -321,6 +353,86 @@ mod tests {
         let unclosed = "<p>a".repeat(300) + "<script>x</script>";
         let text = html_to_text(&unclosed);
         assert!(text.starts_with("a\n\na") && !text.contains('x'), "{text}");
+    }
+
+    /// The regex this scan replaced, kept as the reference it must agree with.
+    fn nesting_reference(html: &str) -> usize {
+        let tag = Regex::new(r"<(/?)([A-Za-z][A-Za-z0-9]*)[^>]*?(/?)>").expect("constant regex");
+        let (mut depth, mut max) = (0usize, 0usize);
+        for c in tag.captures_iter(html) {
+            let name = c[2].to_ascii_lowercase();
+            if !c[1].is_empty() {
+                depth = depth.saturating_sub(1);
+            } else if c[3].is_empty() && !VOID.contains(&name.as_str()) {
+                depth += 1;
+                max = max.max(depth);
+            }
+        }
+        max
+    }
+
+    #[test]
+    fn the_nesting_scan_agrees_with_the_tag_regex() {
+        let mut cases: Vec<String> = [
+            "",
+            "<",
+            ">",
+            "<>",
+            "</>",
+            "<a",
+            "<a>",
+            "</a>",
+            "<a/>",
+            "<a />",
+            "<a / >",
+            "<br>",
+            "<BR>",
+            "<Img src=x>",
+            "<a<b>",
+            "< a>",
+            "<//a>",
+            "<a1b2>",
+            "<1a>",
+            "<a href='>'>x",
+            "<p>a<p>b<p>c",
+            "<div><div></div>",
+            "<é>",
+            "<aé>",
+            "x<a>é</a><b",
+            "<a>\n<b\n/>",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        // Pseudo-random strings over the characters that matter.
+        let atoms = [
+            "<", ">", "/", "a", "br", "B", "1", " ", "é", "\n", "p", "img", "=\"", "<div>",
+            "</div>",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..3000 {
+            let mut s = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for _ in 0..(x % 40) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s.push_str(atoms[(x % atoms.len() as u64) as usize]);
+            }
+            cases.push(s);
+        }
+        for s in &cases {
+            let depth = nesting_reference(s);
+            for limit in [0, 1, 2, 3, 5, 256] {
+                assert_eq!(
+                    nests_deeper_than(s, limit),
+                    depth > limit,
+                    "{s:?} at limit {limit}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -106,12 +106,19 @@ const CACHE_PARAMS: &[&str] = &[
 ];
 
 /// Applies the built-in noise rules to one line.
+///
+/// Each rule with a `\b` first asks whether the line can match at all
+/// ([`can_match`]): on text that is not ASCII the regex crate runs such
+/// patterns on its slowest engine, and these rules cost a page as much as
+/// parsing it. A line without a `:` cannot hold a clock time, and so on.
 pub(crate) fn strip_builtin(line: &str) -> Cow<'_, str> {
     let mut s = Cow::Borrowed(line);
     s = replace(s, &URL, |c| normalise_url(&c[0]));
-    s = replace(s, &LABELLED_TOKEN, |c| {
-        format!("{}{}", &c[1], c[2].trim_end())
-    });
+    if can_match::labelled_token(&s) {
+        s = replace(s, &LABELLED_TOKEN, |c| {
+            format!("{}{}", &c[1], c[2].trim_end())
+        });
+    }
     s = replace(s, &OPAQUE_WORD, |c| {
         if is_opaque_token(&c[0]) {
             String::new()
@@ -119,11 +126,83 @@ pub(crate) fn strip_builtin(line: &str) -> Cow<'_, str> {
             c[0].to_owned()
         }
     });
-    s = replace(s, &ISO_DATETIME, |c| c[1].to_owned());
-    s = replace(s, &CLOCK_SECONDS, |_| String::new());
-    s = replace(s, &RELATIVE_TIME, |_| String::new());
-    s = replace(s, &RENDER_TIME, |c| format!("{} {}", &c[1], &c[2]));
+    if can_match::clock(&s) {
+        s = replace(s, &ISO_DATETIME, |c| c[1].to_owned());
+    }
+    if can_match::clock(&s) {
+        s = replace(s, &CLOCK_SECONDS, |_| String::new());
+    }
+    if can_match::relative_time(&s) {
+        s = replace(s, &RELATIVE_TIME, |_| String::new());
+    }
+    if can_match::render_time(&s) {
+        s = replace(s, &RENDER_TIME, |c| format!("{} {}", &c[1], &c[2]));
+    }
     s
+}
+
+/// What a line must contain for a rule to match it; false means the
+/// rule's regex cannot match (tests hold each to its pattern). Words are
+/// looked for without regard to ASCII case: none of the letters looked for
+/// has a case variant outside ASCII (a test checks), so no spelling the
+/// case-insensitive regexes accept is missed. Words with `s` or `k` (which
+/// have one: `ſ`, `K`) are looked for by a part without them.
+mod can_match {
+    /// [`super::LABELLED_TOKEN`]: its separator `:`, `=` or `#`, and its
+    /// label ("csrf"/"xsrf", "…token", "nonce", "…id").
+    pub(super) fn labelled_token(s: &str) -> bool {
+        s.contains([':', '=', '#']) && any_word(s, &["rf", "to", "nonce", "id"])
+    }
+
+    /// [`super::ISO_DATETIME`], [`super::CLOCK_SECONDS`]: a time with
+    /// seconds, so `:`, two digits, `:` (`\d` is any Unicode decimal digit,
+    /// which `char::is_numeric` includes).
+    pub(super) fn clock(s: &str) -> bool {
+        s.match_indices(':').any(|(i, _)| {
+            let mut after = s[i + 1..].chars();
+            matches!(
+                (after.next(), after.next(), after.next()),
+                (Some(a), Some(b), Some(':')) if a.is_numeric() && b.is_numeric()
+            )
+        })
+    }
+
+    /// [`super::RELATIVE_TIME`]: every branch ends with "ago", "just now"
+    /// or "sedan".
+    pub(super) fn relative_time(s: &str) -> bool {
+        any_word(s, &["ago", "t now", "edan"])
+    }
+
+    /// [`super::RENDER_TIME`]: a number, and one of its verbs.
+    pub(super) fn render_time(s: &str) -> bool {
+        s.chars().any(char::is_numeric)
+            && any_word(
+                s,
+                &[
+                    "generated",
+                    "rendered",
+                    "erved",
+                    "roce",
+                    "loaded",
+                    "created",
+                    "genererade",
+                    "apade",
+                    "laddade",
+                ],
+            )
+    }
+
+    /// The letters [`any_word`] is called with, for the test.
+    #[cfg(test)]
+    pub(super) const LETTERS: &str = "rftonceidagwdvlp";
+
+    fn any_word(s: &str, words: &[&str]) -> bool {
+        words.iter().any(|w| {
+            s.as_bytes()
+                .windows(w.len())
+                .any(|x| x.eq_ignore_ascii_case(w.as_bytes()))
+        })
+    }
 }
 
 fn replace<'a>(s: Cow<'a, str>, re: &Regex, f: impl Fn(&Captures<'_>) -> String) -> Cow<'a, str> {
@@ -218,6 +297,71 @@ mod tests {
             strip_builtin("Donaudampfschifffahrtsgesellschaft"),
             "Donaudampfschifffahrtsgesellschaft"
         );
+    }
+
+    #[test]
+    fn a_rule_skipped_by_its_precheck_could_not_have_matched() {
+        // The letters the relative-time check looks for have no case
+        // variant outside ASCII (so an ASCII-only search finds every match).
+        let letters =
+            Regex::new(&format!("(?i)^[{}]$", can_match::LETTERS)).expect("constant regex");
+        let outside: Vec<char> = (0..=0x10FFFF_u32)
+            .filter_map(char::from_u32)
+            .filter(|c| !c.is_ascii() && letters.is_match(c.encode_utf8(&mut [0; 4])))
+            .collect();
+        assert!(outside.is_empty(), "{outside:?}");
+        // Every line a check rejects, none of the rule's regex matches.
+        let lines = [
+            "Updated 12:03:44 UTC",
+            "at 2024-05-01T10:11:12Z",
+            "posted 5 minutes ago",
+            "POSTED AN HOUR AGO",
+            "just now",
+            "JUST NOW",
+            "publicerad för 3 timmar sedan",
+            "för 3 TIMMAR SEDAN",
+            "Page generated in 0.042 seconds",
+            "Sidan genererades på 0,2 sekunder.",
+            "rendered in ٣ ms",
+            "csrf_token: 9fJk2LmQ0pXz",
+            "request-id=abcdef123",
+            "nonce #abcdef12",
+            "Meeting at 14:30 on 2024-05-01",
+            "Ett stycke text på svenska, utan siffror.",
+            "Texte en français : « déjà vu » à 10 h.",
+            "ſedan",
+            "session_id = abcdef123456",
+            "Authenticity-Token: abcdefgh",
+            "xsrf#abcdefgh",
+            "Processed in 12 ms",
+            "skapades på 3 sek",
+            "laddades i 2 s",
+            "12:3:44",
+            "1٢:٣٤:٥٦",
+            "at 10:11:12",
+            "2024-05-01 10:11:12.5 +02:00",
+        ];
+        type Rule = (&'static Regex, fn(&str) -> bool);
+        let rules: [Rule; 5] = [
+            (&LABELLED_TOKEN, can_match::labelled_token),
+            (&ISO_DATETIME, can_match::clock),
+            (&CLOCK_SECONDS, can_match::clock),
+            (&RELATIVE_TIME, can_match::relative_time),
+            (&RENDER_TIME, can_match::render_time),
+        ];
+        let mut matched = [0; 5];
+        for line in lines {
+            for (i, (re, check)) in rules.iter().enumerate() {
+                if re.is_match(line) {
+                    matched[i] += 1;
+                    assert!(
+                        check(line),
+                        "rule {i} matches {line:?} but its check says no"
+                    );
+                }
+            }
+        }
+        assert!(matched.iter().all(|n| *n >= 2), "{matched:?}");
     }
 
     #[test]
