@@ -32,8 +32,13 @@ async fn holders(js: &jetstream::Context) -> BTreeMap<String, String> {
     out
 }
 
-/// Waits until every source is held and exactly `engines` engines hold some.
-async fn settled(js: &jetstream::Context, engines: usize) -> BTreeMap<String, String> {
+/// Waits until every source is held and exactly `engines` engines hold some;
+/// on failure prints the engines' logs (`*.log` in `logs`).
+async fn settled(
+    js: &jetstream::Context,
+    engines: usize,
+    logs: &std::path::Path,
+) -> BTreeMap<String, String> {
     let deadline = Instant::now() + WAIT;
     loop {
         let h = holders(js).await;
@@ -41,10 +46,20 @@ async fn settled(js: &jetstream::Context, engines: usize) -> BTreeMap<String, St
         if h.len() == SOURCES && distinct.len() == engines {
             return h;
         }
-        assert!(
-            Instant::now() < deadline,
-            "leases never spread over {engines} engines: {h:?}"
-        );
+        if Instant::now() >= deadline {
+            for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!("--- {} (last 60 lines) ---", path.display());
+                    for l in &lines[lines.len().saturating_sub(60)..] {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+            panic!("leases never spread over {engines} engines: {h:?}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -70,9 +85,9 @@ async fn sources_spread_over_engines_and_move_when_one_joins() -> TestResult {
     let js = jetstream::new(async_nats::connect(&nats.url).await?);
     let _a = start_node(&config, "engine", None, &dir.path().join("a.log"));
     let _b = start_node(&config, "engine", None, &dir.path().join("b.log"));
-    let two = settled(&js, 2).await;
+    let two = settled(&js, 2, dir.path()).await;
     let _c = start_node(&config, "engine", None, &dir.path().join("c.log"));
-    let three = settled(&js, 3).await;
+    let three = settled(&js, 3, dir.path()).await;
     // Only the newcomer's share moved: a source moved between the two
     // first engines would be churn rendezvous hashing avoids.
     let newcomer: BTreeSet<&String> = three

@@ -164,6 +164,7 @@ pub async fn run(
     let mut info = NodeInfo::this_process("engine", &me);
     let every = (timing.ttl / 10).max(Duration::from_millis(100));
     let mut sent: Option<BTreeSet<String>> = None;
+    let mut engines_seen: Vec<String> = Vec::new();
     let mut leases = HashMap::new();
     let mut failing = false;
     loop {
@@ -183,7 +184,14 @@ pub async fn run(
         )
         .await
         {
-            Ok(seen) => {
+            Ok((seen, engines)) => {
+                // The membership this engine plans with, whenever it
+                // changes: what an operator (or a failing test) needs to
+                // tell who sees whom.
+                if engines != engines_seen {
+                    tracing::info!(engines = ?engines, "live engines changed");
+                    engines_seen = engines;
+                }
                 if failing {
                     tracing::info!("cluster reachable again: lease rounds resumed");
                     failing = false;
@@ -262,7 +270,7 @@ pub async fn run(
 }
 
 /// One round: heartbeat, live engines, leases, steps. Returns the leases
-/// as seen after the steps.
+/// as seen after the steps and the live engines it planned with.
 async fn round(
     bucket: &mut LeaseBucket,
     nodes: &async_nats::jetstream::kv::Store,
@@ -271,7 +279,7 @@ async fn round(
     sources: &[String],
     holdings: &Holdings,
     timing: LeaseTiming,
-) -> Result<HashMap<String, super::lease::Lease>, async_nats::Error> {
+) -> Result<(HashMap<String, super::lease::Lease>, Vec<String>), async_nats::Error> {
     info.seen_at = Utc::now();
     nodes
         .put(info.key(), serde_json::to_vec(info)?.into())
@@ -303,7 +311,7 @@ async fn round(
             tracing::debug!(sources = ?applied.lost, "lease steps lost to another engine");
         }
     }
-    Ok(bucket.leases(sources).await?)
+    Ok((bucket.leases(sources).await?, engines))
 }
 
 async fn recv_or_pending<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
