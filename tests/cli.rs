@@ -11,6 +11,8 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use livestrom::replay::{ReplayServer, Scenario, Step};
 
+use crate::helpers::print_log_tail;
+
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_livestrom");
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -133,14 +135,7 @@ impl Drop for Running {
         // A failing test shows what the node said (its last lines).
         if std::thread::panicking() {
             if let Ok(log) = self.log.lock() {
-                let tail = &log[log.len().saturating_sub(200)..];
-                eprintln!(
-                    "--- the last {} lines of livestrom run's log ---",
-                    tail.len()
-                );
-                for line in tail {
-                    eprintln!("{line}");
-                }
+                print_log_tail("livestrom run's log", &log[log.len().saturating_sub(200)..]);
             }
         }
     }

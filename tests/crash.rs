@@ -24,6 +24,8 @@ use axum::Router;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 
+use crate::helpers::print_log_tail;
+
 const BIN: &str = env!("CARGO_BIN_EXE_livestrom");
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -112,14 +114,8 @@ impl Drop for Node {
         let _ = self.0.kill();
         let _ = self.0.wait();
         if std::thread::panicking() {
-            if let Ok(tail) = self.1.lock() {
-                eprintln!(
-                    "--- the last {} lines of livestrom run's log ---",
-                    tail.len()
-                );
-                for line in tail.iter() {
-                    eprintln!("{line}");
-                }
+            if let Ok(mut tail) = self.1.lock() {
+                print_log_tail("livestrom run's log", tail.make_contiguous());
             }
         }
     }

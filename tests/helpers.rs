@@ -126,16 +126,31 @@ pub(crate) async fn metric(
     addr: std::net::SocketAddr,
     series: &str,
 ) -> Option<f64> {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
+    let text = metrics_text(http, addr).await?;
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The body of `GET /metrics` of the server at `addr`; None if unreachable.
+pub(crate) async fn metrics_text(
+    http: &reqwest::Client,
+    addr: std::net::SocketAddr,
+) -> Option<String> {
+    http.get(format!("http://{addr}/metrics"))
         .send()
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
-    let prefix = format!("{series} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+        .ok()
+}
+
+/// Prints a failing test's view of a node's log: its last `lines`.
+pub(crate) fn print_log_tail<S: AsRef<str>>(what: &str, lines: &[S]) {
+    eprintln!("--- the last {} lines of {what} ---", lines.len());
+    for line in lines {
+        eprintln!("{}", line.as_ref());
+    }
 }

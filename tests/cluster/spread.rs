@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use livestrom_engine::cluster::lease::owner;
+
+use crate::helpers::print_log_tail;
 use tokio::time::Instant;
 
 use super::failover::{growing_feed, start_node};
@@ -68,10 +70,8 @@ async fn settled(
                 if path.extension().is_some_and(|e| e == "log") {
                     let text = std::fs::read_to_string(&path).unwrap_or_default();
                     let lines: Vec<&str> = text.lines().collect();
-                    eprintln!("--- {} (last 60 lines) ---", path.display());
-                    for l in &lines[lines.len().saturating_sub(60)..] {
-                        eprintln!("{l}");
-                    }
+                    let what = path.display().to_string();
+                    print_log_tail(&what, &lines[lines.len().saturating_sub(60)..]);
                 }
             }
             panic!("leases never spread over {engines} engines: {h:?}");

@@ -9,18 +9,11 @@ use std::net::SocketAddr;
 use prometheus_parse::{Scrape, Value};
 
 use super::harness::*;
-use crate::helpers::wait_for_value;
+use crate::helpers::{metrics_text, wait_for_value};
 
 /// `GET /metrics`, parsed; None while the node does not answer.
 async fn scrape(http: &reqwest::Client, addr: SocketAddr) -> Option<Scrape> {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_text(http, addr).await?;
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     Some(
         Scrape::parse(lines)
