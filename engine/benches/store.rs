@@ -15,21 +15,33 @@ use livestrom_engine::store::{NewEvent, ReadScope, WriteBatch};
 use livestrom_engine::{Bus, EventLog, Metrics, Store, StreamEvent};
 use uuid::Uuid;
 
+/// The allocator the `livestrom` binary runs with, so the figures are the
+/// shipped writer's.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn total() -> usize {
     std::env::var("BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000)
 }
-const BATCH: usize = 1_000;
-const SUBMITTERS: usize = 4;
+/// Sources the events belong to.
+const SOURCES: usize = 1_000;
 
-fn event(i: usize) -> NewEvent {
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn event(i: usize, source: usize) -> NewEvent {
     NewEvent {
         event: StreamEvent {
             id: Uuid::nil(),
             schema_version: 1,
-            source_id: format!("bench.source-{}", i % 1000),
+            source_id: format!("bench.source-{source}"),
             source_type: SourceType::Rss,
             url: format!("https://example.com/articles/{i}"),
             title: format!("Benchmark article number {i} with a realistic title"),
@@ -78,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         for i in 0..singles {
             let t = Instant::now();
-            store.write(WriteBatch { events: vec![event(10_000_000 + i)], ..Default::default() }).await?;
+            store.write(WriteBatch { events: vec![event(10_000_000 + i, i % SOURCES)], ..Default::default() }).await?;
             lat.push(t.elapsed());
         }
         let secs = start.elapsed().as_secs_f64();
@@ -91,14 +103,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
 
         // Pre-build batches so the measurement is the store, not the generator.
-        let batches: Vec<Vec<NewEvent>> = (0..total() / BATCH).map(|b| (0..BATCH).map(|i| event(b * BATCH + i)).collect()).collect();
+        let batch = env_usize("BENCH_BATCH", 1_000);
+        let submitters = env_usize("BENCH_SUBMITTERS", 4).max(1);
+        let per_source = std::env::var("BENCH_SHAPE").as_deref() == Ok("per-source");
+        let source = |b: usize, i: usize| if per_source { b % SOURCES } else { (b * batch + i) % SOURCES };
+        let batches: Vec<Vec<NewEvent>> = (0..total() / batch)
+            .map(|b| (0..batch).map(|i| event(b * batch + i, source(b, i))).collect())
+            .collect();
         let per: Vec<Vec<Vec<NewEvent>>> = {
-            let mut per = vec![Vec::new(); SUBMITTERS];
+            let mut per = vec![Vec::new(); submitters];
             for (i, b) in batches.into_iter().enumerate() {
-                per[i % SUBMITTERS].push(b);
+                per[i % submitters].push(b);
             }
             per
         };
+        let cpu_before = store_threads_cpu();
         let start = Instant::now();
         let mut tasks = Vec::new();
         for chunk in per {
@@ -114,7 +133,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.await??;
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("insert: {} events in {secs:.2} s = {:.0} events/s (batches of {BATCH}, {SUBMITTERS} submitters)", total(), total() as f64 / secs);
+        let shape = if per_source { "each batch one source's items" } else { "each batch spread over 1,000 sources" };
+        println!("insert: {} events in {secs:.2} s = {:.0} events/s (batches of {batch}, {submitters} submitters, {shape})", total(), total() as f64 / secs);
+        // On a shared box wall time moves with the neighbours; a thread's
+        // CPU time per event moves much less.
+        let cpu_after = store_threads_cpu();
+        for (name, after) in &cpu_after {
+            let before = cpu_before.iter().find(|(n, _)| n == name).map_or(0.0, |(_, c)| *c);
+            let cpu = after - before;
+            println!("insert: thread {name}: {cpu:.2} CPU s = {:.2} µs per event", cpu * 1e6 / total() as f64);
+        }
 
         let log: Arc<dyn EventLog> = Arc::new(store.clone());
         let start = Instant::now();
@@ -154,4 +182,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("item sweep: {} item rows in {secs:.2} s = {:.0} rows/s ({forgotten} forgotten)", total(), total() as f64 / secs);
         Ok::<_, Box<dyn std::error::Error>>(())
     })
+}
+
+/// CPU seconds used so far by this process's store threads (writer,
+/// checkpointer), by thread name, from `/proc/self/task/*/{comm,schedstat}`.
+fn store_threads_cpu() -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        let name = comm.trim().to_owned();
+        if !name.starts_with("livestrom-") {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) else {
+            continue;
+        };
+        let ns: f64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += ns / 1e9,
+            None => out.push((name, ns / 1e9)),
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
