@@ -178,7 +178,8 @@ impl Store {
                 path: path.to_owned(),
                 reason: describe_open_error(&e),
             })?;
-        checkpoint::start(&mut conn, path, checkpoint::Thresholds::DEFAULT)?;
+        // Detached: it ends when the writer's connection closes.
+        let _checkpointer = checkpoint::start(&mut conn, path, checkpoint::Thresholds::DEFAULT)?;
         let (tx, rx) = mpsc::channel::<Job>(1024);
         let ids = Arc::new(Mutex::new(IdGenerator::new(seed)));
         let w = WriterThread {
