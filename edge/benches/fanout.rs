@@ -10,7 +10,9 @@
 //! Environment: `FANOUT_N` (default 10000), `FANOUT_BACKLOG` (default 1000000),
 //! `FANOUT_SECS` (default 10), `FANOUT_ONLY` (scenario letters to run, e.g.
 //! `de`; default all; (d) always runs with (a)), `FANOUT_HTTP10=1` (clients
-//! speak HTTP/1.0, close-delimited, instead of HTTP/1.1 chunked).
+//! speak HTTP/1.0, close-delimited, instead of HTTP/1.1 chunked),
+//! `FANOUT_SETTLE` (seconds between the last connect and (d)'s RSS sample,
+//! default 2).
 
 use std::io::Write as _;
 use std::process::Stdio;
@@ -502,7 +504,11 @@ async fn client_main() -> BoxResult<()> {
         let t = Instant::now();
         let fleet = connect(&addr, &srv.keys[0], n, |_| String::new(), true, &hist).await?;
         let connect_s = t.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let settle: f64 = std::env::var("FANOUT_SETTLE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2.0);
+        tokio::time::sleep(Duration::from_secs_f64(settle)).await;
         let rss1: u64 = srv.cmd("rss", "RSS").await?.parse()?;
         println!(
         "(d) idle subscribers: server RSS {rss0} KiB -> {rss1} KiB, {:.2} KiB per subscriber (connected {n} in {connect_s:.1} s)",

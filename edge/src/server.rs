@@ -196,59 +196,59 @@ pub async fn serve_counted(
 /// One connection: requests are served here until one needs hyper, the
 /// client closes, or a response cannot be followed by another.
 async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router, ctx: Ctx) {
-    let limit = ctx.opts.header_read_timeout;
     // Bytes read past the previous request head (a pipelined request).
     let mut pending = Bytes::new();
     loop {
         let mut buf = BytesMut::with_capacity(pending.len().max(1024));
         buf.extend_from_slice(&pending);
         drop(std::mem::take(&mut pending));
-        let head = tokio::select! {
-            biased;
-            _ = ctx.stop.cancelled() => return,
-            r = tokio::time::timeout(limit, read_head(&mut sock, &mut buf)) => match r {
-                Ok(Ok(h)) => h,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "connection closed before a request head");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("no request head within {limit:?}; closing");
-                    return;
-                }
-            },
+        // Boxed, like every await here but the response's: this future
+        // lives as long as the connection.
+        let Some(head) = Box::pin(next_head(&mut sock, &mut buf, &ctx)).await else {
+            return;
         };
         let head = match head {
             Some(h) => h,
             // Closed by the client between requests.
             None if buf.is_empty() => return,
-            None => return hand_to_hyper(sock, buf.freeze(), peer, app, ctx).await,
+            // Boxed: hyper's connection state is large and rarely needed.
+            None => return Box::pin(hand_to_hyper(sock, buf.freeze(), peer, app, ctx)).await,
+        };
+        // The request goes straight into the router's future, boxed: it is
+        // large and lives only until the response head is ready, while this
+        // task's future lives as long as the stream (what it holds across an
+        // await, an idle subscriber holds for hours). In a block, so nothing
+        // of the request is kept across the awaits below.
+        let (routed, framing, len) = {
+            let (req, framing, len) = request(head, peer);
+            (
+                Box::pin(tower::ServiceExt::oneshot(app.clone(), req)),
+                framing,
+                len,
+            )
         };
         // A copy, so the head buffer is freed now rather than shared with
         // the remainder for as long as the response lasts.
-        if buf.len() > head.len {
-            pending = Bytes::copy_from_slice(&buf[head.len..]);
+        if buf.len() > len {
+            pending = Bytes::copy_from_slice(&buf[len..]);
         }
         drop(buf);
-        let framing = Framing {
-            keep_alive: head.keep_alive,
-            http10: head.version == axum::http::Version::HTTP_10,
-            head_request: head.method == Method::HEAD,
-        };
-        let mut req = Request::new(axum::body::Body::empty());
-        *req.method_mut() = head.method;
-        *req.uri_mut() = head.uri;
-        *req.version_mut() = head.version;
-        *req.headers_mut() = head.headers;
-        req.extensions_mut().insert(ConnectInfo(peer));
-        // Boxed: the router's future is large and lives only until the
-        // response head is ready; this task's future stays small for the
-        // stream's life.
-        let res = match Box::pin(tower::ServiceExt::oneshot(app.clone(), req)).await {
-            Ok(res) => res,
-            Err(never) => match never {},
-        };
-        match respond(&mut sock, res, framing, &ctx).await {
+        // One expression: a response held in a local (or a match's
+        // scrutinee) would stay in this future beside the one `respond`
+        // holds, for as long as the response lasts.
+        let res = respond(
+            &mut sock,
+            prepare(
+                match routed.await {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                },
+                framing,
+            ),
+            &ctx,
+        )
+        .await;
+        match res {
             Ok(true) if !ctx.stop.is_cancelled() => {}
             Ok(_) => return,
             Err(e) => {
@@ -257,6 +257,59 @@ async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router, ctx: Ctx
             }
         }
     }
+}
+
+/// Waits for the next request head: `Some(head)` to serve (`None` inside:
+/// for hyper, or EOF), `None` when the connection is done (shutdown, an
+/// error, no head within [`Options::header_read_timeout`]).
+async fn next_head(
+    sock: &mut TcpStream,
+    buf: &mut BytesMut,
+    ctx: &Ctx,
+) -> Option<Option<Box<Head>>> {
+    let limit = ctx.opts.header_read_timeout;
+    tokio::select! {
+        biased;
+        _ = ctx.stop.cancelled() => None,
+        r = tokio::time::timeout(limit, read_head(sock, buf)) => match r {
+            Ok(Ok(h)) => Some(h),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "connection closed before a request head");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("no request head within {limit:?}; closing");
+                None
+            }
+        },
+    }
+}
+
+/// The request for the router, how its response is framed, and the head's
+/// length. A plain function, so nothing of the head stays in the
+/// connection's future: the box and the moved-out fields are gone when it
+/// returns.
+fn request(head: Box<Head>, peer: SocketAddr) -> (Request<axum::body::Body>, Framing, usize) {
+    let Head {
+        len,
+        method,
+        uri,
+        version,
+        headers,
+        keep_alive,
+    } = *head;
+    let framing = Framing {
+        keep_alive,
+        http10: version == axum::http::Version::HTTP_10,
+        head_request: method == Method::HEAD,
+    };
+    let mut req = Request::new(axum::body::Body::empty());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    req.extensions_mut().insert(ConnectInfo(peer));
+    (req, framing, len)
 }
 
 /// How a response is framed for its request.
@@ -293,14 +346,23 @@ async fn read_head(sock: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Optio
     }
 }
 
-/// Writes `res` to the socket. Returns whether the connection may carry
-/// another request (only after a complete, length-framed response).
-async fn respond(
-    sock: &mut TcpStream,
-    res: Response,
-    framing: Framing,
-    ctx: &Ctx,
-) -> io::Result<bool> {
+/// A response ready to write: its head rendered, its body, how it is framed.
+struct Prepared {
+    head: Bytes,
+    body: axum::body::Body,
+    abort: Option<CancellationToken>,
+    /// Nothing after the head (204, 304, 1xx, or a HEAD request).
+    headers_only: bool,
+    /// The body's length is known (and written as `content-length`).
+    exact: bool,
+    chunked: bool,
+    /// The connection may carry another request after this one.
+    reuse: bool,
+}
+
+/// Renders the response head for its framing. A plain function, so the
+/// response's parts are not part of the connection's future.
+fn prepare(res: Response, framing: Framing) -> Prepared {
     let (parts, body) = res.into_parts();
     let abort = parts.extensions.get::<AbortWrite>().map(|a| a.0.clone());
     let status = parts.status;
@@ -354,16 +416,39 @@ async fn respond(
         head.put_slice(b"connection: keep-alive\r\n");
     }
     head.put_slice(b"\r\n");
-    drop(parts);
-    let head = head.freeze();
+    Prepared {
+        head: head.freeze(),
+        body,
+        abort,
+        headers_only: no_body || framing.head_request,
+        exact: exact.is_some(),
+        chunked,
+        reuse,
+    }
+}
 
-    if no_body || framing.head_request {
+/// Writes a response to the socket. Returns whether the connection may
+/// carry another request (only after a complete, length-framed response).
+async fn respond(sock: &mut TcpStream, res: Prepared, ctx: &Ctx) -> io::Result<bool> {
+    let Prepared {
+        head,
+        body,
+        abort,
+        headers_only,
+        exact,
+        chunked,
+        reuse,
+    } = res;
+
+    if headers_only {
         write_all(sock, &mut head.clone(), ctx).await?;
         return Ok(reuse);
     }
-    if exact.is_some() {
-        // In memory already (a problem, a JSON page): head and body in one write.
-        let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+    if exact {
+        // In memory already (a problem, a JSON page): head and body in one
+        // write. Boxed, like every await that is not the stream's idle wait:
+        // this future lives as long as the connection.
+        let bytes = match Box::pin(axum::body::to_bytes(body, usize::MAX)).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "response body failed; closing the connection");
@@ -386,12 +471,14 @@ async fn respond(
     }
     // Once shutdown began, a body that does not end by itself (the stream
     // ends on the same signal) gets the grace, then the connection closes.
-    let mut closing_at: Option<tokio::time::Instant> = None;
+    // The timer is made (boxed) only then: an idle stream waits here for
+    // hours, and what this wait holds is what an idle subscriber costs.
+    let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
-        if closing_at.is_none() && ctx.stop.is_cancelled() {
-            closing_at = Some(tokio::time::Instant::now() + ctx.opts.shutdown_write_grace);
+        if closing.is_none() && ctx.stop.is_cancelled() {
+            closing = Some(Box::pin(tokio::time::sleep(ctx.opts.shutdown_write_grace)));
         }
-        if closing_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+        if closing.as_ref().is_some_and(|t| t.is_elapsed()) {
             tracing::debug!("response still running after the shutdown grace; closed");
             return Ok(false);
         }
@@ -400,15 +487,23 @@ async fn respond(
             None => tokio::select! {
                 biased;
                 item = data.next() => item,
-                r = sock.readable() => {
+                // The socket's own read-readiness slot (no waiter node in
+                // this future, unlike `readable()`): this task is its only
+                // reader.
+                r = std::future::poll_fn(|cx| sock.poll_read_ready(cx)) => {
                     r?;
                     if client_closed(sock)? {
                         return Ok(false);
                     }
                     continue;
                 }
-                _ = ctx.stop.cancelled(), if closing_at.is_none() => continue,
-                _ = tokio::time::sleep_until(closing_at.unwrap_or_else(tokio::time::Instant::now)), if closing_at.is_some() => continue,
+                _ = ctx.stop.cancelled(), if closing.is_none() => continue,
+                () = async {
+                    match closing.as_mut() {
+                        Some(t) => t.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => continue,
             },
         };
         let bytes = match item {
@@ -432,9 +527,9 @@ async fn respond(
                 Buf::chain(Buf::chain(head, &size[..n]), bytes),
                 &b"\r\n"[..],
             );
-            write_all_unless(sock, &mut frame, ctx, abort.as_ref()).await?;
+            write_out(sock, &mut frame, ctx, abort.as_ref()).await?;
         } else {
-            write_all_unless(sock, &mut Buf::chain(head, bytes), ctx, abort.as_ref()).await?;
+            write_out(sock, &mut Buf::chain(head, bytes), ctx, abort.as_ref()).await?;
         }
     }
     let mut last = Buf::chain(
@@ -477,7 +572,46 @@ fn client_closed(sock: &TcpStream) -> io::Result<bool> {
 /// progress for [`Options::write_stall`] (or [`Options::shutdown_write_grace`]
 /// once shutdown began).
 async fn write_all(sock: &mut TcpStream, buf: &mut impl Buf, ctx: &Ctx) -> io::Result<()> {
-    write_all_unless(sock, buf, ctx, None).await
+    write_out(sock, buf, ctx, None).await
+}
+
+/// [`write_all_unless`] with what the socket takes at once written first,
+/// without waiting (as `write_vectored` would try first). Only a write the
+/// socket cannot take whole waits, in a boxed future: the future of a
+/// connection holds what its awaits hold for as long as it lives, and the
+/// timers a waiting write needs are most of that (a 1.9 KiB connection
+/// future before, see docs/PERFORMANCE.md).
+async fn write_out(
+    sock: &mut TcpStream,
+    buf: &mut impl Buf,
+    ctx: &Ctx,
+    abort: Option<&CancellationToken>,
+) -> io::Result<()> {
+    if abort.is_some_and(CancellationToken::is_cancelled) {
+        return Err(io::Error::other(
+            "write given up: the client reads too slowly",
+        ));
+    }
+    while buf.has_remaining() {
+        // In a block of its own: the slices must not be alive across the
+        // await below, or this future would carry them.
+        let n = {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let count = buf.chunks_vectored(&mut slices);
+            match sock.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        };
+        buf.advance(n);
+    }
+    if buf.has_remaining() {
+        Box::pin(write_all_unless(sock, buf, ctx, abort)).await
+    } else {
+        Ok(())
+    }
 }
 
 /// [`write_all`] that gives up (an error) as soon as `abort` is cancelled.

@@ -313,7 +313,10 @@ impl Conn {
             match self.phase {
                 Phase::Done => return None,
                 Phase::Replay => {
-                    if let Some(chunk) = self.replay_step().await {
+                    // Boxed (one allocation per page): the replay's
+                    // awaits are larger than the live wait, and this
+                    // future is what an idle subscriber holds for hours.
+                    if let Some(chunk) = Box::pin(self.replay_step()).await {
                         return Some(chunk);
                     }
                 }
