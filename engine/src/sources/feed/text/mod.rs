@@ -196,7 +196,8 @@ impl Breaks {
         self.pending = 2;
     }
 
-    /// HTML text: its own newlines are just spaces.
+    /// HTML text: its own newlines are just spaces. Text given in pieces
+    /// is written as the same text given at once.
     fn text(&mut self, t: &str) {
         if t.chars().all(is_space) {
             if self.pending == 0 && !t.is_empty() {
@@ -205,13 +206,9 @@ impl Breaks {
             return;
         }
         if self.pending > 0 && !self.out.is_empty() {
-            // Newlines: one after a space or nothing makes a line break, a
-            // second one (or a paragraph's two) a blank line.
-            self.gap = if self.pending == 2 || self.gap >= 2 {
-                3
-            } else {
-                2
-            };
+            // A break is only written before a word, so at most one comes
+            // between two words.
+            self.gap = if self.pending == 2 { 3 } else { 2 };
         }
         self.pending = 0;
         for (i, word) in t.split(is_space).enumerate() {

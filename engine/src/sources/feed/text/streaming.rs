@@ -120,10 +120,6 @@ struct State {
     ignore_lf: bool,
     /// In the "text" insertion mode (inside a raw text or RCDATA element).
     text_mode: bool,
-    /// The text node being appended to the current node: adjacent character
-    /// tokens make one node, as in the tree, until a node is inserted or an
-    /// element is popped.
-    text: String,
     out: Breaks,
     gave_up: bool,
 }
@@ -141,7 +137,6 @@ impl Default for State {
             next_id: 1,
             ignore_lf: false,
             text_mode: false,
-            text: String::new(),
             out: Breaks::default(),
             gave_up: false,
         }
@@ -216,15 +211,17 @@ impl State {
                 if !self.text_mode {
                     self.reconstruct_formatting();
                 }
-                self.text.push_str(t);
+                // Adjacent character tokens make one text node in the
+                // tree; [`Breaks`] writes the same text for them one by one.
+                self.out.text_node(t);
             }
             // Ignored in body; raw text states emit U+FFFD as characters.
             Token::NullCharacterToken | Token::ParseError(_) | Token::DoctypeToken(_) => {}
+            // Comments are nodes of no text.
             Token::CommentToken(_) => {
                 if self.text_mode {
                     return Err(GiveUp);
                 }
-                self.flush();
             }
             Token::EOFToken => {
                 if mem::take(&mut self.text_mode) {
@@ -798,7 +795,6 @@ impl State {
     }
 
     fn open_element(&mut self, name: &LocalName, attrs: &[Attribute]) -> Role {
-        self.flush();
         let role = Role::of(name);
         let alt = match role {
             Role::Image => attrs
@@ -820,25 +816,14 @@ impl State {
         if self.stack.len() <= 1 {
             return Err(GiveUp);
         }
-        self.flush();
         let open = self.stack.pop().ok_or(GiveUp)?;
         self.out
             .close(Role::of(&open.name), open.name == local_name!("br"));
         Ok(open)
     }
 
-    /// Ends the text node being built (a node is inserted or the current
-    /// node changes).
-    fn flush(&mut self) {
-        if !self.text.is_empty() {
-            self.out.text_node(&self.text);
-            self.text.clear();
-        }
-    }
-
     /// End of input: every open element closes.
     fn finish(mut self) -> String {
-        self.flush();
         while let Some(open) = self.stack.pop() {
             self.out
                 .close(Role::of(&open.name), open.name == local_name!("br"));
