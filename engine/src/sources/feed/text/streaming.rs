@@ -52,6 +52,30 @@ pub(super) fn html_to_text(html: &str) -> Option<String> {
     Some(state.finish())
 }
 
+/// Whether the fragment has a start tag the sink gives up on (tables,
+/// SVG/MathML, …): a scan for them is cheaper than reading the fragment up
+/// to one. Conservative: a match in a comment or a script counts too.
+pub(super) fn stands_aside(html: &str) -> bool {
+    const TAGS: [&[u8]; 8] = [
+        b"table",
+        b"svg",
+        b"math",
+        b"select",
+        b"option",
+        b"optgroup",
+        b"template",
+        b"plaintext",
+    ];
+    let b = html.as_bytes();
+    memchr::memchr_iter(b'<', b).any(|lt| {
+        let rest = &b[lt + 1..];
+        TAGS.iter().any(|t| {
+            rest.get(..t.len())
+                .is_some_and(|name| name.eq_ignore_ascii_case(t))
+        })
+    })
+}
+
 /// Why the sink stands aside: the tree would not be built in token order.
 struct GiveUp;
 
