@@ -202,25 +202,24 @@ impl Breaks {
     /// HTML text: its own newlines are just spaces. Text given in pieces
     /// is written as the same text given at once.
     fn text(&mut self, t: &str) {
-        let mut first = true;
-        let mut space = false;
-        for run in Runs::new(t) {
-            let Run::Word(word) = run else {
-                space = true;
-                continue;
-            };
-            if first {
-                first = false;
-                // A break is only written before a word, so at most one
-                // comes between two words.
-                if self.pending > 0 && !self.out.is_empty() {
-                    self.gap = if self.pending == 2 { 3 } else { 2 };
-                }
-                self.pending = 0;
-            }
-            if space {
+        if t.chars().all(is_space) {
+            if self.pending == 0 && !t.is_empty() {
                 self.gap = self.gap.max(1);
-                space = false;
+            }
+            return;
+        }
+        if self.pending > 0 && !self.out.is_empty() {
+            // A break is only written before a word, so at most one comes
+            // between two words.
+            self.gap = if self.pending == 2 { 3 } else { 2 };
+        }
+        self.pending = 0;
+        for (i, word) in t.split(is_space).enumerate() {
+            if i > 0 {
+                self.gap = self.gap.max(1);
+            }
+            if word.is_empty() {
+                continue;
             }
             if !self.out.is_empty() {
                 self.out.push_str(match self.gap {
@@ -232,11 +231,6 @@ impl Breaks {
             }
             self.gap = 0;
             self.out.push_str(word);
-        }
-        // Trailing whitespace, or whitespace only (which a pending break
-        // swallows).
-        if space && (!first || self.pending == 0) {
-            self.gap = self.gap.max(1);
         }
     }
 
@@ -343,13 +337,14 @@ fn strip_tags(html: &str) -> String {
 /// Collapses every run of whitespace (newlines included) to one space and trims.
 pub(crate) fn collapse_whitespace(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for run in Runs::new(s) {
-        if let Run::Word(word) = run {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str(word);
+    for word in s.split(is_space) {
+        if word.is_empty() {
+            continue;
         }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
     }
     out
 }
@@ -385,66 +380,4 @@ fn is_space(c: char) -> bool {
             c,
             '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{feff}'
         )
-}
-
-/// A maximal run of [`is_space`] characters, or of the others.
-#[derive(Debug, PartialEq, Eq)]
-enum Run<'a> {
-    Space,
-    Word(&'a str),
-}
-
-/// The runs of a text, in order: what `split(is_space)` finds, without
-/// decoding ASCII bytes as characters (this runs over every text of every
-/// item, and again in the normaliser).
-struct Runs<'a> {
-    s: &'a str,
-    at: usize,
-}
-
-impl<'a> Runs<'a> {
-    fn new(s: &'a str) -> Self {
-        Runs { s, at: 0 }
-    }
-
-    /// Whether the character at byte `i` is a space, and its length.
-    fn space_at(&self, i: usize) -> (bool, usize) {
-        let b = self.s.as_bytes()[i];
-        if b.is_ascii() {
-            return (
-                matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r'),
-                1,
-            );
-        }
-        match self.s[i..].chars().next() {
-            Some(c) => (is_space(c), c.len_utf8()),
-            None => (false, 1),
-        }
-    }
-}
-
-impl<'a> Iterator for Runs<'a> {
-    type Item = Run<'a>;
-
-    fn next(&mut self) -> Option<Run<'a>> {
-        let start = self.at;
-        if start >= self.s.len() {
-            return None;
-        }
-        let (space, len) = self.space_at(start);
-        let mut i = start + len;
-        while i < self.s.len() {
-            let (s, len) = self.space_at(i);
-            if s != space {
-                break;
-            }
-            i += len;
-        }
-        self.at = i;
-        Some(if space {
-            Run::Space
-        } else {
-            Run::Word(&self.s[start..i])
-        })
-    }
 }
