@@ -368,14 +368,10 @@ fn check_depth(doc: &str) -> Result<(), FeedError> {
     let b = doc.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;
-    while let Some(off) = b[i..].iter().position(|&c| c == b'<') {
+    while let Some(off) = memchr::memchr(b'<', &b[i..]) {
         i += off;
         let rest = &b[i..];
-        let skip_to = |end: &[u8]| {
-            rest.windows(end.len())
-                .position(|w| w == end)
-                .map(|p| p + end.len())
-        };
+        let skip_to = |end: &[u8]| memchr::memmem::find(rest, end).map(|p| p + end.len());
         if rest.starts_with(b"<!--") {
             i += skip_to(b"-->").unwrap_or(rest.len());
             continue;
@@ -384,10 +380,7 @@ fn check_depth(doc: &str) -> Result<(), FeedError> {
             i += skip_to(b"]]>").unwrap_or(rest.len());
             continue;
         }
-        let close = rest
-            .iter()
-            .position(|&c| c == b'>')
-            .unwrap_or(rest.len() - 1);
+        let close = memchr::memchr(b'>', rest).unwrap_or(rest.len() - 1);
         let tag = &rest[..=close.min(rest.len() - 1)];
         match tag.get(1) {
             Some(b'/') => depth = depth.saturating_sub(1),

@@ -7,7 +7,13 @@ use std::sync::LazyLock;
 use regex::Regex;
 use scraper::{Html, Node};
 
+mod dom;
+mod streaming;
+#[cfg(test)]
+mod tests;
+
 /// Elements whose text is never content (code, styling, embedded documents).
+#[cfg_attr(not(test), allow(dead_code))] // `Role::of` is checked against it
 const SKIPPED: &[&str] = &[
     "script", "style", "noscript", "template", "head", "iframe", "object", "svg", "select",
 ];
@@ -81,79 +87,110 @@ pub(crate) fn looks_like_markup(s: &str) -> bool {
 
 /// Converts an HTML fragment to text: block elements become line or
 /// paragraph breaks, scripts and styles are dropped, entities are decoded.
-/// Iterative (no recursion), so hostile nesting cannot overflow the stack.
+///
+/// Two ways to the same text: [`streaming`] reads the fragment's tokens
+/// without building a tree, and stands aside (returns `None`) for markup
+/// whose tree HTML's construction rules rearrange (tables, SVG and MathML,
+/// `<select>`, `<template>`, misnested formatting elements, …); [`dom`]
+/// parses the fragment into a tree and walks it. Both are iterative, so
+/// hostile nesting cannot overflow the stack.
 pub(crate) fn html_to_text(html: &str) -> String {
     if nests_deeper_than(html, MAX_HTML_DEPTH) {
         return strip_tags(html);
     }
-    let doc = Html::parse_fragment(html);
-    let root = doc.tree.root();
-    let mut out = Breaks::default();
-    let mut skipping = 0usize;
-    let mut next = root.first_child();
-    while let Some(node) = next {
-        // Open `node`.
-        match node.value() {
-            Node::Text(t) if skipping == 0 => out.text(&t.text),
-            Node::Element(e) => {
-                let name = e.name();
-                if SKIPPED.contains(&name) {
-                    skipping += 1;
-                } else if skipping == 0 {
-                    if LINES.contains(&name) {
-                        out.line();
-                    } else if PARAGRAPHS.contains(&name) {
-                        out.paragraph();
-                    } else if name == "img" {
-                        if let Some(alt) = e.attr("alt").filter(|a| !a.trim().is_empty()) {
-                            out.text(&format!(" {alt} "));
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-        if let Some(child) = node.first_child() {
-            next = Some(child);
-            continue;
-        }
-        // Close `node` and every ancestor whose last child this is.
-        let mut cur = node;
-        next = None;
-        loop {
-            if let Node::Element(e) = cur.value() {
-                let name = e.name();
-                if SKIPPED.contains(&name) {
-                    skipping = skipping.saturating_sub(1);
-                } else if skipping == 0 && PARAGRAPHS.contains(&name) {
-                    out.paragraph();
-                } else if skipping == 0 && LINES.contains(&name) && name != "br" {
-                    out.line();
-                }
-            }
-            if let Some(sibling) = cur.next_sibling() {
-                next = Some(sibling);
-                break;
-            }
-            match cur.parent() {
-                Some(parent) if parent.id() != root.id() => cur = parent,
-                _ => break,
-            }
-        }
+    if streaming::stands_aside(html) {
+        return dom::html_to_text(html);
     }
-    tidy_lines(&out.text)
+    streaming::html_to_text(html).unwrap_or_else(|| dom::html_to_text(html))
 }
 
-/// Text with pending line/paragraph breaks: consecutive block boundaries
-/// merge into the strongest one instead of stacking up blank lines.
+/// What an element does to the text around it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    /// Nothing: inline markup, or unknown.
+    Inline,
+    /// Its text is never content ([`SKIPPED`]).
+    Skipped,
+    /// A paragraph break before and after it ([`PARAGRAPHS`]).
+    Paragraph,
+    /// A line break before and after it ([`LINES`]; `<br>` only before).
+    Line,
+    /// `<img>`: its `alt` text stands in for it.
+    Image,
+}
+
+impl Role {
+    /// The role of an element by name: [`SKIPPED`], [`LINES`], [`PARAGRAPHS`]
+    /// (as one `match`: this runs for every element of every field).
+    fn of(name: &str) -> Role {
+        match name {
+            "script" | "style" | "noscript" | "template" | "head" | "iframe" | "object" | "svg"
+            | "select" => Role::Skipped,
+            "br" | "li" | "tr" | "dt" | "dd" | "figcaption" | "caption" => Role::Line,
+            "p" | "div" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "blockquote" | "pre" | "ul"
+            | "ol" | "dl" | "table" | "section" | "article" | "header" | "footer" | "aside"
+            | "nav" | "main" | "figure" | "hr" | "address" | "details" | "summary" | "fieldset"
+            | "form" => Role::Paragraph,
+            "img" => Role::Image,
+            _ => Role::Inline,
+        }
+    }
+}
+
+/// Text being written in its final form: words separated by one space,
+/// block boundaries as line or paragraph breaks. Consecutive block
+/// boundaries merge into the strongest one instead of stacking up blank
+/// lines; no break or space leads or trails.
+///
+/// It writes what [`tidy_lines`] would make of the text with the breaks
+/// spelled out as newlines, in one pass.
 #[derive(Default)]
 struct Breaks {
-    text: String,
-    /// 0 = none, 1 = line break, 2 = paragraph break.
+    out: String,
+    /// Block boundary since the last text: 0 = none, 1 = line, 2 = paragraph.
     pending: u8,
+    /// What separates the next word from the last one written: 0 = nothing
+    /// (the same word goes on), 1 = a space, 2 = a line break, 3 = a blank line.
+    gap: u8,
+    /// Elements whose text is dropped that are open.
+    skipping: usize,
 }
 
 impl Breaks {
+    /// An element opens (`alt` is an image's alt text).
+    fn open(&mut self, role: Role, alt: Option<&str>) {
+        match role {
+            Role::Skipped => self.skipping += 1,
+            _ if self.skipping > 0 => {}
+            Role::Line => self.line(),
+            Role::Paragraph => self.paragraph(),
+            Role::Image => {
+                if let Some(alt) = alt.filter(|a| !a.trim().is_empty()) {
+                    self.text(&format!(" {alt} "));
+                }
+            }
+            Role::Inline => {}
+        }
+    }
+
+    /// An element closes (`br` is whether it is a `<br>`).
+    fn close(&mut self, role: Role, br: bool) {
+        match role {
+            Role::Skipped => self.skipping = self.skipping.saturating_sub(1),
+            _ if self.skipping > 0 => {}
+            Role::Paragraph => self.paragraph(),
+            Role::Line if !br => self.line(),
+            _ => {}
+        }
+    }
+
+    /// A text node (skipped inside [`SKIPPED`] elements).
+    fn text_node(&mut self, t: &str) {
+        if self.skipping == 0 {
+            self.text(t);
+        }
+    }
+
     fn line(&mut self) {
         self.pending = self.pending.max(1);
     }
@@ -162,25 +199,43 @@ impl Breaks {
         self.pending = 2;
     }
 
-    /// HTML text: its own newlines are just spaces.
+    /// HTML text: its own newlines are just spaces. Text given in pieces
+    /// is written as the same text given at once.
     fn text(&mut self, t: &str) {
         if t.chars().all(is_space) {
             if self.pending == 0 && !t.is_empty() {
-                self.text.push(' ');
+                self.gap = self.gap.max(1);
             }
             return;
         }
-        if self.pending > 0 && !self.text.is_empty() {
-            self.text
-                .push_str(if self.pending == 2 { "\n\n" } else { "\n" });
+        if self.pending > 0 && !self.out.is_empty() {
+            // A break is only written before a word, so at most one comes
+            // between two words.
+            self.gap = if self.pending == 2 { 3 } else { 2 };
         }
         self.pending = 0;
-        for (i, part) in t.split(is_space).enumerate() {
+        for (i, word) in t.split(is_space).enumerate() {
             if i > 0 {
-                self.text.push(' ');
+                self.gap = self.gap.max(1);
             }
-            self.text.push_str(part);
+            if word.is_empty() {
+                continue;
+            }
+            if !self.out.is_empty() {
+                self.out.push_str(match self.gap {
+                    0 => "",
+                    1 => " ",
+                    2 => "\n",
+                    _ => "\n\n",
+                });
+            }
+            self.gap = 0;
+            self.out.push_str(word);
         }
+    }
+
+    fn finish(self) -> String {
+        self.out
     }
 }
 
@@ -207,12 +262,12 @@ const VOID: &[&str] = &[
 /// it cannot open more elements than that.
 fn nests_deeper_than(html: &str, limit: usize) -> bool {
     let b = html.as_bytes();
-    if b.iter().filter(|&&c| c == b'<').count() <= limit {
+    if memchr::memchr_iter(b'<', b).count() <= limit {
         return false;
     }
     let mut depth = 0usize;
     let mut i = 0;
-    while let Some(off) = b[i..].iter().position(|&c| c == b'<') {
+    while let Some(off) = memchr::memchr(b'<', &b[i..]) {
         let lt = i + off;
         let mut j = lt + 1;
         let closing = b.get(j) == Some(&b'/');
@@ -229,7 +284,7 @@ fn nests_deeper_than(html: &str, limit: usize) -> bool {
         }
         let name = &b[name_start..j];
         // No `>` after the name: no later `<` has one either.
-        let Some(gt) = b[j..].iter().position(|&c| c == b'>').map(|p| j + p) else {
+        let Some(gt) = memchr::memchr(b'>', &b[j..]).map(|p| j + p) else {
             break;
         };
         let self_closing = gt > j && b[gt - 1] == b'/';
@@ -325,120 +380,4 @@ fn is_space(c: char) -> bool {
             c,
             '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{feff}'
         )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paragraphs_become_blank_lines_and_entities_decode() {
-        let t = html_to_text("<p>Hello&nbsp;<b>big</b>\n  world &amp; co</p><p>Second<br>line</p><script>var x;</script>");
-        assert_eq!(t, "Hello big world & co\n\nSecond\nline");
-    }
-
-    #[test]
-    fn text_after_a_block_stays_separate() {
-        assert_eq!(html_to_text("<div><p>a</p>b</div>"), "a\n\nb");
-        assert_eq!(
-            html_to_text("<ul><li>one</li><li>two</li></ul>"),
-            "one\ntwo"
-        );
-    }
-
-    #[test]
-    fn deep_nesting_does_not_overflow() {
-        let html = "<div>".repeat(100_000) + "deep &amp; <b>deeper</b>" + &"</div>".repeat(100_000);
-        assert_eq!(html_to_text(&html), "deep & deeper");
-        let unclosed = "<p>a".repeat(300) + "<script>x</script>";
-        let text = html_to_text(&unclosed);
-        assert!(text.starts_with("a\n\na") && !text.contains('x'), "{text}");
-    }
-
-    /// The regex this scan replaced, kept as the reference it must agree with.
-    fn nesting_reference(html: &str) -> usize {
-        let tag = Regex::new(r"<(/?)([A-Za-z][A-Za-z0-9]*)[^>]*?(/?)>").expect("constant regex");
-        let (mut depth, mut max) = (0usize, 0usize);
-        for c in tag.captures_iter(html) {
-            let name = c[2].to_ascii_lowercase();
-            if !c[1].is_empty() {
-                depth = depth.saturating_sub(1);
-            } else if c[3].is_empty() && !VOID.contains(&name.as_str()) {
-                depth += 1;
-                max = max.max(depth);
-            }
-        }
-        max
-    }
-
-    #[test]
-    fn the_nesting_scan_agrees_with_the_tag_regex() {
-        let mut cases: Vec<String> = [
-            "",
-            "<",
-            ">",
-            "<>",
-            "</>",
-            "<a",
-            "<a>",
-            "</a>",
-            "<a/>",
-            "<a />",
-            "<a / >",
-            "<br>",
-            "<BR>",
-            "<Img src=x>",
-            "<a<b>",
-            "< a>",
-            "<//a>",
-            "<a1b2>",
-            "<1a>",
-            "<a href='>'>x",
-            "<p>a<p>b<p>c",
-            "<div><div></div>",
-            "<é>",
-            "<aé>",
-            "x<a>é</a><b",
-            "<a>\n<b\n/>",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        // Pseudo-random strings over the characters that matter.
-        let atoms = [
-            "<", ">", "/", "a", "br", "B", "1", " ", "é", "\n", "p", "img", "=\"", "<div>",
-            "</div>",
-        ];
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for _ in 0..3000 {
-            let mut s = String::new();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            for _ in 0..(x % 40) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                s.push_str(atoms[(x % atoms.len() as u64) as usize]);
-            }
-            cases.push(s);
-        }
-        for s in &cases {
-            let depth = nesting_reference(s);
-            for limit in [0, 1, 2, 3, 5, 256] {
-                assert_eq!(
-                    nests_deeper_than(s, limit),
-                    depth > limit,
-                    "{s:?} at limit {limit}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn plain_titles_keep_angle_brackets_that_are_not_tags() {
-        assert_eq!(one_line("a < b  and\n c"), "a < b and c");
-        assert_eq!(one_line("Tom &amp; Jerry"), "Tom & Jerry");
-        assert_eq!(one_line("<b>Bold</b> move"), "Bold move");
-    }
 }
