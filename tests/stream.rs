@@ -420,6 +420,36 @@ async fn live_fan_out_respects_filters() -> TestResult {
     Ok(())
 }
 
+/// One commit queues ~2.4 MB for a live subscriber at once: more than one
+/// live write takes (`MAX_DRAIN_BYTES`), less than the queue's bound. It is
+/// written in several chunks and every event arrives once, in order.
+#[tokio::test]
+async fn a_queue_larger_than_one_write_is_delivered_whole_and_in_order() -> TestResult {
+    let app = spawn_app(Duration::from_secs(30), 20).await?;
+    let mut live = app.sse("", None).await?;
+    let body = "x".repeat(1000);
+    let batch: Vec<NewEvent> = (0..2000)
+        .map(|i| {
+            event(
+                "bulk",
+                SourceType::Firehose,
+                &[],
+                &format!("bulk {i}"),
+                &body,
+            )
+        })
+        .collect();
+    let written = write(&app.store, batch).await?;
+    let want = ids_of(&written);
+    let last = *want.last().ok_or("nothing written")?;
+    assert!(
+        want.len() * body.len() > 4 * livestrom_edge::stream::MAX_DRAIN_BYTES,
+        "the batch must need several writes"
+    );
+    assert_eq!(collect_until(&mut live, last).await?, want);
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_requests_are_problems_naming_the_parameter() -> TestResult {
     let app = spawn_app(Duration::from_secs(30), 3).await?;

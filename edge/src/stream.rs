@@ -58,6 +58,14 @@ fn page_reserve(first_json: usize) -> usize {
         .min(1 << 20)
 }
 
+/// Most bytes of queued frames one live write takes. A subscriber's queue
+/// holds up to its bound (4 MiB by default) of shared frames; each drain
+/// copies what it takes into a chunk of the connection's own, so draining
+/// everything at once under a burst made every busy connection hold a
+/// copy of its whole queue while writing it. What is left stays queued
+/// (shared, still counted against the bound) for the next write.
+pub const MAX_DRAIN_BYTES: usize = 128 << 10;
+
 /// After this many events passed over by the filter since the last frame
 /// carrying an id, an id-only checkpoint frame is sent (also on every
 /// keep-alive tick when anything was passed over).
@@ -110,6 +118,7 @@ pub async fn handler(
         skipped_in_replay: 0,
         keepalive,
         spare: Vec::new(),
+        more: false,
         ahead: None,
         ended: None,
     };
@@ -259,6 +268,9 @@ struct Conn {
     keepalive: Interval,
     /// Recycled drain buffer (keeps its capacity between wake-ups).
     spare: Vec<Frame>,
+    /// The last drain stopped at [`MAX_DRAIN_BYTES`] with frames left in the
+    /// queue: drain again at once (no wake-up will come for them).
+    more: bool,
     /// The next replay page, already being read.
     ahead: Option<tokio::task::JoinHandle<Result<ReplayPage, LogError>>>,
     /// Why the server ended the stream; None while it runs. A stream
@@ -325,6 +337,7 @@ impl Conn {
                         biased;
                         _ = self.state.shutdown.cancelled() => Wake::Stop,
                         _ = self.key.revoked.cancelled() => Wake::Stop,
+                        () = std::future::ready(()), if self.more => Wake::Queue,
                         _ = self.sub.notified() => Wake::Queue,
                         _ = self.keepalive.tick() => Wake::Tick,
                     };
@@ -405,7 +418,7 @@ impl Conn {
             // Hand-over (step 3): the first live drain decides.
             let p = self.state.hub.position();
             let mut frames = std::mem::take(&mut self.spare);
-            match self.sub.drain(&mut frames) {
+            match self.sub.drain(&mut frames, MAX_DRAIN_BYTES) {
                 Drained::Overflowed => {
                     // Live events were dropped while we replayed: keep
                     // reading the log from `pos` with a fresh queue.
@@ -419,10 +432,14 @@ impl Conn {
                     };
                     self.end(why);
                 }
-                Drained::Frames => {
+                d @ (Drained::Frames | Drained::Partial) => {
                     self.phase = Phase::Live;
                     self.sent_seq = p.map_or(0, |p| p.seq);
-                    self.write_frames(&mut buf, &mut frames, p.map(|p| p.id));
+                    // Frames left queued may be at or before the hub's
+                    // position: `pos` only jumps to it after a full drain.
+                    self.more = d == Drained::Partial;
+                    let hub_pos = if self.more { None } else { p.map(|p| p.id) };
+                    self.write_frames(&mut buf, &mut frames, hub_pos);
                 }
             }
             self.spare = frames;
@@ -514,14 +531,22 @@ impl Conn {
         }
     }
 
-    /// Drains the live queue into one chunk. None ends the stream.
+    /// Drains the live queue into one chunk (at most [`MAX_DRAIN_BYTES`]
+    /// of frames; `more` says whether frames were left). None ends the stream.
     fn drain_live(&mut self, tick: bool) -> Option<Bytes> {
         // Position first, queue second: every matching event up to the
-        // position is then in what we drain (or was drained before).
-        let p = self.state.hub.position();
+        // position is then in what we drain (or was drained before) — when
+        // the drain emptied the queue. A partial drain leaves some of them
+        // queued, so the position is forgotten until a drain empties it.
+        let mut p = self.state.hub.position();
         let mut frames = std::mem::take(&mut self.spare);
-        match self.sub.drain(&mut frames) {
+        self.more = false;
+        match self.sub.drain(&mut frames, MAX_DRAIN_BYTES) {
             Drained::Frames => {}
+            Drained::Partial => {
+                self.more = true;
+                p = None;
+            }
             Drained::Overflowed => {
                 tracing::info!(key = %self.key.name, "slow subscriber disconnected: its queue exceeded the bound");
                 self.end(Disconnect::Slow);

@@ -173,11 +173,13 @@ impl Subscription {
         self.sub.notify.notified().await;
     }
 
-    /// Moves all queued frames into `out` (which should be empty) in one
-    /// lock. From the first successful drain on the subscriber counts as
-    /// live: a later overflow deregisters it from the hub immediately.
-    pub fn drain(&self, out: &mut Vec<Frame>) -> Drained {
-        self.sub.drain(out)
+    /// Moves the oldest queued frames into `out` (which should be empty) in
+    /// one lock: all of them, or as many as fit in `max_bytes` (at least
+    /// one), returning [`Drained::Partial`] when more remain. From the first
+    /// successful drain on the subscriber counts as live: a later overflow
+    /// deregisters it from the hub immediately.
+    pub fn drain(&self, out: &mut Vec<Frame>, max_bytes: usize) -> Drained {
+        self.sub.drain(out, max_bytes)
     }
 
     /// Clears an overflow (and anything queued): the queue collects again

@@ -1,6 +1,7 @@
 //! A subscriber's bounded queue: what the hub pushes, what its connection
 //! drains, and what an overflow means.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -12,8 +13,12 @@ use crate::filter::Filter;
 /// Outcome of draining a subscriber's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {
-    /// Frames (possibly none) were moved out.
+    /// Frames (possibly none) were moved out; the queue is empty.
     Frames,
+    /// Frames were moved out up to the byte budget and more remain queued:
+    /// drain again without waiting for a wake-up (a push onto a queue that
+    /// is not empty does not notify).
+    Partial,
     /// The queue exceeded its byte bound since the last rearm; frames were dropped.
     Overflowed,
     /// The hub stopped; no more live events will come.
@@ -32,7 +37,8 @@ pub(super) struct Subscriber {
 }
 
 pub(super) struct Queue {
-    pub(super) frames: Vec<Frame>,
+    /// Oldest first; a drain takes from the front.
+    pub(super) frames: VecDeque<Frame>,
     pub(super) bytes: usize,
     pub(super) limit: usize,
     pub(super) overflowed: bool,
@@ -48,7 +54,7 @@ impl Subscriber {
         Self {
             filter,
             queue: Mutex::new(Queue {
-                frames: Vec::new(),
+                frames: VecDeque::new(),
                 bytes: 0,
                 limit,
                 overflowed: false,
@@ -60,8 +66,9 @@ impl Subscriber {
         }
     }
 
-    /// Moves all queued frames into `out` (see `Subscription::drain`).
-    pub(super) fn drain(&self, out: &mut Vec<Frame>) -> Drained {
+    /// Moves the oldest queued frames, up to `max_bytes` of them (at least
+    /// one), into `out` (see `Subscription::drain`).
+    pub(super) fn drain(&self, out: &mut Vec<Frame>, max_bytes: usize) -> Drained {
         let mut q = lock(&self.queue);
         if q.ended {
             return Drained::Ended;
@@ -69,10 +76,26 @@ impl Subscriber {
         if q.overflowed {
             return Drained::Overflowed;
         }
-        std::mem::swap(&mut q.frames, out);
-        q.bytes = 0;
         q.live = true;
-        Drained::Frames
+        if q.bytes <= max_bytes {
+            out.extend(q.frames.drain(..));
+            q.bytes = 0;
+            return Drained::Frames;
+        }
+        let mut taken = 0;
+        while let Some(len) = q.frames.front().map(|f| f.bytes.len()) {
+            if taken > 0 && taken + len > max_bytes {
+                break;
+            }
+            taken += len;
+            out.extend(q.frames.pop_front());
+        }
+        q.bytes = q.bytes.saturating_sub(taken);
+        if q.frames.is_empty() {
+            Drained::Frames
+        } else {
+            Drained::Partial
+        }
     }
 
     /// Clears an overflow and anything queued (see `Subscription::rearm`).
@@ -96,7 +119,7 @@ impl Subscriber {
         // can be bigger than the bound): the bound is on what piles up.
         if q.bytes > 0 && q.bytes + len > q.limit {
             q.overflowed = true;
-            q.frames = Vec::new();
+            q.frames = VecDeque::new();
             q.bytes = 0;
             let live = q.live;
             drop(q);
@@ -107,7 +130,7 @@ impl Subscriber {
             return live;
         }
         let was_empty = q.frames.is_empty();
-        q.frames.push(frame.clone());
+        q.frames.push_back(frame.clone());
         q.bytes += len;
         drop(q);
         if was_empty {

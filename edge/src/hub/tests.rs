@@ -120,6 +120,55 @@ fn one_frame_larger_than_the_bound_fits_an_empty_queue() {
 }
 
 #[test]
+fn a_drain_takes_at_most_its_byte_budget_oldest_first() {
+    let s = lone_subscriber(1 << 20, true);
+    for seq in 0..10u64 {
+        s.push(&Frame {
+            id: Uuid::from_u128(u128::from(seq) + 1),
+            seq,
+            bytes: Bytes::from(vec![b'x'; 100]),
+            committed_ms: 0,
+        });
+    }
+    let mut got = Vec::new();
+    let mut chunks = Vec::new();
+    loop {
+        let mut out = Vec::new();
+        let d = s.drain(&mut out, 250);
+        chunks.push(out.len());
+        got.extend(out.iter().map(|f| f.seq));
+        if d == Drained::Frames {
+            break;
+        }
+        assert_eq!(d, Drained::Partial);
+    }
+    assert_eq!(
+        chunks,
+        [2, 2, 2, 2, 2],
+        "two 100-byte frames fit in 250 bytes"
+    );
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert_eq!(lock(&s.queue).bytes, 0);
+    // One frame larger than the budget still goes out, alone.
+    s.push(&Frame {
+        id: Uuid::from_u128(100),
+        seq: 10,
+        bytes: Bytes::from(vec![b'x'; 500]),
+        committed_ms: 0,
+    });
+    s.push(&Frame {
+        id: Uuid::from_u128(101),
+        seq: 11,
+        bytes: Bytes::from(vec![b'x'; 10]),
+        committed_ms: 0,
+    });
+    let mut out = Vec::new();
+    assert_eq!(s.drain(&mut out, 250), Drained::Partial);
+    assert_eq!(out.iter().map(|f| f.seq).collect::<Vec<_>>(), [10]);
+    assert_eq!(lock(&s.queue).bytes, 10);
+}
+
+#[test]
 fn live_overflow_deregisters_but_replay_overflow_does_not() {
     let mut reg = Registry::default();
     let (_, replaying) = sub(&mut reg, "");
@@ -220,10 +269,10 @@ async fn receive_until(sub: &Subscription, want: Uuid) -> (Vec<Uuid>, bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let mut frames = Vec::new();
-        match sub.drain(&mut frames) {
+        match sub.drain(&mut frames, usize::MAX) {
             Drained::Ended => return (got, true),
             Drained::Overflowed => panic!("queue overflowed"),
-            Drained::Frames => got.extend(frames.iter().map(|f| f.id)),
+            Drained::Frames | Drained::Partial => got.extend(frames.iter().map(|f| f.id)),
         }
         if got.contains(&want) {
             return (got, false);

@@ -61,6 +61,14 @@ pub(crate) use writer::update_key_usage;
 use schema::{describe_open_error, SCHEMA};
 use writer::{Job, WriterThread};
 
+/// The writer connection's page cache, KiB. It fills with every page a
+/// commit touches and is never given back, so under a burst it was most of
+/// the process's growth: at 256 MiB a burst of 100,000 events took the RSS
+/// to 4.7–4.9× its steady size (`cargo bench --bench burst`). 16 MiB still
+/// holds the hot part of the items index and the newest event pages; the
+/// ingest cost is in docs/PERFORMANCE.md ("Burst of 100,000 events").
+const WRITER_CACHE_KIB: u32 = 16 << 10;
+
 /// Handle to the database: cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -166,18 +174,20 @@ impl Store {
                 path: path.to_owned(),
                 reason: describe_open_error(&e),
             })?;
-        // The writer keeps the hot part of the items index in memory (256 MiB
-        // page cache, used only as the database grows). Checkpoints run on
+        // The writer keeps the hot part of the items index in memory
+        // (`WRITER_CACHE_KIB`). Checkpoints run on
         // their own thread from 64 MiB of WAL, the writer's own at 256 MiB
         // (`checkpoint`): fewer, larger checkpoints under load. The WAL file
         // is reused, not shrunk (truncating it after every checkpoint
         // measured 35 % slower).
         let mut conn = conn;
-        conn.execute_batch("PRAGMA cache_size=-262144; PRAGMA mmap_size=1073741824;")
-            .map_err(|e| StoreError::Open {
-                path: path.to_owned(),
-                reason: describe_open_error(&e),
-            })?;
+        conn.execute_batch(&format!(
+            "PRAGMA cache_size=-{WRITER_CACHE_KIB}; PRAGMA mmap_size=1073741824;"
+        ))
+        .map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            reason: describe_open_error(&e),
+        })?;
         // Detached: it ends when the writer's connection closes.
         let _checkpointer = checkpoint::start(&mut conn, path, checkpoint::Thresholds::DEFAULT)?;
         let (tx, rx) = mpsc::channel::<Job>(1024);
