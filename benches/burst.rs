@@ -31,10 +31,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::header;
@@ -45,40 +45,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// The binary under test: `BENCH_LIVESTROM_BIN`, else the one cargo built.
-fn bin() -> String {
-    std::env::var("BENCH_LIVESTROM_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_livestrom").to_owned())
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// A process killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> BoxResult<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
+mod common;
+use common::{bin, env_or, free_addr, now_us, BoxResult, Proc};
 
 /// One upstream SSE event: `{"id":"<p><n>","title":"<p><n>","body":"<created µs> <pad>"}`.
 fn sse_event(out: &mut String, prefix: char, n: u64, pad: &str) {

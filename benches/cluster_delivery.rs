@@ -16,10 +16,10 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::response::sse::{Event, Sse};
 use axum::routing::get;
@@ -27,41 +27,8 @@ use axum::Router;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 
-type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// The binary under test: `BENCH_LIVESTROM_BIN` (e.g. an older build, for a
-/// before/after comparison), else the one cargo built.
-fn bin() -> String {
-    std::env::var("BENCH_LIVESTROM_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_livestrom").to_owned())
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// A process killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> BoxResult<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
+mod common;
+use common::{bin, env_or, free_addr, now_us, BoxResult, Proc};
 
 /// The upstream: an SSE stream of `rate` events/s while `on` is set, each
 /// `{"id": n, "title": "…", "sent_us": t}`.
