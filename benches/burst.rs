@@ -27,7 +27,13 @@
 //! - `BENCH_TIMEOUT_SECS` [180] — give up on the burst after this long;
 //! - `BENCH_PAD` [200] — bytes of padding in each event's content;
 //! - `BENCH_LOG` — keep the server's log at this path (default: a
-//!   temporary directory, removed at the end).
+//!   temporary directory, removed at the end);
+//! - `BENCH_WARM` [0] — before the steady phase, this many events arrive
+//!   at once on a third source, `bench.warm` (no subscribers), and the bench
+//!   waits `BENCH_WARM_SETTLE_SECS` [10] after they are stored: the steady
+//!   size is then that of a process that has been running under load for a
+//!   while (its writer's page cache filled to its bound, as it is after some
+//!   minutes of any steady trickle), not of one just started.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,13 +88,68 @@ struct Upstream {
     go: watch::Receiver<bool>,
     /// When the burst's first event was created (µs).
     burst_started_us: AtomicU64,
+    /// Events of the warm-up (`/warm`).
+    warm: u64,
+    /// Flipped to true to send the warm-up.
+    warm_go: watch::Receiver<bool>,
 }
 
-/// `/steady`: `rate` events/s; `/burst`: keep-alive comments until `go`,
-/// then `burst` events created up front and written as fast as the reader takes them.
+/// A one-shot upstream: keep-alive comments until `go`, then `n` events
+/// (title prefix `prefix`) created up front and written as fast as the
+/// reader takes them, then keep-alive comments again. `started_us` gets
+/// the first event's creation time.
+fn one_shot(
+    mut go: watch::Receiver<bool>,
+    n: u64,
+    prefix: char,
+    pad: String,
+    started_us: impl FnOnce(u64) + Send + 'static,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    tokio::spawn(async move {
+        while !*go.borrow_and_update() {
+            let ping = tokio::time::timeout(Duration::from_secs(5), go.changed());
+            match ping.await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // All of it exists before the first byte is sent.
+        started_us(now_us());
+        let mut chunks = Vec::new();
+        let mut s = String::new();
+        for i in 0..n {
+            sse_event(&mut s, prefix, i, &pad);
+            if s.len() >= 256 << 10 {
+                chunks.push(Bytes::from(std::mem::take(&mut s)));
+            }
+        }
+        chunks.push(Bytes::from(s));
+        for c in chunks {
+            if tx.send(c).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
+                return;
+            }
+        }
+    });
+    sse_response(rx)
+}
+
+/// `/steady`: `rate` events/s; `/burst` and `/warm`: [`one_shot`].
 async fn upstream(up: Arc<Upstream>) -> BoxResult<SocketAddr> {
     let steady = up.clone();
-    let burst = up;
+    let burst = up.clone();
+    let warm = up;
     let app = Router::new()
         .route(
             "/steady",
@@ -118,46 +179,18 @@ async fn upstream(up: Arc<Upstream>) -> BoxResult<SocketAddr> {
             get(move || {
                 let up = burst.clone();
                 async move {
-                    let (tx, rx) = mpsc::channel::<Bytes>(8);
-                    tokio::spawn(async move {
-                        let mut go = up.go.clone();
-                        while !*go.borrow_and_update() {
-                            let ping = tokio::time::timeout(Duration::from_secs(5), go.changed());
-                            match ping.await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(_)) => return,
-                                Err(_) => {
-                                    if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                        }
-                        // All of the burst exists before the first byte is sent.
-                        up.burst_started_us.store(now_us(), Ordering::SeqCst);
-                        let mut chunks = Vec::new();
-                        let mut s = String::new();
-                        for n in 0..up.burst {
-                            sse_event(&mut s, 'b', n, &up.pad);
-                            if s.len() >= 256 << 10 {
-                                chunks.push(Bytes::from(std::mem::take(&mut s)));
-                            }
-                        }
-                        chunks.push(Bytes::from(s));
-                        for c in chunks {
-                            if tx.send(c).await.is_err() {
-                                return;
-                            }
-                        }
-                        loop {
-                            tokio::time::sleep(Duration::from_secs(5)).await;
-                            if tx.send(Bytes::from_static(b": ping\n\n")).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    sse_response(rx)
+                    let at = up.clone();
+                    one_shot(up.go.clone(), up.burst, 'b', up.pad.clone(), move |t| {
+                        at.burst_started_us.store(t, Ordering::SeqCst);
+                    })
                 }
+            }),
+        )
+        .route(
+            "/warm",
+            get(move || {
+                let up = warm.clone();
+                async move { one_shot(up.warm_go.clone(), up.warm, 'w', up.pad.clone(), |_| {}) }
             }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -178,10 +211,11 @@ fn config(dir: &Path, upstream: SocketAddr) -> BoxResult<PathBuf> {
         &path,
         format!(
             "[engine]\ndatabase = \"{}\"\nretention = \"1h\"\n\
-             [fetch]\nallow_private_networks = true\nper_host_rps = 100\nper_host_concurrency = 8\n{}{}",
+             [fetch]\nallow_private_networks = true\nper_host_rps = 100\nper_host_concurrency = 8\n{}{}{}",
             dir.join("burst.db").display(),
             source("bench.steady", "steady"),
             source("bench.burst", "burst"),
+            source("bench.warm", "warm"),
         ),
     )?;
     Ok(path)
@@ -462,12 +496,15 @@ fn main() -> BoxResult<()> {
     let after_secs = env_or("BENCH_AFTER_SECS", 3);
     let timeout = Duration::from_secs(env_or("BENCH_TIMEOUT_SECS", 180));
     let pad = "x".repeat(env_or("BENCH_PAD", 200) as usize);
+    let warm = env_or("BENCH_WARM", 0);
+    let warm_settle = Duration::from_secs(env_or("BENCH_WARM_SETTLE_SECS", 10));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let dir = tempfile::tempdir()?;
         let (go_tx, go) = watch::channel(false);
+        let (warm_tx, warm_go) = watch::channel(false);
         let up = Arc::new(Upstream {
             rate,
             burst,
@@ -475,6 +512,8 @@ fn main() -> BoxResult<()> {
             steady_seq: AtomicU64::new(0),
             go,
             burst_started_us: AtomicU64::new(0),
+            warm,
+            warm_go,
         });
         let up_addr = upstream(up.clone()).await?;
         let cfg = config(dir.path(), up_addr)?;
@@ -501,10 +540,34 @@ fn main() -> BoxResult<()> {
             bin()
         );
 
-        // Subscribers, all connected before the steady phase starts.
         let http = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
         let (stop_tx, stop) = watch::channel(false);
         let (conn_tx, mut conn_rx) = mpsc::channel(1024);
+        if warm > 0 {
+            let t = tokio::spawn(subscriber(
+                http.clone(),
+                edge,
+                k.clone(),
+                "bench.warm",
+                Some(warm - 1),
+                conn_tx.clone(),
+                stop.clone(),
+            ));
+            tokio::time::timeout(Duration::from_secs(60), conn_rx.recv())
+                .await
+                .map_err(|_| "the warm-up subscriber did not connect within 60 s")?;
+            warm_tx.send(true)?;
+            let seen = tokio::time::timeout(timeout, t)
+                .await
+                .map_err(|_| "the warm-up was not stored in time")???;
+            if seen.events != warm {
+                return Err(format!("warm-up: {} of {warm} events seen", seen.events).into());
+            }
+            println!("warm-up: {warm} events stored; settling for {warm_settle:?}");
+            tokio::time::sleep(warm_settle).await;
+        }
+
+        // Subscribers, all connected before the steady phase starts.
         let mut steady_tasks = Vec::new();
         let mut burst_tasks = Vec::new();
         for i in 0..steady_subs + burst_subs {
