@@ -132,6 +132,7 @@ impl AppState {
         let edge_metrics = metrics::EdgeMetrics::register(&backend.metrics);
         let hub = hub::Hub::start(&*backend.live, backend.log.clone(), shutdown.clone()).await?;
         hub.set_metrics(edge_metrics.clone());
+        hub.start_keepalive(settings.keepalive, shutdown.clone());
         let keys = KeyCache::open(backend.keys, shutdown.clone())
             .await
             .map_err(EdgeError::Keys)?;

@@ -48,17 +48,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::OverflowSignal;
+
 pub mod head;
 
 use head::{parse_head, Head, Parsed};
 
-/// A response extension: when the token is cancelled the server gives up
-/// the write in progress and closes the connection. A stream sets it to its
+/// A response extension: when the signal is set the server gives up the
+/// write in progress and closes the connection. A stream sets it to its
 /// subscriber's overflow signal, so a client that reads a little at a time
 /// is cut off when its queue overflows, not after it has slowly read
 /// everything already handed to the socket.
-#[derive(Debug, Clone)]
-pub struct AbortWrite(pub CancellationToken);
+#[derive(Clone)]
+pub struct AbortWrite(pub OverflowSignal);
 
 /// Timeouts of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,7 +352,7 @@ async fn read_head(sock: &mut TcpStream, buf: &mut BytesMut) -> io::Result<Optio
 struct Prepared {
     head: Bytes,
     body: axum::body::Body,
-    abort: Option<CancellationToken>,
+    abort: Option<OverflowSignal>,
     /// Nothing after the head (204, 304, 1xx, or a HEAD request).
     headers_only: bool,
     /// The body's length is known (and written as `content-length`).
@@ -585,9 +587,9 @@ async fn write_out(
     sock: &mut TcpStream,
     buf: &mut impl Buf,
     ctx: &Ctx,
-    abort: Option<&CancellationToken>,
+    abort: Option<&OverflowSignal>,
 ) -> io::Result<()> {
-    if abort.is_some_and(CancellationToken::is_cancelled) {
+    if abort.is_some_and(OverflowSignal::is_set) {
         return Err(io::Error::other(
             "write given up: the client reads too slowly",
         ));
@@ -614,23 +616,23 @@ async fn write_out(
     }
 }
 
-/// [`write_all`] that gives up (an error) as soon as `abort` is cancelled.
+/// [`write_all`] that gives up (an error) as soon as `abort` is set.
 async fn write_all_unless(
     sock: &mut TcpStream,
     buf: &mut impl Buf,
     ctx: &Ctx,
-    abort: Option<&CancellationToken>,
+    abort: Option<&OverflowSignal>,
 ) -> io::Result<()> {
     let stop = &ctx.stop;
     let aborted = async {
         match abort {
-            Some(a) => a.cancelled().await,
+            Some(a) => a.wait().await,
             None => std::future::pending().await,
         }
     };
     let mut aborted = std::pin::pin!(aborted);
     while buf.has_remaining() {
-        if abort.is_some_and(CancellationToken::is_cancelled) {
+        if abort.is_some_and(OverflowSignal::is_set) {
             return Err(io::Error::other(
                 "write given up: the client reads too slowly",
             ));

@@ -19,16 +19,14 @@
 //! the client is too slow and the stream ends.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use livestrom_engine::keys::KeyInfo;
-use livestrom_engine::log::{CursorCheck, LogError, ReadScope};
+use livestrom_engine::log::{CursorCheck, LogError};
 use livestrom_engine::EventLog;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
 use uuid::Uuid;
 
 use crate::access::RequestId;
@@ -94,29 +92,25 @@ pub async fn handler(
     let mut hello = BytesMut::with_capacity(64);
     write_comment(&mut hello, &format!("connected request_id={request_id}"));
 
-    let period = state.settings.keepalive.max(Duration::from_millis(10));
-    let mut keepalive = tokio::time::interval_at(Instant::now() + period, period);
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let scope = filter.read_scope();
     let (pos, phase) = match start {
         Start::After(id) => (id, Phase::Replay),
         Start::Now(head) => (head, Phase::Live),
     };
     let sent_seq = state.hub.position().map_or(0, |p| p.seq);
+    let ticks = sub.ticks();
     let conn = Conn {
         state,
         key,
         _guard: guard,
         sub,
+        ticks,
         filter,
-        scope,
         phase,
         hello: Some(hello.freeze()),
         pos,
         last_sent: pos,
         sent_seq,
         skipped_in_replay: 0,
-        keepalive,
         spare: Vec::new(),
         more: false,
         ahead: None,
@@ -251,8 +245,9 @@ struct Conn {
     /// Registered with the hub before the replay began.
     sub: Subscription,
     filter: Arc<Filter>,
-    /// The SQL-side part of the filter for replay reads.
-    scope: ReadScope,
+    /// The hub's keep-alive ticks when this stream last looked
+    /// ([`Subscription::ticks`]): one timer for all streams, none per stream.
+    ticks: u64,
     phase: Phase,
     /// `:connected` comment, sent first.
     hello: Option<Bytes>,
@@ -265,7 +260,6 @@ struct Conn {
     sent_seq: u64,
     /// Rows the replay filtered out since the last id sent.
     skipped_in_replay: u64,
-    keepalive: Interval,
     /// Recycled drain buffer (keeps its capacity between wake-ups).
     spare: Vec<Frame>,
     /// The last drain stopped at [`MAX_DRAIN_BYTES`] with frames left in the
@@ -283,7 +277,7 @@ impl Drop for Conn {
         let why = match self.ended {
             Some(why) => why,
             // The server gave up a write because the queue overflowed.
-            None if self.sub.overflow_signal().is_cancelled() => {
+            None if self.sub.overflow_signal().is_set() => {
                 tracing::info!(key = %self.key.name, "slow subscriber disconnected: its queue exceeded the bound while a write to it was stalled");
                 Disconnect::Slow
             }
@@ -312,7 +306,6 @@ struct ReplayPage {
 enum Wake {
     Stop,
     Queue,
-    Tick,
 }
 
 impl Conn {
@@ -333,13 +326,17 @@ impl Conn {
                     }
                 }
                 Phase::Live => {
+                    // Shutdown needs no arm of its own: the hub's task
+                    // stops on it and ends every queue, which wakes this
+                    // wait with `Drained::Ended` (and `drain_live` reads
+                    // the reason). One wait fewer in what an idle stream
+                    // holds.
                     let wake = tokio::select! {
                         biased;
-                        _ = self.state.shutdown.cancelled() => Wake::Stop,
                         _ = self.key.revoked.cancelled() => Wake::Stop,
                         () = std::future::ready(()), if self.more => Wake::Queue,
+                        // Frames queued, or the hub's keep-alive tick.
                         _ = self.sub.notified() => Wake::Queue,
-                        _ = self.keepalive.tick() => Wake::Tick,
                     };
                     let chunk = match wake {
                         Wake::Stop => {
@@ -347,8 +344,12 @@ impl Conn {
                             self.end(why);
                             None
                         }
-                        Wake::Queue => self.drain_live(false),
-                        Wake::Tick => self.drain_live(true),
+                        Wake::Queue => {
+                            let ticks = self.sub.ticks();
+                            let tick = ticks != self.ticks;
+                            self.ticks = ticks;
+                            self.drain_live(tick)
+                        }
                     };
                     match chunk {
                         Some(c) if !c.is_empty() => return Some(c),
@@ -459,7 +460,8 @@ impl Conn {
     fn spawn_page(&self) -> tokio::task::JoinHandle<Result<ReplayPage, LogError>> {
         let log = self.state.log.clone();
         let filter = self.filter.clone();
-        let scope = self.scope.clone();
+        // Made per page rather than kept: a live stream never needs it.
+        let scope = self.filter.read_scope();
         let mut page = ReplayPage {
             buf: BytesMut::new(),
             pos: self.pos,

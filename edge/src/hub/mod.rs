@@ -23,8 +23,9 @@
 //! `registry` (the subscriber index and fan-out of one event), `task` (the
 //! one reader of the live feed, catch-up from the log).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use livestrom_engine::bus::LiveFeed;
 use livestrom_engine::log::LogError;
@@ -44,7 +45,7 @@ mod tests;
 pub use frame::{
     render_event, write_checkpoint, write_comment, write_error_event, write_event, Frame,
 };
-pub use queue::Drained;
+pub use queue::{Drained, OverflowSignal};
 pub use task::Position;
 
 use queue::{lock, Subscriber};
@@ -94,6 +95,7 @@ impl Hub {
             position: Mutex::new(None),
             queue_limit: AtomicUsize::new(DEFAULT_QUEUE_BYTES),
             closed: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
             metrics: std::sync::OnceLock::new(),
         });
         let task = HubTask {
@@ -158,13 +160,45 @@ impl Hub {
     pub fn subscribers(&self) -> usize {
         lock(&self.inner.registry).count
     }
+
+    /// Keep-alive for every stream from one timer: every `period` (at least
+    /// 10 ms) the tick count ([`Subscription::ticks`]) moves and every
+    /// registered subscriber is woken, until `cancel`. One timer for the
+    /// whole hub instead of one per stream: an idle stream then holds no
+    /// timer at all (docs/PERFORMANCE.md, idle memory per subscriber).
+    pub fn start_keepalive(&self, period: Duration, cancel: CancellationToken) {
+        let inner = self.inner.clone();
+        let period = period.max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                inner.ticks.fetch_add(1, Ordering::AcqRel);
+                let registry = lock(&inner.registry);
+                for slot in registry.slots.iter().flatten() {
+                    slot.sub.notify.notify_one();
+                }
+            }
+        });
+    }
 }
 
 impl Subscription {
-    /// Cancelled once the queue overflowed while live (the client reads too
+    /// Set once the queue overflowed while live (the client reads too
     /// slowly): the server gives up a write in progress on it.
-    pub fn overflow_signal(&self) -> tokio_util::sync::CancellationToken {
-        self.sub.overflowed_live.clone()
+    pub fn overflow_signal(&self) -> OverflowSignal {
+        OverflowSignal(self.sub.clone())
+    }
+
+    /// Keep-alive ticks of the hub so far ([`Hub::start_keepalive`]): a
+    /// stream that sees it move since its last look is due a keep-alive.
+    pub fn ticks(&self) -> u64 {
+        self.hub.ticks.load(Ordering::Acquire)
     }
 
     /// Resolves when frames were queued (or the queue overflowed or ended)

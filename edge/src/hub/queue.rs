@@ -2,10 +2,10 @@
 //! drains, and what an overflow means.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::frame::Frame;
 use crate::filter::Filter;
@@ -30,10 +30,43 @@ pub(super) struct Subscriber {
     pub(super) filter: Arc<Filter>,
     pub(super) queue: Mutex<Queue>,
     pub(super) notify: Notify,
-    /// Cancelled when the queue overflows while live: the connection may be
-    /// in the middle of writing an earlier chunk to a client that reads
-    /// slowly, and must give up that write rather than finish it first.
-    pub(super) overflowed_live: CancellationToken,
+    /// Set when the queue overflows while live: the connection may be in
+    /// the middle of writing an earlier chunk to a client that reads slowly,
+    /// and must give up that write rather than finish it first
+    /// ([`OverflowSignal`]). A flag and a notify inside the subscriber
+    /// rather than a cancellation token of its own: one allocation less
+    /// per stream.
+    overflowed_live: AtomicBool,
+    /// Wakes whoever waits on [`OverflowSignal::wait`] (`notify_waiters`:
+    /// no permit is stored, the flag is the state).
+    overflow: Notify,
+}
+
+/// Set once a subscriber's queue overflowed while it was live (its client
+/// reads too slowly): the server gives up a write in progress on it.
+#[derive(Clone)]
+pub struct OverflowSignal(pub(super) Arc<Subscriber>);
+
+impl OverflowSignal {
+    /// Whether the queue overflowed while live.
+    pub fn is_set(&self) -> bool {
+        self.0.overflowed_live.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the queue overflowed while live.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.0.overflow.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check: a set between the check and the
+            // await still wakes this waiter.
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 pub(super) struct Queue {
@@ -62,7 +95,8 @@ impl Subscriber {
                 live: false,
             }),
             notify: Notify::new(),
-            overflowed_live: CancellationToken::new(),
+            overflowed_live: AtomicBool::new(false),
+            overflow: Notify::new(),
         }
     }
 
@@ -124,7 +158,8 @@ impl Subscriber {
             let live = q.live;
             drop(q);
             if live {
-                self.overflowed_live.cancel();
+                self.overflowed_live.store(true, Ordering::Release);
+                self.overflow.notify_waiters();
             }
             self.notify.notify_one();
             return live;

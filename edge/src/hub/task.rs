@@ -2,7 +2,7 @@
 //! through the registry and, when it lags, re-reads the gap from the log
 //! (retrying a failed read, never skipping).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +50,8 @@ pub(super) struct HubInner {
     pub(super) position: Mutex<Option<Position>>,
     pub(super) queue_limit: AtomicUsize,
     pub(super) closed: AtomicBool,
+    /// Keep-alive ticks so far (`Hub::start_keepalive`).
+    pub(super) ticks: AtomicU64,
     /// Where the task counts lag episodes and fan-out delays (set once,
     /// right after start).
     pub(super) metrics: std::sync::OnceLock<crate::metrics::EdgeMetrics>,

@@ -14,7 +14,7 @@ use livestrom_engine::{Bus, CommittedEvent, EventLog, SourceType, StreamEvent};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::queue::{lock, Subscriber};
+use super::queue::{lock, OverflowSignal, Subscriber};
 use super::registry::Registry;
 use super::{render_event, Drained, Frame, Hub, Subscription};
 use crate::filter::Filter;
@@ -117,6 +117,41 @@ fn one_frame_larger_than_the_bound_fits_an_empty_queue() {
     // Anything on top of it is.
     assert!(s.push(&big));
     assert!(lock(&s.queue).overflowed);
+}
+
+#[tokio::test]
+async fn the_overflow_signal_is_set_and_wakes_a_waiting_write_only_when_live() {
+    let frame = Frame {
+        id: Uuid::nil(),
+        seq: 1,
+        bytes: Bytes::from(vec![b'x'; 60]),
+        committed_ms: 0,
+    };
+    // Replaying: an overflow is re-read from the log, never a cut-off.
+    let replaying = OverflowSignal(Arc::new(lone_subscriber(100, false)));
+    replaying.0.push(&frame);
+    replaying.0.push(&frame);
+    assert!(lock(&replaying.0.queue).overflowed);
+    assert!(!replaying.is_set());
+
+    // Live, with a write already waiting on the signal when it is set.
+    let live = OverflowSignal(Arc::new(lone_subscriber(100, true)));
+    let waiter = tokio::spawn({
+        let live = live.clone();
+        async move { live.wait().await }
+    });
+    assert!(!live.is_set());
+    live.0.push(&frame);
+    assert!(live.0.push(&frame), "a live overflow deregisters");
+    assert!(live.is_set());
+    tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiting write is woken")
+        .expect("the waiter does not panic");
+    // A wait that starts after the overflow returns at once.
+    tokio::time::timeout(Duration::from_secs(30), live.wait())
+        .await
+        .expect("already set");
 }
 
 #[test]
@@ -338,6 +373,42 @@ impl Drop for Rig {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// Waits for a wake-up of `s`; on a paused clock a missing one fails the
+/// timeout instead of hanging.
+async fn woken(s: &Subscription) {
+    tokio::time::timeout(Duration::from_secs(16), s.notified())
+        .await
+        .expect("woken by the keep-alive tick");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_keepalive_timer_ticks_and_wakes_every_subscriber() {
+    let rig = Rig::start(4, 0).await;
+    let a = rig.subscribe();
+    let b = rig.subscribe();
+    assert_eq!((a.ticks(), b.ticks()), (0, 0));
+    rig.hub
+        .start_keepalive(Duration::from_secs(15), rig.cancel.clone());
+    let started = tokio::time::Instant::now();
+    // Each subscriber is woken by the tick (nothing was queued) and sees
+    // the count move, once per period.
+    for round in 1..=3u64 {
+        woken(&a).await;
+        woken(&b).await;
+        assert_eq!((a.ticks(), b.ticks()), (round, round));
+        assert_eq!(started.elapsed(), Duration::from_secs(15 * round));
+    }
+    // A subscriber registered later sees the same count (and is woken by the next tick).
+    let c = rig.subscribe();
+    assert_eq!(c.ticks(), 3);
+    woken(&c).await;
+    assert_eq!(c.ticks(), 4);
+    // Cancelled: no more ticks.
+    rig.cancel.cancel();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(a.ticks(), 4);
 }
 
 #[tokio::test]
