@@ -115,6 +115,8 @@ pub fn parse_query(
     if endpoint == Endpoint::Events && q.limit.is_none() {
         q.limit = Some(DEFAULT_LIMIT);
     }
+    // A stream keeps its filter for as long as it is open.
+    q.filter.shrink_to_fit();
     Ok(q)
 }
 

@@ -217,6 +217,16 @@ impl Filter {
         Ok(filter)
     }
 
+    /// Gives back the lists' spare capacity (a list grown by one term holds
+    /// room for four): for a filter kept as long as a stream is open.
+    pub fn shrink_to_fit(&mut self) {
+        self.sources.shrink_to_fit();
+        self.prefixes.shrink_to_fit();
+        self.types.shrink_to_fit();
+        self.tags.shrink_to_fit();
+        self.keywords.shrink_to_fit();
+    }
+
     /// Number of terms (what `max_filters` caps).
     pub fn terms(&self) -> usize {
         self.sources.len()
