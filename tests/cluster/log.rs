@@ -561,3 +561,56 @@ async fn a_replicated_stream_reads_and_follows_the_same_through_another_node() -
     cancel.cancel();
     Ok(())
 }
+
+/// Reads while the stream's leader changes (three times, each asked to step
+/// down) return every event: requests that fail during an election are
+/// tried again, not reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_leader_elections_return_every_event() -> TestResult {
+    let Some(trio) = super::nats::start_trio() else {
+        return Ok(());
+    };
+    let urls = trio.urls();
+    let engine = super::publisher::connect_replicated(&urls[0], 3).await?;
+    let edge = super::publisher::connect_replicated(&urls[2], 3).await?;
+    let events: Vec<(&str, SourceType)> = (0..20).map(|i| (["a", "b"][i % 2], Rss)).collect();
+    let p = publish_all(&engine, &events).await?;
+    let log = JetStreamLog::new(edge.clone(), Handle::current());
+    // Reads back to back, through another node, until told to stop.
+    let stop = CancellationToken::new();
+    let reader = tokio::spawn({
+        let (log, stop, want) = (log.clone(), stop.clone(), ids(&p));
+        async move {
+            let mut reads = 0;
+            while !stop.is_cancelled() {
+                let rows = read(&log, Uuid::nil(), 100, ReadScope::default()).await?;
+                assert_eq!(row_ids(&rows), want, "read {reads}");
+                let head = blocking(&log, |l| l.head()).await??;
+                assert_eq!(head, want.last().copied(), "read {reads}");
+                reads += 1;
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(reads)
+        }
+    });
+    let stepdown = format!("$JS.API.STREAM.LEADER.STEPDOWN.{}", engine.names().stream());
+    for _ in 0..3 {
+        // A request while the last election is still on gets a 503 or no
+        // answer: ask until one is accepted.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let answer = match engine.client().request(stepdown.clone(), "".into()).await {
+                Ok(reply) => serde_json::from_slice::<serde_json::Value>(&reply.payload)?,
+                Err(e) => serde_json::Value::String(e.to_string()),
+            };
+            if answer["success"] == true {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no stepdown accepted: {answer}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.cancel();
+    let reads = tokio::time::timeout(WAIT, reader).await???;
+    assert!(reads > 0);
+    Ok(())
+}

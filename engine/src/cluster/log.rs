@@ -41,6 +41,7 @@ use super::wire::Names;
 use super::Cluster;
 use crate::event::SourceType;
 use crate::log::{CursorCheck, EventLog, LogError, LogRow, ReadScope, CURSOR_CLOCK_SKEW};
+use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
 
 /// Most messages one fetch asks for.
 const FETCH_MAX: usize = 2048;
@@ -53,6 +54,18 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// An abandoned consumer (its delete lost) is removed by the server after
 /// this long without a fetch.
 pub(super) const CONSUMER_IDLE: Duration = Duration::from_secs(30);
+/// Waits before a read whose request failed is tried again: 100 ms doubling
+/// to 2 s, in the upper half of each step. A replicated stream answers 503
+/// while its leader (or a new read consumer's) is being elected.
+const READ_RETRY: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+    factor: 2,
+    jitter: Jitter::EQUAL,
+};
+/// Failed attempts in a row (with no row read between them) before a read
+/// reports the failure: about 4.5–9 s of waits in all.
+const READ_ATTEMPTS: u32 = 9;
 
 /// The JetStream stream as an [`EventLog`]. Cheap to clone.
 #[derive(Clone)]
@@ -105,7 +118,45 @@ impl JetStreamLog {
     }
 
     /// Reads up to `limit` rows after `after` in scope, handing each to `f`.
+    ///
+    /// A JetStream request that fails (a 503 during an election, a lost
+    /// connection) is tried again with backoff from after the last row
+    /// handed over, so no row is handed twice or skipped; the failure is
+    /// reported after [`READ_ATTEMPTS`] in a row that read nothing.
+    /// ([`Self::bounds`] retries the same way.)
     async fn read(
+        &self,
+        after: Uuid,
+        limit: usize,
+        scope: &ReadScope,
+        f: &mut dyn FnMut(Uuid, &str, SourceType, &str),
+    ) -> Result<usize, LogError> {
+        let mut retry = Retry::new();
+        let (mut from, mut n) = (after, 0);
+        loop {
+            let (mut last, mut handed) = (None, 0);
+            let result = self
+                .read_once(from, limit - n, scope, &mut |id, sid, st, json| {
+                    last = Some(id);
+                    handed += 1;
+                    f(id, sid, st, json);
+                })
+                .await;
+            n += handed;
+            let e = match result {
+                Ok(_) => return Ok(n),
+                Err(e) => e,
+            };
+            if let Some(id) = last {
+                from = id;
+                retry = Retry::new();
+            }
+            retry.after(e).await?;
+        }
+    }
+
+    /// One attempt of [`Self::read`].
+    async fn read_once(
         &self,
         after: Uuid,
         limit: usize,
@@ -226,9 +277,13 @@ impl JetStreamLog {
     /// The stream's current bounds, checking it is still the stream this
     /// node's ids were made for.
     async fn bounds(&self) -> Result<Bounds, LogError> {
-        let info = stream_info(&self.inner.cluster)
-            .await
-            .map_err(unavailable)?;
+        let mut retry = Retry::new();
+        let info = loop {
+            match stream_info(&self.inner.cluster).await {
+                Ok(info) => break info,
+                Err(e) => retry.after(unavailable(e)).await?,
+            }
+        };
         let s = &info.state;
         let b = Bounds {
             first_seq: s.first_sequence,
@@ -489,6 +544,48 @@ impl ReadError {
             action,
             source: source.into(),
         }
+    }
+}
+
+/// Retries of one request: [`READ_ATTEMPTS`] in a row, [`READ_RETRY`] apart.
+struct Retry {
+    backoff: Backoff,
+    failures: u32,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self {
+            backoff: Backoff::new(READ_RETRY),
+            failures: 0,
+        }
+    }
+
+    /// After a failed attempt: waits before the next one, or gives `e`
+    /// back when it will not pass by trying again or the attempts are
+    /// used up.
+    async fn after(&mut self, e: LogError) -> Result<(), LogError> {
+        self.failures += 1;
+        if !retryable(&e) || self.failures >= READ_ATTEMPTS {
+            return Err(e);
+        }
+        let wait = self.backoff.next_delay();
+        tracing::debug!(error = %e, failures = self.failures, retry_in = ?wait, "event stream request failed; trying again");
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+}
+
+/// Whether a failed read may succeed when tried again: a request JetStream
+/// failed (not a bad cursor, nor a fetch the server stopped answering for
+/// [`FETCH_TIMEOUT`]).
+fn retryable(e: &LogError) -> bool {
+    match e {
+        LogError::Unavailable(e) => matches!(
+            e.downcast_ref::<ReadError>(),
+            Some(ReadError::JetStream { .. })
+        ),
+        _ => false,
     }
 }
 
