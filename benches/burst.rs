@@ -528,7 +528,10 @@ fn main() -> BoxResult<()> {
                 .arg(&cfg)
                 .arg("--listen")
                 .arg(edge.to_string())
-                .env("LIVESTROM_LOG", "info")
+                .env(
+                    "LIVESTROM_LOG",
+                    std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "info".into()),
+                )
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log_path)?)
                 .spawn()?,

@@ -41,11 +41,22 @@ pub(super) async fn known_items(
     lookup: Lookup,
     items: &[Item],
 ) -> Result<Vec<ItemState>, StoreError> {
-    match lookup {
-        Lookup::All => ctx.store.items(src.id.as_str()).await,
-        Lookup::Parsed => {
-            let ids = normalize::identity_keys(items);
-            ctx.store.items_by_ids(src.id.as_str(), ids).await
-        }
+    let keys = match lookup {
+        Lookup::All => None,
+        Lookup::Parsed => Some(normalize::identity_keys(items)),
+    };
+    known_by(ctx, src, keys).await
+}
+
+/// The stored items with these identity keys, or all of the source's when
+/// `keys` is None.
+pub(super) async fn known_by(
+    ctx: &Ctx,
+    src: &SourceConfig,
+    keys: Option<Vec<String>>,
+) -> Result<Vec<ItemState>, StoreError> {
+    match keys {
+        None => ctx.store.items(src.id.as_str()).await,
+        Some(keys) => ctx.store.items_by_ids(src.id.as_str(), keys).await,
     }
 }

@@ -1,21 +1,32 @@
 //! A streaming firehose (ndjson / sse) in the runtime: the upstream reader
 //! hands batches over a bounded channel; each is normalised and committed
 //! with the upstream cursor, retried while the store refuses it.
+//!
+//! Two batches are in the works at once: while one commits, the next is
+//! looked up and planned (together about half of a batch's time in a burst).
+//! Commits stay in arrival order, one at a time. **A batch is only planned
+//! beside the commit in flight when its lookup reads none of the item rows
+//! that commit writes**; otherwise it waits for the commit, so a repeated
+//! item is planned against its newest stored version, exactly as one batch
+//! after another.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::ctx::{known_items, plan_off_runtime, Ctx};
+use super::ctx::{known_by, plan_off_runtime, Ctx};
 use super::poll::PollError;
 use super::upstream::{self, HealthReport, UpstreamBatch, UpstreamError};
 use crate::config::SourceConfig;
 use crate::fetch::redact_urls_in;
+use crate::normalize::{self, Plan};
 use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
-use crate::sources::Kind;
+use crate::sources::{Kind, Lookup};
 use crate::store::{SourceState, WriteBatch};
 
 /// Upstream batches buffered between a streaming firehose reader and the store.
@@ -29,6 +40,15 @@ const STORE_RETRY: BackoffPolicy = BackoffPolicy {
     factor: 2,
     jitter: Jitter::NONE,
 };
+
+/// What one source's stream runner shares with its commit tasks.
+#[derive(Clone)]
+struct Runner {
+    ctx: Arc<Ctx>,
+    src: Arc<SourceConfig>,
+    kind: Arc<dyn Kind>,
+    cancel: CancellationToken,
+}
 
 /// A streaming firehose (ndjson / sse): the upstream reader sends batches;
 /// each is normalised and committed with the upstream cursor in one
@@ -60,56 +80,182 @@ pub(super) async fn run_stream(
         htx,
         cancel.clone(),
     ));
+    let run = Runner {
+        ctx,
+        src,
+        kind,
+        cancel,
+    };
+    let mut in_flight: Option<InFlight> = None;
     loop {
         tokio::select! {
             // Store whatever the reader already handed over before stopping.
             biased;
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                if !store_or_give_up(&ctx, &src, &kind, &mut state, &batch, &cancel).await {
-                    // Shutdown gave this batch up: storing any later one
-                    // would move the cursor past it and lose it for good.
+                let keys = match run.kind.lookup() {
+                    Lookup::Parsed => Some(normalize::identity_keys(&batch.items)),
+                    Lookup::All => None,
+                };
+                let reads_in_flight = in_flight.as_ref().is_some_and(|f| match &keys {
+                    Some(keys) => keys.iter().any(|k| f.writes.contains(k)),
+                    None => true,
+                });
+                if reads_in_flight && !land(&mut in_flight, &mut state).await {
                     break;
                 }
+                // Beside the commit in flight, if any.
+                let planned = plan_batch(&run, &batch, keys).await;
+                // Shutdown gave the batch in flight up: storing any later one
+                // would move the cursor past it and lose it for good.
+                if !land(&mut in_flight, &mut state).await {
+                    break;
+                }
+                in_flight = Some(InFlight::start(&run, state.clone(), batch, planned));
             }
             health = hrx.recv() => {
                 let Some(health) = health else { continue };
-                record_health(&ctx, &src, &mut state, health).await;
+                // After the commit in flight: the health write stores the
+                // source's state, cursor included.
+                if !land(&mut in_flight, &mut state).await {
+                    break;
+                }
+                record_health(&run.ctx, &run.src, &mut state, health).await;
             }
         }
     }
+    land(&mut in_flight, &mut state).await;
     let _ = reader.await;
 }
 
+/// A batch looked up and planned, on its way to the store.
+struct Planned {
+    plan: Plan,
+    /// When it was planned (the source's poll time).
+    at: DateTime<Utc>,
+    /// How long the lookup and the plan took, for the log.
+    lookup: Duration,
+    planning: Duration,
+}
+
+/// Looks up the stored state of a batch's items (by `keys`, or all of the
+/// source's when None) and plans its events.
+async fn plan_batch(
+    run: &Runner,
+    batch: &UpstreamBatch,
+    keys: Option<Vec<String>>,
+) -> Result<Planned, PollError> {
+    let at = Utc::now();
+    let started = Instant::now();
+    let known = known_by(&run.ctx, &run.src, keys).await?;
+    let lookup = started.elapsed();
+    // `plan` reads documents as feeds list them (newest first); an upstream
+    // stream delivers oldest first, so hand it over reversed to keep arrival order.
+    let mut items = batch.items.clone();
+    items.reverse();
+    let plan = plan_off_runtime(&run.src, items, known, false, at).await?;
+    Ok(Planned {
+        plan,
+        at,
+        lookup,
+        planning: started.elapsed() - lookup,
+    })
+}
+
+/// The commit of one batch, running as its own task.
+struct InFlight {
+    /// The item rows the commit writes.
+    writes: HashSet<String>,
+    /// The source's state after it, and whether it was stored (false: given
+    /// up at shutdown).
+    task: JoinHandle<(SourceState, bool)>,
+}
+
+impl InFlight {
+    fn start(
+        run: &Runner,
+        state: SourceState,
+        batch: UpstreamBatch,
+        planned: Result<Planned, PollError>,
+    ) -> Self {
+        let writes = match &planned {
+            Ok(p) => p
+                .plan
+                .events
+                .iter()
+                .map(|e| e.event.item_id.clone())
+                .chain(p.plan.touch.iter().map(|t| t.item_id.clone()))
+                .collect(),
+            Err(_) => HashSet::new(),
+        };
+        let run = run.clone();
+        let task = tokio::spawn(async move {
+            let mut state = state;
+            let stored = store_or_give_up(&run, &mut state, &batch, planned).await;
+            (state, stored)
+        });
+        Self { writes, task }
+    }
+}
+
+/// Waits for the commit in flight, if any, and takes the source's state
+/// after it. False when its batch was given up: nothing later may be stored.
+async fn land(in_flight: &mut Option<InFlight>, state: &mut SourceState) -> bool {
+    let Some(f) = in_flight.take() else {
+        return true;
+    };
+    match f.task.await {
+        Ok((after, stored)) => {
+            *state = after;
+            stored
+        }
+        Err(e) => {
+            tracing::error!(source = %state.source_id, error = %e, "the commit of an upstream batch failed; nothing after it is stored this run");
+            false
+        }
+    }
+}
+
 /// Stores one upstream batch, retrying with capped backoff until it is
-/// stored (the reader waits meanwhile: the channel is bounded). Each failure
-/// is recorded as the source's error, so a batch that keeps failing shows
-/// as a failing source rather than a silent stall. Returns false when
-/// `cancel` fired first: the batch is given up, and since the stored cursor
-/// still points before it, the next run fetches it again.
+/// stored (the reader waits meanwhile: the channel is bounded). The first
+/// attempt commits `first`, planned beside the previous commit; a retry
+/// looks the batch up and plans it again. Each failure is recorded as the
+/// source's error, so a batch that keeps failing shows as a failing source
+/// rather than a silent stall. Returns false when `cancel` fired first: the
+/// batch is given up, and since the stored cursor still points before it,
+/// the next run fetches it again.
 async fn store_or_give_up(
-    ctx: &Ctx,
-    src: &Arc<SourceConfig>,
-    kind: &Arc<dyn Kind>,
+    run: &Runner,
     state: &mut SourceState,
     batch: &UpstreamBatch,
-    cancel: &CancellationToken,
+    first: Result<Planned, PollError>,
 ) -> bool {
     let mut backoff = Backoff::new(STORE_RETRY);
+    let mut attempt = Some(first);
     loop {
-        let e = match store_upstream_batch(ctx, src, kind, state, batch).await {
+        let planned = match attempt.take() {
+            Some(p) => p,
+            None => {
+                let keys = match run.kind.lookup() {
+                    Lookup::Parsed => Some(normalize::identity_keys(&batch.items)),
+                    Lookup::All => None,
+                };
+                plan_batch(run, batch, keys).await
+            }
+        };
+        let e = match commit(run, state, batch, planned).await {
             Ok(()) => return true,
             Err(e) => e,
         };
         let delay = backoff.next_delay();
-        tracing::error!(source = %src.id, error = %e, "cannot store upstream items; retrying in {delay:?}");
+        tracing::error!(source = %run.src.id, error = %e, "cannot store upstream items; retrying in {delay:?}");
         // `state` still holds the cursor before this batch: recording the
         // error never moves it.
-        record_health(ctx, src, state, Err(UpstreamError::Store(e))).await;
+        record_health(&run.ctx, &run.src, state, Err(UpstreamError::Store(e))).await;
         tokio::select! {
-            () = cancel.cancelled() => {
+            () = run.cancel.cancelled() => {
                 tracing::warn!(
-                    source = %src.id,
+                    source = %run.src.id,
                     items = batch.items.len(),
                     "shutdown: gave up upstream items that could not be stored; the next run reads them again"
                 );
@@ -120,26 +266,25 @@ async fn store_or_give_up(
     }
 }
 
-/// Normalises and commits one upstream batch with the cursor after it.
-/// `state` (what the next write stores) only moves when the commit succeeded,
-/// so a failed batch never lets a later write record a cursor past it.
-async fn store_upstream_batch(
-    ctx: &Ctx,
-    src: &Arc<SourceConfig>,
-    kind: &Arc<dyn Kind>,
+/// Commits one planned upstream batch with the cursor after it. `state`
+/// (what the next write stores) only moves when the commit succeeded, so a
+/// failed batch never lets a later write record a cursor past it.
+async fn commit(
+    run: &Runner,
     state: &mut SourceState,
     batch: &UpstreamBatch,
+    planned: Result<Planned, PollError>,
 ) -> Result<(), PollError> {
-    let now = Utc::now();
-    let known = known_items(ctx, src, kind.lookup(), &batch.items).await?;
-    // `plan` reads documents as feeds list them (newest first); an upstream
-    // stream delivers oldest first, so hand it over reversed to keep arrival order.
-    let mut items = batch.items.clone();
-    items.reverse();
-    let plan = plan_off_runtime(src, items, known, false, now).await?;
+    let Planned {
+        plan,
+        at,
+        lookup,
+        planning,
+    } = planned?;
+    let started = Instant::now();
     let mut next = state.clone();
-    next.last_poll_at = Some(now);
-    next.last_success_at = Some(now);
+    next.last_poll_at = Some(at);
+    next.last_success_at = Some(at);
     next.last_error = None;
     next.consecutive_failures = 0;
     next.initialized = true;
@@ -147,7 +292,8 @@ async fn store_upstream_batch(
         next.upstream_cursor.clone_from(&batch.cursor);
     }
     let n = plan.events.len();
-    let stored = ctx
+    let stored = run
+        .ctx
         .store
         .write(WriteBatch {
             events: plan.events,
@@ -157,11 +303,19 @@ async fn store_upstream_batch(
         })
         .await?;
     // Counted once the batch is stored (a failed batch is retried whole).
-    let metrics = ctx.store.metrics().engine();
-    metrics.items_parsed(src.source_type, batch.items.len());
-    metrics.events_emitted(src.source_type, stored.len());
+    let metrics = run.ctx.store.metrics().engine();
+    metrics.items_parsed(run.src.source_type, batch.items.len());
+    metrics.events_emitted(run.src.source_type, stored.len());
     *state = next;
-    tracing::debug!(source = %src.id, events = n, "stored upstream items");
+    tracing::debug!(
+        source = %run.src.id,
+        items = batch.items.len(),
+        events = n,
+        ?lookup,
+        plan = ?planning,
+        commit = ?started.elapsed(),
+        "stored upstream items"
+    );
     Ok(())
 }
 
