@@ -58,12 +58,46 @@ pub fn plan(
     first_poll: bool,
     fetched_at: DateTime<Utc>,
 ) -> Plan {
+    plan_identified(src, identify(items), known, first_poll, fetched_at)
+}
+
+/// Items with their identities worked out once (ids, made unique within
+/// the batch; fingerprints; aliases): what [`Identified::keys`] lists for a
+/// lookup and [`plan_identified`] then matches against stored state.
+pub struct Identified {
+    prepared: Vec<Prepared>,
+    /// Ids that de-duplication changed, as they were before it.
+    renamed: Vec<String>,
+}
+
+/// Works out the identities of a poll's items (document order, as for [`plan`]).
+pub fn identify(items: Vec<Item>) -> Identified {
     let mut prepared: Vec<Prepared> = items
         .into_iter()
         .enumerate()
         .filter_map(|(i, it)| prepare(i, it))
         .collect();
-    disambiguate(&mut prepared);
+    let renamed = disambiguate(&mut prepared);
+    Identified { prepared, renamed }
+}
+
+impl Identified {
+    /// Every key [`plan_identified`] can match these items to stored item
+    /// state by (see [`identity_keys`]).
+    pub fn keys(&self) -> Vec<String> {
+        keys_of(&self.prepared, &self.renamed)
+    }
+}
+
+/// [`plan`] of items identified already.
+pub fn plan_identified(
+    src: &SourceConfig,
+    identified: Identified,
+    known: &[ItemState],
+    first_poll: bool,
+    fetched_at: DateTime<Utc>,
+) -> Plan {
+    let prepared = identified.prepared;
     let matched = match_known(&prepared, known);
 
     let mut plan = Plan::default();
@@ -139,18 +173,22 @@ pub fn identity_keys(items: &[Item]) -> Vec<String> {
         .enumerate()
         .filter_map(|(i, it)| prepare(i, it))
         .collect();
-    let mut keys: Vec<String> = Vec::with_capacity(prepared.len() * 4);
-    for p in &prepared {
-        keys.push(p.item_id.clone());
-    }
-    disambiguate(&mut prepared);
+    let renamed = disambiguate(&mut prepared);
+    keys_of(&prepared, &renamed)
+}
+
+/// The keys of [`identity_keys`]: the ids (also as they were before
+/// de-duplication), the aliases and the canonical links.
+fn keys_of<I>(prepared: &[Prepared<I>], renamed: &[String]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::with_capacity(prepared.len() * 4 + renamed.len());
+    keys.extend(renamed.iter().cloned());
     for p in prepared {
-        keys.push(p.item_id);
-        for a in p.aliases {
+        keys.push(p.item_id.clone());
+        for a in &p.aliases {
             if let Some(link) = a.strip_prefix(ALIAS_LINK) {
                 keys.push(link.to_owned());
             }
-            keys.push(a);
+            keys.push(a.clone());
         }
     }
     keys.sort_unstable();
@@ -267,7 +305,8 @@ fn short_hash(parts: &[&str]) -> String {
 /// Makes item ids unique within the document: ids shared by several items
 /// become `<id>#<twin_key>`; identical twins then get `-2`, `-3`… in
 /// document order. Deterministic, so a re-poll maps each to the same id.
-fn disambiguate<I>(prepared: &mut [Prepared<I>]) {
+/// Returns the ids it changed, as they were.
+fn disambiguate<I>(prepared: &mut [Prepared<I>]) -> Vec<String> {
     let mut counts: HashMap<&str, usize> = HashMap::with_capacity(prepared.len());
     for p in prepared.iter() {
         *counts.entry(p.item_id.as_str()).or_default() += 1;
@@ -280,9 +319,11 @@ fn disambiguate<I>(prepared: &mut [Prepared<I>]) {
     let mut taken: HashSet<String> = HashSet::with_capacity(prepared.len());
     // Next suffix to try per id: k identical twins cost O(k), not O(k²).
     let mut next_suffix: HashMap<String, u32> = HashMap::new();
+    let mut renamed = Vec::new();
     for p in prepared.iter_mut() {
         if shared.contains(&p.item_id) {
-            p.item_id = format!("{}#{}", p.item_id, p.twin_key);
+            let id = format!("{}#{}", p.item_id, p.twin_key);
+            renamed.push(std::mem::replace(&mut p.item_id, id));
         }
         if !taken.insert(p.item_id.clone()) {
             let n = next_suffix.entry(p.item_id.clone()).or_insert(2);
@@ -293,9 +334,10 @@ fn disambiguate<I>(prepared: &mut [Prepared<I>]) {
                     break candidate;
                 }
             };
-            p.item_id = id;
+            renamed.push(std::mem::replace(&mut p.item_id, id));
         }
     }
+    renamed
 }
 
 /// For each prepared item, the index of the known item it is, if any.

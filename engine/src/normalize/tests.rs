@@ -571,6 +571,57 @@ fn identity_keys_cover_ids_links_and_content_hashes() {
     assert!(keys.contains(&"g1".to_owned()));
 }
 
+/// Identifying once (for the lookup) and planning from that gives what
+/// `identity_keys` and `plan` give, twins and shared ids included: the
+/// keys of a renamed item also hold the id it had before.
+#[test]
+fn identified_items_give_the_same_keys_and_plan() {
+    let items = vec![
+        item(Some("dup"), Some("https://example.org/1"), "One", "1"),
+        item(Some("dup"), Some("https://example.org/2"), "Two", "2"),
+        item(Some("twin"), None, "Same", "same"),
+        item(Some("twin"), None, "Same", "same"),
+        item(Some("twin"), None, "Same", "same"),
+        item(None, Some("https://example.org/b?utm_medium=y"), "B", "b"),
+        item(None, None, "C", "c"),
+    ];
+    let identified = identify(items.clone());
+    let keys = identified.keys();
+    assert_eq!(keys, identity_keys(&items));
+    for before in ["dup", "twin"] {
+        assert!(
+            keys.contains(&before.to_owned()),
+            "{before} not in {keys:?}"
+        );
+    }
+    let known = [ItemState {
+        item_id: "c-old".into(),
+        version: 1,
+        last_event_id: Uuid::from_u128(1),
+        fingerprint: "f".into(),
+        aliases: vec![],
+        seen_at: 0,
+    }];
+    let a = plan(&src(None), items, &known, false, t0());
+    let b = plan_identified(&src(None), identified, &known, false, t0());
+    let view = |p: &Plan| {
+        p.events
+            .iter()
+            .map(|e| {
+                (
+                    e.event.item_id.clone(),
+                    e.event.version,
+                    e.fingerprint.clone(),
+                    e.aliases.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(view(&a), view(&b));
+    assert_eq!(a.events.len(), 7);
+    assert_eq!(a.touch, b.touch);
+}
+
 #[test]
 fn an_item_without_a_link_does_not_send_the_feeds_credentials_to_subscribers() {
     let mut s = src(None);

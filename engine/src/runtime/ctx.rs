@@ -21,35 +21,32 @@ pub(super) struct Ctx {
     pub(super) fetcher: Fetcher,
 }
 
-/// [`normalize::plan`] on a blocking thread: hashing and text work grow
+/// [`normalize::identify`] on a blocking thread: each item's identity
+/// takes its text normalised and hashed.
+pub(super) async fn identify_off_runtime(
+    items: Vec<Item>,
+) -> Result<normalize::Identified, JoinError> {
+    tokio::task::spawn_blocking(move || normalize::identify(items)).await
+}
+
+/// [`normalize::plan_identified`] on a blocking thread: the work grows
 /// with the feed, and the async workers also serve the SSE edge.
 pub(super) async fn plan_off_runtime(
     src: &Arc<SourceConfig>,
-    items: Vec<Item>,
+    identified: normalize::Identified,
     known: Vec<ItemState>,
     first_poll: bool,
     at: DateTime<Utc>,
 ) -> Result<normalize::Plan, JoinError> {
     let src = Arc::clone(src);
-    tokio::task::spawn_blocking(move || normalize::plan(&src, items, &known, first_poll, at)).await
-}
-
-/// The stored items a parse is planned against, as its kind looks them up.
-pub(super) async fn known_items(
-    ctx: &Ctx,
-    src: &SourceConfig,
-    lookup: Lookup,
-    items: &[Item],
-) -> Result<Vec<ItemState>, StoreError> {
-    let keys = match lookup {
-        Lookup::All => None,
-        Lookup::Parsed => Some(normalize::identity_keys(items)),
-    };
-    known_by(ctx, src, keys).await
+    tokio::task::spawn_blocking(move || {
+        normalize::plan_identified(&src, identified, &known, first_poll, at)
+    })
+    .await
 }
 
 /// The stored items with these identity keys, or all of the source's when
-/// `keys` is None.
+/// `keys` is None (as its kind looks them up: [`lookup_keys`]).
 pub(super) async fn known_by(
     ctx: &Ctx,
     src: &SourceConfig,
@@ -58,5 +55,17 @@ pub(super) async fn known_by(
     match keys {
         None => ctx.store.items(src.id.as_str()).await,
         Some(keys) => ctx.store.items_by_ids(src.id.as_str(), keys).await,
+    }
+}
+
+/// The keys a kind looks stored items up by: all of the source's (None),
+/// or only the identities in this parse.
+pub(super) fn lookup_keys(
+    lookup: Lookup,
+    identified: &normalize::Identified,
+) -> Option<Vec<String>> {
+    match lookup {
+        Lookup::All => None,
+        Lookup::Parsed => Some(identified.keys()),
     }
 }

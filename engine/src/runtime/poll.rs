@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::task::{JoinError, JoinSet};
 
-use super::ctx::{known_items, plan_off_runtime, Ctx};
+use super::ctx::{identify_off_runtime, known_by, lookup_keys, plan_off_runtime, Ctx};
 use crate::config::SourceConfig;
 use crate::fetch::{redact_urls_in, FetchError, FetchRequest, FetchResponse, Fetched};
 use crate::metrics::{ErrorKind, PollOutcome};
@@ -297,10 +297,11 @@ async fn poll_inner(
         .metrics()
         .engine()
         .items_parsed(src.source_type, items.len());
-    let known = known_items(ctx, src, kind.lookup(), &items).await?;
+    let identified = identify_off_runtime(items).await?;
+    let known = known_by(ctx, src, lookup_keys(kind.lookup(), &identified)).await?;
     let first_poll = !state.initialized;
     let fetched_at = fetched.fetched_at;
-    let plan = plan_off_runtime(src, items, known, first_poll, fetched_at).await?;
+    let plan = plan_off_runtime(src, identified, known, first_poll, fetched_at).await?;
     // Only a successfully parsed 200 moves the validators and what the kind remembers.
     state.etag = fetched.etag;
     state.last_modified = fetched.last_modified;

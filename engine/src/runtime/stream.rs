@@ -19,14 +19,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::ctx::{known_by, plan_off_runtime, Ctx};
+use super::ctx::{identify_off_runtime, known_by, lookup_keys, plan_off_runtime, Ctx};
 use super::poll::PollError;
 use super::upstream::{self, HealthReport, UpstreamBatch, UpstreamError};
 use crate::config::SourceConfig;
 use crate::fetch::redact_urls_in;
-use crate::normalize::{self, Plan};
+use crate::normalize::{Identified, Plan};
 use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
-use crate::sources::{Kind, Lookup};
+use crate::sources::Kind;
 use crate::store::{SourceState, WriteBatch};
 
 /// Upstream batches buffered between a streaming firehose reader and the store.
@@ -93,19 +93,23 @@ pub(super) async fn run_stream(
             biased;
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                let keys = match run.kind.lookup() {
-                    Lookup::Parsed => Some(normalize::identity_keys(&batch.items)),
-                    Lookup::All => None,
+                // Beside the commit in flight, if any: identify the items,
+                // and look them up and plan them unless that commit writes
+                // one of the rows the lookup reads.
+                let planned = match identify(&batch).await {
+                    Ok(identified) => {
+                        let keys = lookup_keys(run.kind.lookup(), &identified);
+                        let reads_in_flight = in_flight.as_ref().is_some_and(|f| match &keys {
+                            Some(keys) => keys.iter().any(|k| f.writes.contains(k)),
+                            None => true,
+                        });
+                        if reads_in_flight && !land(&mut in_flight, &mut state).await {
+                            break;
+                        }
+                        plan_batch(&run, identified, keys).await
+                    }
+                    Err(e) => Err(e),
                 };
-                let reads_in_flight = in_flight.as_ref().is_some_and(|f| match &keys {
-                    Some(keys) => keys.iter().any(|k| f.writes.contains(k)),
-                    None => true,
-                });
-                if reads_in_flight && !land(&mut in_flight, &mut state).await {
-                    break;
-                }
-                // Beside the commit in flight, if any.
-                let planned = plan_batch(&run, &batch, keys).await;
                 // Shutdown gave the batch in flight up: storing any later one
                 // would move the cursor past it and lose it for good.
                 if !land(&mut in_flight, &mut state).await {
@@ -138,22 +142,27 @@ struct Planned {
     planning: Duration,
 }
 
+/// Works out the identities of a batch's items. `plan` reads documents as
+/// feeds list them (newest first); an upstream stream delivers oldest
+/// first, so they are handed over reversed to keep arrival order.
+async fn identify(batch: &UpstreamBatch) -> Result<Identified, PollError> {
+    let mut items = batch.items.clone();
+    items.reverse();
+    Ok(identify_off_runtime(items).await?)
+}
+
 /// Looks up the stored state of a batch's items (by `keys`, or all of the
 /// source's when None) and plans its events.
 async fn plan_batch(
     run: &Runner,
-    batch: &UpstreamBatch,
+    identified: Identified,
     keys: Option<Vec<String>>,
 ) -> Result<Planned, PollError> {
     let at = Utc::now();
     let started = Instant::now();
     let known = known_by(&run.ctx, &run.src, keys).await?;
     let lookup = started.elapsed();
-    // `plan` reads documents as feeds list them (newest first); an upstream
-    // stream delivers oldest first, so hand it over reversed to keep arrival order.
-    let mut items = batch.items.clone();
-    items.reverse();
-    let plan = plan_off_runtime(&run.src, items, known, false, at).await?;
+    let plan = plan_off_runtime(&run.src, identified, known, false, at).await?;
     Ok(Planned {
         plan,
         at,
@@ -235,13 +244,13 @@ async fn store_or_give_up(
     loop {
         let planned = match attempt.take() {
             Some(p) => p,
-            None => {
-                let keys = match run.kind.lookup() {
-                    Lookup::Parsed => Some(normalize::identity_keys(&batch.items)),
-                    Lookup::All => None,
-                };
-                plan_batch(run, batch, keys).await
-            }
+            None => match identify(batch).await {
+                Ok(identified) => {
+                    let keys = lookup_keys(run.kind.lookup(), &identified);
+                    plan_batch(run, identified, keys).await
+                }
+                Err(e) => Err(e),
+            },
         };
         let e = match commit(run, state, batch, planned).await {
             Ok(()) => return true,

@@ -30,7 +30,8 @@ pub fn source(source_type: SourceType, url: &url::Url) -> SourceConfig {
 /// - the plan is the same when done twice (ids, versions, fingerprints);
 /// - item ids are unique within the poll;
 /// - every event's item id is among [`normalize::identity_keys`] (what a
-///   selective lookup of known items reads);
+///   selective lookup of known items reads), and identifying the items once
+///   ([`normalize::identify`]) gives the same keys and plan;
 /// - a second poll of the same items, against the state the first one
 ///   stored, emits nothing.
 pub fn check_items(src: &SourceConfig, items: &[Item]) {
@@ -67,6 +68,18 @@ pub fn check_items(src: &SourceConfig, items: &[Item]) {
         "item ids are not unique: {ids:?}"
     );
 
+    let identified = normalize::identify(items.to_vec());
+    assert_eq!(
+        identified.keys(),
+        normalize::identity_keys(items),
+        "identifying once gives other lookup keys"
+    );
+    let planned = normalize::plan_identified(src, identified, &[], true, now);
+    assert_eq!(
+        summary(&planned),
+        summary(&first),
+        "planning identified items differs"
+    );
     let keys: BTreeSet<String> = normalize::identity_keys(items).into_iter().collect();
     for id in &ids {
         assert!(keys.contains(*id), "item id {id:?} is not an identity key");
