@@ -395,13 +395,16 @@ pub(super) fn task_failure(e: JoinError) -> PollError {
     if !e.is_panic() {
         return PollError::Aborted;
     }
-    let payload = e.into_panic();
-    let msg = payload
+    PollError::Panicked(panic_message(e.into_panic()))
+}
+
+/// A panic's message (its payload when that is a string).
+pub(super) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_owned());
-    PollError::Panicked(msg)
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// Records a poll that died as a failed poll of its source (shown as its

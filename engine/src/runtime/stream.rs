@@ -11,16 +11,18 @@
 //! after another.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::ctx::{identify_off_runtime, known_by, lookup_keys, plan_off_runtime, Ctx};
-use super::poll::PollError;
+use super::poll::{panic_message, PollError};
 use super::upstream::{self, HealthReport, UpstreamBatch, UpstreamError};
 use crate::config::SourceConfig;
 use crate::fetch::redact_urls_in;
@@ -129,6 +131,9 @@ pub(super) async fn run_stream(
         }
     }
     land(&mut in_flight, &mut state).await;
+    // Closed first: a reader waiting to hand over a batch ends at once.
+    drop(rx);
+    drop(hrx);
     let _ = reader.await;
 }
 
@@ -252,9 +257,12 @@ async fn store_or_give_up(
                 Err(e) => Err(e),
             },
         };
-        let e = match commit(run, state, batch, planned).await {
-            Ok(()) => return true,
-            Err(e) => e,
+        // A panic in the commit is one failed attempt, like a store error.
+        let attempt = AssertUnwindSafe(commit(run, state, batch, planned)).catch_unwind();
+        let e = match attempt.await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => e,
+            Err(panic) => PollError::Panicked(panic_message(panic)),
         };
         let delay = backoff.next_delay();
         tracing::error!(source = %run.src.id, error = %e, "cannot store upstream items; retrying in {delay:?}");

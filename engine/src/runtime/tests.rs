@@ -591,3 +591,51 @@ async fn batches_are_planned_beside_a_commit_unless_they_read_what_it_writes() {
     };
     assert_eq!(state.upstream_cursor.as_deref(), Some("4"));
 }
+
+/// A commit that panics is one failed attempt of its batch: the source
+/// shows the panic, the batch is stored on the next attempt, and the
+/// firehose goes on.
+#[tokio::test]
+async fn a_panicking_commit_is_retried_and_shown() {
+    let (tx, _up, addr) = serve_upstream().await;
+    let src = format!(
+        "[[source]]\nid = \"wiki.rc\"\ntype = \"firehose\"\nformat = \"sse\"\nurl = \"http://{addr}/stream\"\nfields = {{ id = \"/id\", title = \"/title\", url = \"/uri\" }}\n"
+    );
+    let panicked = Arc::new(AtomicBool::new(false));
+    let once = panicked.clone();
+    let engine = start(&src, async move |store: &Store| {
+        store.set_write_fault(move |batch| {
+            let cursor = batch
+                .source
+                .as_ref()
+                .and_then(|s| s.upstream_cursor.as_deref());
+            if cursor == Some("2") && !once.swap(true, Ordering::SeqCst) {
+                panic!("injected: a bug in the commit");
+            }
+            Ok(())
+        })
+    })
+    .await;
+    let send = |n: u32| {
+        tx.send(sse(n))
+            .unwrap_or_else(|_| panic!("the upstream connection is gone"))
+    };
+    send(1);
+    send(2);
+    engine
+        .state_where("wiki.rc", "the panic shown as the source's error", |s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("injected: a bug in the commit"))
+        })
+        .await;
+    send(3);
+    engine
+        .state_where("wiki.rc", "items 2 and 3 stored after the retry", |s| {
+            s.upstream_cursor.as_deref() == Some("3") && s.last_error.is_none()
+        })
+        .await;
+    assert!(panicked.load(Ordering::SeqCst));
+    let store = engine.stop().await;
+    assert_eq!(stored_events(&store), 3);
+}
