@@ -101,10 +101,7 @@ pub(super) async fn run_stream(
                 let planned = match identify(&batch).await {
                     Ok(identified) => {
                         let keys = lookup_keys(run.kind.lookup(), &identified);
-                        let reads_in_flight = in_flight.as_ref().is_some_and(|f| match &keys {
-                            Some(keys) => keys.iter().any(|k| f.writes.contains(k)),
-                            None => true,
-                        });
+                        let reads_in_flight = in_flight.as_ref().is_some_and(|f| f.writes_any(keys.as_deref()));
                         if reads_in_flight && !land(&mut in_flight, &mut state).await {
                             break;
                         }
@@ -178,8 +175,9 @@ async fn plan_batch(
 
 /// The commit of one batch, running as its own task.
 struct InFlight {
-    /// The item rows the commit writes.
-    writes: HashSet<String>,
+    /// The item rows the commit writes; None when not known (its plan
+    /// failed, and a retry plans it again).
+    writes: Option<HashSet<String>>,
     /// The source's state after it, and whether it was stored (false: given
     /// up at shutdown).
     task: JoinHandle<(SourceState, bool)>,
@@ -192,16 +190,14 @@ impl InFlight {
         batch: UpstreamBatch,
         planned: Result<Planned, PollError>,
     ) -> Self {
-        let writes = match &planned {
-            Ok(p) => p
-                .plan
+        let writes = planned.as_ref().ok().map(|p| {
+            p.plan
                 .events
                 .iter()
                 .map(|e| e.event.item_id.clone())
                 .chain(p.plan.touch.iter().map(|t| t.item_id.clone()))
-                .collect(),
-            Err(_) => HashSet::new(),
-        };
+                .collect()
+        });
         let run = run.clone();
         let task = tokio::spawn(async move {
             let mut state = state;
@@ -209,6 +205,15 @@ impl InFlight {
             (state, stored)
         });
         Self { writes, task }
+    }
+
+    /// Whether the commit may write a row a lookup of `keys` reads (None:
+    /// all of the source's rows).
+    fn writes_any(&self, keys: Option<&[String]>) -> bool {
+        match (&self.writes, keys) {
+            (Some(writes), Some(keys)) => keys.iter().any(|k| writes.contains(k)),
+            _ => true,
+        }
     }
 }
 
