@@ -6,7 +6,8 @@
 //! looked up and planned (together about half of a batch's time in a burst).
 //! Commits stay in arrival order, one at a time. **A batch is only planned
 //! beside the commit in flight when its lookup reads none of the item rows
-//! that commit writes**; otherwise it waits for the commit, so a repeated
+//! that commit writes** (a commit whose plan failed may write any: its
+//! retry plans again); otherwise it waits for the commit, so a repeated
 //! item is planned against its newest stored version, exactly as one batch
 //! after another.
 
