@@ -86,14 +86,22 @@ pub fn significant_text(s: &str) -> String {
     } else {
         Cow::Borrowed(s)
     };
-    let folded: String = with_urls
-        .chars()
-        .map(|c| match c {
-            '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{2032}' => '\'',
-            '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{2033}' => '"',
-            c => c,
-        })
-        .collect();
+    // Every quote folded here is encoded with a 0xE2 lead byte: text
+    // without one has none, and skips the copy.
+    let folded: Cow<'_, str> = if with_urls.as_bytes().contains(&0xE2) {
+        Cow::Owned(
+            with_urls
+                .chars()
+                .map(|c| match c {
+                    '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{2032}' => '\'',
+                    '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{2033}' => '"',
+                    c => c,
+                })
+                .collect(),
+        )
+    } else {
+        with_urls
+    };
     collapse_whitespace(&folded)
 }
 
@@ -128,6 +136,25 @@ mod tests {
             Some("https://example.com/")
         );
         assert_eq!(canonical_link("not a url"), None);
+    }
+
+    #[test]
+    fn every_folded_quote_starts_with_the_byte_the_fast_path_looks_for() {
+        for c in [
+            '\u{2018}', '\u{2019}', '\u{201a}', '\u{2032}', '\u{201c}', '\u{201d}', '\u{201e}',
+            '\u{2033}',
+        ] {
+            let mut buf = [0u8; 4];
+            assert_eq!(c.encode_utf8(&mut buf).as_bytes()[0], 0xE2, "{c:?}");
+            assert!(
+                !significant_text(&format!("a {c} b")).contains(c),
+                "{c:?} not folded"
+            );
+        }
+        assert_eq!(
+            significant_text("plain  text\u{2014}dash"),
+            "plain text\u{2014}dash"
+        );
     }
 
     #[test]
