@@ -127,9 +127,12 @@ pub(crate) async fn stream_events(
 
 /// The newest item number in the stream (0: none).
 pub(crate) async fn newest(js: &jetstream::Context) -> u64 {
-    stream_events(js)
-        .await
-        .unwrap_or_default()
+    newest_in(&stream_events(js).await.unwrap_or_default())
+}
+
+/// The newest item number among `events` (0: none).
+fn newest_in(events: &[(u64, StreamEvent)]) -> u64 {
+    events
         .iter()
         .filter_map(|(_, e)| e.item_id.strip_prefix("item-")?.parse::<u64>().ok())
         .max()
@@ -137,12 +140,49 @@ pub(crate) async fn newest(js: &jetstream::Context) -> u64 {
 }
 
 /// Waits (at most `within`) until the stream holds item `n` or a later
-/// one; panics with `what` otherwise.
-pub(crate) async fn wait_for_item(js: &jetstream::Context, n: u64, within: Duration, what: &str) {
+/// one; panics otherwise with `what`, the newest item read, the last read
+/// error and the end of each of `logs` (the nodes' logs).
+pub(crate) async fn wait_for_item(
+    js: &jetstream::Context,
+    n: u64,
+    within: Duration,
+    what: &str,
+    logs: &[&Path],
+) {
     let deadline = Instant::now() + within;
-    while newest(js).await < n {
-        assert!(Instant::now() < deadline, "{what}");
+    let mut seen = 0;
+    loop {
+        let error = match stream_events(js).await {
+            Ok(events) => {
+                seen = newest_in(&events);
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if seen >= n {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let tails: String = logs
+                .iter()
+                .map(|l| format!("\n--- end of {} ---\n{}", l.display(), tail(l, 40)))
+                .collect();
+            panic!(
+                "{what} (newest item read: {seen}, wanted {n}; last read error: {error:?}){tails}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last `lines` lines of a file (or why it cannot be read).
+fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(unreadable: {e})"),
     }
 }
 
@@ -354,8 +394,10 @@ async fn an_engine_paused_past_its_lease_wakes_up_without_doubling_or_losing() -
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("sources.toml");
     write_config(&config, &nats.url, upstream)?;
-    let _a = start_node(&config, "engine", None, &dir.path().join("a.log"));
-    let _b = start_node(&config, "engine", None, &dir.path().join("b.log"));
+    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let logs = [a_log.as_path(), b_log.as_path()];
+    let _a = start_node(&config, "engine", None, &a_log);
+    let _b = start_node(&config, "engine", None, &b_log);
     let js = jetstream::new(async_nats::connect(&nats.url).await?);
     let grower = grow_every(count.clone(), Duration::from_millis(200));
     let deadline = Instant::now() + WAIT;
@@ -378,6 +420,7 @@ async fn an_engine_paused_past_its_lease_wakes_up_without_doubling_or_losing() -
         stopped_at + 10,
         WAIT,
         "nobody took over from the paused engine",
+        &logs,
     )
     .await;
     // It wakes up with its old view of the lease and whatever poll it was in.
@@ -388,11 +431,19 @@ async fn an_engine_paused_past_its_lease_wakes_up_without_doubling_or_losing() -
         woke_at + 15,
         WAIT,
         "publishing stopped after the wake-up",
+        &logs,
     )
     .await;
     grower.abort();
     let last = count.load(Ordering::SeqCst);
-    wait_for_item(&js, last, WAIT, &format!("item {last} never published")).await;
+    wait_for_item(
+        &js,
+        last,
+        WAIT,
+        &format!("item {last} never published"),
+        &logs,
+    )
+    .await;
     assert_each_item_once(&stream_events(&js).await?, last);
     Ok(())
 }

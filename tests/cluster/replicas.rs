@@ -52,13 +52,22 @@ url = "http://{upstream}/feed.xml"
 "#
         ),
     )?;
-    let _engine = start_node(&config, "engine", None, &dir.path().join("engine.log"));
+    let log = dir.path().join("engine.log");
+    let logs = [log.as_path()];
+    let _engine = start_node(&config, "engine", None, &log);
     let urls = trio.urls();
     let client = async_nats::ConnectOptions::new()
         .connect(urls.as_slice())
         .await?;
     let js = jetstream::new(client);
-    wait_for_item(&js, 5, WAIT * 2, "no events on the three-node cluster").await;
+    wait_for_item(
+        &js,
+        5,
+        WAIT * 2,
+        "no events on the three-node cluster",
+        &logs,
+    )
+    .await;
     let info = js.get_stream("LIVESTROM").await?.info().await?.clone();
     assert_eq!(info.config.num_replicas, 3);
     let leader = info
@@ -79,11 +88,19 @@ url = "http://{upstream}/feed.xml"
         killed_at + 10,
         WAIT * 2,
         &format!("nothing published after the leader {leader} died"),
+        &logs,
     )
     .await;
     grower.abort();
     let last = count.load(Ordering::SeqCst);
-    wait_for_item(&js, last, WAIT, &format!("item {last} never published")).await;
+    wait_for_item(
+        &js,
+        last,
+        WAIT,
+        &format!("item {last} never published"),
+        &logs,
+    )
+    .await;
     assert_each_item_once(&stream_events(&js).await?, last);
     Ok(())
 }

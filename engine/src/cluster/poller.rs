@@ -133,6 +133,12 @@ pub async fn heartbeat(cluster: Cluster, info: NodeInfo, cancel: CancellationTok
     let _ = nodes.delete(info.key()).await;
 }
 
+/// A lease round that has not ended after this long fails (and the next
+/// one starts): every request in it has a timeout of its own, so this only
+/// bounds what would otherwise hang. Until a round succeeds again the
+/// leases seen go stale and their sources stop being polled.
+const ROUND_LIMIT: Duration = Duration::from_secs(30);
+
 /// Runs engine `me`'s lease rounds until `cancel` fires. Config updates
 /// arrive on `configs` (the file watcher's channel, forwarded); the
 /// runtime gets, on `runtime`, the config restricted to the sources this
@@ -173,17 +179,23 @@ pub async fn run(
             .iter()
             .map(|s| s.id.as_str().to_owned())
             .collect();
-        match round(
-            &mut bucket,
-            &nodes,
-            &mut info,
-            &me,
-            &sources,
-            &holdings,
-            timing,
+        let result = tokio::time::timeout(
+            ROUND_LIMIT,
+            round(
+                &mut bucket,
+                &nodes,
+                &mut info,
+                &me,
+                &sources,
+                &holdings,
+                timing,
+            ),
         )
         .await
-        {
+        .unwrap_or_else(|_| {
+            Err(format!("the lease round took longer than {ROUND_LIMIT:?}").into())
+        });
+        match result {
             Ok((seen, engines)) => {
                 // The membership this engine plans with, whenever it
                 // changes: what an operator (or a failing test) needs to

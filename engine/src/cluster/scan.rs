@@ -4,6 +4,8 @@
 //! states of a source, all sources and all nodes; a key-by-key `get` would
 //! be one round trip per key.
 
+use std::time::Duration;
+
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -11,6 +13,12 @@ use futures::StreamExt;
 
 /// The header a deleted or purged key's last message carries.
 const OPERATION_HEADER: &str = "KV-Operation";
+
+/// How long a read waits for its next message while some are pending
+/// before it fails: a consumer whose stream lost its leader in the middle
+/// of the read can otherwise wait for ever (seen with three servers, one
+/// killed), and the lease round that reads would never end.
+const IDLE: Duration = Duration::from_secs(5);
 
 /// Every live `(key, value)` of `kv` whose key matches `filter` (a NATS
 /// subject pattern over keys: `a.b.*`, `>`), in stream order.
@@ -32,7 +40,17 @@ pub async fn latest(
         return Ok(out);
     }
     let mut messages = consumer.messages().await?;
-    while let Some(msg) = messages.next().await {
+    loop {
+        let next = tokio::time::timeout(IDLE, messages.next())
+            .await
+            .map_err(|_| {
+                format!(
+                    "no message from bucket {} for {IDLE:?} while reading its keys ({} read)",
+                    kv.name,
+                    out.len()
+                )
+            })?;
+        let Some(msg) = next else { break };
         let msg = msg?;
         let pending = msg.info()?.pending;
         let deleted = msg
