@@ -352,6 +352,28 @@ url = "http://{upstream}/feed.xml"
     )
 }
 
+/// Stops the feed growing, waits for its last item and checks every item
+/// was stored exactly once.
+pub(crate) async fn stop_growing_and_check(
+    js: &jetstream::Context,
+    grower: tokio::task::JoinHandle<()>,
+    count: &AtomicU64,
+    logs: &[&Path],
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    grower.abort();
+    let last = count.load(Ordering::SeqCst);
+    wait_for_item(
+        js,
+        last,
+        WAIT,
+        &format!("item {last} never published"),
+        logs,
+    )
+    .await;
+    assert_each_item_once(&stream_events(js).await?, last);
+    Ok(())
+}
+
 /// Every item from the first stored one to `last` is stored exactly once,
 /// as version 1.
 pub(crate) fn assert_each_item_once(events: &[(u64, StreamEvent)], last: u64) {
@@ -434,16 +456,5 @@ async fn an_engine_paused_past_its_lease_wakes_up_without_doubling_or_losing() -
         &logs,
     )
     .await;
-    grower.abort();
-    let last = count.load(Ordering::SeqCst);
-    wait_for_item(
-        &js,
-        last,
-        WAIT,
-        &format!("item {last} never published"),
-        &logs,
-    )
-    .await;
-    assert_each_item_once(&stream_events(&js).await?, last);
-    Ok(())
+    stop_growing_and_check(&js, grower, &count, &logs).await
 }

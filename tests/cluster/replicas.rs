@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 use super::failover::{
-    assert_each_item_once, grow_every, growing_feed, start_node, stream_events, wait_for_item,
+    grow_every, growing_feed, start_node, stop_growing_and_check, wait_for_item,
 };
 use super::nats::{start_trio, WAIT};
 
@@ -91,16 +91,5 @@ url = "http://{upstream}/feed.xml"
         &logs,
     )
     .await;
-    grower.abort();
-    let last = count.load(Ordering::SeqCst);
-    wait_for_item(
-        &js,
-        last,
-        WAIT,
-        &format!("item {last} never published"),
-        &logs,
-    )
-    .await;
-    assert_each_item_once(&stream_events(&js).await?, last);
-    Ok(())
+    stop_growing_and_check(&js, grower, &count, &logs).await
 }
