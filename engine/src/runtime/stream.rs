@@ -99,9 +99,8 @@ pub(super) async fn run_stream(
                 // Beside the commit in flight, if any: identify the items,
                 // and look them up and plan them unless that commit writes
                 // one of the rows the lookup reads.
-                let planned = match identify(&batch).await {
-                    Ok(identified) => {
-                        let keys = lookup_keys(run.kind.lookup(), &identified);
+                let planned = match identify(&run, &batch).await {
+                    Ok((identified, keys)) => {
                         let reads_in_flight = in_flight.as_ref().is_some_and(|f| f.writes_any(keys.as_deref()));
                         if reads_in_flight && !land(&mut in_flight, &mut state).await {
                             break;
@@ -145,13 +144,19 @@ struct Planned {
     planning: Duration,
 }
 
-/// Works out the identities of a batch's items. `plan` reads documents as
-/// feeds list them (newest first); an upstream stream delivers oldest
-/// first, so they are handed over reversed to keep arrival order.
-async fn identify(batch: &UpstreamBatch) -> Result<Identified, PollError> {
+/// Works out the identities of a batch's items, and the keys its kind looks
+/// them up by (None: all of the source's). `plan` reads documents as feeds
+/// list them (newest first); an upstream stream delivers oldest first, so
+/// they are handed over reversed to keep arrival order.
+async fn identify(
+    run: &Runner,
+    batch: &UpstreamBatch,
+) -> Result<(Identified, Option<Vec<String>>), PollError> {
     let mut items = batch.items.clone();
     items.reverse();
-    Ok(identify_off_runtime(items).await?)
+    let identified = identify_off_runtime(items).await?;
+    let keys = lookup_keys(run.kind.lookup(), &identified);
+    Ok((identified, keys))
 }
 
 /// Looks up the stored state of a batch's items (by `keys`, or all of the
@@ -255,11 +260,8 @@ async fn store_or_give_up(
     loop {
         let planned = match attempt.take() {
             Some(p) => p,
-            None => match identify(batch).await {
-                Ok(identified) => {
-                    let keys = lookup_keys(run.kind.lookup(), &identified);
-                    plan_batch(run, identified, keys).await
-                }
+            None => match identify(run, batch).await {
+                Ok((identified, keys)) => plan_batch(run, identified, keys).await,
                 Err(e) => Err(e),
             },
         };
