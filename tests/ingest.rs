@@ -233,6 +233,7 @@ async fn feed_over_seven_polls_emits_exactly_the_new_and_changed_items() {
     // had answered 304 for ten days: its item state is refreshed by the 304
     // (so the hourly sweep never forgets items an unchanged feed still has).
     let ten_days_ago = (chrono::Utc::now() - chrono::Duration::days(10)).timestamp();
+    engine.store.flush().await.unwrap_or_else(|e| panic!("{e}"));
     livestrom_engine::store::open_connection(&db)
         .and_then(|c| Ok(c.execute("UPDATE items SET seen_at = ?1", [ten_days_ago])?))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -493,6 +494,7 @@ async fn html_page_emits_once_then_only_on_meaningful_change() {
     // The page's item state is as old as the item horizon; an unchanged page
     // still refreshes it, so the next real change is version 2, not a new v1.
     let old = (chrono::Utc::now() - chrono::Duration::days(10)).timestamp();
+    engine.store.flush().await.unwrap_or_else(|e| panic!("{e}"));
     livestrom_engine::store::open_connection(&db)
         .and_then(|c| Ok(c.execute("UPDATE items SET seen_at = ?1", [old])?))
         .unwrap_or_else(|e| panic!("{e}"));

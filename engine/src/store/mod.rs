@@ -17,12 +17,14 @@
 //!   [`SourceState`], …; log rows and scopes are `crate::log`'s).
 //! - `schema`: the tables, connection pragmas and open-error wording.
 //! - `writer`: the writer thread (group commit, id minting, prune jobs).
+//! - `pending`: item state written behind the events (`item_log`, folded
+//!   into `items`) and what readers see of it before a fold.
 //! - `log`: the [`EventLog`] seam and its SQLite implementation.
 //! - `state`: item and source state reads.
 //! - `retention`: event pruning and the item-state sweep.
 //!
-//! Dependencies point one way: `error` and `types` are leaves; `schema` and
-//! `writer` use only them; `log`, `state` and `retention` add the handle
+//! Dependencies point one way: `error` and `types` are leaves; `schema`,
+//! `pending` and `writer` use only them (`writer` also `pending`); `log`, `state` and `retention` add the handle
 //! (`super::Store`), and `retention` sends its jobs in `writer`'s job type.
 //! Nothing but this file uses `log`, `state` or `retention`.
 
@@ -42,6 +44,7 @@ use crate::metrics::Metrics;
 mod checkpoint;
 mod error;
 mod log;
+mod pending;
 mod retention;
 mod schema;
 mod state;
@@ -58,6 +61,7 @@ pub use schema::{open_and_migrate, open_connection};
 pub use types::{ItemState, NewEvent, SourceState, WriteBatch, SEEN_REFRESH};
 pub(crate) use writer::update_key_usage;
 
+use pending::{FoldPolicy, SharedPending};
 use schema::{describe_open_error, SCHEMA};
 use writer::{Job, WriterThread};
 
@@ -88,6 +92,8 @@ struct Inner {
     /// The process's metrics (the writer records its commits; the runtime
     /// and the edge take theirs from here on one node).
     metrics: Metrics,
+    /// Item state committed but not yet folded into `items` (`pending`).
+    pending: SharedPending,
     /// Unit tests only: consulted by [`Store::write`] before a batch is
     /// queued, so a test can make one batch fail (or panic in the writing
     /// task) the way a failed commit would, through the real runtime.
@@ -136,6 +142,25 @@ impl Store {
         bus: Bus,
         metrics: Metrics,
     ) -> Result<Self, StoreError> {
+        Self::open_folding(
+            path,
+            retention,
+            synchronous,
+            bus,
+            metrics,
+            FoldPolicy::DEFAULT,
+        )
+    }
+
+    /// [`Store::open_synchronous`] whose writer folds item state by `fold`.
+    fn open_folding(
+        path: &Path,
+        retention: Duration,
+        synchronous: Synchronous,
+        bus: Bus,
+        metrics: Metrics,
+        fold: FoldPolicy,
+    ) -> Result<Self, StoreError> {
         let conn = open_connection(path)?;
         conn.execute_batch(&format!("PRAGMA synchronous={};", synchronous.pragma()))
             .map_err(|e| StoreError::Open {
@@ -174,13 +199,28 @@ impl Store {
                 path: path.to_owned(),
                 reason: describe_open_error(&e),
             })?;
+        let mut conn = conn;
+        // Item state a previous process committed but did not fold (it was
+        // killed, or stopped without a flush) goes into `items` first.
+        let folded = pending::fold(&mut conn).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            reason: format!(
+                "cannot fold item state left in `item_log`: {}",
+                describe_open_error(&e)
+            ),
+        })?;
+        if folded > 0 {
+            tracing::info!(
+                rows = folded,
+                "item state the last run had not folded is now in `items`"
+            );
+        }
         // The writer keeps the hot part of the items index in memory
         // (`WRITER_CACHE_KIB`). Checkpoints run on
         // their own thread from 64 MiB of WAL, the writer's own at 256 MiB
         // (`checkpoint`): fewer, larger checkpoints under load. The WAL file
         // is reused, not shrunk (truncating it after every checkpoint
         // measured 35 % slower).
-        let mut conn = conn;
         conn.execute_batch(&format!(
             "PRAGMA cache_size=-{WRITER_CACHE_KIB}; PRAGMA mmap_size=1073741824;"
         ))
@@ -192,12 +232,16 @@ impl Store {
         let _checkpointer = checkpoint::start(&mut conn, path, checkpoint::Thresholds::DEFAULT)?;
         let (tx, rx) = mpsc::channel::<Job>(1024);
         let ids = Arc::new(Mutex::new(IdGenerator::new(seed)));
+        let pending = SharedPending::default();
         let w = WriterThread {
             conn,
             ids: ids.clone(),
             bus: bus.clone(),
             retention,
             metrics: metrics.clone(),
+            pending: pending.clone(),
+            fold,
+            folded_at: std::time::Instant::now(),
         };
         std::thread::Builder::new()
             .name("livestrom-store-writer".into())
@@ -215,6 +259,7 @@ impl Store {
                 bus,
                 ids,
                 metrics,
+                pending,
                 #[cfg(test)]
                 write_fault: Mutex::new(None),
             }),
@@ -280,8 +325,10 @@ impl Store {
         }
     }
 
-    /// Resolves once every write queued before this call is committed (used
-    /// at shutdown after the pollers stopped: nothing acknowledged is lost).
+    /// Resolves once every write queued before this call is committed and
+    /// the item state is folded into `items` (used at shutdown after the
+    /// pollers stopped: nothing acknowledged is lost, and the file is left
+    /// with nothing to fold).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.inner

@@ -27,6 +27,16 @@ CREATE TABLE IF NOT EXISTS items (
     seen_at INTEGER NOT NULL,
     PRIMARY KEY (source_id, item_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS item_log (
+    seq INTEGER PRIMARY KEY,
+    source_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_event_id BLOB NOT NULL,
+    fingerprint TEXT NOT NULL,
+    aliases TEXT NOT NULL,
+    seen_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sources (
     source_id TEXT PRIMARY KEY NOT NULL,
     etag TEXT,

@@ -2,17 +2,20 @@
 //! jobs are queued, commits all queued batches in one transaction (group
 //! commit), mints ids in commit order while holding the `ids` mutex that
 //! [`EventLog::watermark`](super::EventLog::watermark) shares, publishes to
-//! the bus after COMMIT, and runs the prune jobs between groups.
+//! the bus after COMMIT, and runs the prune jobs between groups. Item
+//! state goes to `item_log` and is folded into `items` behind the events
+//! (`pending`).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::StoreError;
-use super::types::{WriteBatch, SEEN_REFRESH};
+use super::pending::{self, FoldPolicy, SharedPending};
+use super::types::{ItemState, WriteBatch, SEEN_REFRESH};
 use crate::bus::{Batch, Bus};
 use crate::event::{uuid_floor_at, CommittedEvent, IdGenerator};
 use crate::metrics::Metrics;
@@ -26,7 +29,8 @@ pub(super) enum Job {
         Box<PruneStep>,
         oneshot::Sender<Result<(usize, Option<String>), StoreError>>,
     ),
-    /// Resolves once everything queued before it is committed.
+    /// Resolves once everything queued before it is committed and the
+    /// item state is folded into `items`.
     Flush(oneshot::Sender<()>),
     /// `last_used_at` of API keys: (key id, RFC 3339 time).
     KeyUsage(Vec<(i64, String)>, oneshot::Sender<Result<(), StoreError>>),
@@ -85,7 +89,17 @@ pub(super) struct WriterThread {
     pub(super) retention: Duration,
     /// Commit durations and sizes are recorded here.
     pub(super) metrics: Metrics,
+    /// Item state committed to `item_log` and not yet folded into `items`.
+    pub(super) pending: SharedPending,
+    /// When the writer folds `item_log` on its own.
+    pub(super) fold: FoldPolicy,
+    /// When `item_log` was last folded.
+    pub(super) folded_at: Instant,
 }
+
+/// What a group's transaction committed: each batch's events, and the item
+/// state appended to `item_log` (source id, state) for `pending`.
+type Applied = (Vec<Vec<Arc<CommittedEvent>>>, Vec<(String, ItemState)>);
 
 /// Where a submitter of a batch waits for its committed events.
 pub(super) type Reply = oneshot::Sender<Result<Vec<Arc<CommittedEvent>>, StoreError>>;
@@ -130,6 +144,11 @@ impl WriterThread {
             if !group.is_empty() {
                 self.commit_group(group);
             }
+            // The sweep reads and deletes `items` rows: it runs on the
+            // folded table, so it never judges an item by an older row.
+            if !item_steps.is_empty() || !flushes.is_empty() {
+                self.fold_items();
+            }
             for r in prunes {
                 let _ = r.send(self.prune());
             }
@@ -148,8 +167,39 @@ impl WriterThread {
             for r in flushes {
                 let _ = r.send(());
             }
+            let rows = self.pending.rows();
+            if rows >= self.fold.rows
+                || (rows > 0 && rx.is_empty() && self.folded_at.elapsed() >= self.fold.every)
+            {
+                self.fold_items();
+            }
         }
+        self.fold_items();
         tracing::debug!("store writer stopped: all handles dropped");
+    }
+
+    /// Folds `item_log` into `items` (see `pending`). A failed fold leaves
+    /// both as they were (the next fold, or the next open, retries it);
+    /// readers still find the state in `pending`.
+    fn fold_items(&mut self) {
+        if self.pending.rows() == 0 {
+            return;
+        }
+        let started = Instant::now();
+        match pending::fold(&mut self.conn) {
+            Ok(rows) => {
+                self.pending.clear();
+                tracing::debug!(
+                    rows,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "item state folded into items"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "folding item state into `items` failed; retrying at the next fold")
+            }
+        }
+        self.folded_at = Instant::now();
     }
 
     /// The readiness probe's write, in its own short transaction.
@@ -182,7 +232,10 @@ impl WriterThread {
         // every submitter gets the error and nothing was committed.
         let result = self.apply(&mut group, now);
         match result {
-            Ok(per_batch) => {
+            Ok((per_batch, written)) => {
+                // Before anyone hears of the commit: a lookup after it must
+                // find this state.
+                self.pending.record(written);
                 let events = per_batch.iter().map(Vec::len).sum();
                 self.metrics.engine().commit(started.elapsed(), events);
                 let all: Vec<Arc<CommittedEvent>> = per_batch.iter().flatten().cloned().collect();
@@ -207,7 +260,7 @@ impl WriterThread {
         &mut self,
         group: &mut [(WriteBatch, Reply)],
         now: DateTime<Utc>,
-    ) -> rusqlite::Result<Vec<Vec<Arc<CommittedEvent>>>> {
+    ) -> rusqlite::Result<Applied> {
         // Held until the transaction ends (commit or rollback): see `Inner::ids`.
         let mut ids = self
             .ids
@@ -217,15 +270,15 @@ impl WriterThread {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(group.len());
+        // The item state appended to `item_log`, for `pending` after COMMIT.
+        let mut written = Vec::new();
         let mut last = None;
         {
             let mut ins_event = tx.prepare_cached(
                 "INSERT INTO events (id, source_id, source_type, json) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            let mut up_item = tx.prepare_cached(
-                "INSERT INTO items (source_id, item_id, version, last_event_id, fingerprint, aliases, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (source_id, item_id) DO UPDATE SET version=excluded.version, last_event_id=excluded.last_event_id,
-                 fingerprint=excluded.fingerprint, aliases=excluded.aliases, seen_at=excluded.seen_at",
+            let mut log_item = tx.prepare_cached(
+                "INSERT INTO item_log (source_id, item_id, version, last_event_id, fingerprint, aliases, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut refresh_stmt = tx.prepare_cached(
                 "UPDATE items SET seen_at = ?1 WHERE source_id = ?2 AND seen_at < ?3",
@@ -255,7 +308,7 @@ impl WriterThread {
                         e.source_type.as_index() as i64,
                         &*committed.json
                     ])?;
-                    up_item.execute(params![
+                    log_item.execute(params![
                         e.source_id,
                         e.item_id,
                         e.version as i64,
@@ -264,6 +317,17 @@ impl WriterThread {
                         ne.aliases.join("\u{1f}"),
                         now.timestamp()
                     ])?;
+                    written.push((
+                        e.source_id.clone(),
+                        ItemState {
+                            item_id: e.item_id.clone(),
+                            version: e.version,
+                            last_event_id: e.id,
+                            fingerprint: ne.fingerprint,
+                            aliases: ne.aliases,
+                            seen_at: now.timestamp(),
+                        },
+                    ));
                     last = Some(e.id);
                     evs.push(Arc::new(committed));
                 }
@@ -273,7 +337,7 @@ impl WriterThread {
                         .as_ref()
                         .map(|s| s.source_id.as_str())
                         .unwrap_or_default();
-                    up_item.execute(params![
+                    log_item.execute(params![
                         sid,
                         it.item_id,
                         it.version as i64,
@@ -282,6 +346,13 @@ impl WriterThread {
                         it.aliases.join("\u{1f}"),
                         now.timestamp()
                     ])?;
+                    written.push((
+                        sid.to_owned(),
+                        ItemState {
+                            seen_at: now.timestamp(),
+                            ..it.clone()
+                        },
+                    ));
                 }
                 if batch.refresh_items {
                     if let Some(s) = &batch.source {
@@ -317,7 +388,7 @@ impl WriterThread {
             }
         }
         tx.commit()?;
-        Ok(out)
+        Ok((out, written))
     }
 
     /// Deletes stale item state among the next `chunk` items of a source

@@ -1,0 +1,244 @@
+//! Item state written behind the events: what readers see before and after
+//! a fold, what a killed process leaves, reads racing folds, and when the
+//! writer folds on its own.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::FoldPolicy;
+use crate::bus::Bus;
+use crate::config::Synchronous;
+use crate::metrics::Metrics;
+use crate::store::tests::{ev, TestResult};
+use crate::store::{ItemState, NewEvent, SourceState, Store, StoreError, WriteBatch};
+
+fn open(path: &std::path::Path, fold: FoldPolicy) -> Result<Store, StoreError> {
+    Store::open_folding(
+        path,
+        Duration::from_secs(3600),
+        Synchronous::Normal,
+        Bus::new(),
+        Metrics::new(),
+        fold,
+    )
+}
+
+fn version(source: &str, item: &str, v: u32) -> NewEvent {
+    let mut e = ev(source, item);
+    e.event.version = v;
+    e.fingerprint = format!("fp{v}");
+    e
+}
+
+async fn write(store: &Store, events: Vec<NewEvent>) -> Result<(), StoreError> {
+    let source = events.first().map(|e| SourceState {
+        source_id: e.event.source_id.clone(),
+        ..Default::default()
+    });
+    store
+        .write(WriteBatch {
+            events,
+            source,
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// Rows of `item_log` and of `items`.
+fn rows(store: &Store) -> Result<(i64, i64), StoreError> {
+    store.read_blocking(|c| {
+        let n = |t: &str| c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0));
+        Ok((n("item_log")?, n("items")?))
+    })
+}
+
+/// (item id, version, fingerprint) sorted: what item state decides.
+fn summary(mut items: Vec<ItemState>) -> Vec<(String, u32, String)> {
+    items.sort_by(|a, b| a.item_id.cmp(&b.item_id));
+    items
+        .into_iter()
+        .map(|i| (i.item_id, i.version, i.fingerprint))
+        .collect()
+}
+
+fn expected(list: &[(&str, u32)]) -> Vec<(String, u32, String)> {
+    list.iter()
+        .map(|(id, v)| (id.to_string(), *v, format!("fp{v}")))
+        .collect()
+}
+
+/// Item reads and counts through the store's three ways in.
+async fn reads(
+    store: &Store,
+) -> Result<(Vec<(String, u32, String)>, Vec<(String, u32, String)>, u64), StoreError> {
+    let all = summary(store.items("s").await?);
+    let some = summary(
+        store
+            .items_by_ids("s", vec!["a".into(), "c".into(), "nope".into()])
+            .await?,
+    );
+    let count = store.source_state("s").await?.map_or(0, |s| s.item_count);
+    let listed = store
+        .source_states()
+        .await?
+        .into_iter()
+        .find(|s| s.source_id == "s")
+        .map_or(0, |s| s.item_count);
+    assert_eq!(count, listed, "source_state and source_states disagree");
+    Ok((all, some, count))
+}
+
+#[tokio::test]
+async fn reads_see_the_newest_item_state_before_and_after_a_fold() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir.path().join("t.db"), FoldPolicy::NEVER)?;
+    write(&store, vec![version("s", "a", 1), version("s", "b", 1)]).await?;
+    store.flush().await?;
+    assert_eq!(rows(&store)?, (0, 2), "a flush folds");
+    // Not folded: a new version of a folded item, and a new item.
+    write(&store, vec![version("s", "a", 2), version("s", "c", 1)]).await?;
+    assert_eq!(
+        rows(&store)?,
+        (2, 2),
+        "only a sweep, a flush or an open folds here"
+    );
+
+    let want = (
+        expected(&[("a", 2), ("b", 1), ("c", 1)]),
+        expected(&[("a", 2), ("c", 1)]),
+        3,
+    );
+    assert_eq!(reads(&store).await?, want, "before the fold");
+    store.flush().await?;
+    assert_eq!(rows(&store)?, (0, 3));
+    assert_eq!(reads(&store).await?, want, "after the fold");
+    Ok(())
+}
+
+#[tokio::test]
+async fn item_state_a_killed_process_left_unfolded_is_folded_at_open() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("t.db");
+    let store = open(&path, FoldPolicy::NEVER)?;
+    write(&store, vec![version("s", "a", 1), version("s", "b", 1)]).await?;
+    store.flush().await?;
+    write(&store, vec![version("s", "a", 2), version("s", "c", 1)]).await?;
+    write(&store, vec![version("s", "c", 2)]).await?;
+    assert_eq!(rows(&store)?, (3, 2));
+    // The files as a process killed now leaves them: the writer is idle
+    // (every write above was answered), nothing more is folded.
+    let crashed = tempfile::tempdir()?;
+    for suffix in ["", "-wal"] {
+        std::fs::copy(
+            dir.path().join(format!("t.db{suffix}")),
+            crashed.path().join(format!("t.db{suffix}")),
+        )?;
+    }
+    let reopened = open(&crashed.path().join("t.db"), FoldPolicy::NEVER)?;
+    assert_eq!(rows(&reopened)?, (0, 3), "the open folds what was left");
+    assert_eq!(
+        summary(reopened.items("s").await?),
+        expected(&[("a", 2), ("b", 1), ("c", 2)])
+    );
+    assert_eq!(reads(&reopened).await?, reads(&store).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_racing_folds_never_misses_acknowledged_state() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir.path().join("t.db"), FoldPolicy::NEVER)?;
+    const VERSIONS: u32 = 300;
+    // The newest version whose write was answered.
+    let acked = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, acked) = (store.clone(), acked.clone());
+        tokio::spawn(async move {
+            for v in 1..=VERSIONS {
+                write(&store, vec![version("s", "a", v)]).await?;
+                acked.store(v, Ordering::SeqCst);
+            }
+            Ok::<_, StoreError>(())
+        })
+    };
+    let folder = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut folds = 0u32;
+            while !done.load(Ordering::SeqCst) {
+                store.flush().await?;
+                folds += 1;
+            }
+            Ok::<_, StoreError>(folds)
+        })
+    };
+    let mut checked = 0u32;
+    while !done.load(Ordering::SeqCst) {
+        let want = acked.load(Ordering::SeqCst);
+        if want == VERSIONS {
+            done.store(true, Ordering::SeqCst);
+        }
+        let by_id = store.items_by_ids("s", vec!["a".into()]).await?;
+        let all = store.items("s").await?;
+        let count = store.source_state("s").await?.map_or(0, |s| s.item_count);
+        for (how, got) in [("items_by_ids", &by_id), ("items", &all)] {
+            let v = got.first().map_or(0, |i| i.version);
+            assert!(
+                got.len() <= 1 && v >= want,
+                "{how} read version {v} after version {want} was acknowledged: {got:?}"
+            );
+        }
+        if want > 0 {
+            assert_eq!(count, 1, "item count after version {want}");
+        }
+        checked += 1;
+    }
+    writer.await??;
+    let folds = folder.await??;
+    assert!(checked > 1 && folds > 1, "reads {checked}, folds {folds}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_writer_folds_every_so_many_rows_and_when_idle() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let by_rows = open(
+        &dir.path().join("rows.db"),
+        FoldPolicy {
+            rows: 10,
+            every: Duration::MAX,
+        },
+    )?;
+    for batch in 0..5 {
+        let events = (0..5)
+            .map(|i| version("s", &format!("{batch}-{i}"), 1))
+            .collect();
+        write(&by_rows, events).await?;
+    }
+    // 25 rows: folded at 10 and 20 (before the next write was taken).
+    assert_eq!(rows(&by_rows)?, (5, 20));
+
+    let idle = open(
+        &dir.path().join("idle.db"),
+        FoldPolicy {
+            rows: usize::MAX,
+            every: Duration::ZERO,
+        },
+    )?;
+    write(&idle, vec![version("s", "a", 1)]).await?;
+    // Folded once the writer found nothing queued after the write; it does
+    // that on its own, so wait for it (generously: a slow box).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows(&idle)? != (0, 1) {
+        assert!(
+            Instant::now() < deadline,
+            "an idle writer did not fold: {:?}",
+            rows(&idle)?
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
