@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::types::{ItemState, SourceState};
+use super::types::{split_aliases, ItemState, SourceState};
 use super::Store;
 
 impl Store {
@@ -158,13 +158,6 @@ fn count_unfolded(
         }
     }
     Ok(state)
-}
-
-fn split_aliases(s: &str) -> Vec<String> {
-    s.split('\u{1f}')
-        .filter(|a| !a.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 const SOURCE_COLS: &str = "s.source_id, etag, last_modified, last_poll_at, last_success_at, last_error, consecutive_failures, next_poll_at, event_count, initialized, snapshot, upstream_cursor, (SELECT COUNT(*) FROM items i WHERE i.source_id = s.source_id)";

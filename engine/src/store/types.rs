@@ -42,6 +42,14 @@ pub struct ItemState {
     pub seen_at: i64,
 }
 
+/// An item's aliases as stored (joined with U+001F), one by one.
+pub(super) fn split_aliases(s: &str) -> Vec<String> {
+    s.split('\u{1f}')
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// How often a poll that still sees an unchanged item rewrites its state's
 /// `seen_at` (so items that stay in a feed are never pruned).
 pub const SEEN_REFRESH: Duration = Duration::from_secs(86_400);

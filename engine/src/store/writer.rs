@@ -14,8 +14,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::StoreError;
-use super::pending::{self, FoldPolicy, SharedPending};
-use super::types::{ItemState, WriteBatch, SEEN_REFRESH};
+use super::pending::{
+    self, FoldPolicy, Pending, Row, SharedPending, BEHIND_FROM_SOURCES, LOG_ITEM, UPSERT_ITEM,
+};
+use super::types::{WriteBatch, SEEN_REFRESH};
 use crate::bus::{Batch, Bus};
 use crate::event::{uuid_floor_at, CommittedEvent, IdGenerator};
 use crate::metrics::Metrics;
@@ -98,8 +100,60 @@ pub(super) struct WriterThread {
 }
 
 /// What a group's transaction committed: each batch's events, and the item
-/// state appended to `item_log` (source id, state) for `pending`.
-type Applied = (Vec<Vec<Arc<CommittedEvent>>>, Vec<(String, ItemState)>);
+/// state appended to `item_log`, for `pending`.
+type Applied = (Vec<Vec<Arc<CommittedEvent>>>, Vec<Row>);
+
+/// Where one transaction writes item state: in place, or behind (see
+/// `pending`): behind when the group spans [`BEHIND_FROM_SOURCES`]
+/// sources or more, and always for an item whose newest state is pending
+/// (so a pending entry is never older than its `items` row).
+struct ItemWrites<'t, 'p> {
+    behind: bool,
+    pending: &'p Pending,
+    in_place: rusqlite::CachedStatement<'t>,
+    log: rusqlite::CachedStatement<'t>,
+    /// Rows appended to `item_log`, for `pending` after COMMIT.
+    written: Vec<Row>,
+}
+
+impl ItemWrites<'_, '_> {
+    fn put(&mut self, row: Row) -> rusqlite::Result<()> {
+        let behind = self.behind || self.pending.holds(&row.source_id, &row.item_id);
+        let stmt = if behind {
+            &mut self.log
+        } else {
+            &mut self.in_place
+        };
+        stmt.execute(params![
+            row.source_id,
+            row.item_id,
+            row.version as i64,
+            row.last_event_id.as_bytes().as_slice(),
+            row.fingerprint,
+            row.aliases,
+            row.seen_at
+        ])?;
+        if behind {
+            self.written.push(row);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a group's items span [`BEHIND_FROM_SOURCES`] sources or more.
+fn spans_many_sources(group: &[(WriteBatch, Reply)]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    group
+        .iter()
+        .flat_map(|(b, _)| {
+            let touched = b.source.as_ref().filter(|_| !b.touch_items.is_empty());
+            b.events
+                .iter()
+                .map(|e| e.event.source_id.as_str())
+                .chain(touched.map(|s| s.source_id.as_str()))
+        })
+        .any(|s| seen.insert(s) && seen.len() >= BEHIND_FROM_SOURCES)
+}
 
 /// Where a submitter of a batch waits for its committed events.
 pub(super) type Reply = oneshot::Sender<Result<Vec<Arc<CommittedEvent>>, StoreError>>;
@@ -186,9 +240,8 @@ impl WriterThread {
             return;
         }
         let started = Instant::now();
-        match pending::fold(&mut self.conn) {
+        match pending::fold_pending(&mut self.conn, &self.pending) {
             Ok(rows) => {
-                self.pending.clear();
                 tracing::debug!(
                     rows,
                     ms = started.elapsed().as_secs_f64() * 1e3,
@@ -270,16 +323,22 @@ impl WriterThread {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(group.len());
-        // The item state appended to `item_log`, for `pending` after COMMIT.
-        let mut written = Vec::new();
+        let behind = spans_many_sources(group);
+        // Read, not changed, until after COMMIT (only this thread changes it).
+        let pending = self.pending.clone();
+        let pending = pending.read();
         let mut last = None;
-        {
+        let written = {
             let mut ins_event = tx.prepare_cached(
                 "INSERT INTO events (id, source_id, source_type, json) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            let mut log_item = tx.prepare_cached(
-                "INSERT INTO item_log (source_id, item_id, version, last_event_id, fingerprint, aliases, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
+            let mut items = ItemWrites {
+                behind,
+                pending: &pending,
+                in_place: tx.prepare_cached(UPSERT_ITEM)?,
+                log: tx.prepare_cached(LOG_ITEM)?,
+                written: Vec::new(),
+            };
             let mut refresh_stmt = tx.prepare_cached(
                 "UPDATE items SET seen_at = ?1 WHERE source_id = ?2 AND seen_at < ?3",
             )?;
@@ -308,26 +367,15 @@ impl WriterThread {
                         e.source_type.as_index() as i64,
                         &*committed.json
                     ])?;
-                    log_item.execute(params![
-                        e.source_id,
-                        e.item_id,
-                        e.version as i64,
-                        e.id.as_bytes().as_slice(),
-                        ne.fingerprint,
-                        ne.aliases.join("\u{1f}"),
-                        now.timestamp()
-                    ])?;
-                    written.push((
-                        e.source_id.clone(),
-                        ItemState {
-                            item_id: e.item_id.clone(),
-                            version: e.version,
-                            last_event_id: e.id,
-                            fingerprint: ne.fingerprint,
-                            aliases: ne.aliases,
-                            seen_at: now.timestamp(),
-                        },
-                    ));
+                    items.put(Row {
+                        source_id: e.source_id.clone(),
+                        item_id: e.item_id.clone(),
+                        version: e.version,
+                        last_event_id: e.id,
+                        fingerprint: ne.fingerprint,
+                        aliases: ne.aliases.join("\u{1f}"),
+                        seen_at: now.timestamp(),
+                    })?;
                     last = Some(e.id);
                     evs.push(Arc::new(committed));
                 }
@@ -337,22 +385,15 @@ impl WriterThread {
                         .as_ref()
                         .map(|s| s.source_id.as_str())
                         .unwrap_or_default();
-                    log_item.execute(params![
-                        sid,
-                        it.item_id,
-                        it.version as i64,
-                        it.last_event_id.as_bytes().as_slice(),
-                        it.fingerprint,
-                        it.aliases.join("\u{1f}"),
-                        now.timestamp()
-                    ])?;
-                    written.push((
-                        sid.to_owned(),
-                        ItemState {
-                            seen_at: now.timestamp(),
-                            ..it.clone()
-                        },
-                    ));
+                    items.put(Row {
+                        source_id: sid.to_owned(),
+                        item_id: it.item_id.clone(),
+                        version: it.version,
+                        last_event_id: it.last_event_id,
+                        fingerprint: it.fingerprint.clone(),
+                        aliases: it.aliases.join("\u{1f}"),
+                        seen_at: now.timestamp(),
+                    })?;
                 }
                 if batch.refresh_items {
                     if let Some(s) = &batch.source {
@@ -386,7 +427,8 @@ impl WriterThread {
             if let Some(last) = last {
                 tx.execute("INSERT INTO meta (key, value) VALUES ('last_id', ?1) ON CONFLICT(key) DO UPDATE SET value=excluded.value", [last.to_string()])?;
             }
-        }
+            items.written
+        };
         tx.commit()?;
         Ok((out, written))
     }

@@ -1,12 +1,12 @@
-//! Item state written behind the events: what readers see before and after
-//! a fold, what a killed process leaves, reads racing folds, and when the
-//! writer folds on its own.
+//! Item state written behind the events: which writes go behind, what
+//! readers see before and after a fold, what a killed process leaves,
+//! reads racing folds, and when the writer folds on its own.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::FoldPolicy;
+use super::{FoldPolicy, BEHIND_FROM_SOURCES};
 use crate::bus::Bus;
 use crate::config::Synchronous;
 use crate::metrics::Metrics;
@@ -31,6 +31,19 @@ fn version(source: &str, item: &str, v: u32) -> NewEvent {
     e
 }
 
+/// Writes `events` in one batch with an event of each of enough other
+/// sources that the group spans [`BEHIND_FROM_SOURCES`]: its item state
+/// goes behind.
+async fn write_behind(store: &Store, mut events: Vec<NewEvent>) -> Result<(), StoreError> {
+    static FILLER: AtomicU32 = AtomicU32::new(0);
+    let n = FILLER.fetch_add(1, Ordering::Relaxed);
+    for f in 1..BEHIND_FROM_SOURCES {
+        events.push(version(&format!("filler{f}"), &format!("f{n}"), 1));
+    }
+    write(store, events).await
+}
+
+/// Writes `events` in one batch (one source's: in place, unless pending).
 async fn write(store: &Store, events: Vec<NewEvent>) -> Result<(), StoreError> {
     let source = events.first().map(|e| SourceState {
         source_id: e.event.source_id.clone(),
@@ -46,10 +59,16 @@ async fn write(store: &Store, events: Vec<NewEvent>) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Rows of `item_log` and of `items`.
+/// Rows of `item_log` and of `items` of source `s`.
 fn rows(store: &Store) -> Result<(i64, i64), StoreError> {
     store.read_blocking(|c| {
-        let n = |t: &str| c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0));
+        let n = |t: &str| {
+            c.query_row(
+                &format!("SELECT count(*) FROM {t} WHERE source_id = 's'"),
+                [],
+                |r| r.get(0),
+            )
+        };
         Ok((n("item_log")?, n("items")?))
     })
 }
@@ -94,11 +113,12 @@ async fn reads(
 async fn reads_see_the_newest_item_state_before_and_after_a_fold() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open(&dir.path().join("t.db"), FoldPolicy::NEVER)?;
-    write(&store, vec![version("s", "a", 1), version("s", "b", 1)]).await?;
+    write_behind(&store, vec![version("s", "a", 1), version("s", "b", 1)]).await?;
+    assert_eq!(rows(&store)?, (2, 0), "many sources: behind");
     store.flush().await?;
     assert_eq!(rows(&store)?, (0, 2), "a flush folds");
     // Not folded: a new version of a folded item, and a new item.
-    write(&store, vec![version("s", "a", 2), version("s", "c", 1)]).await?;
+    write_behind(&store, vec![version("s", "a", 2), version("s", "c", 1)]).await?;
     assert_eq!(
         rows(&store)?,
         (2, 2),
@@ -122,10 +142,10 @@ async fn item_state_a_killed_process_left_unfolded_is_folded_at_open() -> TestRe
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("t.db");
     let store = open(&path, FoldPolicy::NEVER)?;
-    write(&store, vec![version("s", "a", 1), version("s", "b", 1)]).await?;
+    write_behind(&store, vec![version("s", "a", 1), version("s", "b", 1)]).await?;
     store.flush().await?;
-    write(&store, vec![version("s", "a", 2), version("s", "c", 1)]).await?;
-    write(&store, vec![version("s", "c", 2)]).await?;
+    write_behind(&store, vec![version("s", "a", 2), version("s", "c", 1)]).await?;
+    write_behind(&store, vec![version("s", "c", 2)]).await?;
     assert_eq!(rows(&store)?, (3, 2));
     // The files as a process killed now leaves them: the writer is idle
     // (every write above was answered), nothing more is folded.
@@ -157,8 +177,14 @@ async fn a_read_racing_folds_never_misses_acknowledged_state() -> TestResult {
     let writer = {
         let (store, acked) = (store.clone(), acked.clone());
         tokio::spawn(async move {
+            // Behind and in place by turns: a one-source write of an item
+            // still pending goes behind too, one of a folded item in place.
             for v in 1..=VERSIONS {
-                write(&store, vec![version("s", "a", v)]).await?;
+                if v % 3 == 0 {
+                    write(&store, vec![version("s", "a", v)]).await?;
+                } else {
+                    write_behind(&store, vec![version("s", "a", v)]).await?;
+                }
                 acked.store(v, Ordering::SeqCst);
             }
             Ok::<_, StoreError>(())
@@ -208,18 +234,23 @@ async fn the_writer_folds_every_so_many_rows_and_when_idle() -> TestResult {
     let by_rows = open(
         &dir.path().join("rows.db"),
         FoldPolicy {
-            rows: 10,
+            rows: 25,
             every: Duration::MAX,
         },
     )?;
+    // Each write appends 3 rows of `s` and BEHIND_FROM_SOURCES - 1 fillers.
+    assert_eq!(
+        BEHIND_FROM_SOURCES, 8,
+        "the counts below assume 10 rows a write"
+    );
     for batch in 0..5 {
-        let events = (0..5)
+        let events = (0..3)
             .map(|i| version("s", &format!("{batch}-{i}"), 1))
             .collect();
-        write(&by_rows, events).await?;
+        write_behind(&by_rows, events).await?;
     }
-    // 25 rows: folded at 10 and 20 (before the next write was taken).
-    assert_eq!(rows(&by_rows)?, (5, 20));
+    // 50 rows: folded at 30 (before the next write was taken).
+    assert_eq!(rows(&by_rows)?, (6, 9));
 
     let idle = open(
         &dir.path().join("idle.db"),
@@ -228,7 +259,7 @@ async fn the_writer_folds_every_so_many_rows_and_when_idle() -> TestResult {
             every: Duration::ZERO,
         },
     )?;
-    write(&idle, vec![version("s", "a", 1)]).await?;
+    write_behind(&idle, vec![version("s", "a", 1)]).await?;
     // Folded once the writer found nothing queued after the write; it does
     // that on its own, so wait for it (generously: a slow box).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -240,5 +271,26 @@ async fn the_writer_folds_every_so_many_rows_and_when_idle() -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_sources_writes_go_in_place_unless_the_item_is_pending() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir.path().join("t.db"), FoldPolicy::NEVER)?;
+    write(&store, vec![version("s", "a", 1), version("s", "b", 1)]).await?;
+    assert_eq!(rows(&store)?, (0, 2), "one source: in place");
+    write_behind(&store, vec![version("s", "a", 2)]).await?;
+    assert_eq!(rows(&store)?, (1, 2));
+    // `a` is pending: its next version goes behind as well (in place, its
+    // `items` row would be newer than the pending entry readers prefer);
+    // `b` is not: in place.
+    write(&store, vec![version("s", "a", 3), version("s", "b", 2)]).await?;
+    assert_eq!(rows(&store)?, (2, 2));
+    let want = expected(&[("a", 3), ("b", 2)]);
+    assert_eq!(summary(store.items("s").await?), want);
+    store.flush().await?;
+    assert_eq!(rows(&store)?, (0, 2));
+    assert_eq!(summary(store.items("s").await?), want);
     Ok(())
 }
