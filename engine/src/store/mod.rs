@@ -242,6 +242,7 @@ impl Store {
             pending: pending.clone(),
             fold,
             folded_at: std::time::Instant::now(),
+            fold_failed: false,
         };
         std::thread::Builder::new()
             .name("livestrom-store-writer".into())

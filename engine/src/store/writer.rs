@@ -95,8 +95,10 @@ pub(super) struct WriterThread {
     pub(super) pending: SharedPending,
     /// When the writer folds `item_log` on its own.
     pub(super) fold: FoldPolicy,
-    /// When `item_log` was last folded.
+    /// When `item_log` was last folded (or a fold failed).
     pub(super) folded_at: Instant,
+    /// The last fold failed.
+    pub(super) fold_failed: bool,
 }
 
 /// What a group's transaction committed: each batch's events, and the item
@@ -222,9 +224,11 @@ impl WriterThread {
                 let _ = r.send(());
             }
             let rows = self.pending.rows();
-            if rows >= self.fold.rows
-                || (rows > 0 && rx.is_empty() && self.folded_at.elapsed() >= self.fold.every)
-            {
+            let waited = self.folded_at.elapsed() >= self.fold.every;
+            // After a failed fold, the next waits as an idle one would (one
+            // error a second at most, not one per commit).
+            let by_rows = rows >= self.fold.rows && (!self.fold_failed || waited);
+            if by_rows || (rows > 0 && rx.is_empty() && waited) {
                 self.fold_items();
             }
         }
@@ -242,6 +246,7 @@ impl WriterThread {
         let started = Instant::now();
         match pending::fold_pending(&mut self.conn, &self.pending) {
             Ok(rows) => {
+                self.fold_failed = false;
                 tracing::debug!(
                     rows,
                     ms = started.elapsed().as_secs_f64() * 1e3,
@@ -249,6 +254,7 @@ impl WriterThread {
                 );
             }
             Err(e) => {
+                self.fold_failed = true;
                 tracing::error!(error = %e, "folding item state into `items` failed; retrying at the next fold")
             }
         }

@@ -294,3 +294,29 @@ async fn one_sources_writes_go_in_place_unless_the_item_is_pending() -> TestResu
     assert_eq!(summary(store.items("s").await?), want);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failed_fold_loses_nothing_and_the_next_one_folds() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("t.db");
+    let store = open(&path, FoldPolicy::NEVER)?;
+    write_behind(&store, vec![version("s", "a", 1), version("s", "b", 1)]).await?;
+    // Every write to `items` fails (as a full disk or a damaged page would
+    // fail the fold's transaction).
+    crate::store::open_connection(&path)?.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON items BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+    )?;
+    store.flush().await?;
+    assert_eq!(rows(&store)?, (2, 0), "the failed fold rolled back");
+    let want = expected(&[("a", 1), ("b", 1)]);
+    assert_eq!(summary(store.items("s").await?), want);
+    write_behind(&store, vec![version("s", "a", 2)]).await?;
+    crate::store::open_connection(&path)?.execute_batch("DROP TRIGGER refuse;")?;
+    store.flush().await?;
+    assert_eq!(rows(&store)?, (0, 2));
+    assert_eq!(
+        summary(store.items("s").await?),
+        expected(&[("a", 2), ("b", 1)])
+    );
+    Ok(())
+}
