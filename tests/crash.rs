@@ -72,8 +72,15 @@ impl Upstream {
 /// An SSE firehose: items from `Last-Event-ID + 1` up to the clock, then
 /// new ones as they come.
 pub(crate) async fn firehose(up: Arc<Upstream>) -> SocketAddr {
+    firehose_resuming_early(up, 0).await
+}
+
+/// [`firehose`] that resumes `overlap` items before the `Last-Event-ID` it
+/// is sent (as upstreams that resume by time or page do): only the
+/// engine's item state keeps those from being stored twice.
+pub(crate) async fn firehose_resuming_early(up: Arc<Upstream>, overlap: u64) -> SocketAddr {
     async fn events(
-        State(up): State<Arc<Upstream>>,
+        State((up, overlap)): State<(Arc<Upstream>, u64)>,
         headers: HeaderMap,
     ) -> impl axum::response::IntoResponse {
         let from = headers
@@ -81,6 +88,7 @@ pub(crate) async fn firehose(up: Arc<Upstream>) -> SocketAddr {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
+            .saturating_sub(overlap)
             + 1;
         let stream = futures::stream::unfold((up, from), |(up, next)| async move {
             while next > up.max() {
@@ -93,7 +101,9 @@ pub(crate) async fn firehose(up: Arc<Upstream>) -> SocketAddr {
         });
         Sse::new(stream)
     }
-    let app = Router::new().route("/events", get(events)).with_state(up);
+    let app = Router::new()
+        .route("/events", get(events))
+        .with_state((up, overlap));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -123,11 +133,17 @@ impl Drop for Node {
 
 /// Starts `livestrom run` on `listen` and waits until it listens.
 pub(crate) fn start(config: &Path, listen: SocketAddr) -> Node {
+    start_with(config, listen, &[])
+}
+
+/// [`start`] with more environment variables.
+pub(crate) fn start_with(config: &Path, listen: SocketAddr, env: &[(&str, &str)]) -> Node {
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(config)
         .args(["--listen", &listen.to_string()])
         .env("LIVESTROM_LOG", "warn,livestrom=info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -198,12 +214,7 @@ pub(crate) async fn client(addr: SocketAddr, key: String, got: Got, stop: Arc<At
                         continue;
                     };
                     let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap_or_default();
-                    let n = v
-                        .get("item_id")
-                        .and_then(|i| i.as_str())
-                        .and_then(|i| i.strip_prefix("item-"))
-                        .and_then(|i| i.parse().ok())
-                        .unwrap_or(0);
+                    let n = item_number(&v);
                     if let Ok(mut g) = got.lock() {
                         g.push((id, n));
                     }
@@ -217,6 +228,16 @@ pub(crate) async fn client(addr: SocketAddr, key: String, got: Got, stop: Arc<At
         // not synchronisation.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The upstream's number of an event's item (`item-N`), 0 if it has none.
+pub(crate) fn item_number(event: &serde_json::Value) -> u64 {
+    event
+        .get("item_id")
+        .and_then(|i| i.as_str())
+        .and_then(|i| i.strip_prefix("item-"))
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The stored events: (id, item number), in id order.
@@ -233,12 +254,7 @@ pub(crate) fn stored(
     for row in rows {
         let (id, json) = row?;
         let v: serde_json::Value = serde_json::from_str(&json)?;
-        let n = v
-            .get("item_id")
-            .and_then(|i| i.as_str())
-            .and_then(|i| i.strip_prefix("item-"))
-            .and_then(|i| i.parse().ok())
-            .unwrap_or(0);
+        let n = item_number(&v);
         out.push((uuid::Uuid::from_slice(&id)?, n));
     }
     Ok(out)

@@ -19,6 +19,7 @@ mod hostile_input;
 mod hostile_upstream;
 mod html;
 mod ingest;
+mod item_state_crash;
 mod key_hygiene;
 mod openapi;
 mod ops;

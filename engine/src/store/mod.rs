@@ -148,7 +148,7 @@ impl Store {
             synchronous,
             bus,
             metrics,
-            FoldPolicy::DEFAULT,
+            FoldPolicy::from_env(),
         )
     }
 

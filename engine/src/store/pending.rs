@@ -44,13 +44,40 @@ pub(super) struct FoldPolicy {
     /// the last fold, so `items` follows the log within about this much
     /// when ingestion is light.
     pub(super) every: Duration,
+    /// A commit whose items span this many sources or more writes them
+    /// behind ([`BEHIND_FROM_SOURCES`] unless the environment says else).
+    pub(super) behind_from: usize,
 }
 
 impl FoldPolicy {
     pub(super) const DEFAULT: Self = Self {
         rows: 65_536,
         every: Duration::from_secs(1),
+        behind_from: BEHIND_FROM_SOURCES,
     };
+
+    /// [`FoldPolicy::DEFAULT`], with `LIVESTROM_ITEM_STATE_BEHIND_FROM`
+    /// (a number of sources, at least 1; 1 writes all item state behind)
+    /// in place of [`BEHIND_FROM_SOURCES`] when it is set. A tuning knob
+    /// (docs/OPERATIONS.md), and how the kill -9 test sends every commit
+    /// through `item_log`.
+    pub(super) fn from_env() -> Self {
+        const VAR: &str = "LIVESTROM_ITEM_STATE_BEHIND_FROM";
+        let behind_from = match std::env::var(VAR) {
+            Err(_) => BEHIND_FROM_SOURCES,
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    tracing::warn!(value = %v, "{VAR} is not a number of sources of at least 1; using {BEHIND_FROM_SOURCES}");
+                    BEHIND_FROM_SOURCES
+                }
+            },
+        };
+        Self {
+            behind_from,
+            ..Self::DEFAULT
+        }
+    }
 
     /// Tests: only sweeps, flushes and opens fold (what a process killed
     /// between two folds leaves behind).
@@ -58,6 +85,7 @@ impl FoldPolicy {
     pub(super) const NEVER: Self = Self {
         rows: usize::MAX,
         every: Duration::MAX,
+        behind_from: BEHIND_FROM_SOURCES,
     };
 }
 

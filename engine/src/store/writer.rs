@@ -14,9 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::StoreError;
-use super::pending::{
-    self, FoldPolicy, Pending, Row, SharedPending, BEHIND_FROM_SOURCES, LOG_ITEM, UPSERT_ITEM,
-};
+use super::pending::{self, FoldPolicy, Pending, Row, SharedPending, LOG_ITEM, UPSERT_ITEM};
 use super::types::{WriteBatch, SEEN_REFRESH};
 use crate::bus::{Batch, Bus};
 use crate::event::{uuid_floor_at, CommittedEvent, IdGenerator};
@@ -106,7 +104,7 @@ pub(super) struct WriterThread {
 type Applied = (Vec<Vec<Arc<CommittedEvent>>>, Vec<Row>);
 
 /// Where one transaction writes item state: in place, or behind (see
-/// `pending`): behind when the group spans [`BEHIND_FROM_SOURCES`]
+/// `pending`): behind when the group spans [`FoldPolicy::behind_from`]
 /// sources or more, and always for an item whose newest state is pending
 /// (so a pending entry is never older than its `items` row).
 struct ItemWrites<'t, 'p> {
@@ -142,8 +140,8 @@ impl ItemWrites<'_, '_> {
     }
 }
 
-/// Whether a group's items span [`BEHIND_FROM_SOURCES`] sources or more.
-fn spans_many_sources(group: &[(WriteBatch, Reply)]) -> bool {
+/// Whether a group's items span `n` sources or more.
+fn spans_sources(group: &[(WriteBatch, Reply)], n: usize) -> bool {
     let mut seen = std::collections::HashSet::new();
     group
         .iter()
@@ -154,7 +152,7 @@ fn spans_many_sources(group: &[(WriteBatch, Reply)]) -> bool {
                 .map(|e| e.event.source_id.as_str())
                 .chain(touched.map(|s| s.source_id.as_str()))
         })
-        .any(|s| seen.insert(s) && seen.len() >= BEHIND_FROM_SOURCES)
+        .any(|s| seen.insert(s) && seen.len() >= n)
 }
 
 /// Where a submitter of a batch waits for its committed events.
@@ -329,7 +327,7 @@ impl WriterThread {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(group.len());
-        let behind = spans_many_sources(group);
+        let behind = spans_sources(group, self.fold.behind_from);
         // Read, not changed, until after COMMIT (only this thread changes it).
         let pending = self.pending.clone();
         let pending = pending.read();

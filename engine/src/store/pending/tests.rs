@@ -236,6 +236,7 @@ async fn the_writer_folds_every_so_many_rows_and_when_idle() -> TestResult {
         FoldPolicy {
             rows: 25,
             every: Duration::MAX,
+            ..FoldPolicy::NEVER
         },
     )?;
     // Each write appends 3 rows of `s` and BEHIND_FROM_SOURCES - 1 fillers.
@@ -257,6 +258,7 @@ async fn the_writer_folds_every_so_many_rows_and_when_idle() -> TestResult {
         FoldPolicy {
             rows: usize::MAX,
             every: Duration::ZERO,
+            ..FoldPolicy::NEVER
         },
     )?;
     write_behind(&idle, vec![version("s", "a", 1)]).await?;
