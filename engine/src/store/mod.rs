@@ -67,11 +67,13 @@ use writer::{Job, WriterThread};
 
 /// The writer connection's page cache, KiB. It fills with every page a
 /// commit touches and is never given back, so under a burst it was most of
-/// the process's growth: at 256 MiB a burst of 100,000 events took the RSS
-/// to 4.7–4.9× its steady size (`cargo bench --bench burst`). 16 MiB still
-/// holds the hot part of the items index and the newest event pages; the
-/// ingest cost is in docs/PERFORMANCE.md ("Burst of 100,000 events").
-const WRITER_CACHE_KIB: u32 = 16 << 10;
+/// the process's growth (at 256 MiB a burst of 100,000 events took the RSS
+/// to 4.7–4.9× its steady size, at 16 MiB to 2.6–2.8×). A large cache paid
+/// for itself while commits of many sources rewrote `items` pages in
+/// place; with their item state written behind (`pending`) 4 MiB ingests
+/// as fast in every shape measured and the burst peaks 15–25 MiB lower
+/// (docs/PERFORMANCE.md, "Burst: a smaller writer cache").
+const WRITER_CACHE_KIB: u32 = 4 << 10;
 
 /// Handle to the database: cheap to clone.
 #[derive(Clone)]
