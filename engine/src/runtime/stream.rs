@@ -32,8 +32,11 @@ use crate::scheduler::{Backoff, BackoffPolicy, Jitter};
 use crate::sources::Kind;
 use crate::store::{SourceState, WriteBatch};
 
-/// Upstream batches buffered between a streaming firehose reader and the store.
-const UPSTREAM_QUEUE: usize = 16;
+/// Upstream batches buffered between a streaming firehose reader and the
+/// store. Beside the batch being planned and the one committing, 4 keep the
+/// pipeline fed: 16 held ~7 MB more items through a burst of 100,000 at
+/// the same ingest (docs/PERFORMANCE.md, "Burst: fewer batches queued").
+const UPSTREAM_QUEUE: usize = 4;
 
 /// Retry of an upstream batch the store refused: the reader waits meanwhile,
 /// so no jitter is needed; half a second doubling to 30 s.
