@@ -24,8 +24,9 @@
 //! - `retention`: event pruning and the item-state sweep.
 //!
 //! Dependencies point one way: `error` and `types` are leaves; `schema`,
-//! `pending` and `writer` use only them (`writer` also `pending`); `log`, `state` and `retention` add the handle
-//! (`super::Store`), and `retention` sends its jobs in `writer`'s job type.
+//! `pending` and `writer` use only them (`writer` also `pending`); `log`,
+//! `state` and `retention` add the handle (`super::Store`), and
+//! `retention` sends its jobs in `writer`'s job type.
 //! Nothing but this file uses `log`, `state` or `retention`.
 
 use std::path::{Path, PathBuf};

@@ -116,9 +116,22 @@ struct ItemWrites<'t, 'p> {
     written: Vec<Row>,
 }
 
+/// One item's new state as the transaction writes it, borrowed from the
+/// batch: owned (a [`Row`]) only when it goes behind, so a write in place
+/// copies no string.
+struct NewState<'a> {
+    source_id: &'a str,
+    item_id: &'a str,
+    version: u32,
+    last_event_id: uuid::Uuid,
+    fingerprint: &'a str,
+    aliases: String,
+    seen_at: i64,
+}
+
 impl ItemWrites<'_, '_> {
-    fn put(&mut self, row: Row) -> rusqlite::Result<()> {
-        let behind = self.behind || self.pending.holds(&row.source_id, &row.item_id);
+    fn put(&mut self, row: NewState<'_>) -> rusqlite::Result<()> {
+        let behind = self.behind || self.pending.holds(row.source_id, row.item_id);
         let stmt = if behind {
             &mut self.log
         } else {
@@ -134,7 +147,15 @@ impl ItemWrites<'_, '_> {
             row.seen_at
         ])?;
         if behind {
-            self.written.push(row);
+            self.written.push(Row {
+                source_id: row.source_id.to_owned(),
+                item_id: row.item_id.to_owned(),
+                version: row.version,
+                last_event_id: row.last_event_id,
+                fingerprint: row.fingerprint.to_owned(),
+                aliases: row.aliases,
+                seen_at: row.seen_at,
+            });
         }
         Ok(())
     }
@@ -371,12 +392,12 @@ impl WriterThread {
                         e.source_type.as_index() as i64,
                         &*committed.json
                     ])?;
-                    items.put(Row {
-                        source_id: e.source_id.clone(),
-                        item_id: e.item_id.clone(),
+                    items.put(NewState {
+                        source_id: &e.source_id,
+                        item_id: &e.item_id,
                         version: e.version,
                         last_event_id: e.id,
-                        fingerprint: ne.fingerprint,
+                        fingerprint: &ne.fingerprint,
                         aliases: ne.aliases.join("\u{1f}"),
                         seen_at: now.timestamp(),
                     })?;
@@ -389,12 +410,12 @@ impl WriterThread {
                         .as_ref()
                         .map(|s| s.source_id.as_str())
                         .unwrap_or_default();
-                    items.put(Row {
-                        source_id: sid.to_owned(),
-                        item_id: it.item_id.clone(),
+                    items.put(NewState {
+                        source_id: sid,
+                        item_id: &it.item_id,
                         version: it.version,
                         last_event_id: it.last_event_id,
-                        fingerprint: it.fingerprint.clone(),
+                        fingerprint: &it.fingerprint,
                         aliases: it.aliases.join("\u{1f}"),
                         seen_at: now.timestamp(),
                     })?;
