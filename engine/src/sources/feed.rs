@@ -108,8 +108,18 @@ pub fn parse_at(
         let n = json::normalise(&doc)?;
         (Some(n.text), Some(n.seen), None)
     } else {
-        check_depth(&doc)?;
-        let r = structure::repair(&doc);
+        // One scan of the tags: the depth guard, and whether the structure
+        // pass could edit anything (most feeds: no, and the pass is a whole
+        // XML reading).
+        let r = match structure::scan(&doc, MAX_DEPTH) {
+            structure::Scan::TooDeep => {
+                return Err(FeedError::Invalid(format!(
+                    "XML nested deeper than {MAX_DEPTH} elements"
+                )))
+            }
+            structure::Scan::NeedsPass => structure::repair(&doc),
+            structure::Scan::Clean => structure::Repaired::default(),
+        };
         (r.text, None, r.rdf_about)
     };
     let input = input.as_deref().unwrap_or(&doc);
@@ -360,44 +370,6 @@ fn sy_update_period(doc: &str) -> Option<Duration> {
         .filter(|f| *f > 0)
         .unwrap_or(1);
     Some(Duration::from_secs(secs / freq))
-}
-
-/// Refuses documents nested deeper than [`MAX_DEPTH`] (a cheap scan of tag
-/// opens/closes; comments, CDATA and processing instructions are skipped).
-fn check_depth(doc: &str) -> Result<(), FeedError> {
-    let b = doc.as_bytes();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(off) = memchr::memchr(b'<', &b[i..]) {
-        i += off;
-        let rest = &b[i..];
-        let skip_to = |end: &[u8]| memchr::memmem::find(rest, end).map(|p| p + end.len());
-        if rest.starts_with(b"<!--") {
-            i += skip_to(b"-->").unwrap_or(rest.len());
-            continue;
-        }
-        if rest.starts_with(b"<![CDATA[") {
-            i += skip_to(b"]]>").unwrap_or(rest.len());
-            continue;
-        }
-        let close = memchr::memchr(b'>', rest).unwrap_or(rest.len() - 1);
-        let tag = &rest[..=close.min(rest.len() - 1)];
-        match tag.get(1) {
-            Some(b'/') => depth = depth.saturating_sub(1),
-            Some(b'?' | b'!') => {}
-            _ if tag.ends_with(b"/>") => {}
-            _ => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(FeedError::Invalid(format!(
-                        "XML nested deeper than {MAX_DEPTH} elements"
-                    )));
-                }
-            }
-        }
-        i += close + 1;
-    }
-    Ok(())
 }
 
 /// True when the document ends with the closing tag of an `<rss>` or

@@ -307,8 +307,8 @@ fn is_mime(t: &str) -> bool {
 
 /// A Media RSS text element feed-rs parses strictly.
 pub(super) fn media_text(ns: Option<&str>, local: &str) -> Option<Family> {
-    let media = ns.and_then(known_spelling) == Some(MRSS_NS);
-    (media && matches!(local, "title" | "description")).then_some(Family::Media)
+    let media = || ns.and_then(known_spelling) == Some(MRSS_NS);
+    (matches!(local, "title" | "description") && media()).then_some(Family::Media)
 }
 
 pub(super) fn is_text_construct(local: &str) -> bool {

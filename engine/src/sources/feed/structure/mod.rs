@@ -31,12 +31,17 @@
 //! Nothing here fails: a document quick-xml cannot read is left as it is
 //! (feed-rs then reports why).
 //!
+//! [`scan`] runs first: a byte scan of the tags that refuses documents
+//! nested too deep and tells the caller whether this pass could edit
+//! anything at all; most feeds need no repair and skip it.
+//!
 //! Layout: this file is the pass itself (`Pass` reads events and holds the
 //! edits; `run` picks the repair by root element). `rss` and `atom` walk
 //! their documents; `constructs` follows the text elements both walks meet
 //! (Atom text constructs, Media RSS); `namespaces` and `tags` are helpers.
 //! `rss` and `atom` use `constructs`; all use the helpers, which use
-//! nothing here. Stray ampersands are escaped before this pass runs
+//! nothing here. `scan` stands apart: it reads bytes, not quick-xml events,
+//! and uses only `namespaces`. Stray ampersands are escaped before this pass runs
 //! (`decode::escape_stray_ampersands`).
 
 use std::collections::BTreeSet;
@@ -49,10 +54,13 @@ use quick_xml::NsReader;
 use self::namespaces::{is_rss_family, known_spelling, well_known_prefix, ATOM_03_NS, ATOM_NS};
 use self::tags::Attr;
 
+pub(crate) use self::scan::{scan, Scan};
+
 mod atom;
 mod constructs;
 mod namespaces;
 mod rss;
+mod scan;
 mod tags;
 #[cfg(test)]
 mod tests;

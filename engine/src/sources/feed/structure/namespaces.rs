@@ -42,9 +42,11 @@ pub(super) fn known_spelling(ns: &str) -> Option<&'static str> {
         "http://wellformedweb.org/CommentAPI/",
         "http://www.w3.org/2005/Atom",
     ];
-    let ns = ns.trim();
-    let bare = |s: &str| s.trim_end_matches('/').to_ascii_lowercase();
-    KNOWN.iter().copied().find(|k| bare(k) == bare(ns))
+    let bare = ns.trim().trim_end_matches('/');
+    KNOWN
+        .iter()
+        .copied()
+        .find(|k| k.trim_end_matches('/').eq_ignore_ascii_case(bare))
 }
 
 /// The namespace of a prefix feeds use without declaring it.

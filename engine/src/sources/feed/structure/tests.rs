@@ -162,3 +162,214 @@ fn unreadable_xml_is_left_alone_and_items_are_counted_on_the_xml() {
     );
     assert_eq!(count_items("<html/>"), None);
 }
+
+/// The document as the structure pass gets it from the feed parser.
+fn prepared(body: &[u8]) -> Option<String> {
+    let doc = crate::sources::feed::decode::repair_prolog(
+        crate::sources::feed::decode::to_utf8(body, None).text,
+    );
+    let trimmed = doc.trim_start();
+    (trimmed.starts_with('<')).then(|| crate::sources::feed::decode::escape_stray_ampersands(doc))
+}
+
+/// Every XML document of `fixtures/corpus/feeds` and `fixtures/scenarios`,
+/// prepared, with its path.
+fn documents() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let mut dirs = vec![root.join("corpus/feeds"), root.join("scenarios")];
+    let mut out = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if let Some(doc) = prepared(&body) {
+                out.push((path.display().to_string(), doc));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// "Clean" holds the scan to its promise: the structure pass makes no edit.
+fn holds(doc: &str, what: &str) -> Scan {
+    let s = scan(doc, 512);
+    if s == Scan::Clean {
+        let r = repair(doc);
+        assert!(
+            r.text.is_none() && r.rdf_about.is_none(),
+            "the scan called {what} clean, but the pass edits it:\n{doc}\n---\n{:?}",
+            r.text
+        );
+    }
+    s
+}
+
+#[test]
+fn a_clean_scan_means_the_pass_edits_nothing_on_every_corpus_feed() {
+    let docs = documents();
+    assert!(docs.len() > 150, "{} documents", docs.len());
+    let mut clean = 0;
+    let mut edited = 0;
+    for (path, doc) in &docs {
+        if holds(doc, path) == Scan::Clean {
+            clean += 1;
+        } else if repair(doc).text.is_some() {
+            edited += 1;
+        }
+    }
+    // Most real feeds need no repair, and the scan sees that.
+    assert!(clean * 2 > docs.len(), "{clean} of {} clean", docs.len());
+    assert!(edited > 10, "{edited} repaired");
+}
+
+/// Markup that makes the pass edit (or that looks like it might), inserted
+/// into real feeds at random places.
+const TRIGGERS: &[&str] = &[
+    "<item><title>x</title></item>",
+    "<channel><item/></channel>",
+    "</channel><item><title>late</title></item><channel>",
+    "<media:title></media:title>",
+    "<media:title>  </media:title>",
+    "<media:title>&#32;</media:title>",
+    "<media:description/>",
+    "<media:description type=\"text\">d</media:description>",
+    "<media:description type='html'>d</media:description>",
+    "<media:title><![CDATA[ ]]></media:title>",
+    "<itunes:summary>s</itunes:summary>",
+    "<undeclared:x>u</undeclared:x>",
+    "<dc:creator xmlns:dc=\"http://purl.org/dc/elements/1.1\">c</dc:creator>",
+    "<p:x xmlns:p=\"u\"><p:y/></p:x><p:z/>",
+    "<title type=\"text/plain\">t</title>",
+    "<title type=\"TEXT\">t</title>",
+    "<title type=\"xhtml\">t</title>",
+    "<content type=\"xhtml\"><div>x</div></content>",
+    "<content type=\"xhtml\">  </content>",
+    "<summary mode=\"base64\">eA==</summary>",
+    "<summary mode=\"escaped\">&lt;b&gt;</summary>",
+    "<content src=\"x\"/>",
+    "<content src=\"x\">body</content>",
+    "<content type=\"text/markdown\">*x*</content>",
+    "<x:item xmlns:x=\"http://purl.org/rss/1.0/\"/>",
+    "<x:channel xmlns:x=\"u\"/>",
+    "<title xmlns=\"http://search.yahoo.com/mrss/\"></title>",
+    "<a xmlns=\"http://purl.org/atom/ns#\"><title type='text/html'>x</title></a>",
+    "<![CDATA[</channel><item>]]>",
+    "<!-- <item></item> </channel> -->",
+    "<?pi </channel><item> ?>",
+    "<link title=\"a>b\" href='c>d'/>",
+    "<link title=\"a>b<item>\"/>",
+    "<entry><title type=\"html\">ok</title></entry>",
+    "<entry><title type='text'>ok</title><summary>s</summary></entry>",
+];
+
+#[test]
+fn a_clean_scan_means_the_pass_edits_nothing_on_generated_variants() {
+    let docs = documents();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut clean, mut edited) = (0, 0);
+    for (path, doc) in &docs {
+        if doc.len() > 200_000 {
+            continue;
+        }
+        for round in 0..12 {
+            let mut variant = doc.clone();
+            for _ in 0..1 + next() % 3 {
+                // After a `>` (between tags, or inside text), or anywhere.
+                let ends: Vec<usize> = variant.match_indices('>').map(|(i, _)| i + 1).collect();
+                let at = if ends.is_empty() || next() % 4 == 0 {
+                    let mut at = (next() as usize) % (variant.len() + 1);
+                    while !variant.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    at
+                } else {
+                    ends[(next() as usize) % ends.len()]
+                };
+                let what = TRIGGERS[(next() as usize) % TRIGGERS.len()];
+                variant.insert_str(at, what);
+            }
+            match holds(&variant, &format!("{path} (variant {round})")) {
+                Scan::Clean => clean += 1,
+                _ if repair(&variant).text.is_some() => edited += 1,
+                _ => {}
+            }
+        }
+    }
+    // Neither side is vacuous: variants of both kinds were met.
+    assert!(clean > 100, "{clean} clean");
+    assert!(edited > 500, "{edited} repaired");
+}
+
+#[test]
+fn the_scan_sends_each_kind_of_repair_to_the_pass() {
+    let needs = [
+        // RSS 0.90/1.0, prefixed or foreign roots.
+        r#"<rdf:RDF xmlns:rdf="r"><item/></rdf:RDF>"#,
+        r#"<RDF><item/></RDF>"#,
+        r#"<a:rss xmlns:a="u"><channel/></a:rss>"#,
+        // A default namespace on an RSS root, or any other than Atom 1.0's.
+        r#"<rss xmlns="http://backend.userland.com/rss2"><channel/></rss>"#,
+        r#"<feed xmlns="http://purl.org/atom/ns#"><title>t</title></feed>"#,
+        r#"<feed xmlns="http://www.w3.org/2005/Atom"><entry xmlns="u"/></feed>"#,
+        // Extension namespaces spelled otherwise, or not declared.
+        r#"<rss xmlns:itunes="http://www.itunes.com/DTDs/Podcast-1.0.dtd"><channel/></rss>"#,
+        r#"<rss><channel><item><itunes:author>a</itunes:author></item></channel></rss>"#,
+        // Items outside one channel.
+        r#"<rss><channel></channel><item/></rss>"#,
+        r#"<rss><channel/><channel/></rss>"#,
+        // Atom text constructs feed-rs refuses.
+        r#"<feed xmlns="http://www.w3.org/2005/Atom"><title type="text/plain">t</title></feed>"#,
+        r#"<feed><entry><content mode="escaped">x</content></entry></feed>"#,
+        r#"<feed><entry><content src="u"/></entry></feed>"#,
+        r#"<feed><entry><summary type="xhtml">x</summary></entry></feed>"#,
+        // Media RSS: empty, or typed otherwise.
+        r#"<rss xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title/></item></channel></rss>"#,
+        r#"<rss xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title> &#160; </media:title></item></channel></rss>"#,
+        r#"<rss xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title type="text">t</media:title></item></channel></rss>"#,
+        // What the scan cannot read.
+        r#"<!DOCTYPE rss [<!ENTITY e "x">]><rss><channel/></rss>"#,
+        r#"<rss a=b><channel/></rss>"#,
+        r#"<rss><channel><item title="never closed"#,
+    ];
+    for doc in needs {
+        assert_eq!(scan(doc, 512), Scan::NeedsPass, "{doc}");
+    }
+    let clean = [
+        r#"<?xml version="1.0"?><!-- c --><rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/" xmlns:atom="http://www.w3.org/2005/Atom"><channel><title>t</title><atom:link href="x" rel="self"/><item><title>a &amp; b</title><description><![CDATA[<p>x</item></channel>]]></description><media:title type="plain">m</media:title><media:description>d</media:description></item></channel></rss>"#,
+        r#"<feed xmlns="http://www.w3.org/2005/Atom" xml:lang="en"><title type="text">t</title><entry><title type="html">&lt;b&gt;</title><content type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml">x</div></content><link href="a>b"/></entry></feed>"#,
+        r#"<html><body><item/></body></html>"#,
+        r#"<rss/>"#,
+    ];
+    for doc in clean {
+        assert_eq!(holds(doc, doc), Scan::Clean, "{doc}");
+    }
+}
+
+#[test]
+fn the_scan_refuses_deep_nesting_but_not_deep_looking_text() {
+    let deep = "<a>".repeat(513);
+    assert_eq!(scan(&deep, 512), Scan::TooDeep);
+    assert_ne!(scan(&"<a>".repeat(512), 512), Scan::TooDeep);
+    let hidden = format!(
+        "<rss><channel><!-- {} --><![CDATA[{}]]><?pi {}?><item title=\"{}\"/></channel></rss>",
+        "<a>".repeat(600),
+        "<b>".repeat(600),
+        "<c>".repeat(600),
+        "<d>".repeat(600)
+    );
+    assert_eq!(scan(&hidden, 512), Scan::Clean);
+    let closed = "<a>".repeat(400) + &"</a>".repeat(400) + &"<a/>".repeat(600);
+    assert_ne!(scan(&closed, 512), Scan::TooDeep);
+}
