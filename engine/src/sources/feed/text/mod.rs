@@ -202,7 +202,7 @@ impl Breaks {
     /// HTML text: its own newlines are just spaces. Text given in pieces
     /// is written as the same text given at once.
     fn text(&mut self, t: &str) {
-        if t.chars().all(is_space) {
+        if SpaceSplit::new(t).all(str::is_empty) {
             if self.pending == 0 && !t.is_empty() {
                 self.gap = self.gap.max(1);
             }
@@ -214,7 +214,7 @@ impl Breaks {
             self.gap = if self.pending == 2 { 3 } else { 2 };
         }
         self.pending = 0;
-        for (i, word) in t.split(is_space).enumerate() {
+        for (i, word) in SpaceSplit::new(t).enumerate() {
             if i > 0 {
                 self.gap = self.gap.max(1);
             }
@@ -337,7 +337,7 @@ fn strip_tags(html: &str) -> String {
 /// Collapses every run of whitespace (newlines included) to one space and trims.
 pub(crate) fn collapse_whitespace(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for word in s.split(is_space) {
+    for word in SpaceSplit::new(s) {
         if word.is_empty() {
             continue;
         }
@@ -370,6 +370,52 @@ pub(crate) fn tidy_lines(s: &str) -> String {
         out.push_str(&line);
     }
     out
+}
+
+/// `s.split(is_space)`, read a byte at a time where the text is ASCII
+/// (every field of every item goes through it, and the `char` predicate
+/// decodes each character of mostly ASCII text).
+struct SpaceSplit<'a> {
+    s: &'a str,
+    /// Where the next piece starts; `None` once the last one was given.
+    at: Option<usize>,
+}
+
+impl<'a> SpaceSplit<'a> {
+    fn new(s: &'a str) -> Self {
+        SpaceSplit { s, at: Some(0) }
+    }
+}
+
+impl<'a> Iterator for SpaceSplit<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let from = self.at?;
+        let b = self.s.as_bytes();
+        let mut i = from;
+        while let Some(&c) = b.get(i) {
+            let len = if c.is_ascii() {
+                if matches!(c, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ') {
+                    1
+                } else {
+                    i += 1;
+                    continue;
+                }
+            } else {
+                let ch = self.s[i..].chars().next().unwrap_or(' ');
+                if !is_space(ch) {
+                    i += ch.len_utf8();
+                    continue;
+                }
+                ch.len_utf8()
+            };
+            self.at = Some(i + len);
+            return Some(&self.s[from..i]);
+        }
+        self.at = None;
+        Some(&self.s[from..])
+    }
 }
 
 /// Whitespace for collapsing purposes: Unicode whitespace except that a

@@ -115,6 +115,40 @@ fn the_nesting_scan_agrees_with_the_tag_regex() {
 }
 
 #[test]
+fn the_byte_split_on_whitespace_is_the_char_split() {
+    // Every character that is whitespace or near it, in and around words.
+    let mut chars: Vec<char> = (0u32..0x3100).filter_map(char::from_u32).collect();
+    chars.extend(['\u{feff}', '\u{2060}', '\u{1f600}', '\u{10ffff}']);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut cases: Vec<String> = vec![String::new(), " ".into(), "a".into(), "  a  b  ".into()];
+    for c in &chars {
+        cases.push(format!("a{c}b{c}{c}c{c}"));
+    }
+    for _ in 0..5_000 {
+        let mut s = String::new();
+        for _ in 0..x % 24 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.push(match x % 4 {
+                0 => ' ',
+                1 => chars[(x >> 8) as usize % chars.len()],
+                2 => {
+                    ['\n', '\t', '\u{a0}', '\u{200b}', '\u{3000}', '\u{85}'][(x >> 8) as usize % 6]
+                }
+                _ => 'w',
+            });
+        }
+        cases.push(s);
+    }
+    for s in &cases {
+        let got: Vec<&str> = SpaceSplit::new(s).collect();
+        let want: Vec<&str> = s.split(is_space).collect();
+        assert_eq!(got, want, "{s:?}");
+    }
+}
+
+#[test]
 fn plain_titles_keep_angle_brackets_that_are_not_tags() {
     assert_eq!(one_line("a < b  and\n c"), "a < b and c");
     assert_eq!(one_line("Tom &amp; Jerry"), "Tom & Jerry");
