@@ -68,11 +68,15 @@ pub(crate) fn scan(doc: &str, max_depth: usize) -> Scan {
     while let Some(off) = memchr(b'<', &b[i..]) {
         i += off;
         let rest = &b[i..];
+        // Each region ends where quick-xml ends it, so that the scan never
+        // sees a tag quick-xml reads as text, or the other way round.
         if rest.starts_with(b"<!--") {
-            i += skip_past(rest, b"-->");
+            // `<!-->` and `<!--->` do not end a comment.
+            i += 4 + skip_past(&rest[4..], b"-->");
             continue;
         }
-        if rest.starts_with(b"<![CDATA[") {
+        if rest.starts_with(b"<![") {
+            // CDATA, in any case (or malformed: quick-xml then fails).
             i += skip_past(rest, b"]]>");
             continue;
         }
@@ -81,9 +85,12 @@ pub(crate) fn scan(doc: &str, max_depth: usize) -> Scan {
             continue;
         }
         if rest.starts_with(b"<!") {
-            // A doctype: one with an internal subset may declare entities.
+            // A doctype: its first `>` ends it unless it holds quotes or an
+            // internal subset (which may also declare entities); those the
+            // scan leaves to the pass.
             let end = memchr(b'>', rest).map_or(rest.len(), |p| p + 1);
-            s.needs |= memchr(b'[', &rest[..end]).is_some();
+            s.needs |= memchr3(b'[', b'"', b'\'', &rest[..end]).is_some()
+                || memchr(b'<', &rest[1..end]).is_some();
             i += end;
             continue;
         }

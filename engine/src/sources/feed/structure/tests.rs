@@ -264,6 +264,11 @@ const TRIGGERS: &[&str] = &[
     "<?pi </channel><item> ?>",
     "<link title=\"a>b\" href='c>d'/>",
     "<link title=\"a>b<item>\"/>",
+    "<!--> <x> -->",
+    "<!---> <item> -->",
+    "<![cdata[ <x> ]]>",
+    "<?> <x> ?>",
+    "<y a='<x>'/>",
     "<entry><title type=\"html\">ok</title></entry>",
     "<entry><title type='text'>ok</title><summary>s</summary></entry>",
 ];
@@ -338,7 +343,15 @@ fn the_scan_sends_each_kind_of_repair_to_the_pass() {
         r#"<rss xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title/></item></channel></rss>"#,
         r#"<rss xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title> &#160; </media:title></item></channel></rss>"#,
         r#"<rss xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title type="text">t</media:title></item></channel></rss>"#,
+        // Regions that end where quick-xml ends them: an item outside the
+        // channel hides behind none of these.
+        r#"<rss><channel></channel><!--> <x> --><item><title>a</title></item></rss>"#,
+        r#"<rss><channel></channel><!---> <x> --><item><title>a</title></item></rss>"#,
+        r#"<rss><channel></channel><![cdata[ <x> ]]><item><title>a</title></item></rss>"#,
+        r#"<!DOCTYPE x SYSTEM "a><x>"><rss><channel></channel><item/></rss>"#,
+        r#"<rss><channel></channel><y a="<x>"/><item/></rss>"#,
         // What the scan cannot read.
+        r#"<!DOCTYPE rss PUBLIC "-//Netscape Communications//DTD RSS 0.91//EN" "http://my.netscape.com/publish/formats/rss-0.91.dtd"><rss><channel/></rss>"#,
         r#"<!DOCTYPE rss [<!ENTITY e "x">]><rss><channel/></rss>"#,
         r#"<rss a=b><channel/></rss>"#,
         r#"<rss><channel><item title="never closed"#,
