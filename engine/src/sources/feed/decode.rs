@@ -113,7 +113,9 @@ pub(crate) fn escape_stray_ampersands(text: String) -> String {
     let mut out: Option<String> = None;
     let mut copied = 0;
     let mut i = 0;
-    while i < b.len() {
+    // Only `<` (a CDATA section or comment may start) and `&` matter.
+    while let Some(off) = memchr::memchr2(b'<', b'&', &b[i..]) {
+        i += off;
         let skip_past = |end: &str| text[i..].find(end).map_or(b.len(), |p| i + p + end.len());
         match b[i] {
             b'<' if b[i..].starts_with(b"<![CDATA[") => i = skip_past("]]>"),

@@ -202,24 +202,24 @@ impl Breaks {
     /// HTML text: its own newlines are just spaces. Text given in pieces
     /// is written as the same text given at once.
     fn text(&mut self, t: &str) {
-        if SpaceSplit::new(t).all(str::is_empty) {
-            if self.pending == 0 && !t.is_empty() {
-                self.gap = self.gap.max(1);
-            }
-            return;
-        }
-        if self.pending > 0 && !self.out.is_empty() {
-            // A break is only written before a word, so at most one comes
-            // between two words.
-            self.gap = if self.pending == 2 { 3 } else { 2 };
-        }
-        self.pending = 0;
+        // One pass: the pending break is settled at the first word; text
+        // that is all whitespace only marks a gap.
+        let mut words = false;
         for (i, word) in SpaceSplit::new(t).enumerate() {
             if i > 0 {
                 self.gap = self.gap.max(1);
             }
             if word.is_empty() {
                 continue;
+            }
+            if !words {
+                words = true;
+                if self.pending > 0 && !self.out.is_empty() {
+                    // A break is only written before a word, so at most one
+                    // comes between two words.
+                    self.gap = if self.pending == 2 { 3 } else { 2 };
+                }
+                self.pending = 0;
             }
             if !self.out.is_empty() {
                 self.out.push_str(match self.gap {
