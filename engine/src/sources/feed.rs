@@ -83,6 +83,36 @@ pub fn parse_at(
     base: &Url,
     now: DateTime<Utc>,
 ) -> Result<Parsed, FeedError> {
+    parse_with(body, content_type, base, now, Structure::Scan)
+}
+
+/// Whether the structure pass runs on every XML document, or only where the
+/// scan says it may edit something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Structure {
+    Scan,
+    AlwaysPass,
+}
+
+/// [`parse_at`] with the structure pass run on every XML document, whatever
+/// the scan says: the fuzz checks hold the two to the same result.
+#[doc(hidden)]
+pub fn parse_at_always_repairing(
+    body: &[u8],
+    content_type: Option<&str>,
+    base: &Url,
+    now: DateTime<Utc>,
+) -> Result<Parsed, FeedError> {
+    parse_with(body, content_type, base, now, Structure::AlwaysPass)
+}
+
+fn parse_with(
+    body: &[u8],
+    content_type: Option<&str>,
+    base: &Url,
+    now: DateTime<Utc>,
+    structure: Structure,
+) -> Result<Parsed, FeedError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(FeedError::Invalid("empty body".into()));
     }
@@ -117,8 +147,10 @@ pub fn parse_at(
                     "XML nested deeper than {MAX_DEPTH} elements"
                 )))
             }
-            structure::Scan::NeedsPass => structure::repair(&doc),
-            structure::Scan::Clean => structure::Repaired::default(),
+            structure::Scan::Clean if structure == Structure::Scan => {
+                structure::Repaired::default()
+            }
+            structure::Scan::Clean | structure::Scan::NeedsPass => structure::repair(&doc),
         };
         (r.text, None, r.rdf_about)
     };

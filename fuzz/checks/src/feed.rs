@@ -5,24 +5,32 @@ use livestrom_engine::sources::feed;
 use livestrom_engine::SourceType;
 use url::Url;
 
-/// Parses `data` as a feed twice (same result, items or error text), then
-/// checks the items' identities ([`crate::normalise::check_items`]).
+/// Parses `data` as a feed twice (same result, items or error text) — the
+/// second time with the structure pass run whatever the scan before it says,
+/// so a scan that skips a needed repair shows as a difference — then checks
+/// the items' identities ([`crate::normalise::check_items`]).
 pub fn check(data: &[u8]) {
     let base = Url::parse("https://feeds.example.test/dir/feed.xml")
         .unwrap_or_else(|e| panic!("fixed url: {e}"));
     let first = feed::parse_at(data, None, &base, crate::now());
-    let second = feed::parse_at(data, None, &base, crate::now());
+    let second = feed::parse_at_always_repairing(data, None, &base, crate::now());
     let parsed = match (first, second) {
         (Ok(a), Ok(b)) => {
-            assert_eq!(a, b, "two parses of the same feed differ");
+            assert_eq!(a, b, "the parse differs with the structure pass always run");
             a
         }
         (Err(a), Err(b)) => {
-            assert_eq!(a.to_string(), b.to_string(), "two parses fail differently");
+            assert_eq!(
+                a.to_string(),
+                b.to_string(),
+                "the parse fails differently with the structure pass always run"
+            );
             assert!(!a.to_string().is_empty(), "an empty error message");
             return;
         }
-        (a, b) => panic!("one parse failed, the other did not: {a:?} / {b:?}"),
+        (a, b) => {
+            panic!("one parse failed, the other (structure pass always run) did not: {a:?} / {b:?}")
+        }
     };
     for item in &parsed.items {
         assert!(!item.is_blank(), "a blank item was kept: {item:?}");
