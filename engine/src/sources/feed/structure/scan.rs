@@ -33,6 +33,9 @@ use memchr::{memchr, memchr3, memmem};
 
 use super::namespaces::{known_spelling, ATOM_NS};
 
+/// Prefix declarations in scope beyond which the scan stops looking.
+const MAX_SCOPE: usize = 256;
+
 /// XHTML's namespace, declared on the `<div>` of inline Atom content.
 const XHTML_NS: &str = "http://www.w3.org/1999/xhtml";
 
@@ -269,7 +272,7 @@ impl<'d> Scanner<'d> {
         }
         if let Some(p) = prefix {
             let declared =
-                p == b"xml" || own.contains(&p) || self.scope.iter().any(|(_, q)| *q == p);
+                p == b"xml" || own.contains(&p) || self.scope.iter().rev().any(|(_, q)| *q == p);
             self.needs |= !declared;
         }
         if mode == Mode::Rss {
@@ -285,6 +288,9 @@ impl<'d> Scanner<'d> {
         }
         if !empty {
             self.scope.extend(own.into_iter().map(|p| (depth, p)));
+            // Real feeds declare a few dozen prefixes; thousands would make
+            // every prefixed tag a long search: that document goes to the pass.
+            self.needs |= self.scope.len() > MAX_SCOPE;
         }
     }
 }

@@ -371,6 +371,22 @@ fn the_scan_sends_each_kind_of_repair_to_the_pass() {
 }
 
 #[test]
+fn thousands_of_declared_prefixes_go_to_the_pass_instead_of_a_long_search() {
+    let decls: String = (0..50_000)
+        .map(|i| format!(" xmlns:p{i}=\"u{i}\""))
+        .collect();
+    let uses = "<p49999:x/>".repeat(50_000);
+    let doc = format!("<rss{decls}><channel>{uses}</channel></rss>");
+    assert_eq!(scan(&doc, 512), Scan::NeedsPass);
+    let few: String = (0..200).map(|i| format!(" xmlns:p{i}=\"u{i}\"")).collect();
+    let doc = format!(
+        "<rss{few}><channel>{}</channel></rss>",
+        "<p199:x/>".repeat(100)
+    );
+    assert_eq!(scan(&doc, 512), Scan::Clean);
+}
+
+#[test]
 fn the_scan_refuses_deep_nesting_but_not_deep_looking_text() {
     let deep = "<a>".repeat(513);
     assert_eq!(scan(&deep, 512), Scan::TooDeep);
