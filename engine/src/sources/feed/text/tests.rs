@@ -146,6 +146,40 @@ fn the_byte_split_on_whitespace_is_the_char_split() {
         let want: Vec<&str> = s.split(is_space).collect();
         assert_eq!(got, want, "{s:?}");
     }
+    // The tidy fast path of `collapse_whitespace` gives what the split gives,
+    // on these and on tidy text built from them.
+    let slow = |s: &str| {
+        s.split(is_space)
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut tidy_hits = 0;
+    for s in &cases {
+        let words: Vec<&str> = s.split(is_space).filter(|w| !w.is_empty()).collect();
+        let tidy = words
+            .iter()
+            .enumerate()
+            .fold(String::new(), |mut t, (i, w)| {
+                if i > 0 {
+                    t.push_str([" ", "\n", "\n\n"][i % 3]);
+                }
+                t.push_str(w);
+                t
+            });
+        for text in [s.as_str(), tidy.as_str()] {
+            if let Some(fast) = collapse_tidy(text) {
+                tidy_hits += 1;
+                assert_eq!(fast, slow(text), "{text:?}");
+            }
+            assert_eq!(collapse_whitespace(text), slow(text), "{text:?}");
+        }
+    }
+    assert!(
+        tidy_hits > cases.len() / 2,
+        "{tidy_hits} tidy of {}",
+        2 * cases.len()
+    );
 }
 
 #[test]
