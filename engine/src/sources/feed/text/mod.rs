@@ -202,6 +202,27 @@ impl Breaks {
     /// HTML text: its own newlines are just spaces. Text given in pieces
     /// is written as the same text given at once.
     fn text(&mut self, t: &str) {
+        // Words with single spaces between them (most text inside an
+        // element), with at most one space before and after: written at once.
+        let lead = t.starts_with(' ');
+        let core = t.strip_prefix(' ').unwrap_or(t);
+        let trail = core.ends_with(' ');
+        let core = core.strip_suffix(' ').unwrap_or(core);
+        if !core.is_empty()
+            && !core.starts_with(' ')
+            && !core.ends_with(' ')
+            && !other_space(core.as_bytes(), false)
+            && memchr::memmem::find(core.as_bytes(), b"  ").is_none()
+        {
+            if lead {
+                self.gap = self.gap.max(1);
+            }
+            self.word(core);
+            if trail {
+                self.gap = 1;
+            }
+            return;
+        }
         // One pass: the pending break is settled at the first word; text
         // that is all whitespace only marks a gap.
         let mut words = false;
@@ -212,26 +233,39 @@ impl Breaks {
             if word.is_empty() {
                 continue;
             }
-            if !words {
+            if words {
+                self.push(word);
+            } else {
                 words = true;
-                if self.pending > 0 && !self.out.is_empty() {
-                    // A break is only written before a word, so at most one
-                    // comes between two words.
-                    self.gap = if self.pending == 2 { 3 } else { 2 };
-                }
-                self.pending = 0;
+                self.word(word);
             }
-            if !self.out.is_empty() {
-                self.out.push_str(match self.gap {
-                    0 => "",
-                    1 => " ",
-                    2 => "\n",
-                    _ => "\n\n",
-                });
-            }
-            self.gap = 0;
-            self.out.push_str(word);
         }
+    }
+
+    /// The first word of a text: the pending break is settled, then it is
+    /// written.
+    fn word(&mut self, word: &str) {
+        if self.pending > 0 && !self.out.is_empty() {
+            // A break is only written before a word, so at most one comes
+            // between two words.
+            self.gap = if self.pending == 2 { 3 } else { 2 };
+        }
+        self.pending = 0;
+        self.push(word);
+    }
+
+    /// A word (or words with single spaces) after the gap before it.
+    fn push(&mut self, word: &str) {
+        if !self.out.is_empty() {
+            self.out.push_str(match self.gap {
+                0 => "",
+                1 => " ",
+                2 => "\n",
+                _ => "\n\n",
+            });
+        }
+        self.gap = 0;
+        self.out.push_str(word);
     }
 
     fn finish(self) -> String {
@@ -356,7 +390,8 @@ pub(crate) fn collapse_whitespace(s: &str) -> String {
 /// by one space or by line breaks, nothing leading or trailing, no other
 /// whitespace: what this module writes, and what fingerprints are taken of.
 /// Its line breaks become spaces. Found out with a few vectorised scans
-/// instead of a look at every character; `None` when the text is not tidy.
+/// ([`other_space`]) instead of a look at every character; `None` when the
+/// text is not tidy.
 fn collapse_tidy(s: &str) -> Option<String> {
     use memchr::memmem;
     let b = s.as_bytes();
@@ -364,29 +399,7 @@ fn collapse_tidy(s: &str) -> Option<String> {
     if edge(b.first()) || edge(b.last()) {
         return None;
     }
-    // ASCII whitespace other than the space and the line break.
-    if memchr::memchr3(b'\t', 0x0b, 0x0c, b).is_some() || memchr::memchr(b'\r', b).is_some() {
-        return None;
-    }
-    // Other whitespace: lead bytes C2 (U+0085, U+00A0), E1 (U+1680), E2
-    // (U+2000–U+200D, U+2028, U+2029, U+202F, U+205F, U+2060), E3 (U+3000),
-    // EF (U+FEFF); a lead is looked at only where it occurs.
-    for i in memchr::memchr3_iter(0xc2, 0xe2, 0xef, b) {
-        let next = (b.get(i + 1).copied(), b.get(i + 2).copied());
-        let space = match b[i] {
-            0xc2 => matches!(next.0, Some(0x85 | 0xa0)),
-            0xe2 => matches!(
-                next,
-                (Some(0x80), Some(0x80..=0x8d | 0xa8 | 0xa9 | 0xaf))
-                    | (Some(0x81), Some(0x9f | 0xa0))
-            ),
-            _ => next == (Some(0xbb), Some(0xbf)),
-        };
-        if space {
-            return None;
-        }
-    }
-    if memmem::find(b, b"\xe1\x9a\x80").is_some() || memmem::find(b, b"\xe3\x80\x80").is_some() {
+    if other_space(b, true) {
         return None;
     }
     if memmem::find(b, b"  ").is_some()
@@ -411,6 +424,37 @@ fn collapse_tidy(s: &str) -> Option<String> {
     }
     out.push_str(&s[at..]);
     Some(out)
+}
+
+/// `b` holds whitespace other than the space (and the line break, when
+/// `lines`): any other character [`is_space`] is true of. A few vectorised
+/// scans; the lead bytes of non-ASCII whitespace — C2 (U+0085, U+00A0), E1
+/// (U+1680), E2 (U+2000–U+200D, U+2028, U+2029, U+202F, U+205F, U+2060),
+/// E3 (U+3000), EF (U+FEFF) — are looked at only where they occur.
+fn other_space(b: &[u8], lines: bool) -> bool {
+    use memchr::memmem;
+    if memchr::memchr3(b'\t', 0x0b, 0x0c, b).is_some()
+        || memchr::memchr(b'\r', b).is_some()
+        || (!lines && memchr::memchr(b'\n', b).is_some())
+    {
+        return true;
+    }
+    for i in memchr::memchr3_iter(0xc2, 0xe2, 0xef, b) {
+        let next = (b.get(i + 1).copied(), b.get(i + 2).copied());
+        let space = match b[i] {
+            0xc2 => matches!(next.0, Some(0x85 | 0xa0)),
+            0xe2 => matches!(
+                next,
+                (Some(0x80), Some(0x80..=0x8d | 0xa8 | 0xa9 | 0xaf))
+                    | (Some(0x81), Some(0x9f | 0xa0))
+            ),
+            _ => next == (Some(0xbb), Some(0xbf)),
+        };
+        if space {
+            return true;
+        }
+    }
+    memmem::find(b, b"\xe1\x9a\x80").is_some() || memmem::find(b, b"\xe3\x80\x80").is_some()
 }
 
 /// Collapses whitespace within each line, drops leading/trailing blank lines
