@@ -172,10 +172,19 @@ fn parse_with(
         }
         Ok(Ok(feed)) => feed,
         // An <rss>/<rdf:RDF> root without a <channel>: a feed with no items.
+        // feed-rs also answers "no feed root" when it cannot read the root
+        // (one declaring more namespaces than quick-xml binds): that, or a
+        // root with items after all, is not an empty feed.
         Ok(Err(ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot)))
             if matches!(root_name(&doc).as_deref(), Some("rss" | "rdf")) && closes_root(&doc) =>
         {
-            return Ok(Parsed::default());
+            if let Some(e) = structure::xml_error(&doc) {
+                return Err(FeedError::Invalid(format!("malformed XML: {e}")));
+            }
+            return match nothing_kept(&doc, None, 0) {
+                Some(err) => Err(err),
+                None => Ok(Parsed::default()),
+            };
         }
         Ok(Err(e)) => return Err(describe(e, &doc, base)),
     };
@@ -869,11 +878,27 @@ mod tests {
         );
         assert_eq!(seen, 2);
         assert!(why.contains("JSON object"), "{why}");
-        // A feed with no items at all is a healthy empty feed.
+        // A root quick-xml cannot read (more namespace declarations than it
+        // binds): not an empty feed, whatever it holds.
+        let decls: String = (0..300).map(|i| format!(" xmlns:p{i}=\"u{i}\"")).collect();
+        for inner in ["<channel><item><title>a</title></item></channel>", ""] {
+            let doc = format!("<rss version=\"2.0\"{decls}>{inner}</rss>");
+            let err = parse_at(doc.as_bytes(), None, &base(), now())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.starts_with("not a valid feed: malformed XML: "),
+                "{err}"
+            );
+        }
+        // A feed with no items at all is a healthy empty feed, and so is an
+        // RSS root without a channel.
         assert_eq!(
             parse_ok("<rss version=\"2.0\"><channel><title>t</title></channel></rss>"),
             Parsed::default()
         );
+        assert_eq!(parse_ok("<rss version=\"2.0\"></rss>"), Parsed::default());
         assert_eq!(
             parse_ok(r#"{"version":"https://jsonfeed.org/version/1.1","title":"t","items":[]}"#),
             Parsed::default()

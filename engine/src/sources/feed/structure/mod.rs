@@ -141,6 +141,19 @@ pub(crate) fn count_items(doc: &str) -> Option<(usize, &'static str)> {
     root.map(|(rt, _)| (n, rt.item_name()))
 }
 
+/// Why quick-xml cannot read the document (with namespaces resolved), if
+/// it cannot: the first error on the way to its end.
+pub(crate) fn xml_error(doc: &str) -> Option<String> {
+    let mut r = NsReader::from_str(doc);
+    loop {
+        match r.read_resolved_event() {
+            Err(e) => return Some(e.to_string()),
+            Ok((_, Event::Eof)) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// The document kinds this module repairs, by root element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Root {
