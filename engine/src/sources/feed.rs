@@ -430,6 +430,14 @@ fn describe(e: ParseFeedError, doc: &str, base: &Url) -> FeedError {
     let msg = match e {
         ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot) => {
             let root = root_name(doc);
+            let unreadable = || {
+                matches!(root.as_deref(), Some("rss" | "rdf" | "feed" | "entry"))
+                    .then(|| structure::xml_error(doc))
+                    .flatten()
+            };
+            if let Some(e) = unreadable() {
+                return FeedError::Invalid(format!("malformed XML: {e}"));
+            }
             match root.as_deref() {
                 Some("html") => {
                     let feeds = advertised_feeds(doc, base);
@@ -881,8 +889,11 @@ mod tests {
         // A root quick-xml cannot read (more namespace declarations than it
         // binds): not an empty feed, whatever it holds.
         let decls: String = (0..300).map(|i| format!(" xmlns:p{i}=\"u{i}\"")).collect();
-        for inner in ["<channel><item><title>a</title></item></channel>", ""] {
-            let doc = format!("<rss version=\"2.0\"{decls}>{inner}</rss>");
+        for doc in [
+            format!("<rss version=\"2.0\"{decls}><channel><item><title>a</title></item></channel></rss>"),
+            format!("<rss version=\"2.0\"{decls}></rss>"),
+            format!("<feed xmlns=\"http://www.w3.org/2005/Atom\"{decls}><entry><title>a</title></entry></feed>"),
+        ] {
             let err = parse_at(doc.as_bytes(), None, &base(), now())
                 .err()
                 .map(|e| e.to_string())
