@@ -74,18 +74,21 @@ pub fn canonical_link(link: &str) -> Option<String> {
 pub fn significant_text(s: &str) -> String {
     static URL_IN_TEXT: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r#"https?://[^\s<>"'()\[\]]+"#).expect("constant regex"));
-    let with_urls: Cow<'_, str> = if s.contains("://") {
-        URL_IN_TEXT.replace_all(s, |c: &regex::Captures<'_>| {
-            let m = &c[0];
-            if m.contains('?') || m.contains('#') {
-                canonical_link(m).unwrap_or_else(|| m.to_owned())
-            } else {
-                m.to_owned()
-            }
-        })
-    } else {
-        Cow::Borrowed(s)
-    };
+    // Only a URL with a query or a fragment is rewritten: text without
+    // `?` and `#` has none, and skips the search.
+    let with_urls: Cow<'_, str> =
+        if s.contains("://") && memchr::memchr2(b'?', b'#', s.as_bytes()).is_some() {
+            URL_IN_TEXT.replace_all(s, |c: &regex::Captures<'_>| {
+                let m = &c[0];
+                if m.contains('?') || m.contains('#') {
+                    canonical_link(m).unwrap_or_else(|| m.to_owned())
+                } else {
+                    m.to_owned()
+                }
+            })
+        } else {
+            Cow::Borrowed(s)
+        };
     // Every quote folded here is encoded with a 0xE2 lead byte: text
     // without one has none, and skips the copy.
     let folded: Cow<'_, str> = if with_urls.as_bytes().contains(&0xE2) {
