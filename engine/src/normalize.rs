@@ -214,8 +214,6 @@ struct Prepared<I = Item> {
     fingerprint: String,
     /// `hash:` first (stronger evidence), then `link:` if the item has one.
     aliases: Vec<String>,
-    /// Short hash of link + title + content, to split duplicate ids.
-    twin_key: String,
 }
 
 /// One event to be emitted, before ordering.
@@ -254,10 +252,6 @@ fn prepare<I: std::borrow::Borrow<Item>>(doc_idx: usize, item: I) -> Option<Prep
     let bare = title.is_empty() && content.is_empty();
     let bare_enclosure = enclosure.as_deref().filter(|_| bare);
     let fingerprint = fingerprint_parts(&title, &content, bare_enclosure);
-    let twin_key = match bare_enclosure {
-        Some(enc) => short_hash(&[canon.as_deref().unwrap_or(""), &title, &content, enc]),
-        None => short_hash(&[canon.as_deref().unwrap_or(""), &title, &content]),
-    };
     let hash_alias = format!("{ALIAS_HASH}{fingerprint}");
     let mut aliases = vec![hash_alias.clone()];
     if let Some(c) = &canon {
@@ -270,8 +264,26 @@ fn prepare<I: std::borrow::Borrow<Item>>(doc_idx: usize, item: I) -> Option<Prep
         item_id,
         fingerprint,
         aliases,
-        twin_key,
     })
+}
+
+/// Short hash of link + title + content (and, for an item without text, its
+/// enclosure), to split ids several items of a document share. Only such
+/// items need it, so it is worked out again from the item, not kept for all.
+fn twin_key(it: &Item) -> String {
+    let canon = it.url.as_deref().and_then(canonical_link);
+    let title = significant_text(&it.title);
+    let content = significant_text(&it.content);
+    let canon = canon.as_deref().unwrap_or("");
+    let bare_enclosure = it
+        .enclosure
+        .as_deref()
+        .filter(|_| title.is_empty() && content.is_empty())
+        .and_then(canonical_link);
+    match bare_enclosure {
+        Some(enc) => short_hash(&[canon, &title, &content, &enc]),
+        None => short_hash(&[canon, &title, &content]),
+    }
 }
 
 fn fingerprint_sig(title: &str, content: &str) -> String {
@@ -306,7 +318,7 @@ fn short_hash(parts: &[&str]) -> String {
 /// become `<id>#<twin_key>`; identical twins then get `-2`, `-3`… in
 /// document order. Deterministic, so a re-poll maps each to the same id.
 /// Returns the ids it changed, as they were.
-fn disambiguate<I>(prepared: &mut [Prepared<I>]) -> Vec<String> {
+fn disambiguate<I: std::borrow::Borrow<Item>>(prepared: &mut [Prepared<I>]) -> Vec<String> {
     let mut counts: HashMap<&str, usize> = HashMap::with_capacity(prepared.len());
     for p in prepared.iter() {
         *counts.entry(p.item_id.as_str()).or_default() += 1;
@@ -322,7 +334,7 @@ fn disambiguate<I>(prepared: &mut [Prepared<I>]) -> Vec<String> {
     let mut renamed = Vec::new();
     for p in prepared.iter_mut() {
         if shared.contains(&p.item_id) {
-            let id = format!("{}#{}", p.item_id, p.twin_key);
+            let id = format!("{}#{}", p.item_id, twin_key(p.item.borrow()));
             renamed.push(std::mem::replace(&mut p.item_id, id));
         }
         if !taken.insert(p.item_id.clone()) {
