@@ -37,7 +37,7 @@ pub(crate) fn to_utf8(body: &[u8], content_type: Option<&str>) -> Decoded {
     if let Some(enc) = sniff_wide(body) {
         return decode_as(enc, body);
     }
-    if let Ok(s) = std::str::from_utf8(body) {
+    if let Ok(s) = simdutf8::basic::from_utf8(body) {
         return Decoded {
             text: s.to_owned(),
             encoding: "UTF-8",

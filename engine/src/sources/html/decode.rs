@@ -72,7 +72,7 @@ pub(crate) fn decode<'a>(body: &'a [u8], content_type: Option<&str>) -> Cow<'a, 
     });
     match declared {
         Some(enc) => enc.decode_without_bom_handling(body).0,
-        None => match std::str::from_utf8(body) {
+        None => match simdutf8::basic::from_utf8(body) {
             Ok(s) => Cow::Borrowed(s),
             Err(_) => {
                 encoding_rs::WINDOWS_1252
