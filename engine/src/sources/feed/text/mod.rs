@@ -433,28 +433,41 @@ fn collapse_tidy(s: &str) -> Option<String> {
 /// E3 (U+3000), EF (U+FEFF) — are looked at only where they occur.
 fn other_space(b: &[u8], lines: bool) -> bool {
     use memchr::memmem;
+    if b.len() < 64 {
+        // Short text (most text nodes, titles): one look at each byte costs
+        // less than starting the scans.
+        return b.iter().enumerate().any(|(i, &c)| match c {
+            b'\t' | 0x0b | 0x0c | b'\r' => true,
+            b'\n' => !lines,
+            0xc2 | 0xe1 | 0xe2 | 0xe3 | 0xef => non_ascii_space_at(b, i),
+            _ => false,
+        });
+    }
     if memchr::memchr3(b'\t', 0x0b, 0x0c, b).is_some()
         || memchr::memchr(b'\r', b).is_some()
         || (!lines && memchr::memchr(b'\n', b).is_some())
     {
         return true;
     }
-    for i in memchr::memchr3_iter(0xc2, 0xe2, 0xef, b) {
-        let next = (b.get(i + 1).copied(), b.get(i + 2).copied());
-        let space = match b[i] {
-            0xc2 => matches!(next.0, Some(0x85 | 0xa0)),
-            0xe2 => matches!(
-                next,
-                (Some(0x80), Some(0x80..=0x8d | 0xa8 | 0xa9 | 0xaf))
-                    | (Some(0x81), Some(0x9f | 0xa0))
-            ),
-            _ => next == (Some(0xbb), Some(0xbf)),
-        };
-        if space {
-            return true;
-        }
+    memchr::memchr3_iter(0xc2, 0xe2, 0xef, b).any(|i| non_ascii_space_at(b, i))
+        || memmem::find(b, b"\xe1\x9a\x80").is_some()
+        || memmem::find(b, b"\xe3\x80\x80").is_some()
+}
+
+/// The lead byte at `i` starts a whitespace character.
+fn non_ascii_space_at(b: &[u8], i: usize) -> bool {
+    let next = (b.get(i + 1).copied(), b.get(i + 2).copied());
+    match b[i] {
+        0xc2 => matches!(next.0, Some(0x85 | 0xa0)),
+        0xe1 => next == (Some(0x9a), Some(0x80)),
+        0xe2 => matches!(
+            next,
+            (Some(0x80), Some(0x80..=0x8d | 0xa8 | 0xa9 | 0xaf)) | (Some(0x81), Some(0x9f | 0xa0))
+        ),
+        0xe3 => next == (Some(0x80), Some(0x80)),
+        0xef => next == (Some(0xbb), Some(0xbf)),
+        _ => false,
     }
-    memmem::find(b, b"\xe1\x9a\x80").is_some() || memmem::find(b, b"\xe3\x80\x80").is_some()
 }
 
 /// Collapses whitespace within each line, drops leading/trailing blank lines

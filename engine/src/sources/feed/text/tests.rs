@@ -167,7 +167,10 @@ fn the_byte_split_on_whitespace_is_the_char_split() {
                 t.push_str(w);
                 t
             });
-        for text in [s.as_str(), tidy.as_str()] {
+        // Also past 64 bytes, where the scans are vectorised.
+        let long = format!("{}{s}", "x".repeat(70));
+        let long_tidy = format!("{}{tidy}", "x y\n".repeat(20));
+        for text in [s.as_str(), tidy.as_str(), &long, &long_tidy] {
             if let Some(fast) = collapse_tidy(text) {
                 tidy_hits += 1;
                 assert_eq!(fast, slow(text), "{text:?}");
