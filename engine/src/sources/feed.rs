@@ -1003,4 +1003,66 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("type = \"html\""), "{err}");
     }
+
+    /// Rewritings of real feeds that keep their meaning — line endings,
+    /// quotes, spacing inside tags, another prefix for a namespace — parse
+    /// the same whether or not the tag scan lets the structure pass run.
+    #[test]
+    fn rewritten_corpus_feeds_parse_the_same_with_the_structure_pass_forced() {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/corpus/feeds");
+        let mut files = Vec::new();
+        for origin in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{e}")) {
+            let dir = origin.unwrap_or_else(|e| panic!("{e}")).path();
+            for f in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")) {
+                files.push(f.unwrap_or_else(|e| panic!("{e}")).path());
+            }
+        }
+        files.sort();
+        let rewrites: [fn(&str) -> String; 5] = [
+            |d| d.replace('\n', "\r\n"),
+            |d| {
+                d.replace("=\"", "='")
+                    .replace("\" ", "' ")
+                    .replace("\">", "'>")
+                    .replace("\"/>", "'/>")
+            },
+            |d| {
+                d.replace("</title>", "</title >")
+                    .replace("<title>", "<title >")
+            },
+            |d| {
+                d.replace("media:", "m:")
+                    .replace("xmlns:media=", "xmlns:m=")
+            },
+            |d| {
+                d.replace("content:encoded", "c:encoded")
+                    .replace("xmlns:content=", "xmlns:c=")
+            },
+        ];
+        let mut compared = 0;
+        for path in &files {
+            let body = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
+            let Ok(text) = std::str::from_utf8(&body) else {
+                continue;
+            };
+            if !text.trim_start().starts_with('<') {
+                continue;
+            }
+            for rewrite in rewrites {
+                let doc = rewrite(text);
+                let a = parse_at(doc.as_bytes(), None, &base(), now());
+                let b = parse_at_always_repairing(doc.as_bytes(), None, &base(), now());
+                match (a, b) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{}", path.display()),
+                    (Err(a), Err(b)) => {
+                        assert_eq!(a.to_string(), b.to_string(), "{}", path.display())
+                    }
+                    (a, b) => panic!("{}: {a:?} / {b:?}", path.display()),
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared > 500, "{compared}");
+    }
 }

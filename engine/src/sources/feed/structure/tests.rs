@@ -241,6 +241,9 @@ const TRIGGERS: &[&str] = &[
     "<media:description type=\"text\">d</media:description>",
     "<media:description type='html'>d</media:description>",
     "<media:title><![CDATA[ ]]></media:title>",
+    "<m:description xmlns:m=\"http://search.yahoo.com/mrss/\"></m:description>",
+    "<m:title xmlns:m=\"http://search.yahoo.com/mrss/\" type=\"text\">t</m:title>",
+    "<a:summary xmlns:a=\"http://www.w3.org/2005/Atom\" type=\"text/plain\">s</a:summary>",
     "<itunes:summary>s</itunes:summary>",
     "<undeclared:x>u</undeclared:x>",
     "<dc:creator xmlns:dc=\"http://purl.org/dc/elements/1.1\">c</dc:creator>",
@@ -343,6 +346,7 @@ fn the_scan_sends_each_kind_of_repair_to_the_pass() {
         r#"<rss xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title/></item></channel></rss>"#,
         r#"<rss xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title> &#160; </media:title></item></channel></rss>"#,
         r#"<rss xmlns:media="http://search.yahoo.com/mrss/"><channel><item><media:title type="text">t</media:title></item></channel></rss>"#,
+        r#"<rss xmlns:m="http://search.yahoo.com/mrss/"><channel><item><m:description/></item></channel></rss>"#,
         // Regions that end where quick-xml ends them: an item outside the
         // channel hides behind none of these.
         r#"<rss><channel></channel><!--> <x> --><item><title>a</title></item></rss>"#,
