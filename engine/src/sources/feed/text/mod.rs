@@ -90,10 +90,11 @@ pub(crate) fn looks_like_markup(s: &str) -> bool {
 ///
 /// Two ways to the same text: [`streaming`] reads the fragment's tokens
 /// without building a tree, and stands aside (returns `None`) for markup
-/// whose tree HTML's construction rules rearrange (tables, SVG and MathML,
-/// `<select>`, `<template>`, misnested formatting elements, …); [`dom`]
-/// parses the fragment into a tree and walks it. Both are iterative, so
-/// hostile nesting cannot overflow the stack.
+/// whose tree HTML's construction rules rearrange (text foster-parented out
+/// of a table, SVG and MathML, `<select>`, `<template>`, misnested
+/// formatting elements, …); [`dom`] parses the fragment into a tree and
+/// walks it. Both are iterative, so hostile nesting cannot overflow the
+/// stack.
 pub(crate) fn html_to_text(html: &str) -> String {
     if nests_deeper_than(html, MAX_HTML_DEPTH) {
         return strip_tags(html);

@@ -7,16 +7,21 @@
 //!
 //! That holds while every node is inserted at the current node, so that the
 //! order of insertions is the tree's order. The rules that break it (foster
-//! parenting in tables, the adoption agency moving a block into a
+//! parenting out of a table, the adoption agency moving a block into a
 //! formatting element, foreign SVG/MathML content, `<select>`, `<template>`,
 //! `<plaintext>`, `<option>`, removing a block that is not the current node
 //! from the stack) are not reproduced: the sink stops the tokenizer and
-//! [`html_to_text`] returns `None`, for the tree walk to do it.
+//! [`html_to_text`] returns `None`, for the tree walk to do it. So are
+//! captions and column groups, forms, inputs, scripts and styles directly in
+//! a table, and a table started in a table (not in a cell): rare in feeds.
 //!
 //! The rules are html5ever's own (`tree_builder/rules.rs`, insertion modes
-//! "in body" and "text", with the "in head" ones "in body" defers to), in the
-//! context html5ever's fragment parsing of scraper sets: a `<body>` context
-//! element, scripting enabled, no quirks.
+//! "in body" and "text", with the "in head" ones "in body" defers to, and
+//! "in table", "in table text", "in table body", "in row" and "in cell"),
+//! in the context html5ever's fragment parsing of scraper sets: a `<body>`
+//! context element, scripting enabled, no quirks. The table modes are read
+//! off the stack of open elements, as "reset the insertion mode
+//! appropriately" does.
 
 use std::cell::{Cell, RefCell};
 use std::mem;
@@ -52,12 +57,11 @@ pub(super) fn html_to_text(html: &str) -> Option<String> {
     Some(state.finish())
 }
 
-/// Whether the fragment has a start tag the sink gives up on (tables,
-/// SVG/MathML, …): a scan for them is cheaper than reading the fragment up
+/// Whether the fragment has a start tag the sink gives up on (SVG/MathML,
+/// `<select>`, …): a scan for them is cheaper than reading the fragment up
 /// to one. Conservative: a match in a comment or a script counts too.
 pub(super) fn stands_aside(html: &str) -> bool {
-    const TAGS: [&[u8]; 8] = [
-        b"table",
+    const TAGS: [&[u8]; 7] = [
         b"svg",
         b"math",
         b"select",
@@ -78,6 +82,26 @@ pub(super) fn stands_aside(html: &str) -> bool {
 
 /// Why the sink stands aside: the tree would not be built in token order.
 struct GiveUp;
+
+/// The insertion modes the sink follows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Body,
+    Table,
+    TableBody,
+    Row,
+    Cell,
+}
+
+/// What a table mode did with a tag.
+enum Next {
+    /// Done with it.
+    Done,
+    /// The mode changed: read it again.
+    Again,
+    /// "In body" reads it.
+    Body,
+}
 
 type Step<T = ()> = Result<T, GiveUp>;
 
@@ -144,6 +168,9 @@ struct State {
     ignore_lf: bool,
     /// In the "text" insertion mode (inside a raw text or RCDATA element).
     text_mode: bool,
+    /// `<table>` elements on the stack: while there is none, the mode is
+    /// "in body" without a look at the stack.
+    open_tables: usize,
     out: Breaks,
     gave_up: bool,
 }
@@ -161,6 +188,7 @@ impl Default for State {
             next_id: 1,
             ignore_lf: false,
             text_mode: false,
+            open_tables: 0,
             out: Breaks::default(),
             gave_up: false,
         }
@@ -232,6 +260,20 @@ impl State {
                 if t.is_empty() {
                     return Ok(TokenSinkResult::Continue);
                 }
+                if !self.text_mode
+                    && matches!(self.mode(), Mode::Table | Mode::TableBody | Mode::Row)
+                {
+                    // "In table text": whitespace goes into the table; any
+                    // other character is foster-parented out of it.
+                    if !t
+                        .bytes()
+                        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0c | b'\r'))
+                    {
+                        return Err(GiveUp);
+                    }
+                    self.out.text_node(t);
+                    return Ok(TokenSinkResult::Continue);
+                }
                 if !self.text_mode {
                     self.reconstruct_formatting();
                 }
@@ -260,14 +302,322 @@ impl State {
                     }
                     self.text_mode = false;
                     self.pop()?;
-                } else if tag.kind == TagKind::StartTag {
-                    return self.start_tag(tag);
                 } else {
-                    self.end_tag(tag)?;
+                    return self.tag(tag);
                 }
             }
         }
         Ok(TokenSinkResult::Continue)
+    }
+
+    /// A tag outside raw text: the table modes' rules first, where one
+    /// applies, then "in body".
+    fn tag(&mut self, tag: Tag) -> Step<TokenSinkResult<()>> {
+        // Each reading again pops or inserts towards a cell; a handful is
+        // the most any tag takes (a guard, not a rule).
+        for _ in 0..16 {
+            let next = match self.mode() {
+                Mode::Body => Next::Body,
+                Mode::Cell => self.in_cell(&tag)?,
+                Mode::Row => self.in_row(&tag)?,
+                Mode::TableBody => self.in_table_body(&tag)?,
+                Mode::Table => self.in_table(&tag)?,
+            };
+            match next {
+                Next::Done => return Ok(TokenSinkResult::Continue),
+                Next::Again => {}
+                Next::Body if tag.kind == TagKind::StartTag => return self.start_tag(tag),
+                Next::Body => return self.end_tag(tag).map(|()| TokenSinkResult::Continue),
+            }
+        }
+        Err(GiveUp)
+    }
+
+    /// The insertion mode, as "reset the insertion mode appropriately"
+    /// reads it off the stack: the nearest cell, row, row group or table.
+    fn mode(&self) -> Mode {
+        if self.open_tables == 0 {
+            return Mode::Body;
+        }
+        for open in self.stack.iter().rev() {
+            match open.name {
+                local_name!("td") | local_name!("th") => return Mode::Cell,
+                local_name!("tr") => return Mode::Row,
+                local_name!("tbody") | local_name!("thead") | local_name!("tfoot") => {
+                    return Mode::TableBody
+                }
+                local_name!("table") => return Mode::Table,
+                _ => {}
+            }
+        }
+        Mode::Body
+    }
+
+    /// "In table". Whatever the tree builder would foster-parent out of
+    /// the table (any other element), captions, column groups, forms,
+    /// inputs, scripts and styles in it, and a table in a table, the sink
+    /// gives up on.
+    fn in_table(&mut self, tag: &Tag) -> Step<Next> {
+        let start = tag.kind == TagKind::StartTag;
+        match tag.name {
+            local_name!("tbody") | local_name!("tfoot") | local_name!("thead") if start => {
+                self.clear_back_to(&[local_name!("table")])?;
+                self.insert(&tag.name, &tag.attrs);
+                Ok(Next::Done)
+            }
+            local_name!("td") | local_name!("th") | local_name!("tr") if start => {
+                self.clear_back_to(&[local_name!("table")])?;
+                self.insert(&local_name!("tbody"), &[]);
+                Ok(Next::Again)
+            }
+            local_name!("table") if !start => {
+                if self.in_table_scope(|o| o.name == local_name!("table")) {
+                    self.pop_until(|o| o.name == local_name!("table"))?;
+                }
+                Ok(Next::Done)
+            }
+            local_name!("body")
+            | local_name!("caption")
+            | local_name!("col")
+            | local_name!("colgroup")
+            | local_name!("html")
+            | local_name!("tbody")
+            | local_name!("td")
+            | local_name!("tfoot")
+            | local_name!("th")
+            | local_name!("thead")
+            | local_name!("tr")
+                if !start =>
+            {
+                Ok(Next::Done)
+            }
+            _ => Err(GiveUp),
+        }
+    }
+
+    /// "In table body".
+    fn in_table_body(&mut self, tag: &Tag) -> Step<Next> {
+        const GROUP: [LocalName; 3] = [
+            local_name!("tbody"),
+            local_name!("tfoot"),
+            local_name!("thead"),
+        ];
+        let start = tag.kind == TagKind::StartTag;
+        match tag.name {
+            local_name!("tr") if start => {
+                self.clear_back_to(&GROUP)?;
+                self.insert(&tag.name, &tag.attrs);
+                Ok(Next::Done)
+            }
+            local_name!("td") | local_name!("th") if start => {
+                self.clear_back_to(&GROUP)?;
+                self.insert(&local_name!("tr"), &[]);
+                Ok(Next::Again)
+            }
+            local_name!("tbody") | local_name!("tfoot") | local_name!("thead") if !start => {
+                if self.in_table_scope(|o| o.name == tag.name) {
+                    self.clear_back_to(&GROUP)?;
+                    self.pop()?;
+                }
+                Ok(Next::Done)
+            }
+            local_name!("caption")
+            | local_name!("col")
+            | local_name!("colgroup")
+            | local_name!("tbody")
+            | local_name!("tfoot")
+            | local_name!("thead")
+                if start =>
+            {
+                self.leave_table_body()
+            }
+            local_name!("table") if !start => self.leave_table_body(),
+            local_name!("body")
+            | local_name!("caption")
+            | local_name!("col")
+            | local_name!("colgroup")
+            | local_name!("html")
+            | local_name!("td")
+            | local_name!("th")
+            | local_name!("tr")
+                if !start =>
+            {
+                Ok(Next::Done)
+            }
+            _ => self.in_table(tag),
+        }
+    }
+
+    /// Closes the row group and has the tag read again, if one is open.
+    fn leave_table_body(&mut self) -> Step<Next> {
+        const GROUP: [LocalName; 3] = [
+            local_name!("tbody"),
+            local_name!("tfoot"),
+            local_name!("thead"),
+        ];
+        if !self.in_table_scope(|o| GROUP.contains(&o.name)) {
+            return Ok(Next::Done);
+        }
+        self.clear_back_to(&GROUP)?;
+        self.pop()?;
+        Ok(Next::Again)
+    }
+
+    /// "In row".
+    fn in_row(&mut self, tag: &Tag) -> Step<Next> {
+        let start = tag.kind == TagKind::StartTag;
+        let row_in_scope = |s: &Self| s.in_table_scope(|o| o.name == local_name!("tr"));
+        match tag.name {
+            local_name!("td") | local_name!("th") if start => {
+                self.clear_back_to(&[local_name!("tr")])?;
+                self.insert(&tag.name, &tag.attrs);
+                self.formatting.push(Entry::Marker);
+                Ok(Next::Done)
+            }
+            local_name!("tr") if !start => {
+                if row_in_scope(self) {
+                    self.clear_back_to(&[local_name!("tr")])?;
+                    self.pop()?;
+                }
+                Ok(Next::Done)
+            }
+            local_name!("caption")
+            | local_name!("col")
+            | local_name!("colgroup")
+            | local_name!("tbody")
+            | local_name!("tfoot")
+            | local_name!("thead")
+            | local_name!("tr")
+                if start =>
+            {
+                self.leave_row(row_in_scope(self))
+            }
+            local_name!("table") if !start => self.leave_row(row_in_scope(self)),
+            local_name!("tbody") | local_name!("tfoot") | local_name!("thead") if !start => {
+                let group = self.in_table_scope(|o| o.name == tag.name);
+                self.leave_row(group && row_in_scope(self))
+            }
+            local_name!("body")
+            | local_name!("caption")
+            | local_name!("col")
+            | local_name!("colgroup")
+            | local_name!("html")
+            | local_name!("td")
+            | local_name!("th")
+                if !start =>
+            {
+                Ok(Next::Done)
+            }
+            _ => self.in_table(tag),
+        }
+    }
+
+    /// Closes the row and has the tag read again, if `open` (else the tag
+    /// is ignored).
+    fn leave_row(&mut self, open: bool) -> Step<Next> {
+        if !open {
+            return Ok(Next::Done);
+        }
+        self.clear_back_to(&[local_name!("tr")])?;
+        self.pop()?;
+        Ok(Next::Again)
+    }
+
+    /// "In cell": table tags close the cell; everything else is "in body".
+    fn in_cell(&mut self, tag: &Tag) -> Step<Next> {
+        let start = tag.kind == TagKind::StartTag;
+        let cell = |o: &Open| matches!(o.name, local_name!("td") | local_name!("th"));
+        match tag.name {
+            local_name!("td") | local_name!("th") if !start => {
+                if self.in_table_scope(|o| o.name == tag.name) {
+                    self.generate_implied_end_tags(None)?;
+                    self.pop_until(|o| o.name == tag.name)?;
+                    while let Some(Entry::Element { .. }) = self.formatting.pop() {}
+                }
+                Ok(Next::Done)
+            }
+            local_name!("caption")
+            | local_name!("col")
+            | local_name!("colgroup")
+            | local_name!("tbody")
+            | local_name!("td")
+            | local_name!("tfoot")
+            | local_name!("th")
+            | local_name!("thead")
+            | local_name!("tr")
+                if start =>
+            {
+                if !self.in_table_scope(cell) {
+                    return Ok(Next::Done);
+                }
+                self.close_cell()?;
+                Ok(Next::Again)
+            }
+            local_name!("body")
+            | local_name!("caption")
+            | local_name!("col")
+            | local_name!("colgroup")
+            | local_name!("html")
+                if !start =>
+            {
+                Ok(Next::Done)
+            }
+            local_name!("table")
+            | local_name!("tbody")
+            | local_name!("tfoot")
+            | local_name!("thead")
+            | local_name!("tr")
+                if !start =>
+            {
+                if !self.in_table_scope(|o| o.name == tag.name) {
+                    return Ok(Next::Done);
+                }
+                self.close_cell()?;
+                Ok(Next::Again)
+            }
+            _ => Ok(Next::Body),
+        }
+    }
+
+    fn close_cell(&mut self) -> Step {
+        self.generate_implied_end_tags(None)?;
+        self.pop_until(|o| matches!(o.name, local_name!("td") | local_name!("th")))?;
+        while let Some(Entry::Element { .. }) = self.formatting.pop() {}
+        Ok(())
+    }
+
+    /// Pops elements until the current node is one of `names`, a table or
+    /// the fragment's `<html>` ("clear the stack back to a table context",
+    /// a table body context, a table row context).
+    fn clear_back_to(&mut self, names: &[LocalName]) -> Step {
+        loop {
+            let current = &self.current().name;
+            if names.contains(current)
+                || matches!(
+                    *current,
+                    local_name!("table") | local_name!("template") | local_name!("html")
+                )
+            {
+                return Ok(());
+            }
+            self.pop()?;
+        }
+    }
+
+    /// "Has an element in table scope".
+    fn in_table_scope(&self, target: impl Fn(&Open) -> bool) -> bool {
+        for open in self.stack.iter().rev() {
+            if target(open) {
+                return true;
+            }
+            if matches!(
+                open.name,
+                local_name!("html") | local_name!("table") | local_name!("template")
+            ) {
+                return false;
+            }
+        }
+        false
     }
 
     fn start_tag(&mut self, tag: Tag) -> Step<TokenSinkResult<()>> {
@@ -475,10 +825,12 @@ impl State {
                 }
                 self.insert(&tag.name, &tag.attrs);
             }
-            // Tables (foster parenting), foreign content, select and its
-            // options, templates, plaintext.
-            local_name!("table")
-            | local_name!("svg")
+            local_name!("table") => {
+                self.close_p_in_button_scope()?;
+                self.insert(&tag.name, &tag.attrs);
+            }
+            // Foreign content, select and its options, templates, plaintext.
+            local_name!("svg")
             | local_name!("math")
             | local_name!("select")
             | local_name!("option")
@@ -804,6 +1156,9 @@ impl State {
         self.open_element(name, attrs);
         let id = self.next_id;
         self.next_id += 1;
+        if *name == local_name!("table") {
+            self.open_tables += 1;
+        }
         self.stack.push(Open {
             name: name.clone(),
             id,
@@ -841,6 +1196,9 @@ impl State {
             return Err(GiveUp);
         }
         let open = self.stack.pop().ok_or(GiveUp)?;
+        if open.name == local_name!("table") {
+            self.open_tables -= 1;
+        }
         self.out
             .close(Role::of(&open.name), open.name == local_name!("br"));
         Ok(open)
