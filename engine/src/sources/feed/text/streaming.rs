@@ -1197,7 +1197,7 @@ impl State {
         }
         let open = self.stack.pop().ok_or(GiveUp)?;
         if open.name == local_name!("table") {
-            self.open_tables -= 1;
+            self.open_tables = self.open_tables.saturating_sub(1);
         }
         self.out
             .close(Role::of(&open.name), open.name == local_name!("br"));
