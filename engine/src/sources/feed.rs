@@ -106,6 +106,14 @@ pub fn parse_at_always_repairing(
     parse_with(body, content_type, base, now, Structure::AlwaysPass)
 }
 
+/// HTML → text both ways the feed parser has (a streaming reader, a tree
+/// walk) on `html`: `Err` when they write different text. For the fuzz
+/// checks.
+#[doc(hidden)]
+pub fn html_text_paths_agree(html: &str) -> Result<(), String> {
+    text::paths_agree(html)
+}
+
 fn parse_with(
     body: &[u8],
     content_type: Option<&str>,

@@ -5,11 +5,16 @@ use livestrom_engine::sources::feed;
 use livestrom_engine::SourceType;
 use url::Url;
 
-/// Parses `data` as a feed twice (same result, items or error text) — the
+/// Reads `data` as an HTML field both ways the feed parser can (same
+/// text); parses it as a feed twice (same result, items or error text) — the
 /// second time with the structure pass run whatever the scan before it says,
 /// so a scan that skips a needed repair shows as a difference — then checks
 /// the items' identities ([`crate::normalise::check_items`]).
 pub fn check(data: &[u8]) {
+    // The same bytes as an HTML field: both ways to its text agree.
+    if let Err(e) = feed::html_text_paths_agree(&String::from_utf8_lossy(data)) {
+        panic!("{e}");
+    }
     let base = Url::parse("https://feeds.example.test/dir/feed.xml")
         .unwrap_or_else(|e| panic!("fixed url: {e}"));
     let first = feed::parse_at(data, None, &base, crate::now());

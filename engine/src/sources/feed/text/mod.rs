@@ -105,6 +105,23 @@ pub(crate) fn html_to_text(html: &str) -> String {
     streaming::html_to_text(html).unwrap_or_else(|| dom::html_to_text(html))
 }
 
+/// The streaming reader and the tree walk on the same fragment: `Err` with
+/// both texts when the reader did not stand aside and wrote other text than
+/// the tree (for the fuzz checks; markup nested past [`MAX_HTML_DEPTH`] is
+/// stripped flat by both, so it is not compared).
+pub(crate) fn paths_agree(html: &str) -> Result<(), String> {
+    if nests_deeper_than(html, MAX_HTML_DEPTH) {
+        return Ok(());
+    }
+    let tree = dom::html_to_text(html);
+    match streaming::html_to_text(html) {
+        Some(streamed) if streamed != tree => Err(format!(
+            "the streaming reader wrote {streamed:?}, the tree walk {tree:?}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What an element does to the text around it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Role {
