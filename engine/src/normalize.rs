@@ -226,6 +226,46 @@ struct Candidate {
     new: bool,
 }
 
+/// What an item's identity is worked out from: its canonical link and
+/// enclosure, and its significant title and content.
+struct Significant {
+    canon: Option<String>,
+    enclosure: Option<String>,
+    title: String,
+    content: String,
+}
+
+impl Significant {
+    fn of(it: &Item) -> Self {
+        Significant {
+            canon: it.url.as_deref().and_then(canonical_link),
+            enclosure: it.enclosure.as_deref().and_then(canonical_link),
+            title: significant_text(&it.title),
+            content: significant_text(&it.content),
+        }
+    }
+
+    /// The enclosure of an item without any text (a bare podcast
+    /// enclosure), which tells it apart; items with text keep the
+    /// fingerprint and twin key they always had, so stored state stays
+    /// valid.
+    fn bare_enclosure(&self) -> Option<&str> {
+        self.enclosure
+            .as_deref()
+            .filter(|_| self.title.is_empty() && self.content.is_empty())
+    }
+
+    /// Short hash of link + title + content (and the bare enclosure), to
+    /// split ids several items of a document share.
+    fn twin_key(&self) -> String {
+        let canon = self.canon.as_deref().unwrap_or("");
+        match self.bare_enclosure() {
+            Some(enc) => short_hash(&[canon, &self.title, &self.content, enc]),
+            None => short_hash(&[canon, &self.title, &self.content]),
+        }
+    }
+}
+
 fn prepare<I: std::borrow::Borrow<Item>>(doc_idx: usize, item: I) -> Option<Prepared<I>> {
     let it = item.borrow();
     let guid = it
@@ -234,30 +274,22 @@ fn prepare<I: std::borrow::Borrow<Item>>(doc_idx: usize, item: I) -> Option<Prep
         .map(str::trim)
         .filter(|g| !g.is_empty())
         .map(str::to_owned);
-    let canon = it.url.as_deref().and_then(canonical_link);
-    let enclosure = it.enclosure.as_deref().and_then(canonical_link);
-    let title = significant_text(&it.title);
-    let content = significant_text(&it.content);
+    let sig = Significant::of(it);
     if guid.is_none()
-        && canon.is_none()
-        && enclosure.is_none()
-        && title.is_empty()
-        && content.is_empty()
+        && sig.canon.is_none()
+        && sig.enclosure.is_none()
+        && sig.title.is_empty()
+        && sig.content.is_empty()
     {
         return None; // nothing to identify or show
     }
-    // An item without any text (a bare podcast enclosure) is told apart by
-    // its enclosure; items with text keep the fingerprint and twin key they
-    // always had, so stored state stays valid.
-    let bare = title.is_empty() && content.is_empty();
-    let bare_enclosure = enclosure.as_deref().filter(|_| bare);
-    let fingerprint = fingerprint_parts(&title, &content, bare_enclosure);
+    let fingerprint = fingerprint_parts(&sig.title, &sig.content, sig.bare_enclosure());
     let hash_alias = format!("{ALIAS_HASH}{fingerprint}");
     let mut aliases = vec![hash_alias.clone()];
-    if let Some(c) = &canon {
+    if let Some(c) = &sig.canon {
         aliases.push(format!("{ALIAS_LINK}{c}"));
     }
-    let item_id = guid.or(canon).or(enclosure).unwrap_or(hash_alias);
+    let item_id = guid.or(sig.canon).or(sig.enclosure).unwrap_or(hash_alias);
     Some(Prepared {
         item,
         doc_idx,
@@ -265,25 +297,6 @@ fn prepare<I: std::borrow::Borrow<Item>>(doc_idx: usize, item: I) -> Option<Prep
         fingerprint,
         aliases,
     })
-}
-
-/// Short hash of link + title + content (and, for an item without text, its
-/// enclosure), to split ids several items of a document share. Only such
-/// items need it, so it is worked out again from the item, not kept for all.
-fn twin_key(it: &Item) -> String {
-    let canon = it.url.as_deref().and_then(canonical_link);
-    let title = significant_text(&it.title);
-    let content = significant_text(&it.content);
-    let canon = canon.as_deref().unwrap_or("");
-    let bare_enclosure = it
-        .enclosure
-        .as_deref()
-        .filter(|_| title.is_empty() && content.is_empty())
-        .and_then(canonical_link);
-    match bare_enclosure {
-        Some(enc) => short_hash(&[canon, &title, &content, &enc]),
-        None => short_hash(&[canon, &title, &content]),
-    }
 }
 
 fn fingerprint_sig(title: &str, content: &str) -> String {
@@ -334,7 +347,13 @@ fn disambiguate<I: std::borrow::Borrow<Item>>(prepared: &mut [Prepared<I>]) -> V
     let mut renamed = Vec::new();
     for p in prepared.iter_mut() {
         if shared.contains(&p.item_id) {
-            let id = format!("{}#{}", p.item_id, twin_key(p.item.borrow()));
+            // Only items whose ids clash need it: worked out again here,
+            // not kept for all.
+            let id = format!(
+                "{}#{}",
+                p.item_id,
+                Significant::of(p.item.borrow()).twin_key()
+            );
             renamed.push(std::mem::replace(&mut p.item_id, id));
         }
         if !taken.insert(p.item_id.clone()) {
