@@ -179,20 +179,8 @@ fn parse_with(
             ))
         }
         Ok(Ok(feed)) => feed,
-        // An <rss>/<rdf:RDF> root without a <channel>: a feed with no items.
-        // feed-rs also answers "no feed root" when it cannot read the root
-        // (one declaring more namespaces than quick-xml binds): that, or a
-        // root with items after all, is not an empty feed.
-        Ok(Err(ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot)))
-            if matches!(root_name(&doc).as_deref(), Some("rss" | "rdf")) && closes_root(&doc) =>
-        {
-            if let Some(e) = structure::xml_error(&doc) {
-                return Err(FeedError::Invalid(format!("malformed XML: {e}")));
-            }
-            return match nothing_kept(&doc, None, 0) {
-                Some(err) => Err(err),
-                None => Ok(Parsed::default()),
-            };
+        Ok(Err(ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot))) => {
+            return no_feed_root(&doc, base)
         }
         Ok(Err(e)) => return Err(describe(e, &doc, base)),
     };
@@ -433,19 +421,37 @@ fn closes_root(doc: &str) -> bool {
     matches!(name.rsplit(':').next(), Some("rss" | "RDF"))
 }
 
+/// What feed-rs's "no feed root" means for this document.
+/// - A feed root quick-xml cannot read (one declaring more namespaces than
+///   it binds; feed-rs then sees no root at all): malformed XML.
+/// - An `<rss>`/`<rdf:RDF>` root without a `<channel>`: a feed with no
+///   items, unless the XML has items all the same (then none was kept).
+/// - Anything else (an HTML page, another root): [`describe`] says what.
+fn no_feed_root(doc: &str, base: &Url) -> Result<Parsed, FeedError> {
+    let root = root_name(doc);
+    if matches!(root.as_deref(), Some("rss" | "rdf" | "feed" | "entry")) {
+        if let Some(e) = structure::xml_error(doc) {
+            return Err(FeedError::Invalid(format!("malformed XML: {e}")));
+        }
+    }
+    if matches!(root.as_deref(), Some("rss" | "rdf")) && closes_root(doc) {
+        return match nothing_kept(doc, None, 0) {
+            Some(err) => Err(err),
+            None => Ok(Parsed::default()),
+        };
+    }
+    Err(describe(
+        ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot),
+        doc,
+        base,
+    ))
+}
+
 /// A specific message for each way feed-rs fails.
 fn describe(e: ParseFeedError, doc: &str, base: &Url) -> FeedError {
     let msg = match e {
         ParseFeedError::ParseError(ParseErrorKind::NoFeedRoot) => {
             let root = root_name(doc);
-            let unreadable = || {
-                matches!(root.as_deref(), Some("rss" | "rdf" | "feed" | "entry"))
-                    .then(|| structure::xml_error(doc))
-                    .flatten()
-            };
-            if let Some(e) = unreadable() {
-                return FeedError::Invalid(format!("malformed XML: {e}"));
-            }
             match root.as_deref() {
                 Some("html") => {
                     let feeds = advertised_feeds(doc, base);
@@ -1017,16 +1023,7 @@ mod tests {
     /// the same whether or not the tag scan lets the structure pass run.
     #[test]
     fn rewritten_corpus_feeds_parse_the_same_with_the_structure_pass_forced() {
-        let root =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/corpus/feeds");
-        let mut files = Vec::new();
-        for origin in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{e}")) {
-            let dir = origin.unwrap_or_else(|e| panic!("{e}")).path();
-            for f in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")) {
-                files.push(f.unwrap_or_else(|e| panic!("{e}")).path());
-            }
-        }
-        files.sort();
+        let files = text::tests::corpus_files("feeds");
         let rewrites: [fn(&str) -> String; 5] = [
             |d| d.replace('\n', "\r\n"),
             |d| {

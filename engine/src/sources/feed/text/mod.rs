@@ -10,7 +10,7 @@ use scraper::{Html, Node};
 mod dom;
 mod streaming;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 /// Elements whose text is never content (code, styling, embedded documents).
 #[cfg_attr(not(test), allow(dead_code))] // `Role::of` is checked against it

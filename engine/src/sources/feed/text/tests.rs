@@ -366,8 +366,8 @@ fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/corpus")
 }
 
-/// Every `<dir>/<origin>/<file>`, sorted.
-fn corpus_files(dir: &str) -> Vec<PathBuf> {
+/// Every `<dir>/<origin>/<file>` of the corpus, sorted.
+pub(in crate::sources::feed) fn corpus_files(dir: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let root = corpus().join(dir);
     let origins = std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display()));
