@@ -93,6 +93,14 @@ enum Mode {
     Cell,
 }
 
+/// The row groups: "clear the stack back to a table body context" stops
+/// at one of them.
+const ROW_GROUPS: [LocalName; 3] = [
+    local_name!("tbody"),
+    local_name!("tfoot"),
+    local_name!("thead"),
+];
+
 /// What a table mode did with a tag.
 enum Next {
     /// Done with it.
@@ -397,26 +405,21 @@ impl State {
 
     /// "In table body".
     fn in_table_body(&mut self, tag: &Tag) -> Step<Next> {
-        const GROUP: [LocalName; 3] = [
-            local_name!("tbody"),
-            local_name!("tfoot"),
-            local_name!("thead"),
-        ];
         let start = tag.kind == TagKind::StartTag;
         match tag.name {
             local_name!("tr") if start => {
-                self.clear_back_to(&GROUP)?;
+                self.clear_back_to(&ROW_GROUPS)?;
                 self.insert(&tag.name, &tag.attrs);
                 Ok(Next::Done)
             }
             local_name!("td") | local_name!("th") if start => {
-                self.clear_back_to(&GROUP)?;
+                self.clear_back_to(&ROW_GROUPS)?;
                 self.insert(&local_name!("tr"), &[]);
                 Ok(Next::Again)
             }
             local_name!("tbody") | local_name!("tfoot") | local_name!("thead") if !start => {
                 if self.in_table_scope(|o| o.name == tag.name) {
-                    self.clear_back_to(&GROUP)?;
+                    self.clear_back_to(&ROW_GROUPS)?;
                     self.pop()?;
                 }
                 Ok(Next::Done)
@@ -450,15 +453,10 @@ impl State {
 
     /// Closes the row group and has the tag read again, if one is open.
     fn leave_table_body(&mut self) -> Step<Next> {
-        const GROUP: [LocalName; 3] = [
-            local_name!("tbody"),
-            local_name!("tfoot"),
-            local_name!("thead"),
-        ];
-        if !self.in_table_scope(|o| GROUP.contains(&o.name)) {
+        if !self.in_table_scope(|o| ROW_GROUPS.contains(&o.name)) {
             return Ok(Next::Done);
         }
-        self.clear_back_to(&GROUP)?;
+        self.clear_back_to(&ROW_GROUPS)?;
         self.pop()?;
         Ok(Next::Again)
     }
