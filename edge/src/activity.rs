@@ -93,7 +93,9 @@ pub async fn handler(
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as u64;
-    let body = tokio::task::spawn_blocking(move || count(&*log, now_ms, minutes, MAX_SCAN))
+    let body = state
+        .reads
+        .run(move || count(&*log, now_ms, minutes, MAX_SCAN))
         .await
         .map_err(internal)?
         .map_err(internal)?;

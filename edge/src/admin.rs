@@ -74,7 +74,9 @@ pub struct Sources {
 /// `GET /v1/admin/sources`.
 pub async fn sources(_: AdminKey, State(state): State<AppState>) -> Result<Response, Problem> {
     let view = state.sources.clone();
-    let states = tokio::task::spawn_blocking(move || view.source_states())
+    let states = state
+        .reads
+        .run(move || view.source_states())
         .await
         .map_err(internal)?
         .map_err(internal)?;
@@ -139,11 +141,12 @@ pub struct Stats {
 /// `GET /v1/admin/stats`.
 pub async fn stats(_: AdminKey, State(state): State<AppState>) -> Result<Response, Problem> {
     let log = state.log.clone();
-    let (head, floor) =
-        tokio::task::spawn_blocking(move || log.head().map(|h| (h, log.retention_floor())))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+    let (head, floor) = state
+        .reads
+        .run(move || log.head().map(|h| (h, log.retention_floor())))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
     let body = Stats {
         subscribers: state.hub.subscribers(),
         live_position: state.hub.position().map(|p| p.id),

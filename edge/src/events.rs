@@ -51,13 +51,15 @@ pub async fn handler(
     let q = parse_query(query.as_deref(), Endpoint::Events, key.max_filters)?;
     let cursor = cursor_from(&headers, q.since)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    let page = match check_cursor(&state.log, cursor, cursor_param(&headers)).await? {
+    let page = match check_cursor(&state, cursor, cursor_param(&headers)).await? {
         Start::Now(_) => {
             // Not the clock (an event minted just before and committed just
             // after would be passed) and not the head (on an idle log it
             // falls out of the retention window): the log's watermark.
             let log = state.log.clone();
-            let next = tokio::task::spawn_blocking(move || log.watermark())
+            let next = state
+                .reads
+                .run(move || log.watermark())
                 .await
                 .map_err(internal)?
                 .map_err(internal)?;
@@ -70,7 +72,9 @@ pub async fn handler(
         Start::After(c) => {
             let log = state.log.clone();
             let filter = q.filter;
-            tokio::task::spawn_blocking(move || read_page(&*log, &filter, c, limit))
+            state
+                .reads
+                .run(move || read_page(&*log, &filter, c, limit))
                 .await
                 .map_err(internal)?
                 .map_err(internal)?

@@ -35,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod reads;
 pub mod ready;
 pub mod server;
 pub mod status;
@@ -74,6 +75,9 @@ pub struct AppState {
 pub struct StateInner {
     /// The durable event log (replay, `/v1/events`).
     pub log: Arc<dyn EventLog>,
+    /// The bound on blocking reads made for requests (of `log` and
+    /// `sources`).
+    pub reads: reads::Reads,
     /// The sources' stored state, for operator views (`admin`).
     pub sources: Arc<dyn SourceStates>,
     /// The configured sources' type and tags, for operator views; filled
@@ -139,6 +143,7 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(StateInner {
                 log: backend.log,
+                reads: reads::Reads::default(),
                 sources: backend.sources,
                 catalog: catalog::Catalog::default(),
                 hub,

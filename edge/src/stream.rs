@@ -11,7 +11,7 @@
 //!    event the hub fanned out *before* step 1 was committed before it, so
 //!    the log has it;
 //! 3. drain the queue, skipping events at or before the last replayed
-//!    position — in the log's order ([`EventLog::is_after`]): a cluster's
+//!    position — in the log's order ([`EventLog::is_after`](livestrom_engine::EventLog::is_after)): a cluster's
 //!    ids carry a stream sequence while their timestamps may step back.
 //!
 //! If the queue overflowed during the replay it is re-armed and the replay
@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use livestrom_engine::keys::KeyInfo;
 use livestrom_engine::log::{CursorCheck, LogError};
-use livestrom_engine::EventLog;
+use tokio::task::{JoinError, JoinHandle};
 use uuid::Uuid;
 
 use crate::access::RequestId;
@@ -86,7 +86,7 @@ pub async fn handler(
         .hub
         .subscribe(filter.clone())
         .map_err(|e| Problem::unavailable(e.to_string()))?;
-    let start = check_cursor(&state.log, cursor, cursor_param(&headers)).await?;
+    let start = check_cursor(&state, cursor, cursor_param(&headers)).await?;
 
     // The id is sanitised by `access` (no CR/LF): safe inside a comment line.
     let mut hello = BytesMut::with_capacity(64);
@@ -180,14 +180,14 @@ pub fn cursor_param(headers: &HeaderMap) -> &'static str {
 /// nodes) before it is refused as a position that cannot exist.
 pub use livestrom_engine::log::CURSOR_CLOCK_SKEW;
 
-/// Checks a cursor with the log ([`EventLog::check_cursor`]): older than the
+/// Checks a cursor with the log ([`EventLog::check_cursor`](livestrom_engine::EventLog::check_cursor)): older than the
 /// retained window or an id of another stream is a 410; ahead of the log
 /// (on one node: of both its newest event and the clock, beyond
 /// [`CURSOR_CLOCK_SKEW`]) is a 400 — resuming from it would silently skip
 /// every event until the log caught up. Without a cursor, reads the head.
 /// Runs the blocking reads off the runtime.
 pub async fn check_cursor(
-    log: &Arc<dyn EventLog>,
+    state: &AppState,
     cursor: Option<Uuid>,
     param: &'static str,
 ) -> Result<Start, Problem> {
@@ -196,19 +196,21 @@ pub async fn check_cursor(
         Foreign(String),
         Ahead(Option<Uuid>),
     }
-    let log = log.clone();
-    let r = tokio::task::spawn_blocking(move || -> Result<Result<Start, Refusal>, LogError> {
-        let Some(c) = cursor else {
-            return Ok(Ok(Start::Now(log.head()?.unwrap_or(Uuid::nil()))));
-        };
-        Ok(match log.check_cursor(c)? {
-            CursorCheck::Ok => Ok(Start::After(c)),
-            CursorCheck::Expired { floor } => Err(Refusal::Old(floor)),
-            CursorCheck::Foreign { why } => Err(Refusal::Foreign(why)),
-            CursorCheck::Ahead { head } => Err(Refusal::Ahead(head)),
+    let log = state.log.clone();
+    let r = state
+        .reads
+        .run(move || -> Result<Result<Start, Refusal>, LogError> {
+            let Some(c) = cursor else {
+                return Ok(Ok(Start::Now(log.head()?.unwrap_or(Uuid::nil()))));
+            };
+            Ok(match log.check_cursor(c)? {
+                CursorCheck::Ok => Ok(Start::After(c)),
+                CursorCheck::Expired { floor } => Err(Refusal::Old(floor)),
+                CursorCheck::Foreign { why } => Err(Refusal::Foreign(why)),
+                CursorCheck::Ahead { head } => Err(Refusal::Ahead(head)),
+            })
         })
-    })
-    .await;
+        .await;
     match r {
         Ok(Ok(Ok(s))) => Ok(s),
         Ok(Ok(Err(Refusal::Old(floor)))) => Err(Problem::gone(format!(
@@ -236,6 +238,9 @@ enum Phase {
     Done,
 }
 
+/// A replay page being read (`Conn::spawn_page`).
+type PageRead = JoinHandle<Result<Result<ReplayPage, LogError>, JoinError>>;
+
 /// One open stream.
 struct Conn {
     state: AppState,
@@ -252,7 +257,7 @@ struct Conn {
     /// `:connected` comment, sent first.
     hello: Option<Bytes>,
     /// Every event up to this position, in the log's order
-    /// ([`EventLog::is_after`]), has been handled (sent or filtered out).
+    /// ([`EventLog::is_after`](livestrom_engine::EventLog::is_after)), has been handled (sent or filtered out).
     pos: Uuid,
     /// The id the client will resume from (last event or checkpoint sent).
     last_sent: Uuid,
@@ -266,7 +271,7 @@ struct Conn {
     /// queue: drain again at once (no wake-up will come for them).
     more: bool,
     /// The next replay page, already being read.
-    ahead: Option<tokio::task::JoinHandle<Result<ReplayPage, LogError>>>,
+    ahead: Option<PageRead>,
     /// Why the server ended the stream; None while it runs. A stream
     /// dropped without one was closed by its client (counted on drop).
     ended: Option<Disconnect>,
@@ -401,9 +406,9 @@ impl Conn {
             _ = self.state.shutdown.cancelled() => { self.end(Disconnect::Shutdown); return None; }
             _ = self.key.revoked.cancelled() => { self.end(Disconnect::Revoked); return None; }
             r = read => match r {
-                Ok(Ok(page)) => page,
-                Ok(Err(e)) => { tracing::error!(error = %e, "replay read failed; ending stream"); self.end(Disconnect::Error); return None; }
-                Err(e) => { tracing::error!(error = %e, "replay task failed; ending stream"); self.end(Disconnect::Error); return None; }
+                Ok(Ok(Ok(page))) => page,
+                Ok(Ok(Err(e))) => { tracing::error!(error = %e, "replay read failed; ending stream"); self.end(Disconnect::Error); return None; }
+                Ok(Err(e)) | Err(e) => { tracing::error!(error = %e, "replay task failed; ending stream"); self.end(Disconnect::Error); return None; }
             },
         };
         if let Some(floor) = page.gone {
@@ -457,7 +462,7 @@ impl Conn {
     }
 
     /// Starts reading and rendering the page after `pos` on a blocking thread.
-    fn spawn_page(&self) -> tokio::task::JoinHandle<Result<ReplayPage, LogError>> {
+    fn spawn_page(&self) -> PageRead {
         let log = self.state.log.clone();
         let filter = self.filter.clone();
         // Made per page rather than kept: a live stream never needs it.
@@ -471,7 +476,7 @@ impl Conn {
             events: 0,
             gone: None,
         };
-        tokio::task::spawn_blocking(move || {
+        self.state.reads.spawn(move || {
             let after = page.pos;
             // Rows after the page is full are left for the next page (`pos`
             // does not move past them).
