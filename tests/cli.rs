@@ -674,3 +674,28 @@ async fn run_with_json_logs_writes_one_object_per_line_and_says_what_it_loaded()
     assert_eq!(stored["source"], "news.grow", "{stored}");
     assert!(stored["events"].as_u64().unwrap_or(0) >= 1, "{stored}");
 }
+
+/// The allocator setting of `.cargo/config.toml` is compiled into the
+/// binary: jemalloc runs one arena per CPU (docs/PERFORMANCE.md, "Burst: a
+/// bounded number of reads, one arena per CPU"). Asked to, jemalloc prints
+/// its options when the process exits.
+#[test]
+fn the_allocator_runs_one_arena_per_cpu() {
+    let out = Command::new(BIN)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        printed.contains(r#"config.malloc_conf: "percpu_arena:percpu""#)
+            && printed.contains(r#"opt.percpu_arena: "percpu""#),
+        "jemalloc's options at exit:\n{}",
+        printed
+            .lines()
+            .filter(|l| l.contains("malloc_conf") || l.contains("opt."))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
